@@ -1,0 +1,93 @@
+"""Command-line entry points. Only this layer prints errors and picks exit codes.
+
+* ``python -m ssh_ipykernel ...``           -> :func:`proxy_command` (what kernelspecs run)
+* ``python -m ssh_ipykernel.manage ...``    -> ssh_ipykernel.manage (writes kernelspecs)
+* ``ssh-ipykernel kernel|add ...``          -> :func:`main`, grouping both
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Optional, Tuple
+
+import click
+
+from . import __version__
+from .exceptions import SSHKernelError
+from .options import check_common, common_options
+
+
+def report_errors(func: Callable[[], int]) -> None:
+    """Run ``func``; print an SSHKernelError as one readable message and exit with its code."""
+    try:
+        code = func()
+    except SSHKernelError as e:
+        click.echo(f"ssh_ipykernel: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code or 0)
+
+
+@click.command(name="kernel", context_settings={"help_option_names": ["-h", "--help"]})
+@common_options
+@click.option("-f", "--connection-file", "connection_file", required=True, metavar="FILE",
+              help="The connection file Jupyter wrote ({connection_file} in a kernelspec).")
+@click.option("--transport", type=click.Choice(["openssh"]), default="openssh", show_default=True,
+              help="How to talk SSH.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
+@click.version_option(__version__, prog_name="ssh_ipykernel")
+def proxy_command(
+    host: str,
+    python: Optional[str],
+    ssh_config: Optional[str],
+    timeout: float,
+    env: Tuple[str, ...],
+    sudo: bool,
+    connection_file: str,
+    transport: str,
+    log_level: str,
+    log_file: Optional[str],
+) -> None:
+    """Start a kernel on HOST over SSH and forward it to the ports in the connection file.
+
+    Jupyter runs this from a kernelspec written by `python -m ssh_ipykernel.manage`; it can also
+    be run by hand. It lives as long as the remote kernel: SIGINT interrupts the kernel, SIGTERM
+    and SIGHUP shut it down.
+    """
+    from .log import setup_logging
+
+    setup_logging(log_level, log_file)
+
+    def run() -> int:
+        from .proxy import Proxy, ProxyOptions
+
+        env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+        options = ProxyOptions(
+            host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
+            timeout=timeout, env=env_dict, sudo=sudo, transport=transport,
+        )
+        proxy = Proxy(options)
+        try:
+            return proxy.run()
+        except SSHKernelError as e:
+            # Through the logger, so that it carries host and kernel id and lands in --log-file.
+            proxy.log.error("%s", e)
+            sys.exit(e.exit_code)
+
+    report_errors(run)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ssh-ipykernel")
+def main() -> None:
+    """Run Jupyter kernels on remote hosts over SSH."""
+
+
+def _register() -> None:
+    from .manage import add_command
+
+    main.add_command(proxy_command, "kernel")
+    main.add_command(add_command, "add")
+
+
+_register()

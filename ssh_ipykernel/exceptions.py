@@ -1,0 +1,139 @@
+"""One exception tree for the whole package.
+
+The library raises these; only the CLI layer prints them and turns them into exit codes
+(``exit_code`` below), so that Jupyter's log shows one readable sentence per failure.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class SSHKernelError(Exception):
+    """Root of every error this package raises on purpose.
+
+    ``host`` names the remote host when there is one; ``detail`` carries the tail of ssh's or the
+    remote side's stderr, shown after the message so the user sees what the server said.
+    """
+
+    exit_code = 10
+
+    def __init__(self, message: str, *, host: Optional[str] = None, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.host = host
+        self.detail = detail.strip()
+
+    def __str__(self) -> str:
+        if self.detail:
+            return f"{self.message}\n  ssh said: " + "\n  ".join(self.detail.splitlines()[-6:])
+        return self.message
+
+
+class UsageError(SSHKernelError):
+    """A bad option value or input file (caught before anything is started)."""
+
+    exit_code = 2
+
+
+class HostSpecError(UsageError):
+    """The --host value cannot be used safely or is malformed."""
+
+
+class ConnectionFileError(UsageError):
+    """The local connection file Jupyter gave us is missing or malformed."""
+
+
+# --- reaching the host -------------------------------------------------------------------------
+
+
+class SSHConnectionError(SSHKernelError):
+    """The SSH connection could not be made or was lost."""
+
+    exit_code = 20
+
+
+class HostNotFoundError(SSHConnectionError):
+    """The host name does not resolve."""
+
+    exit_code = 21
+
+
+class SSHConnectionRefusedError(SSHConnectionError):
+    """Nothing listens on the SSH port."""
+
+    exit_code = 22
+
+
+class ConnectionTimeoutError(SSHConnectionError):
+    """The host did not answer in time."""
+
+    exit_code = 23
+
+
+class HostKeyError(SSHConnectionError):
+    """The host key is unknown or has changed: never bypassed on the user's behalf."""
+
+    exit_code = 24
+
+
+class AuthenticationError(SSHConnectionError):
+    """The server refused every authentication method we could use without a person typing."""
+
+    exit_code = 25
+
+
+class ConnectionLostError(SSHConnectionError):
+    """An established connection went away."""
+
+    exit_code = 26
+
+
+# --- the remote side ---------------------------------------------------------------------------
+
+
+class RemoteError(SSHKernelError):
+    """Something on the remote host prevents starting the kernel."""
+
+    exit_code = 30
+
+
+class RemotePythonNotFoundError(RemoteError):
+    exit_code = 31
+
+
+class RemotePythonTooOldError(RemoteError):
+    exit_code = 32
+
+
+class IPyKernelMissingError(RemoteError):
+    exit_code = 33
+
+
+class RemoteConnectionFileError(RemoteError):
+    exit_code = 34
+
+
+class KernelStartError(RemoteError):
+    exit_code = 35
+
+
+class SudoError(RemoteError):
+    exit_code = 36
+
+
+class TunnelError(SSHKernelError):
+    """A local port forward could not be set up (usually: the port is taken)."""
+
+    exit_code = 40
+
+
+class KernelDiedError(SSHKernelError):
+    """The remote kernel process ended without being asked to."""
+
+    exit_code = 1
+
+
+class Cancelled(SSHKernelError):
+    """Start-up was cancelled by a signal (Jupyter gave up or the user pressed stop)."""
+
+    exit_code = 0

@@ -1,0 +1,119 @@
+"""Kernelspecs for SSH kernels: their name, their kernel.json, and installing them.
+
+Installing goes through jupyter_client's KernelSpecManager, so --user/--sys-prefix/--prefix
+land where every Jupyter front end looks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from . import __version__
+from .exceptions import UsageError
+
+# jupyter_client's rule for kernelspec directory names (case-insensitive there; we lowercase).
+_VALID_NAME_RE = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
+
+
+@dataclass
+class KernelSpecOptions:
+    """What a kernelspec for an SSH kernel records (it is replayed as proxy options)."""
+
+    host: str
+    python: Optional[str] = None
+    display_name: Optional[str] = None
+    name: Optional[str] = None
+    env: Dict[str, str] = field(default_factory=dict)
+    sudo: bool = False
+    timeout: Optional[float] = None
+    ssh_config: Optional[str] = None
+    language: str = "python"
+
+
+def default_display_name(host: str) -> str:
+    return f"SSH {host}"
+
+
+def default_kernel_name(host: str) -> str:
+    """A valid kernelspec name derived from the host: ``ssh_`` plus its safe characters."""
+    slug = re.sub(r"[^a-z0-9._-]+", "_", host.lower()).strip("._-")
+    return f"ssh_{slug or 'host'}"
+
+
+def check_kernel_name(name: str) -> str:
+    if not _VALID_NAME_RE.match(name):
+        msg = (
+            f"--name {name!r} is not a valid kernelspec name: use only letters, digits, '.', '_' "
+            f"and '-' (e.g. {default_kernel_name(name)})"
+        )
+        raise UsageError(msg)
+    return name.lower()
+
+
+def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = None) -> List[str]:
+    """The argv Jupyter runs: this python, -m ssh_ipykernel, our options, -f {connection_file}."""
+    argv = [python_executable or sys.executable, "-m", "ssh_ipykernel", "--host", options.host]
+    if options.python:
+        argv += ["--python", options.python]
+    if options.ssh_config:
+        argv += ["--ssh-config", options.ssh_config]
+    if options.timeout is not None:
+        argv += ["--timeout", f"{options.timeout:g}"]
+    for name, value in options.env.items():
+        argv += ["--env", f"{name}={value}"]
+    if options.sudo:
+        argv.append("--sudo")
+    argv += ["-f", "{connection_file}"]
+    return argv
+
+
+def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str] = None) -> Dict[str, Any]:
+    """The kernel.json content."""
+    return {
+        "argv": proxy_argv(options, python_executable),
+        "display_name": options.display_name or default_display_name(options.host),
+        "language": options.language,
+        "interrupt_mode": "signal",
+        "env": {},
+        "metadata": {
+            "ssh_ipykernel": {
+                "version": __version__,
+                "host": options.host,
+                "python": options.python,
+                "sudo": options.sudo,
+            },
+        },
+    }
+
+
+def install_kernelspec(
+    spec: Dict[str, Any],
+    name: str,
+    *,
+    user: bool = True,
+    prefix: Optional[str] = None,
+) -> str:
+    """Write ``spec`` as kernelspec ``name`` through KernelSpecManager; return the installed dir."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    with tempfile.TemporaryDirectory(prefix="ssh_ipykernel-") as tmp:
+        src = os.path.join(tmp, name)
+        os.mkdir(src)
+        with open(os.path.join(src, "kernel.json"), "w", encoding="utf-8") as f:
+            json.dump(spec, f, indent=1)
+            f.write("\n")
+        try:
+            return KernelSpecManager().install_kernel_spec(
+                src, kernel_name=name, user=user and prefix is None, prefix=prefix
+            )
+        except PermissionError as e:
+            msg = (
+                f"cannot write the kernelspec to {e.filename}: permission denied. Use --user (the "
+                f"default) or a --prefix you can write to"
+            )
+            raise UsageError(msg) from e

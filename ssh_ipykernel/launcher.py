@@ -1,0 +1,328 @@
+"""Local side of the remote agent: build its command, ship it, read its events.
+
+The only things on the remote command line are a fixed POSIX sh wrapper, the shell-quoted python
+path and a fixed one-line loader. Everything else (the agent's source, the session key, the
+environment) goes over the session's stdin as data.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import shlex
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from . import exceptions as exc
+from .remote import bootstrap
+from .transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+# Runs first on the remote: refuse Python < 3.8 with a sentinel code, then read exactly the
+# announced number of bytes of agent source from stdin and run it as __main__. No single quotes:
+# it travels inside single quotes.
+LOADER = (
+    "import sys;sys.version_info<(3,8) and sys.exit(%d);b=sys.stdin.buffer;"
+    'exec(compile(b.read(int(b.readline())),"ssh_ipykernel-agent","exec"))'
+) % bootstrap.EXIT_PYTHON_TOO_OLD
+
+# Resolves --python on the remote: an interpreter path, an environment prefix (prefix/bin/python)
+# or a command name on the remote PATH (only an executable file counts: not a shell keyword,
+# alias or function). $N and $P are only ever expanded inside double quotes.
+_WRAPPER = (
+    'N={python}; P="$N"; '
+    'case "$P" in */*) ;; *) P=$(command -v "$P" 2>/dev/null) || P=;; esac; '
+    'case "$P" in */*) ;; *) P=/nonexistent;; esac; '
+    'if [ -d "$P" ]; then P="$P/bin/python"; fi; '
+    'if [ ! -x "$P" ] || [ -d "$P" ]; then {notfound}; fi; '
+    'exec {sudo}"$P" -c {loader}'
+)
+_NOT_FOUND = 'echo "ssh_ipykernel: python not found: $N" >&2; exit %d' % bootstrap.EXIT_PYTHON_NOT_FOUND
+SUDO_PREFIX = "sudo -n -- "
+
+
+def quote_remote_path(path: str) -> str:
+    """Quote a path for the remote sh, keeping a leading ``~/`` meaning the remote home."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def build_remote_command(python: Optional[str], *, sudo: bool = False) -> str:
+    """The command string the remote login shell runs (see module docstring for what it holds)."""
+    return _WRAPPER.format(
+        python=quote_remote_path(python or "python3"),
+        notfound=_NOT_FOUND,
+        sudo=SUDO_PREFIX if sudo else "",
+        loader=shlex.quote(LOADER),
+    )
+
+
+def agent_source() -> bytes:
+    """The agent module's source text, as shipped over stdin."""
+    with open(bootstrap.__file__, "rb") as f:
+        return f.read()
+
+
+def agent_stdin(params: Dict[str, object]) -> bytes:
+    """What we write to the session's stdin before any command: length, source, parameters."""
+    source = agent_source()
+    return b"%d\n" % len(source) + source + (json.dumps(params) + "\n").encode("utf-8")
+
+
+@dataclass
+class KernelInfo:
+    """What the agent reports once the remote kernel process is running."""
+
+    pid: int
+    ports: Dict[str, int]
+    hostname: str = ""
+    python: str = ""
+    python_version: str = ""
+    ipykernel_version: str = ""
+    connection_file: str = ""
+    extra: Dict[str, object] = field(default_factory=dict)
+
+
+def error_for_exit(
+    returncode: Optional[int],
+    stderr: str,
+    *,
+    host: str,
+    python: Optional[str],
+    event: Optional[Dict[str, object]] = None,
+) -> exc.SSHKernelError:
+    """Translate how the agent's session ended into an error that tells the user what to do."""
+    shown = python or "python3 (from the remote PATH)"
+    message = str(event.get("message", "")) if event else ""
+    code = event.get("code") if event else None
+    if "sudo:" in stderr and ("password is required" in stderr or "a terminal is required" in stderr):
+        return exc.SudoError(
+            f"sudo on {host} wants a password; --sudo needs passwordless sudo for the remote "
+            f"python (a NOPASSWD rule in sudoers), or drop --sudo",
+            host=host, detail=stderr,
+        )
+    if returncode == bootstrap.EXIT_PYTHON_NOT_FOUND:
+        return exc.RemotePythonNotFoundError(
+            f"remote python {shown} not found on {host} (no such file, or not executable). Pass "
+            f"--python with an interpreter path (e.g. /opt/conda/envs/py311/bin/python) or an "
+            f"environment prefix (e.g. /opt/conda/envs/py311) that exists on {host}",
+            host=host,
+        )
+    if returncode == bootstrap.EXIT_PYTHON_TOO_OLD:
+        return exc.RemotePythonTooOldError(
+            f"remote python {shown} on {host} is older than 3.8; point --python at a newer "
+            f"interpreter or environment",
+            host=host, detail=stderr,
+        )
+    if code == "no_ipykernel" or returncode == bootstrap.EXIT_NO_IPYKERNEL:
+        return exc.IPyKernelMissingError(
+            f"ipykernel is not installed for the remote python {shown} on {host}. Install it "
+            f"there (e.g. ssh {host} '<python> -m pip install ipykernel') or point --python at an "
+            f"environment that has it",
+            host=host,
+        )
+    if code == "no_jupyter_client" or returncode == bootstrap.EXIT_NO_JUPYTER_CLIENT:
+        return exc.IPyKernelMissingError(
+            f"jupyter_client is missing for the remote python {shown} on {host} ({message}); "
+            f"reinstall ipykernel there, which brings it",
+            host=host,
+        )
+    if code == "connection_file" or returncode == bootstrap.EXIT_CONNECTION_FILE:
+        return exc.RemoteConnectionFileError(
+            f"could not write the kernel's connection file on {host}: {message}. Check free disk "
+            f"space and permissions of the Jupyter runtime dir there (or set JUPYTER_RUNTIME_DIR "
+            f"with --env)",
+            host=host, detail=stderr,
+        )
+    if code == "bad_params" or returncode == bootstrap.EXIT_BAD_PARAMS:
+        return exc.KernelStartError(f"the remote agent rejected its parameters: {message}", host=host)
+    if returncode == 255:
+        return exc.ConnectionLostError(
+            f"the SSH connection to {host} failed while starting the kernel", host=host, detail=stderr
+        )
+    if returncode == 127:
+        return exc.RemoteError(
+            f"the remote shell on {host} could not run the start command; ssh_ipykernel needs a "
+            f"POSIX login shell (sh, bash, zsh, dash) on the remote",
+            host=host, detail=stderr,
+        )
+    what = message or f"the start command exited with code {returncode}"
+    return exc.KernelStartError(f"could not start the kernel on {host}: {what}", host=host, detail=stderr)
+
+
+class RemoteKernel:
+    """The agent's SSH session: start it, talk to it, and close it (safe to call twice)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        kernel_id: str,
+        key: str,
+        signature_scheme: str,
+        kernel_name: str = "",
+        python: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        sudo: bool = False,
+    ) -> None:
+        self.transport = transport
+        self.python = python
+        self.sudo = sudo
+        self.params: Dict[str, object] = {
+            "protocol": bootstrap.PROTOCOL,
+            "kernel_id": kernel_id,
+            "key": key,
+            "signature_scheme": signature_scheme,
+            "kernel_name": kernel_name,
+            "env": dict(env or {}),
+        }
+        self.proc: Optional[subprocess.Popen] = None
+        self.info: Optional[KernelInfo] = None
+        self.stderr_tail: List[str] = []
+        self.reader: Optional[EventReader] = None
+
+    @property
+    def host(self) -> str:
+        return self.transport.host.label
+
+    def start(self, timeout: float) -> KernelInfo:
+        """Run the agent and wait for its ``ready`` report; raise a RemoteError subclass if not."""
+        command = build_remote_command(self.python, sudo=self.sudo)
+        self.proc = self.transport.start_command(command)
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        try:
+            self.proc.stdin.write(agent_stdin(self.params))
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the session already ended; its exit code and stderr tell why below
+        event = self._wait_ready(timeout)
+        if event is None or event.get("event") != "ready":
+            returncode = self._wait_exit(5.0)
+            stderr = "".join(self.stderr_tail)
+            raise error_for_exit(returncode, stderr, host=self.host, python=self.python, event=event)
+        ports = event.get("ports") or {}
+        self.info = KernelInfo(
+            pid=int(event["pid"]),  # type: ignore[arg-type]
+            ports={k: int(v) for k, v in ports.items()},  # type: ignore[union-attr]
+            hostname=str(event.get("hostname", "")),
+            python=str(event.get("python", "")),
+            python_version=str(event.get("python_version", "")),
+            ipykernel_version=str(event.get("ipykernel_version", "")),
+            connection_file=str(event.get("connection_file", "")),
+        )
+        return self.info
+
+    def _wait_ready(self, timeout: float) -> Optional[Dict[str, object]]:
+        assert self.proc and self.proc.stdout and self.proc.stderr
+        deadline = time.monotonic() + timeout
+        reader = self.reader = EventReader(self.proc.stdout.fileno())
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ, "out")
+            sel.register(self.proc.stderr, selectors.EVENT_READ, "err")
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    msg = (
+                        f"the kernel on {self.host} did not report ready within {timeout:.0f} s; "
+                        f"raise --timeout if the remote host is slow"
+                    )
+                    raise exc.KernelStartError(msg, host=self.host, detail="".join(self.stderr_tail))
+                for key, _ in sel.select(remaining):
+                    if key.data == "err":
+                        data = os.read(key.fd, 65536)
+                        if not data:
+                            sel.unregister(key.fileobj)
+                        else:
+                            self._keep_stderr(data)
+                        continue
+                    eof = reader.read()
+                    while reader.pending:
+                        event = reader.pending.pop(0)
+                        if event.get("event") in ("ready", "error"):
+                            return event
+                    if eof:
+                        sel.unregister(key.fileobj)
+        return None
+
+    def _keep_stderr(self, data: bytes) -> None:
+        self.stderr_tail.append(data.decode("utf-8", "replace"))
+        del self.stderr_tail[:-20]
+
+    def _wait_exit(self, timeout: float) -> Optional[int]:
+        assert self.proc
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def send(self, op: str) -> bool:
+        """Send a command to the agent; False if its session is gone."""
+        if self.proc is None or self.proc.stdin is None:
+            return False
+        try:
+            self.proc.stdin.write((json.dumps({"op": op}) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def interrupt(self) -> bool:
+        return self.send("interrupt")
+
+    def request_shutdown(self) -> bool:
+        return self.send("shutdown")
+
+    def close(self) -> None:
+        """End the agent's session (the agent then shuts the kernel down). Safe to call twice."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class EventReader:
+    """Split a pipe's bytes into JSON event lines without mixing buffered and raw reads."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+        #: Events read but not yet consumed, oldest first.
+        self.pending: List[Dict[str, object]] = []
+
+    def read(self) -> bool:
+        """Read what is available into ``pending``; return True at end of file."""
+        data = os.read(self.fd, 65536)
+        if not data:
+            return True
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line.decode("utf-8"))
+            except ValueError:
+                log.warning("unexpected output from the remote agent: %r", line[:200])
+                continue
+            if isinstance(event, dict):
+                self.pending.append(event)
+        return False

@@ -1,0 +1,58 @@
+"""Logging for the proxy: one line per stage on stderr (Jupyter's log), with host and kernel id.
+
+The session key must never reach a log: nothing logs it on purpose, and ``RedactFilter`` replaces
+it anyway should it ever appear in a message (e.g. inside a relayed remote traceback).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, MutableMapping, Optional, Tuple
+
+LOGGER_NAME = "ssh_ipykernel"
+
+
+class KernelLogAdapter(logging.LoggerAdapter):
+    """Prefixes messages with ``[host kernel]`` so lines from several kernels can be told apart."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> Tuple[Any, MutableMapping[str, Any]]:
+        extra = self.extra or {}
+        return f"[{extra.get('host', '?')} {str(extra.get('kernel', '?'))[:8]}] {msg}", kwargs
+
+
+class RedactFilter(logging.Filter):
+    """Replace a secret in every record that passes through the handler."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secret and len(self.secret) >= 8:
+            message = record.getMessage()
+            if self.secret in message:
+                record.msg = message.replace(self.secret, "<key>")
+                record.args = None
+        return True
+
+
+def setup_logging(level: str = "INFO", log_file: Optional[str] = None) -> logging.Logger:
+    """Configure the package logger once: stderr always, plus a file if asked."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s ssh_ipykernel %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logger.handlers.clear()
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+def redact(secret: str) -> None:
+    """Install the redaction filter for ``secret`` on every handler of the package logger."""
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        handler.addFilter(RedactFilter(secret))

@@ -1,0 +1,86 @@
+"""Options shared by the proxy and manage: one definition, one validation.
+
+manage copies them into the kernelspec argv, so both commands must accept exactly the same
+values; defining them once keeps the two from drifting apart.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
+
+import click
+
+from .exceptions import UsageError
+from .hosts import parse_host
+
+F = TypeVar("F", bound=Callable[..., object])
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_TIMEOUT = 30.0
+
+
+def parse_env(items: Iterable[str]) -> Dict[str, str]:
+    """``VAR=VALUE`` pairs into a dict; the value is kept byte for byte (spaces, quotes, $)."""
+    env: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME_RE.match(name):
+            msg = (
+                f"--env {item!r} is not VAR=VALUE with a valid variable name (letters, digits and "
+                f"_, not starting with a digit)"
+            )
+            raise UsageError(msg)
+        if "\0" in value:
+            raise UsageError(f"--env {name}: the value contains a NUL byte")
+        env[name] = value
+    return env
+
+
+def check_python(python: Optional[str]) -> Optional[str]:
+    """The remote interpreter or prefix: any path, but one line of printable text."""
+    if python is None:
+        return None
+    if not python.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in python):
+        raise UsageError(f"--python {python!r} must be a non-empty path without control characters")
+    return python
+
+
+def check_ssh_config(path: Optional[str]) -> Optional[str]:
+    """An ssh -F file must exist (ssh would otherwise fail with a less helpful message)."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UsageError(f"--ssh-config {path}: no such file (give the path of an ssh_config file)")
+    return os.path.abspath(path)
+
+
+def check_common(
+    host: str, python: Optional[str], env: Iterable[str], ssh_config: Optional[str]
+) -> Tuple[Dict[str, str], Optional[str]]:
+    """Validate the shared options early, before anything is started or written.
+
+    Returns the parsed environment and the absolute path of the ssh config file (if any).
+    """
+    parse_host(host)
+    check_python(python)
+    return parse_env(env), check_ssh_config(ssh_config)
+
+
+def common_options(func: F) -> F:
+    """The options both the proxy and manage take, with the same names and help."""
+    decorators = [
+        click.option("--host", required=True, metavar="HOST",
+                     help="Where the kernel runs: an ~/.ssh/config alias, user@host, host:port or ssh://user@host:port."),
+        click.option("--python", metavar="PATH",
+                     help="Remote interpreter path or environment prefix (PREFIX/bin/python). Default: python3 on the remote PATH."),
+        click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
+                     help="ssh config file to use instead of ~/.ssh/config (ssh -F)."),
+        click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+                     help="Seconds allowed to connect and to start the remote kernel."),
+        click.option("--env", "env", multiple=True, metavar="VAR=VALUE",
+                     help="Environment variable for the remote kernel (repeatable)."),
+        click.option("--sudo", is_flag=True, help="Run the remote kernel with sudo -n (passwordless sudo only)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func

@@ -1,0 +1,409 @@
+"""The remote agent: sent to the remote python over ssh stdin and run there.
+
+This file is shipped as source text; it must only import the standard library at module level
+and run on any Python >= 3.8 the user points us at. It is also importable locally, so its pure
+parts are unit tested like any other module.
+
+Protocol (one ssh session, no pty):
+
+* stdin, from the local proxy: a line with the byte length of this source, the source, then one
+  JSON line of parameters (the session key travels here, never on a command line), then JSON
+  command lines: ``{"op": "interrupt"}``, ``{"op": "shutdown"}``. EOF means the proxy is gone.
+* stdout, to the proxy: JSON event lines: ``ready`` (pid, ports, versions), ``error`` (code,
+  message; the process then exits with the matching sentinel code) and ``exited`` (returncode).
+* stderr: the kernel's own output (its log), relayed line by line for Jupyter's log.
+
+The kernel runs in its own session (``start_new_session``) so the SSH session's end never
+signals it directly; this agent owns its lifetime: it relays interrupts, shuts it down on
+request or when the proxy disappears, and removes the files holding the key when it ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+PROTOCOL = 1
+
+# Sentinel exit codes, translated into sentences by ssh_ipykernel.launcher (keep in sync).
+EXIT_PYTHON_NOT_FOUND = 90  # emitted by the sh wrapper, not by this module
+EXIT_PYTHON_TOO_OLD = 91  # emitted by the one-line loader
+EXIT_BAD_PARAMS = 92
+EXIT_NO_IPYKERNEL = 93
+EXIT_NO_JUPYTER_CLIENT = 94
+EXIT_CONNECTION_FILE = 95
+EXIT_KERNEL_START = 96
+
+ERROR_EXIT_CODES = {
+    "bad_params": EXIT_BAD_PARAMS,
+    "no_ipykernel": EXIT_NO_IPYKERNEL,
+    "no_jupyter_client": EXIT_NO_JUPYTER_CLIENT,
+    "connection_file": EXIT_CONNECTION_FILE,
+    "kernel_start": EXIT_KERNEL_START,
+}
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# Grace periods of the shutdown ladder: shutdown_request, then SIGTERM, then SIGKILL.
+SHUTDOWN_REQUEST_WAIT = 5.0
+SIGTERM_WAIT = 2.0
+
+
+class BootstrapError(Exception):
+    """A failure with a code the local side turns into a sentence."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        return ERROR_EXIT_CODES.get(self.code, EXIT_KERNEL_START)
+
+
+def validate_params(params: object) -> dict:
+    """Check the parameters sent by the proxy; raise BootstrapError('bad_params') if malformed."""
+    if not isinstance(params, dict):
+        raise BootstrapError("bad_params", "parameters are not a JSON object")
+    if params.get("protocol") != PROTOCOL:
+        raise BootstrapError(
+            "bad_params",
+            "protocol %r, this agent speaks %d" % (params.get("protocol"), PROTOCOL),
+        )
+    kernel_id = params.get("kernel_id")
+    if not isinstance(kernel_id, str) or not _KERNEL_ID_RE.match(kernel_id):
+        raise BootstrapError("bad_params", "kernel_id %r is not a plain identifier" % (kernel_id,))
+    if not isinstance(params.get("key"), str):
+        raise BootstrapError("bad_params", "key is not a string")
+    env = params.get("env") or {}
+    if not isinstance(env, dict):
+        raise BootstrapError("bad_params", "env is not an object")
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+            raise BootstrapError("bad_params", "environment variable name %r is not valid" % (name,))
+        if not isinstance(value, str) or "\0" in value:
+            raise BootstrapError("bad_params", "value of %s is not a string" % name)
+    return params
+
+
+def kernel_environment(base: dict, extra: dict) -> dict:
+    """The kernel's environment: the login environment plus the user's --env values.
+
+    JPY_PARENT_PID is dropped on purpose: ipykernel exits when that process goes away, and on
+    the remote it would name a process the kernel must be able to outlive.
+    """
+    env = dict(base)
+    env.pop("JPY_PARENT_PID", None)
+    env.update(extra)
+    return env
+
+
+def runtime_dir() -> str:
+    """Where the connection and log files go: Jupyter's runtime dir of the remote user, 0700."""
+    path = os.environ.get("JUPYTER_RUNTIME_DIR")
+    if not path:
+        try:
+            from jupyter_core.paths import jupyter_runtime_dir
+
+            path = jupyter_runtime_dir()
+        except ImportError:
+            path = os.path.join(os.path.expanduser("~"), ".local", "share", "jupyter", "runtime")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _version(module_name: str) -> str:
+    try:
+        module = __import__(module_name)
+        return str(getattr(module, "__version__", "?"))
+    except Exception:  # noqa: BLE001 - a version string is informational only
+        return "?"
+
+
+class Agent:
+    """Starts one kernel and owns it until it ends."""
+
+    def __init__(self, params: dict, out=None, err=None) -> None:
+        self.params = params
+        self.kernel_id = params["kernel_id"]
+        self.out = out if out is not None else sys.stdout.buffer
+        self.err = err if err is not None else sys.stderr
+        self.proc = None  # type: subprocess.Popen | None
+        self.connection_file = ""
+        self.log_file = ""
+        self.ports = {}  # type: dict
+        self._out_lock = threading.Lock()
+        self._shutdown_started = threading.Event()
+        self._ended = threading.Event()
+
+    # -- output to the proxy ------------------------------------------------------------------
+    def emit(self, event: str, **fields: object) -> None:
+        fields["event"] = event
+        line = (json.dumps(fields) + "\n").encode("utf-8")
+        with self._out_lock:
+            try:
+                self.out.write(line)
+                self.out.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # the proxy is gone; the kernel's fate no longer depends on telling it
+
+    # -- start ----------------------------------------------------------------------------------
+    def check_imports(self) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("ipykernel") is None:
+            raise BootstrapError(
+                "no_ipykernel", "ipykernel is not installed for %s" % sys.executable
+            )
+        if importlib.util.find_spec("jupyter_client") is None:
+            raise BootstrapError(
+                "no_jupyter_client", "jupyter_client is not installed for %s" % sys.executable
+            )
+
+    def write_connection_file(self) -> None:
+        """Free remote ports and a 0600 connection file holding the local session key."""
+        try:
+            from jupyter_client.connect import write_connection_file
+        except ImportError as e:
+            raise BootstrapError("no_jupyter_client", "cannot import jupyter_client: %s" % e) from e
+        try:
+            directory = runtime_dir()
+            fname = os.path.join(directory, "kernel-ssh-%s.json" % self.kernel_id)
+            self.connection_file = fname
+            fname, info = write_connection_file(
+                fname=fname,
+                ip="127.0.0.1",
+                key=self.params["key"].encode("utf-8"),
+                transport="tcp",
+                signature_scheme=self.params.get("signature_scheme") or "hmac-sha256",
+                kernel_name=self.params.get("kernel_name") or "",
+            )
+            os.chmod(fname, 0o600)
+        except OSError as e:
+            raise BootstrapError(
+                "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
+            ) from e
+        self.ports = {k: v for k, v in info.items() if k.endswith("_port")}
+
+    def launch(self) -> None:
+        """Start ipykernel detached from this SSH session, bound to 127.0.0.1."""
+        self.check_imports()
+        self.write_connection_file()
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file]
+        self.log_file = self.connection_file[: -len(".json")] + ".log"
+        try:
+            log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as e:
+            self.remove_files()
+            raise BootstrapError("connection_file", "cannot create %s: %s" % (self.log_file, e)) from e
+        try:
+            # start_new_session: the kernel must not get the SIGHUP sshd sends this session's
+            # process group when the connection drops; we decide when it ends.
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                env=kernel_environment(os.environ, self.params.get("env") or {}),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as e:
+            self.remove_files()
+            raise BootstrapError("kernel_start", "cannot start %s: %s" % (argv[0], e)) from e
+        finally:
+            os.close(log_fd)
+
+    def ready_event(self) -> dict:
+        import platform
+
+        return {
+            "pid": self.proc.pid if self.proc else None,
+            "ports": self.ports,
+            "hostname": socket.gethostname(),
+            "python": sys.executable,
+            "python_version": platform.python_version(),
+            "ipykernel_version": _version("ipykernel"),
+            "connection_file": self.connection_file,
+        }
+
+    # -- control --------------------------------------------------------------------------------
+    def signal_kernel(self, signum: int) -> None:
+        """Signal the kernel's process group, as a local Jupyter does (reaches `!cmd` children)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.proc.send_signal(signum)
+            except OSError:
+                pass
+
+    def interrupt(self) -> None:
+        self.signal_kernel(signal.SIGINT)
+
+    def _request_shutdown(self) -> None:
+        """Ask the kernel to shut down over its control channel (runs its cleanup, history save)."""
+        try:
+            from jupyter_client.blocking.client import BlockingKernelClient
+
+            client = BlockingKernelClient()
+            client.load_connection_file(self.connection_file)
+            client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+            try:
+                client.shutdown()
+                time.sleep(0.05)  # let zmq flush before the context goes away
+            finally:
+                client.stop_channels()
+        except Exception as e:  # noqa: BLE001 - fall through to signals
+            self.log("shutdown_request failed (%s); terminating the kernel" % e)
+
+    def shutdown(self) -> None:
+        """Shut the kernel down: polite request, then SIGTERM, then SIGKILL. Safe to call twice."""
+        if self._shutdown_started.is_set():
+            return
+        self._shutdown_started.set()
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        self._request_shutdown()
+        for signum, wait in ((None, SHUTDOWN_REQUEST_WAIT), (signal.SIGTERM, SIGTERM_WAIT)):
+            if signum is not None:
+                self.signal_kernel(signum)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        self.signal_kernel(signal.SIGKILL)
+
+    def handle_command(self, line: bytes) -> None:
+        try:
+            op = json.loads(line.decode("utf-8")).get("op")
+        except (ValueError, AttributeError):
+            self.log("ignoring malformed command %r" % line[:80])
+            return
+        if op == "interrupt":
+            self.interrupt()
+        elif op == "shutdown":
+            threading.Thread(target=self.shutdown, daemon=True).start()
+        elif op == "ping":
+            self.emit("pong")
+        else:
+            self.log("ignoring unknown command %r" % op)
+
+    def read_commands(self, stream) -> None:
+        """Serve commands until EOF; EOF means the proxy (or its connection) is gone."""
+        for line in iter(stream.readline, b""):
+            if line.strip():
+                self.handle_command(line)
+        if not self._ended.is_set():
+            self.log("proxy went away; shutting the kernel down")
+            self.shutdown()
+
+    # -- output relay ---------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        try:
+            self.err.write("ssh_ipykernel agent: %s\n" % message)
+            self.err.flush()
+        except (OSError, ValueError):
+            pass
+
+    def relay_log(self) -> None:
+        """Copy the kernel's log file to stderr as it grows, until the kernel has ended."""
+        try:
+            f = open(self.log_file, "rb")
+        except OSError:
+            return
+        with f:
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    try:
+                        self.err.write(chunk.decode("utf-8", "replace"))
+                        self.err.flush()
+                    except (OSError, ValueError):
+                        pass
+                    continue
+                if self._ended.is_set():
+                    return
+                time.sleep(0.1)
+
+    # -- end --------------------------------------------------------------------------------------
+    def remove_files(self) -> None:
+        for path in (self.connection_file, self.log_file):
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    self.log("could not remove %s: %s" % (path, e))
+
+    def wait(self) -> int:
+        """Wait for the kernel to end, clean up after it, return its exit code."""
+        assert self.proc is not None
+        returncode = self.proc.wait()
+        # Children the kernel left in its process group (``!sleep 1000 &``) go with it, as
+        # they would when a local Jupyter kills a kernel.
+        self.signal_kernel_group_leftovers()
+        self._ended.set()
+        return returncode
+
+    def signal_kernel_group_leftovers(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def read_params(stream) -> dict:
+    line = stream.readline()
+    try:
+        params = json.loads(line.decode("utf-8"))
+    except ValueError as e:
+        raise BootstrapError("bad_params", "parameters are not valid JSON: %s" % e) from e
+    return validate_params(params)
+
+
+def main() -> None:
+    stdin = sys.stdin.buffer
+    # A SIGHUP from sshd when the connection drops must not kill us before we clean up.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    agent = None
+    try:
+        params = read_params(stdin)
+        agent = Agent(params)
+        agent.launch()
+    except BootstrapError as e:
+        out = sys.stdout.buffer
+        out.write((json.dumps({"event": "error", "code": e.code, "message": e.message}) + "\n").encode())
+        out.flush()
+        sys.exit(e.exit_code)
+    relay = threading.Thread(target=agent.relay_log, daemon=True)
+    relay.start()
+    agent.emit("ready", **agent.ready_event())
+    threading.Thread(target=agent.read_commands, args=(stdin,), daemon=True).start()
+    returncode = agent.wait()
+    relay.join(2.0)
+    agent.remove_files()
+    agent.emit("exited", returncode=returncode)
+    sys.stderr.flush()
+    # Not a normal interpreter exit: the command thread is blocked in a read on stdin's buffer,
+    # and finalisation would abort trying to take that buffer's lock.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

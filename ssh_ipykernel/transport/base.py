@@ -1,0 +1,91 @@
+"""The transport interface: how the proxy talks SSH, whatever the backend.
+
+The proxy calls, in order: ``connect()`` once, ``start_command()`` for the remote agent,
+``forward()`` for the kernel's five ports, then ``close()`` at the end (on every path, also
+after errors; it must be safe to call twice). ``alive()`` and ``fileno()`` let the proxy's event
+loop notice a lost connection without polling.
+"""
+from __future__ import annotations
+
+import abc
+import subprocess
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..hosts import HostSpec
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One local TCP port forwarded to a remote one, both on loopback."""
+
+    local_port: int
+    remote_port: int
+    local_host: str = "127.0.0.1"
+    remote_host: str = "127.0.0.1"
+
+    def spec(self) -> str:
+        """The ``-L`` argument OpenSSH takes for this forward."""
+        return f"{self.local_host}:{self.local_port}:{self.remote_host}:{self.remote_port}"
+
+
+@dataclass
+class TransportOptions:
+    """Options every backend understands."""
+
+    ssh_config: Optional[str] = None  # ssh -F file; None: the user's ~/.ssh/config
+    connect_timeout: float = 30.0
+    server_alive_interval: int = 15
+    server_alive_count_max: int = 3
+
+
+class Transport(abc.ABC):
+    """One SSH connection to one host."""
+
+    def __init__(self, host: HostSpec, options: TransportOptions, *, name: str = "") -> None:
+        self.host = host
+        self.options = options
+        self.name = name  # distinguishes connections (e.g. the kernel id) in paths and logs
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open and authenticate the connection; raise an SSHConnectionError subclass if not."""
+
+    @abc.abstractmethod
+    def start_command(self, command: str) -> subprocess.Popen:
+        """Run ``command`` (a string for the remote login shell) with piped binary stdio.
+
+        The returned object must behave like Popen: stdin/stdout/stderr, poll(), wait(),
+        terminate(). It runs in its own session so that signals meant for the proxy's process
+        group (Jupyter interrupts with killpg) never reach it.
+        """
+
+    @abc.abstractmethod
+    def forward(self, forwards: Sequence[Forward]) -> None:
+        """Add local port forwards over the connection; raise TunnelError naming a busy port."""
+
+    @abc.abstractmethod
+    def cancel(self, forwards: Sequence[Forward]) -> None:
+        """Remove forwards added by forward(); missing ones are ignored."""
+
+    @abc.abstractmethod
+    def alive(self) -> bool:
+        """Whether the connection is still up, as far as can be told without a round trip."""
+
+    def fileno(self) -> Optional[int]:
+        """A descriptor that becomes readable when the connection has news (output, EOF)."""
+        return None
+
+    def drain(self) -> str:
+        """Read what the connection has to say (non-blocking); '' if nothing."""
+        return ""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection and everything over it. Safe to call twice."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,128 @@
+"""The remote start command, run for real by local shells, and the exit-code translations."""
+import os
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ssh_ipykernel import exceptions as exc
+from ssh_ipykernel.launcher import LOADER, agent_stdin, build_remote_command, error_for_exit
+from ssh_ipykernel.remote import bootstrap
+
+SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash") if os.path.exists(s)]
+
+
+@pytest.fixture
+def fake_env(tmp_path):
+    """An 'environment prefix' whose bin/python just reports how it was called."""
+    prefix = tmp_path / "env with space"
+    (prefix / "bin").mkdir(parents=True)
+    python = prefix / "bin" / "python"
+    python.write_text('#!/bin/sh\necho "RAN:$0:$1"\n')
+    python.chmod(0o755)
+    return prefix
+
+
+def run(command, shell="/bin/sh", env=None, cwd=None):
+    return subprocess.run([shell, "-c", command], capture_output=True, text=True, env=env, cwd=cwd, timeout=10)
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_prefix_resolves_to_bin_python(fake_env, shell):
+    r = run(build_remote_command(str(fake_env)), shell)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"RAN:{fake_env}/bin/python:-c"
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_interpreter_path_is_used_as_is(fake_env, shell):
+    r = run(build_remote_command(str(fake_env / "bin" / "python")), shell)
+    assert r.stdout.strip() == f"RAN:{fake_env}/bin/python:-c"
+
+
+def test_tilde_means_remote_home(fake_env, tmp_path):
+    env = dict(os.environ, HOME=str(tmp_path))
+    r = run(build_remote_command("~/" + fake_env.name), env=env)
+    assert r.stdout.strip() == f"RAN:{fake_env}/bin/python:-c"
+
+
+def test_bare_name_is_looked_up_on_path(fake_env):
+    env = dict(os.environ, PATH=f"{fake_env}/bin:/usr/bin:/bin")
+    r = run(build_remote_command("python"), env=env)
+    assert r.stdout.strip() == f"RAN:{fake_env}/bin/python:-c"
+
+
+@pytest.mark.parametrize("python", ["/no/such/python", "/tmp", "no-such-python-xyz", None])
+def test_missing_python_has_its_own_exit_code(python, tmp_path):
+    env = dict(os.environ, PATH=str(tmp_path))  # no python3 on this PATH
+    r = run(build_remote_command(python), env=env)
+    assert r.returncode == bootstrap.EXIT_PYTHON_NOT_FOUND
+    assert "python not found" in r.stderr
+
+
+def test_default_is_python3_on_path():
+    assert "N=python3;" in build_remote_command(None)
+
+
+def test_sudo_is_non_interactive():
+    assert 'exec sudo -n -- "$P"' in build_remote_command("/x", sudo=True)
+
+
+def test_loader_fits_in_single_quotes():
+    assert "'" not in LOADER
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), min_size=1, max_size=30)
+       | st.sampled_from(["$(touch MARK)", "`touch MARK`", "';touch MARK;'", '";touch MARK;"', "x;touch MARK",
+                          "$(touch${IFS}MARK)", "a\ntouch MARK", "|touch MARK", "&& touch MARK", "~/$(touch MARK)"]))
+def test_hostile_python_paths_never_run_anything(tmp_path, python):
+    """Whatever --python holds, the remote shell only ever treats it as one path."""
+    for shell in SHELLS:
+        r = run(build_remote_command(python), shell, cwd=tmp_path,
+                env=dict(os.environ, PATH="/nonexistent", HOME=str(tmp_path)))
+        assert not (tmp_path / "MARK").exists(), (python, shell)
+        assert r.returncode == bootstrap.EXIT_PYTHON_NOT_FOUND, (python, shell, r.stderr)
+
+
+def test_agent_stdin_carries_the_key_as_data_only():
+    data = agent_stdin({"key": "s3cr3t-key", "protocol": 1})
+    header, rest = data.split(b"\n", 1)
+    source = rest[: int(header)]
+    assert source.startswith(b'"""The remote agent')
+    assert b"s3cr3t-key" in rest[int(header):]
+    assert "s3cr3t-key" not in build_remote_command("/x")
+
+
+@pytest.mark.parametrize(
+    "returncode, event, cls, words",
+    [
+        (bootstrap.EXIT_PYTHON_NOT_FOUND, None, exc.RemotePythonNotFoundError, "not found on btest"),
+        (bootstrap.EXIT_PYTHON_TOO_OLD, None, exc.RemotePythonTooOldError, "older than 3.8"),
+        (bootstrap.EXIT_NO_IPYKERNEL, {"code": "no_ipykernel", "message": "m"}, exc.IPyKernelMissingError, "pip install ipykernel"),
+        (bootstrap.EXIT_NO_JUPYTER_CLIENT, {"code": "no_jupyter_client", "message": "m"}, exc.IPyKernelMissingError, "jupyter_client"),
+        (bootstrap.EXIT_CONNECTION_FILE, {"code": "connection_file", "message": "No space left"}, exc.RemoteConnectionFileError, "No space left"),
+        (255, None, exc.ConnectionLostError, "SSH connection"),
+        (127, None, exc.RemoteError, "POSIX login shell"),
+        (1, None, exc.KernelStartError, "exited with code 1"),
+    ],
+)
+def test_exit_codes_become_advice(returncode, event, cls, words):
+    e = error_for_exit(returncode, "", host="btest", python="/opt/env", event=event)
+    assert type(e) is cls
+    assert words in e.message
+
+
+def test_sudo_password_prompt_is_explained():
+    e = error_for_exit(1, "sudo: a password is required\n", host="btest", python=None)
+    assert isinstance(e, exc.SudoError)
+    assert "NOPASSWD" in e.message
+
+
+@pytest.mark.skipif(not shutil.which("python3"), reason="needs python3")
+def test_loader_refuses_nothing_on_a_current_python():
+    # The loader itself runs a tiny program sent the same way the agent is.
+    source = b"print('loaded', __name__)"
+    r = subprocess.run(["python3", "-c", LOADER], input=b"%d\n" % len(source) + source, capture_output=True, timeout=10)
+    assert r.stdout == b"loaded __main__\n"
