@@ -28,8 +28,10 @@ from .messages import PROMPT_RE, classify_ssh_failure
 log = logging.getLogger(__name__)
 
 READY_MARKER = "__ssh_ipykernel_master_ready__"
-# Unix socket paths are limited to 108 bytes on Linux (104 on macOS): keep a margin.
-MAX_SOCKET_PATH = 100
+# Unix socket paths are limited to 104 bytes on macOS (108 on Linux), and ssh first binds a
+# temporary name: the ControlPath plus "." and 16 random characters.
+MAX_SOCKET_PATH = 104 - 17
+SOCKET_NAME_LENGTH = len("cm-") + 16
 
 
 def die_with_parent() -> None:
@@ -52,18 +54,23 @@ def die_with_parent() -> None:
 
 
 def control_dir() -> str:
-    """A private (0700) directory for control sockets, under Jupyter's runtime dir if it fits."""
+    """A private (0700) directory for control sockets: under Jupyter's runtime dir if the socket
+    path fits the unix limit there, else under the system temp dir."""
+    base = ""
     try:
         from jupyter_core.paths import jupyter_runtime_dir
 
         base = os.path.join(jupyter_runtime_dir(), "ssh_ipykernel")
     except ImportError:  # pragma: no cover - jupyter_core comes with jupyter_client
-        base = ""
-    if not base or len(base) > MAX_SOCKET_PATH - 18:
+        pass
+    if not base or len(base) + 1 + SOCKET_NAME_LENGTH > MAX_SOCKET_PATH:
         base = os.path.join(tempfile.gettempdir(), f"ssh_ipykernel-{os.getuid()}")
     os.makedirs(base, mode=0o700, exist_ok=True)
     st = os.stat(base)
-    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+    if st.st_uid != os.getuid():
+        msg = f"{base} belongs to another user; set TMPDIR or JUPYTER_RUNTIME_DIR to a private directory"
+        raise exc.UsageError(msg)
+    if st.st_mode & 0o077:
         os.chmod(base, 0o700)
     return base
 

@@ -1,0 +1,228 @@
+"""Fixtures for the integration suite: real SSH test hosts.
+
+By default the hosts are network namespaces built by tests/nshosts.py (needs
+root).  With ``--docker-hosts`` (option registered in tests/conftest.py) the
+``btest`` host is the container of docker/docker-compose.yml, started through
+pytest-docker; tests see the same SSHTestHost interface either way.
+
+Where the hosts cannot exist (not root, no ``ip netns``, no sshd) the tests
+skip, except under CI=true, where they fail: CI must never go green without
+having run them.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # tests/ is not a package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nshosts import (  # noqa: E402
+    REMOTE_ENV_PREFIX, REMOTE_USER, ClientFiles, HostSetupError, NetnsHostFactory,
+    SSHTestHost, keygen, missing_prerequisites,
+)
+
+HERE = Path(__file__).resolve().parent
+COMPOSE_FILE = HERE.parents[1] / "docker" / "docker-compose.yml"
+HOST_ALIAS = DOCKER_SERVICE = "btest"  # the alias is also the compose service name
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _unavailable(reason: str) -> None:
+    """Skip locally, fail in CI (so CI cannot pass without the hosts)."""
+    if _in_ci():
+        pytest.fail(f"SSH test hosts unavailable under CI=true: {reason}", pytrace=False)
+    pytest.skip(f"SSH test hosts unavailable: {reason}")
+
+
+def _docker_mode(config: pytest.Config) -> bool:
+    return bool(config.getoption("--docker-hosts", default=False))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark everything under tests/integration ``integration`` (and ``docker`` in Docker mode)."""
+    # The hook sees the whole session's items, not only this directory's.
+    for item in items:
+        if Path(str(item.path)).resolve().is_relative_to(HERE):
+            item.add_marker(pytest.mark.integration)
+            if _docker_mode(config):
+                item.add_marker(pytest.mark.docker)
+
+
+# --------------------------------------------------------------------- netns
+@pytest.fixture(scope="session")
+def host_factory(pytestconfig: pytest.Config) -> Iterator[NetnsHostFactory]:
+    """The NetnsHostFactory of the session, for tests that need more hosts
+    (``host_factory.create_host("jtest", reachable_from=ssh_host)``).  Skipped in Docker mode."""
+    if _docker_mode(pytestconfig):
+        pytest.skip("--docker-hosts: only the single Docker host exists")
+    problems = missing_prerequisites()
+    if problems:
+        _unavailable("; ".join(problems))
+    try:
+        factory = NetnsHostFactory()
+    except HostSetupError as exc:
+        pytest.fail(f"building the netns test hosts failed: {exc}", pytrace=False)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="session")
+def ssh_host(request: pytest.FixtureRequest) -> Iterator[SSHTestHost]:
+    """The ``btest`` host: alias ``btest`` in ``ssh_host.ssh_config``, remote user
+    ``sikuser``, ipykernel env at ``ssh_host.env_prefix`` (first ``python3`` on PATH)."""
+    if _docker_mode(request.config):
+        yield _docker_host(request)
+        return
+    factory: NetnsHostFactory = request.getfixturevalue("host_factory")
+    try:
+        host = factory.create_host(HOST_ALIAS)
+    except HostSetupError as exc:
+        pytest.fail(f"starting the btest host failed: {exc}", pytrace=False)
+    try:
+        yield host
+    finally:
+        host.close()
+
+
+# -------------------------------------------------------------------- Jupyter
+@dataclass
+class JupyterDirs:
+    """Per-test Jupyter dirs (also exported as JUPYTER_*_DIR)."""
+
+    runtime: Path
+    data: Path
+    config: Path
+
+
+@pytest.fixture(autouse=True)
+def jupyter_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[JupyterDirs]:
+    """Isolate local Jupyter state per test (autouse here: no test touches ~/.local/share/jupyter)."""
+    # A short base, not tmp_path (~70 chars with the test name): unix sockets
+    # made in the runtime dir must fit in 108 bytes, as under a real
+    # ~/.local/share/jupyter/runtime.
+    base = Path(tempfile.mkdtemp(prefix="sikj-"))
+    dirs = JupyterDirs(*(base / sub for sub in ("runtime", "data", "config")))
+    for var, path in (("JUPYTER_RUNTIME_DIR", dirs.runtime), ("JUPYTER_DATA_DIR", dirs.data),
+                      ("JUPYTER_CONFIG_DIR", dirs.config)):
+        path.mkdir(parents=True)
+        monkeypatch.setenv(var, str(path))
+    for var in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH"):  # no kernelspecs from elsewhere
+        monkeypatch.delenv(var, raising=False)
+    yield dirs
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# -------------------------------------------------------------------- Docker
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    """pytest-docker: our compose file instead of its default tests/docker-compose.yml."""
+    return str(COMPOSE_FILE)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DockerHost(SSHTestHost):
+    """The Docker ``btest`` container seen through the SSHTestHost interface.
+
+    Differences from NetnsHost: ``remote_pids`` returns the container's pids
+    (what a remote shell sees, so kill them with ``run("kill ...")``);
+    ``link_down`` pauses the container (connects time out in the banner
+    exchange instead of the TCP connect).
+    """
+
+    def __init__(self, compose: list[str], **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self._compose = compose
+
+    def _container(self) -> str:
+        out = subprocess.run([*self._compose, "ps", "-q", DOCKER_SERVICE], capture_output=True,
+                             text=True, check=True, timeout=60).stdout.split()
+        if not out:
+            raise RuntimeError(f"no running container for service {DOCKER_SERVICE}")
+        return out[0]
+
+    def _docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=60)
+
+    def remote_pids(self, pattern: str) -> list[int]:
+        """Container pids of the user's processes matching ``pattern`` (pgrep -f)."""
+        res = self._docker("exec", self._container(), "pgrep", "-u", self.user, "-f", pattern, check=False)
+        return [int(pid) for pid in res.stdout.split()]
+
+    def link_down(self) -> None:
+        """Freeze the container (docker pause)."""
+        self._docker("pause", self._container())
+
+    def link_up(self) -> None:
+        """Thaw the container (docker unpause)."""
+        self._docker("unpause", self._container())
+
+    def restart_sshd(self) -> None:
+        """Kill the listener; the container's entrypoint loop starts a new one."""
+        self._docker("exec", self._container(), "sh", "-c", 'kill "$(cat /run/sshd.pid)"')
+        time.sleep(0.5)
+        _wait_for_ssh(self, timeout=30)
+
+    def sshd_log(self) -> str:
+        """``docker logs`` of the container (sshd -D -e logs to stderr)."""
+        res = self._docker("logs", self._container(), check=False)
+        return res.stdout + res.stderr
+
+
+def _wait_for_ssh(host: SSHTestHost, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            res = host.run("true", timeout=10, options=["-o", "ConnectTimeout=5"])
+            if res.returncode == 0:
+                return
+            err = res.stderr
+        except subprocess.TimeoutExpired as exc:
+            err = str(exc)
+        if time.monotonic() > deadline:
+            pytest.fail(f"Docker test host not reachable over ssh: {err}", pytrace=False)
+        time.sleep(0.5)
+
+
+def _docker_host(request: pytest.FixtureRequest) -> DockerHost:
+    """Generate the keys, ``docker compose up`` (pytest-docker) and wait for sshd."""
+    tmp = request.getfixturevalue("tmp_path_factory")
+    keys = tmp.mktemp("docker-keys")
+    host_key = keygen(keys / "ssh_host_ed25519_key", "sik-docker-host")
+    client = ClientFiles(tmp.mktemp("docker-client"))
+    (keys / "authorized_keys").write_text(client.authorized_key + "\n")
+    (keys / "authorized_keys").chmod(0o644)  # sshd reads it as sikuser
+    os.environ["SIK_DOCKER_KEYS"] = str(keys)  # interpolated by docker-compose.yml
+    if not request.config.pluginmanager.hasplugin("docker"):
+        _unavailable("--docker-hosts needs the pytest-docker plugin")
+    services = request.getfixturevalue("docker_services")
+    port = services.port_for(DOCKER_SERVICE, 22)
+    client.add_host(DOCKER_SERVICE, "127.0.0.1", port, REMOTE_USER, host_key,
+                    refused_port=_free_loopback_port())
+    compose = [*shlex.split(request.getfixturevalue("docker_compose_command")), "-f", str(COMPOSE_FILE),
+               "-p", request.getfixturevalue("docker_compose_project_name")]
+    host = DockerHost(compose, alias=DOCKER_SERVICE, address="127.0.0.1", port=port,
+                      hostname="sik-btest", user=REMOTE_USER, ssh_config=client.config,
+                      env_prefix=REMOTE_ENV_PREFIX)
+    _wait_for_ssh(host, timeout=60)
+    return host

@@ -1,0 +1,167 @@
+"""Helpers for driving SSH kernels the way users do: manage -> kernelspec -> KernelManager."""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from jupyter_client import KernelManager
+from jupyter_client.kernelspec import KernelSpecManager
+
+AGENT_PATTERN = "ssh_ipykernel-agent"
+KERNEL_PATTERN = "ipykernel_launcher -f .*kernel-ssh-"
+
+
+def manage(host, prefix: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m ssh_ipykernel.manage`` as a user would, into a private prefix."""
+    argv = [sys.executable, "-m", "ssh_ipykernel.manage", "--ssh-config", str(host.ssh_config),
+            "--prefix", str(prefix), *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def spec_manager(prefix: Path) -> KernelSpecManager:
+    return KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
+
+
+class Kernel:
+    """A KernelManager + client on an SSH kernelspec, with the proxy's stderr kept in a file."""
+
+    def __init__(self, prefix: Path, name: str, log_path: Path) -> None:
+        self.log_path = log_path
+        self.km = KernelManager(kernel_name=name, kernel_spec_manager=spec_manager(prefix))
+        self.kc = None
+
+    def start(self, timeout: float = 60) -> float:
+        t0 = time.monotonic()
+        # Kept open: KernelManager reuses these for every restart.
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115
+        self.km.start_kernel(stdout=self._log_file, stderr=self._log_file)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        try:
+            self.kc.wait_for_ready(timeout=timeout)
+        except RuntimeError as e:
+            raise AssertionError(f"{e}\n--- proxy log ---\n{self.log()}") from e
+        return time.monotonic() - t0
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def proxy(self) -> subprocess.Popen:
+        return self.km.provisioner.process  # type: ignore[union-attr]
+
+    def execute(self, code: str, timeout: float = 60) -> Tuple[Dict[str, Any], str, List[Dict[str, Any]]]:
+        """Run code; return (reply content, stdout text, other iopub outputs)."""
+        stdout: List[str] = []
+        outputs: List[Dict[str, Any]] = []
+
+        def on_output(msg: Dict[str, Any]) -> None:
+            kind = msg["msg_type"]
+            if kind == "stream" and msg["content"]["name"] == "stdout":
+                stdout.append(msg["content"]["text"])
+            elif kind in ("execute_result", "display_data", "error"):
+                outputs.append(msg)
+
+        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
+        return reply["content"], "".join(stdout), outputs
+
+    def value(self, expression: str, timeout: float = 60) -> str:
+        """The printed value of an expression on the remote."""
+        content, out, _ = self.execute(f"print({expression})", timeout)
+        assert content["status"] == "ok", content
+        return out.strip()
+
+    def wait_reply(self, msg_id: str, timeout: float) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no reply within {timeout} s\n{self.log()}") from None
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return msg["content"]
+
+    def wait_busy(self, msg_id: str, timeout: float = 30) -> None:
+        """Wait until the kernel reports it started executing ``msg_id``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                msg = self.kc.get_iopub_msg(timeout=1)
+            except queue.Empty:
+                continue
+            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
+                    and msg["content"]["execution_state"] == "busy"):
+                return
+        raise AssertionError("the kernel never went busy")
+
+    def shutdown(self) -> None:
+        if self.kc is not None:
+            self.kc.stop_channels()
+        if self.km.has_kernel:
+            self.km.shutdown_kernel()
+        if getattr(self, "_log_file", None):
+            self._log_file.close()
+
+
+def remote_leftovers(host, kernel_pid: Optional[int] = None) -> Dict[str, Any]:
+    """What an SSH kernel could leave on the remote: agent/kernel processes, key files."""
+    found: Dict[str, Any] = {}
+    agents = host.remote_pids(AGENT_PATTERN)
+    kernels = host.remote_pids(KERNEL_PATTERN)
+    if agents:
+        found["agents"] = agents
+    if kernels:
+        found["kernels"] = kernels
+    if kernel_pid is not None and host.run(f"kill -0 {kernel_pid}").returncode == 0:
+        found["kernel_pid"] = kernel_pid
+    files = host.run(f"ls -A {host.runtime_dir} 2>/dev/null | grep '^kernel-ssh-' || true").stdout.split()
+    if files:
+        found["files"] = files
+    return found
+
+
+def wait_remote_clean(host, kernel_pid: Optional[int] = None, timeout: float = 20) -> Dict[str, Any]:
+    """Poll until nothing is left on the remote; return what is still there after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = remote_leftovers(host, kernel_pid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.3)
+
+
+def local_ssh_children(runtime_dir: str) -> List[str]:
+    """ssh processes using a control socket under this test's runtime dir."""
+    out = subprocess.run(["pgrep", "-af", f"ControlPath={runtime_dir}"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def remote_connection_info(host) -> Dict[str, Any]:
+    """The single remote connection file of the running kernel, read on the remote."""
+    r = host.run(f"cat {host.runtime_dir}/kernel-ssh-*.json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def all_cmdlines() -> bytes:
+    data = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    data.append(f.read())
+            except OSError:
+                pass
+    return b"\n".join(data)

@@ -1,0 +1,210 @@
+"""An SSH kernel driven through jupyter_client's KernelManager, as Jupyter front ends do."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+
+import pytest
+
+from kernels import (
+    Kernel,
+    all_cmdlines,
+    local_ssh_children,
+    manage,
+    remote_connection_info,
+    wait_remote_clean,
+)
+
+WHERE = "(__import__('socket').gethostname(), __import__('sys').executable)"
+
+
+@pytest.fixture
+def kernel(ssh_host, jupyter_env, tmp_path):
+    """Factory: register the host with manage (given args) and start a kernel on it."""
+    started = []
+
+    def make(*manage_args: str, name: str = "ssh_btest") -> Kernel:
+        prefix = tmp_path / "prefix"
+        manage(ssh_host, prefix, "--host", ssh_host.alias, *manage_args)
+        k = Kernel(prefix, name, tmp_path / f"proxy-{len(started)}.log")
+        started.append(k)
+        k.start()
+        return k
+
+    yield make
+    for k in started:
+        try:
+            k.shutdown()
+        except Exception:  # noqa: BLE001 - the test itself reports the failure
+            pass
+    left = wait_remote_clean(ssh_host)
+    assert not left, f"left on the remote after the test: {left}"
+
+
+def assert_runs_remotely(k: Kernel, host, python: str = "") -> None:
+    assert k.value(WHERE) == str((host.hostname, python or host.env_python))
+    assert host.hostname != __import__("socket").gethostname()
+    assert not os.path.exists(host.env_prefix), "the remote env must not exist locally"
+
+
+def test_env_prefix_runs_code_on_the_remote(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    assert_runs_remotely(k, ssh_host)
+    content, out, outputs = k.execute(
+        "from IPython.display import HTML, display\n"
+        "print('hello from', __import__('socket').gethostname())\n"
+        "display(HTML('<b>rich</b>'))\n"
+        "6 * 7"
+    )
+    assert content["status"] == "ok"
+    assert out == f"hello from {ssh_host.hostname}\n"
+    kinds = {m["msg_type"]: m["content"]["data"] for m in outputs}
+    assert kinds["display_data"]["text/html"] == "<b>rich</b>"
+    assert kinds["execute_result"]["text/plain"] == "42"
+    assert "connected in" in k.log() and "tunnels up" in k.log()
+
+
+def test_interpreter_path(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_python)
+    assert_runs_remotely(k, ssh_host)
+
+
+def test_default_is_python3_on_the_remote_path(kernel, ssh_host):
+    k = kernel()
+    # The remote PATH (~/.ssh/environment on the test host) puts the env's bin/ first.
+    assert_runs_remotely(k, ssh_host, python=f"{ssh_host.env_prefix}/bin/python3")
+
+
+def test_interrupt_raises_keyboardinterrupt_and_keeps_state(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    k.execute("x = 42; import os, time")
+    pid = k.value("os.getpid()")
+    msg_id = k.kc.execute("time.sleep(60)")
+    k.wait_busy(msg_id)
+    time.sleep(0.5)  # be inside sleep(), not still compiling the cell
+    t0 = time.monotonic()
+    k.km.interrupt_kernel()
+    reply = k.wait_reply(msg_id, timeout=15)
+    elapsed = time.monotonic() - t0
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert elapsed < 10
+    assert k.value("x") == "42"
+    assert k.value("os.getpid()") == pid
+    assert k.proxy.poll() is None
+
+
+def test_restart_gives_a_fresh_kernel_and_ends_the_old_one(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    k.execute("x = 1")
+    old_pid = int(k.value("__import__('os').getpid()"))
+    k.km.restart_kernel()
+    k.kc.wait_for_ready(timeout=60)
+    assert k.value("'x' in dir()") == "False"
+    new_pid = int(k.value("__import__('os').getpid()"))
+    assert new_pid != old_pid
+    assert ssh_host.run(f"kill -0 {old_pid}").returncode != 0, "old kernel still alive"
+    files = ssh_host.run(f"ls {ssh_host.runtime_dir}").stdout.split()
+    assert len([f for f in files if f.endswith(".json") and f.startswith("kernel-ssh-")]) == 1, files
+    assert_runs_remotely(k, ssh_host)
+
+
+def test_shutdown_leaves_nothing(kernel, ssh_host, jupyter_env):
+    k = kernel("--python", ssh_host.env_prefix)
+    pid = int(k.value("__import__('os').getpid()"))
+    proxy = k.proxy
+    t0 = time.monotonic()
+    k.shutdown()
+    took = time.monotonic() - t0
+    assert proxy.poll() == 0, k.log()
+    assert took < 5, f"shutdown took {took:.1f} s"
+    assert not wait_remote_clean(ssh_host, pid, timeout=5)
+    assert not local_ssh_children(str(jupyter_env.runtime))
+    assert os.listdir(os.path.join(str(jupyter_env.runtime), "ssh_ipykernel")) == []
+
+
+def test_sigterm_to_the_proxy_shuts_the_kernel_down(kernel, ssh_host, jupyter_env):
+    k = kernel("--python", ssh_host.env_prefix)
+    pid = int(k.value("__import__('os').getpid()"))
+    k.proxy.send_signal(signal.SIGTERM)
+    assert k.proxy.wait(15) == 0, k.log()
+    assert "SIGTERM: shutting the kernel down" in k.log()
+    assert not wait_remote_clean(ssh_host, pid, timeout=10)
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+def test_sighup_to_the_proxy_shuts_the_kernel_down(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    pid = int(k.value("__import__('os').getpid()"))
+    k.proxy.send_signal(signal.SIGHUP)
+    assert k.proxy.wait(15) == 0, k.log()
+    assert not wait_remote_clean(ssh_host, pid, timeout=10)
+
+
+def test_kill_9_of_the_proxy_leaves_nothing(kernel, ssh_host, jupyter_env):
+    k = kernel("--python", ssh_host.env_prefix)
+    pid = int(k.value("__import__('os').getpid()"))
+    k.proxy.kill()
+    k.proxy.wait(5)
+    # The ssh children die with the proxy (PDEATHSIG); the agent sees its session end and
+    # shuts the kernel down.
+    assert not wait_remote_clean(ssh_host, pid, timeout=15)
+    deadline = time.monotonic() + 5
+    while local_ssh_children(str(jupyter_env.runtime)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+def test_kernel_crash_makes_the_proxy_exit_nonzero(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    pid = int(k.value("__import__('os').getpid()"))
+    k.kc.execute("import os; os._exit(3)")
+    assert k.proxy.wait(15) == 1, k.log()
+    assert "the remote kernel died (exit code 3)" in k.log()
+    assert not k.km.is_alive()
+    assert not wait_remote_clean(ssh_host, pid, timeout=10)
+
+
+def test_key_stays_secret(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    key = k.km.session.key
+    assert len(key) >= 16
+    assert key not in all_cmdlines(), "session key visible in a process command line"
+    info = remote_connection_info(ssh_host)
+    assert info["key"] == key.decode()
+    mode = ssh_host.run(f"stat -c %a {ssh_host.runtime_dir}/kernel-ssh-*.json").stdout.split()
+    assert mode == ["600"], mode
+    k.execute("print('some output')")
+    assert key.decode() not in k.log()
+
+
+def test_kernel_binds_loopback_only(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    info = remote_connection_info(ssh_host)
+    assert info["ip"] == "127.0.0.1"
+    ports = {info[f"{c}_port"] for c in ("shell", "iopub", "stdin", "control", "hb")}
+    listening = ssh_host.run("ss -Hltn").stdout.splitlines()
+    bound = {line.split()[3] for line in listening}
+    for port in ports:
+        addresses = {b.rsplit(":", 1)[0] for b in bound if b.rsplit(":", 1)[1] == str(port)}
+        assert addresses == {"127.0.0.1"}, (port, addresses)
+    assert k.value("1 + 1") == "2"
+
+
+def test_env_values_arrive_exactly_and_run_nothing(kernel, ssh_host, tmp_path):
+    marker = "/tmp/sik-env-marker"
+    ssh_host.run(f"rm -f {marker}")
+    hostile = f"$(touch {marker}) `touch {marker}`; touch {marker} 'q' \"d\" \\ end"
+    k = kernel("--python", ssh_host.env_prefix, "--env", f"SIK_HOSTILE={hostile}", "--env", "SIK_EMPTY=")
+    assert k.value("repr(__import__('os').environ['SIK_HOSTILE'])") == repr(hostile)
+    assert k.value("repr(__import__('os').environ['SIK_EMPTY'])") == "''"
+    assert ssh_host.run(f"test -e {marker}").returncode != 0
+    assert not os.path.exists(marker)
+
+
+def test_stderr_progress_lines(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    log = k.log()
+    for stage in ("connecting to", "connected in", "launching kernel with", "launched in", "tunnels up in"):
+        assert stage in log, (stage, log)

@@ -1,0 +1,119 @@
+import json
+import sys
+
+import pytest
+from click.testing import CliRunner
+from jupyter_client.kernelspec import KernelSpecManager
+
+from ssh_ipykernel.exceptions import UsageError
+from ssh_ipykernel.kernelspec import (
+    KernelSpecOptions,
+    build_kernelspec,
+    check_kernel_name,
+    default_kernel_name,
+)
+from ssh_ipykernel.manage import add_command
+from ssh_ipykernel.options import parse_env
+
+
+@pytest.mark.parametrize(
+    "host, name",
+    [("btest", "ssh_btest"), ("alice@Login.Example.org:2222", "ssh_alice_login.example.org_2222"),
+     ("ssh://u@h", "ssh_ssh_u_h"), ("[::1]:22", "ssh_1_22")],
+)
+def test_default_names_are_valid(host, name):
+    assert default_kernel_name(host) == name
+    assert check_kernel_name(name) == name
+
+
+def test_invalid_name_is_refused_with_a_suggestion():
+    with pytest.raises(UsageError) as e:
+        check_kernel_name("my kernel!")
+    assert "ssh_my_kernel" in str(e.value)
+
+
+def test_argv_replays_the_options_and_ends_with_the_connection_file():
+    spec = build_kernelspec(
+        KernelSpecOptions(host="btest", python="/opt/env", env={"A": "x y", "B": "'q'"}, sudo=True,
+                          timeout=12.5, ssh_config="/cfg"),
+        python_executable="/usr/bin/python3",
+    )
+    assert spec["argv"] == [
+        "/usr/bin/python3", "-m", "ssh_ipykernel", "--host", "btest", "--python", "/opt/env",
+        "--ssh-config", "/cfg", "--timeout", "12.5", "--env", "A=x y", "--env", "B='q'", "--sudo",
+        "-f", "{connection_file}",
+    ]
+    assert spec["display_name"] == "SSH btest"
+    assert spec["interrupt_mode"] == "signal"
+    assert spec["language"] == "python"
+
+
+def test_parse_env_keeps_values_exactly():
+    assert parse_env(["A=", "B=x=y", "C= spaced 'q' \"d\" $(x) "]) == {
+        "A": "", "B": "x=y", "C": " spaced 'q' \"d\" $(x) "}
+    for bad in ["NOEQUALS", "1A=x", "A B=x", "=x"]:
+        with pytest.raises(UsageError):
+            parse_env([bad])
+
+
+def test_manage_installs_a_kernelspec_jupyter_finds(tmp_path):
+    result = CliRunner().invoke(
+        add_command,
+        ["--host", "btest", "--python", "/remote/env", "--env", "X=1 2", "--prefix", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Installed kernelspec ssh_btest (SSH btest)" in result.output
+    ksm = KernelSpecManager(kernel_dirs=[str(tmp_path / "share" / "jupyter" / "kernels")])
+    spec = ksm.get_kernel_spec("ssh_btest")
+    assert spec.display_name == "SSH btest"
+    assert spec.argv[0] == sys.executable
+    assert spec.argv[1:] == ["-m", "ssh_ipykernel", "--host", "btest", "--python", "/remote/env",
+                             "--env", "X=1 2", "-f", "{connection_file}"]
+    assert spec.interrupt_mode == "signal"
+
+
+def test_manage_custom_name_and_display_name(tmp_path):
+    result = CliRunner().invoke(
+        add_command,
+        ["--host", "u@h:2200", "--name", "gpu", "--display-name", "GPU box", "--prefix", str(tmp_path)],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "share/jupyter/kernels/gpu/kernel.json").read_text())
+    assert data["display_name"] == "GPU box"
+    assert data["argv"][3:5] == ["--host", "u@h:2200"]
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--host", "-oProxyCommand=x"], "not a host name"),
+        (["--host", "btest", "--name", "bad name"], "not a valid kernelspec name"),
+        (["--host", "btest", "--env", "1X=2"], "VAR=VALUE"),
+        (["--host", "btest", "--ssh-config", "/no/such/file"], "no such file"),
+        (["--host", "btest", "--python", "/a\nb"], "control characters"),
+    ],
+)
+def test_manage_bad_input_writes_nothing(tmp_path, args, words):
+    result = CliRunner().invoke(add_command, args + ["--prefix", str(tmp_path)])
+    assert result.exit_code == 2
+    assert words in result.output
+    assert not (tmp_path / "share").exists()
+
+
+def test_control_sockets_fall_back_to_a_short_private_dir(tmp_path, monkeypatch):
+    from ssh_ipykernel.transport import openssh
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("x" * 90)))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    d = openssh.control_dir()
+    assert d.startswith(str(tmp_path)) and "xxxx" not in d
+    assert oct(__import__("os").stat(d).st_mode & 0o777) == "0o700"
+    short = tempfile.mkdtemp(prefix="sik", dir="/tmp")
+    try:
+        monkeypatch.setenv("JUPYTER_RUNTIME_DIR", short)
+        assert openssh.control_dir() == f"{short}/ssh_ipykernel"
+    finally:
+        __import__("shutil").rmtree(short)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install everything the tests, the demo and the benchmark need on a fresh Debian/Ubuntu machine:
+# the OpenSSH server and iproute2 (for the network-namespace test hosts), Debian's python3-venv
+# (the test hosts' remote environment is built from /usr/bin/python3), and a virtualenv .venv
+# with this package and its test extras. Run as root (or with sudo available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -eq 0 ]; then SUDO=(); else SUDO=(sudo); fi
+
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh >/dev/null || missing+=(openssh-client)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v unshare >/dev/null || missing+=(util-linux)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+echo "setup: installing ssh_ipykernel[test] into .venv"
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: done"
