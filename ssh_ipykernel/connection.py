@@ -9,14 +9,9 @@ import ipaddress
 import json
 import os
 import re
-from typing import Dict, Tuple
+from typing import Dict, Tuple, TypedDict
 
 from .exceptions import ConnectionFileError
-
-try:  # Python >= 3.8
-    from typing import TypedDict
-except ImportError:  # pragma: no cover
-    from typing_extensions import TypedDict  # type: ignore
 
 #: The five ZMQ channels of a Jupyter kernel, in the order we forward them.
 CHANNELS: Tuple[str, ...] = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")

@@ -267,13 +267,18 @@ class Agent:
             self.log("shutdown_request failed (%s); terminating the kernel" % e)
 
     def shutdown(self) -> None:
-        """Shut the kernel down: polite request, then SIGTERM, then SIGKILL. Safe to call twice."""
+        """Shut the kernel down: interrupt and polite request, then SIGTERM, then SIGKILL.
+
+        Safe to call twice (from the command thread and on stdin EOF).
+        """
         if self._shutdown_started.is_set():
             return
         self._shutdown_started.set()
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
+        # As Jupyter does: interrupt first, so that a busy cell does not hold the shutdown up.
+        self.interrupt()
         self._request_shutdown()
         for signum, wait in ((None, SHUTDOWN_REQUEST_WAIT), (signal.SIGTERM, SIGTERM_WAIT)):
             if signum is not None:

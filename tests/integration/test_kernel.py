@@ -127,8 +127,12 @@ def test_shutdown_leaves_nothing(kernel, ssh_host, jupyter_env):
 def test_sigterm_to_the_proxy_shuts_the_kernel_down(kernel, ssh_host, jupyter_env):
     k = kernel("--python", ssh_host.env_prefix)
     pid = int(k.value("__import__('os').getpid()"))
+    msg_id = k.kc.execute("import time; time.sleep(60)")  # a busy kernel must not hold it up
+    k.wait_busy(msg_id)
+    t0 = time.monotonic()
     k.proxy.send_signal(signal.SIGTERM)
     assert k.proxy.wait(15) == 0, k.log()
+    assert time.monotonic() - t0 < 4, "shutdown waited for the busy cell or a timeout"
     assert "SIGTERM: shutting the kernel down" in k.log()
     assert not wait_remote_clean(ssh_host, pid, timeout=10)
     assert not local_ssh_children(str(jupyter_env.runtime))
@@ -208,3 +212,15 @@ def test_stderr_progress_lines(kernel, ssh_host):
     log = k.log()
     for stage in ("connecting to", "connected in", "launching kernel with", "launched in", "tunnels up in"):
         assert stage in log, (stage, log)
+
+
+def test_sudo_runs_the_kernel_as_root_and_cleans_up(kernel, ssh_host):
+    if ssh_host.run("sudo -n true").returncode != 0:
+        pytest.skip("the test host's user has no passwordless sudo")
+    k = kernel("--python", ssh_host.env_prefix, "--sudo", "--env", "SIK_X=1")
+    assert k.value("(__import__('os').geteuid(), __import__('os').environ['SIK_X'])") == "(0, '1')"
+    pid = int(k.value("__import__('os').getpid()"))
+    k.shutdown()
+    assert ssh_host.run(f"sudo -n kill -0 {pid}").returncode != 0, "root kernel still running"
+    left = ssh_host.run("sudo -n sh -c 'ls -A ~root/.local/share/jupyter/runtime 2>/dev/null'").stdout.split()
+    assert not [f for f in left if f.startswith("kernel-ssh-")], left

@@ -99,21 +99,3 @@ def test_manage_bad_input_writes_nothing(tmp_path, args, words):
     assert words in result.output
     assert not (tmp_path / "share").exists()
 
-
-def test_control_sockets_fall_back_to_a_short_private_dir(tmp_path, monkeypatch):
-    from ssh_ipykernel.transport import openssh
-
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / ("x" * 90)))
-    monkeypatch.setenv("TMPDIR", str(tmp_path))
-    import tempfile
-
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    d = openssh.control_dir()
-    assert d.startswith(str(tmp_path)) and "xxxx" not in d
-    assert oct(__import__("os").stat(d).st_mode & 0o777) == "0o700"
-    short = tempfile.mkdtemp(prefix="sik", dir="/tmp")
-    try:
-        monkeypatch.setenv("JUPYTER_RUNTIME_DIR", short)
-        assert openssh.control_dir() == f"{short}/ssh_ipykernel"
-    finally:
-        __import__("shutil").rmtree(short)
