@@ -66,7 +66,9 @@ class Proxy:
         redact(info["key"])
         t0 = time.monotonic()
         transport_options = TransportOptions(
-            ssh_config=self.options.ssh_config, connect_timeout=self.options.timeout
+            ssh_config=self.options.ssh_config,
+            connect_timeout=self.options.timeout,
+            verbose=logger.isEnabledFor(logging.DEBUG),
         )
         with SignalRelay() as signals, create_transport(
             self.options.transport, self.hostspec, transport_options, name=self.kernel_id

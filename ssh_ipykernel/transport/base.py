@@ -37,6 +37,7 @@ class TransportOptions:
     connect_timeout: float = 30.0
     server_alive_interval: int = 15
     server_alive_count_max: int = 3
+    verbose: bool = False  # ssh -v output in the log (proxy --log-level DEBUG)
 
 
 class Transport(abc.ABC):

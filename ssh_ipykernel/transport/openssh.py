@@ -124,6 +124,9 @@ class OpenSSHTransport(Transport):
             "-o", f"ServerAliveCountMax={self.options.server_alive_count_max}",
             # Forwards in the user's config for this host would collide between kernels.
             "-o", "ClearAllForwardings=yes",
+            # Errors are what we classify: a LogLevel QUIET in the user's config would hide them,
+            # and INFO adds "Permanently added ..." noise to every kernel start.
+            *(["-v"] if self.options.verbose else ["-o", "LogLevel=ERROR"]),
         ] + self.destination()
 
     def client_argv(self, *extra: str) -> List[str]:

@@ -224,3 +224,28 @@ def test_sudo_runs_the_kernel_as_root_and_cleans_up(kernel, ssh_host):
     assert ssh_host.run(f"sudo -n kill -0 {pid}").returncode != 0, "root kernel still running"
     left = ssh_host.run("sudo -n sh -c 'ls -A ~root/.local/share/jupyter/runtime 2>/dev/null'").stdout.split()
     assert not [f for f in left if f.startswith("kernel-ssh-")], left
+
+
+@pytest.mark.parametrize("form", ["{user}@{address}", "{user}@{address}:22", "ssh://{user}@{address}:22"])
+def test_host_forms_other_than_an_alias(ssh_host, tmp_path, form):
+    client = getattr(getattr(ssh_host, "factory", None), "client", None)
+    if client is None:
+        pytest.skip("needs the netns host's client files")
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        f"Host {ssh_host.address}\n  IdentityFile {client.identity}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {client.known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
+        f"  StrictHostKeyChecking yes\n"
+    )
+    config.chmod(0o600)
+    spec = form.format(user=ssh_host.user, address=ssh_host.address)
+    prefix = tmp_path / "prefix"
+    host = type("H", (), {"ssh_config": config})()
+    manage(host, prefix, "--host", spec, "--python", ssh_host.env_prefix, "--name", "forms")
+    k = Kernel(prefix, "forms", tmp_path / "proxy.log")
+    try:
+        k.start()
+        assert k.value(WHERE) == str((ssh_host.hostname, ssh_host.env_python))
+    finally:
+        k.shutdown()
+    assert not wait_remote_clean(ssh_host)

@@ -52,3 +52,9 @@ def test_control_sockets_fall_back_to_a_short_private_dir(tmp_path, monkeypatch)
         assert openssh.control_dir() == f"{short}/ssh_ipykernel"
     finally:
         __import__("shutil").rmtree(short)
+
+
+def test_log_level_errors_unless_debugging():
+    assert "LogLevel=ERROR" in transport().master_argv()
+    verbose = transport(verbose=True).master_argv()
+    assert "-v" in verbose and "LogLevel=ERROR" not in verbose
