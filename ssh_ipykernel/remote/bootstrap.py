@@ -158,14 +158,9 @@ class Agent:
     def check_imports(self) -> None:
         import importlib.util
 
-        if importlib.util.find_spec("ipykernel") is None:
-            raise BootstrapError(
-                "no_ipykernel", "ipykernel is not installed for %s" % sys.executable
-            )
-        if importlib.util.find_spec("jupyter_client") is None:
-            raise BootstrapError(
-                "no_jupyter_client", "jupyter_client is not installed for %s" % sys.executable
-            )
+        for module, code in (("ipykernel", "no_ipykernel"), ("jupyter_client", "no_jupyter_client")):
+            if importlib.util.find_spec(module) is None:
+                raise BootstrapError(code, "%s is not installed for %s" % (module, sys.executable))
 
     def write_connection_file(self) -> None:
         """Free remote ports and a 0600 connection file holding the local session key."""
@@ -300,8 +295,6 @@ class Agent:
             self.interrupt()
         elif op == "shutdown":
             threading.Thread(target=self.shutdown, daemon=True).start()
-        elif op == "ping":
-            self.emit("pong")
         else:
             self.log("ignoring unknown command %r" % op)
 
@@ -315,12 +308,15 @@ class Agent:
             self.shutdown()
 
     # -- output relay ---------------------------------------------------------------------------
-    def log(self, message: str) -> None:
+    def write_err(self, text: str) -> None:
         try:
-            self.err.write("ssh_ipykernel agent: %s\n" % message)
+            self.err.write(text)
             self.err.flush()
         except (OSError, ValueError):
-            pass
+            pass  # stderr gone with the proxy; nothing left to tell
+
+    def log(self, message: str) -> None:
+        self.write_err("ssh_ipykernel agent: %s\n" % message)
 
     def relay_log(self) -> None:
         """Copy the kernel's log file to stderr as it grows, until the kernel has ended."""
@@ -332,11 +328,7 @@ class Agent:
             while True:
                 chunk = f.read(65536)
                 if chunk:
-                    try:
-                        self.err.write(chunk.decode("utf-8", "replace"))
-                        self.err.flush()
-                    except (OSError, ValueError):
-                        pass
+                    self.write_err(chunk.decode("utf-8", "replace"))
                     continue
                 if self._ended.is_set():
                     return
@@ -359,17 +351,12 @@ class Agent:
         returncode = self.proc.wait()
         # Children the kernel left in its process group (``!sleep 1000 &``) go with it, as
         # they would when a local Jupyter kills a kernel.
-        self.signal_kernel_group_leftovers()
-        self._ended.set()
-        return returncode
-
-    def signal_kernel_group_leftovers(self) -> None:
-        if self.proc is None:
-            return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except OSError:
             pass
+        self._ended.set()
+        return returncode
 
 
 def read_params(stream) -> dict:
@@ -386,7 +373,6 @@ def main() -> None:
     # A SIGHUP from sshd when the connection drops must not kill us before we clean up.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    agent = None
     try:
         params = read_params(stdin)
         agent = Agent(params)
