@@ -64,6 +64,7 @@ class Proxy:
         """Start the kernel and serve it; return the process exit code."""
         info = load_connection_file(self.options.connection_file)
         redact(info["key"])
+        self._key = info["key"]
         t0 = time.monotonic()
         transport_options = TransportOptions(
             ssh_config=self.options.ssh_config,
@@ -145,7 +146,7 @@ class Proxy:
                     elif key.data == "stderr":
                         data = os.read(key.fd, 65536)
                         if data:
-                            _relay_remote_output(data)
+                            _relay_remote_output(data, self._key)
                         else:
                             sel.unregister(key.fd)
                     elif key.data == "master":
@@ -202,10 +203,13 @@ def _drain(pending: list) -> list:  # type: ignore[type-arg]
     return items
 
 
-def _relay_remote_output(data: bytes) -> None:
-    """The kernel's own stderr/stdout (its log) goes to ours, which Jupyter logs."""
+def _relay_remote_output(data: bytes, secret: str) -> None:
+    """The kernel's own stderr/stdout (its log) goes to ours, which Jupyter logs; never the key."""
+    text = data.decode("utf-8", "replace")
+    if len(secret) >= 8:
+        text = text.replace(secret, "<key>")
     try:
-        sys.stderr.write(data.decode("utf-8", "replace"))
+        sys.stderr.write(text)
         sys.stderr.flush()
     except (OSError, ValueError):
         pass

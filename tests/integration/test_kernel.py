@@ -249,3 +249,15 @@ def test_host_forms_other_than_an_alias(ssh_host, tmp_path, form):
     finally:
         k.shutdown()
     assert not wait_remote_clean(ssh_host)
+
+
+def test_key_printed_by_the_kernel_is_redacted_from_the_log(kernel, ssh_host):
+    k = kernel("--python", ssh_host.env_prefix)
+    key = k.km.session.key.decode()
+    # Straight to the kernel process's fd 2, which the agent relays to the proxy's stderr.
+    k.execute(f"import os; os.write(2, b'leak? {key} end\\n')")
+    deadline = time.monotonic() + 10
+    while "leak? <key> end" not in k.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "leak? <key> end" in k.log()
+    assert key not in k.log()
