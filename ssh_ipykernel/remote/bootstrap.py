@@ -11,11 +11,9 @@ Protocol (one ssh session, no pty):
   command lines: ``{"op": "interrupt"}``, ``{"op": "shutdown"}``. EOF means the proxy is gone.
 * stdout, to the proxy: JSON event lines: ``ready`` (pid, ports, versions), ``error`` (code,
   message; the process then exits with the matching sentinel code) and ``exited`` (returncode).
-* stderr: the kernel's own output (its log), relayed line by line for Jupyter's log.
+* stderr: the kernel's own output (its log), relayed for Jupyter's log.
 
-The kernel runs in its own session (``start_new_session``) so the SSH session's end never
-signals it directly; this agent owns its lifetime: it relays interrupts, shuts it down on
-request or when the proxy disappears, and removes the files holding the key when it ends.
+The kernel runs in its own session; this agent owns its lifetime (see docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -52,6 +50,7 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 # Grace periods of the shutdown ladder: shutdown_request, then SIGTERM, then SIGKILL.
 SHUTDOWN_REQUEST_WAIT = 5.0
+SHUTDOWN_REPLY_WAIT = 1.0
 SIGTERM_WAIT = 2.0
 
 
@@ -107,22 +106,18 @@ def kernel_environment(base: dict, extra: dict) -> dict:
 
 def runtime_dir() -> str:
     """Where the connection and log files go: Jupyter's runtime dir of the remote user, 0700."""
-    path = os.environ.get("JUPYTER_RUNTIME_DIR")
-    if not path:
-        try:
-            from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_core.paths import jupyter_runtime_dir  # comes with jupyter_client
 
-            path = jupyter_runtime_dir()
-        except ImportError:
-            path = os.path.join(os.path.expanduser("~"), ".local", "share", "jupyter", "runtime")
+    path = jupyter_runtime_dir()  # honours JUPYTER_RUNTIME_DIR
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
 
-def _version(module_name: str) -> str:
-    try:
-        module = __import__(module_name)
-        return str(getattr(module, "__version__", "?"))
+def _version(distribution: str) -> str:
+    try:  # package metadata: no need to import the package itself
+        from importlib.metadata import version
+
+        return version(distribution)
     except Exception:  # noqa: BLE001 - a version string is informational only
         return "?"
 
@@ -145,14 +140,8 @@ class Agent:
 
     # -- output to the proxy ------------------------------------------------------------------
     def emit(self, event: str, **fields: object) -> None:
-        fields["event"] = event
-        line = (json.dumps(fields) + "\n").encode("utf-8")
         with self._out_lock:
-            try:
-                self.out.write(line)
-                self.out.flush()
-            except (BrokenPipeError, OSError, ValueError):
-                pass  # the proxy is gone; the kernel's fate no longer depends on telling it
+            write_event(self.out, event, **fields)
 
     # -- start ----------------------------------------------------------------------------------
     def check_imports(self) -> None:
@@ -245,8 +234,12 @@ class Agent:
     def interrupt(self) -> None:
         self.signal_kernel(signal.SIGINT)
 
-    def _request_shutdown(self) -> None:
-        """Ask the kernel to shut down over its control channel (runs its cleanup, history save)."""
+    def _request_shutdown(self) -> bool:
+        """Ask the kernel to shut down over its control channel (runs its cleanup, saves history).
+
+        Returns whether the kernel acknowledged: one that is still booting (or hung) does not,
+        and then waiting for it to exit on its own would only delay the signals.
+        """
         try:
             from jupyter_client.blocking.client import BlockingKernelClient
 
@@ -254,12 +247,21 @@ class Agent:
             client.load_connection_file(self.connection_file)
             client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
             try:
-                client.shutdown()
-                time.sleep(0.05)  # let zmq flush before the context goes away
+                msg_id = client.shutdown()
+                deadline = time.monotonic() + SHUTDOWN_REPLY_WAIT
+                while time.monotonic() < deadline:
+                    try:
+                        reply = client.control_channel.get_msg(timeout=deadline - time.monotonic())
+                    except Exception:  # noqa: BLE001 - queue.Empty: no answer in time
+                        return False
+                    if reply.get("parent_header", {}).get("msg_id") == msg_id:
+                        return True
+                return False
             finally:
                 client.stop_channels()
         except Exception as e:  # noqa: BLE001 - fall through to signals
             self.log("shutdown_request failed (%s); terminating the kernel" % e)
+            return False
 
     def shutdown(self) -> None:
         """Shut the kernel down: interrupt and polite request, then SIGTERM, then SIGKILL.
@@ -274,8 +276,9 @@ class Agent:
             return
         # As Jupyter does: interrupt first, so that a busy cell does not hold the shutdown up.
         self.interrupt()
-        self._request_shutdown()
-        for signum, wait in ((None, SHUTDOWN_REQUEST_WAIT), (signal.SIGTERM, SIGTERM_WAIT)):
+        acknowledged = self._request_shutdown()
+        first_wait = SHUTDOWN_REQUEST_WAIT if acknowledged else 0.2
+        for signum, wait in ((None, first_wait), (signal.SIGTERM, SIGTERM_WAIT)):
             if signum is not None:
                 self.signal_kernel(signum)
             try:
@@ -359,6 +362,16 @@ class Agent:
         return returncode
 
 
+def write_event(out, event: str, **fields: object) -> None:
+    """One JSON line to the proxy."""
+    fields["event"] = event
+    try:
+        out.write((json.dumps(fields) + "\n").encode("utf-8"))
+        out.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the proxy is gone; the kernel's fate no longer depends on telling it
+
+
 def read_params(stream) -> dict:
     line = stream.readline()
     try:
@@ -378,9 +391,7 @@ def main() -> None:
         agent = Agent(params)
         agent.launch()
     except BootstrapError as e:
-        out = sys.stdout.buffer
-        out.write((json.dumps({"event": "error", "code": e.code, "message": e.message}) + "\n").encode())
-        out.flush()
+        write_event(sys.stdout.buffer, "error", code=e.code, message=e.message)
         sys.exit(e.exit_code)
     relay = threading.Thread(target=agent.relay_log, daemon=True)
     relay.start()
