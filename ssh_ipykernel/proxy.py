@@ -102,19 +102,23 @@ class Proxy:
                     t3 = time.monotonic()
                     self.log.info("tunnels up in %.3f s; ready %.2f s after start", t3 - t2, t3 - t0)
                     signals.raise_on_stop = False
-                    for signum in signals.pending():
-                        if signum == signal.SIGINT:
-                            self.log.info("interrupt during start-up ignored")
-                        else:
-                            kernel.request_shutdown()
-                    return self._serve(kernel, transport, signals)
+                    # A SIGINT that came while the kernel was booting would kill it, not
+                    # interrupt a cell; a stop that slipped in after start-up still counts.
+                    early = signals.pending()
+                    if signal.SIGINT in early:
+                        self.log.info("interrupt during start-up ignored")
+                    stop = any(signum != signal.SIGINT for signum in early)
+                    return self._serve(kernel, transport, signals, stop=stop)
             finally:
                 kernel.close()
 
-    def _serve(self, kernel: RemoteKernel, transport, signals: SignalRelay) -> int:  # noqa: ANN001
+    def _serve(self, kernel: RemoteKernel, transport, signals: SignalRelay, *, stop: bool) -> int:  # noqa: ANN001
         assert kernel.proc and kernel.proc.stderr and kernel.reader
         reader = kernel.reader
         shutdown_deadline: Optional[float] = None
+        if stop:
+            kernel.request_shutdown()
+            shutdown_deadline = time.monotonic() + SHUTDOWN_TIMEOUT
         sel = selectors.DefaultSelector()
         sel.register(signals.fileno(), selectors.EVENT_READ, "signal")
         sel.register(reader.fd, selectors.EVENT_READ, "events")

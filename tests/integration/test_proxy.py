@@ -1,11 +1,13 @@
 """The proxy run by hand (``python -m ssh_ipykernel ... -f conn.json``), without KernelManager."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from jupyter_client import BlockingKernelClient
@@ -14,11 +16,17 @@ from jupyter_client.connect import write_connection_file
 from kernels import local_ssh_children, wait_remote_clean
 
 
-def cut_link(host) -> None:
+@contextlib.contextmanager
+def link_cut(host) -> Iterator[None]:
+    """The host's network link is down inside the block, and always restored after it."""
     try:
         host.link_down()
     except NotImplementedError:
         pytest.skip("this test host cannot cut its link")
+    try:
+        yield
+    finally:
+        host.link_up()
 
 
 @pytest.fixture
@@ -71,8 +79,7 @@ def test_sigterm_during_start_up_leaves_nothing(ssh_host, conn, tmp_path, jupyte
 @pytest.mark.slow
 def test_sigterm_while_the_host_does_not_answer(ssh_host, conn, tmp_path, jupyter_env):
     log = tmp_path / "proxy.log"
-    cut_link(ssh_host)
-    try:
+    with link_cut(ssh_host):
         proc = start_proxy(ssh_host, conn, log, "--timeout", "30")
         time.sleep(2)
         assert proc.poll() is None, "the proxy should still be trying to connect"
@@ -80,8 +87,6 @@ def test_sigterm_while_the_host_does_not_answer(ssh_host, conn, tmp_path, jupyte
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
         assert time.monotonic() - t0 < 5
-    finally:
-        ssh_host.link_up()
     assert not local_ssh_children(str(jupyter_env.runtime))
     assert "cancelled by SIGTERM" in log.read_text()
 
@@ -89,12 +94,9 @@ def test_sigterm_while_the_host_does_not_answer(ssh_host, conn, tmp_path, jupyte
 @pytest.mark.slow
 def test_connect_timeout_is_reported(ssh_host, conn, tmp_path, jupyter_env):
     log = tmp_path / "proxy.log"
-    cut_link(ssh_host)
-    try:
+    with link_cut(ssh_host):
         proc = start_proxy(ssh_host, conn, log, "--timeout", "3")
         code = proc.wait(30)
-    finally:
-        ssh_host.link_up()
     assert code == 23, log.read_text()
     assert "did not answer within 3 s" in log.read_text()
     assert not local_ssh_children(str(jupyter_env.runtime))
