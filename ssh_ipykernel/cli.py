@@ -35,6 +35,8 @@ def report_errors(func: Callable[[], int]) -> None:
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
+@click.option("--keepalive-timeout", type=click.FloatRange(min=1), default=90.0, hidden=True,
+              help="Seconds of silence from the proxy after which the remote agent ends the kernel.")
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(
     host: str,
@@ -47,6 +49,7 @@ def proxy_command(
     transport: str,
     log_level: str,
     log_file: Optional[str],
+    keepalive_timeout: float,
 ) -> None:
     """Start a kernel on HOST over SSH and forward it to the ports in the connection file.
 
@@ -65,6 +68,7 @@ def proxy_command(
         options = ProxyOptions(
             host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
             timeout=timeout, env=env_dict, sudo=sudo, transport=transport,
+            keepalive_timeout=keepalive_timeout,
         )
         proxy = Proxy(options)
         try:

@@ -171,6 +171,7 @@ class RemoteKernel:
         python: Optional[str] = None,
         env: Optional[Dict[str, str]] = None,
         sudo: bool = False,
+        proxy_timeout: Optional[float] = None,
     ) -> None:
         self.transport = transport
         self.python = python
@@ -182,6 +183,7 @@ class RemoteKernel:
             "signature_scheme": signature_scheme,
             "kernel_name": kernel_name,
             "env": dict(env or {}),
+            "proxy_timeout": proxy_timeout,
         }
         self.proc: Optional[subprocess.Popen] = None
         self.info: Optional[KernelInfo] = None

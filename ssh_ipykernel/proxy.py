@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 _OPEN_FAILED_RE = re.compile(r"channel \d+: open failed: connect failed")
 #: How long the agent gets to shut the kernel down after SIGTERM before we cut the session.
 SHUTDOWN_TIMEOUT = 10.0
+#: The proxy tells the agent it is alive this often ...
+KEEPALIVE_INTERVAL = 10.0
+#: ... and the agent ends the kernel after this much silence (a cut link gives no EOF there).
+DEFAULT_KEEPALIVE_TIMEOUT = 90.0
 
 
 @dataclass
@@ -49,6 +53,7 @@ class ProxyOptions:
     env: Dict[str, str] = field(default_factory=dict)
     sudo: bool = False
     transport: str = "openssh"
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
 
 
 class Proxy:
@@ -87,6 +92,7 @@ class Proxy:
                 python=self.options.python,
                 env=self.options.env,
                 sudo=self.options.sudo,
+                proxy_timeout=self.options.keepalive_timeout,
             )
             try:
                 self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
@@ -126,17 +132,22 @@ class Proxy:
         master_fd = transport.fileno()
         if master_fd is not None:
             sel.register(master_fd, selectors.EVENT_READ, "master")
+        next_keepalive = time.monotonic() + KEEPALIVE_INTERVAL
         try:
             while True:
                 for event in _drain(reader.pending):
                     code = self._on_event(event)
                     if code is not None:
                         return code
-                timeout = None if shutdown_deadline is None else max(0.0, shutdown_deadline - time.monotonic())
-                ready = sel.select(timeout)
-                if not ready and shutdown_deadline is not None:
+                now = time.monotonic()
+                if shutdown_deadline is not None and now >= shutdown_deadline:
                     self.log.warning("the kernel did not shut down in %.0f s; closing the connection", SHUTDOWN_TIMEOUT)
                     return 0
+                if now >= next_keepalive:
+                    kernel.send("keepalive")
+                    next_keepalive = now + KEEPALIVE_INTERVAL
+                wake = next_keepalive if shutdown_deadline is None else min(next_keepalive, shutdown_deadline)
+                ready = sel.select(max(0.0, wake - now))
                 for key, _ in ready:
                     if key.data == "signal":
                         for signum in signals.pending():
@@ -188,6 +199,12 @@ class Proxy:
         kind = event.get("event")
         if kind == "exited":
             returncode = event.get("returncode")
+            if event.get("reason") in ("proxy_gone", "proxy_silent"):
+                self.log.error(
+                    "the connection to %s was lost for too long; the remote agent shut the kernel "
+                    "down. Exiting so that Jupyter starts a new one", self.hostspec.label,
+                )
+                return exc.ConnectionLostError.exit_code
             if returncode == 0:
                 self.log.info("kernel exited")
                 return 0

@@ -10,7 +10,8 @@ Protocol (one ssh session, no pty):
   JSON line of parameters (the session key travels here, never on a command line), then JSON
   command lines: ``{"op": "interrupt"}``, ``{"op": "shutdown"}``. EOF means the proxy is gone.
 * stdout, to the proxy: JSON event lines: ``ready`` (pid, ports, versions), ``error`` (code,
-  message; the process then exits with the matching sentinel code) and ``exited`` (returncode).
+  message; the process then exits with the matching sentinel code) and ``exited`` (returncode,
+  and why the agent ended the kernel if it did).
 * stderr: the kernel's own output (its log), relayed for Jupyter's log.
 
 The kernel runs in its own session; this agent owns its lifetime (see docs/architecture.md).
@@ -81,6 +82,9 @@ def validate_params(params: object) -> dict:
         raise BootstrapError("bad_params", "kernel_id %r is not a plain identifier" % (kernel_id,))
     if not isinstance(params.get("key"), str):
         raise BootstrapError("bad_params", "key is not a string")
+    proxy_timeout = params.get("proxy_timeout")
+    if proxy_timeout is not None and (not isinstance(proxy_timeout, (int, float)) or proxy_timeout <= 0):
+        raise BootstrapError("bad_params", "proxy_timeout %r is not a positive number" % (proxy_timeout,))
     env = params.get("env") or {}
     if not isinstance(env, dict):
         raise BootstrapError("bad_params", "env is not an object")
@@ -135,6 +139,8 @@ class Agent:
         self.log_file = ""
         self.ports = {}  # type: dict
         self._out_lock = threading.Lock()
+        self.last_heard = time.monotonic()
+        self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self._shutdown_started = threading.Event()
         self._ended = threading.Event()
 
@@ -263,14 +269,16 @@ class Agent:
             self.log("shutdown_request failed (%s); terminating the kernel" % e)
             return False
 
-    def shutdown(self) -> None:
+    def shutdown(self, reason: str = "requested") -> None:
         """Shut the kernel down: interrupt and polite request, then SIGTERM, then SIGKILL.
 
-        Safe to call twice (from the command thread and on stdin EOF).
+        ``reason`` is reported in the ``exited`` event. Safe to call twice (from the command
+        thread and on stdin EOF).
         """
         if self._shutdown_started.is_set():
             return
         self._shutdown_started.set()
+        self.end_reason = reason
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
@@ -296,6 +304,8 @@ class Agent:
             return
         if op == "interrupt":
             self.interrupt()
+        elif op == "keepalive":
+            pass  # read_commands noted the time
         elif op == "shutdown":
             threading.Thread(target=self.shutdown, daemon=True).start()
         else:
@@ -304,11 +314,24 @@ class Agent:
     def read_commands(self, stream) -> None:
         """Serve commands until EOF; EOF means the proxy (or its connection) is gone."""
         for line in iter(stream.readline, b""):
+            self.last_heard = time.monotonic()
             if line.strip():
                 self.handle_command(line)
         if not self._ended.is_set():
             self.log("proxy went away; shutting the kernel down")
-            self.shutdown()
+            self.shutdown("proxy_gone")
+
+    def watch_proxy(self, timeout: float) -> None:
+        """Shut the kernel down when the proxy has been silent for ``timeout`` seconds.
+
+        The proxy sends a keepalive line every few seconds. A cut network gives no EOF here
+        (sshd may not notice a dead client for hours), and a kernel nobody can reach is a leak.
+        """
+        while not self._ended.wait(min(5.0, timeout / 4)):
+            if time.monotonic() - self.last_heard > timeout:
+                self.log("no word from the proxy for %.0f s; shutting the kernel down" % timeout)
+                self.shutdown("proxy_silent")
+                return
 
     # -- output relay ---------------------------------------------------------------------------
     def write_err(self, text: str) -> None:
@@ -397,10 +420,12 @@ def main() -> None:
     relay.start()
     agent.emit("ready", **agent.ready_event())
     threading.Thread(target=agent.read_commands, args=(stdin,), daemon=True).start()
+    if params.get("proxy_timeout"):
+        threading.Thread(target=agent.watch_proxy, args=(float(params["proxy_timeout"]),), daemon=True).start()
     returncode = agent.wait()
     relay.join(2.0)
     agent.remove_files()
-    agent.emit("exited", returncode=returncode)
+    agent.emit("exited", returncode=returncode, reason=agent.end_reason)
     sys.stderr.flush()
     # Not a normal interpreter exit: the command thread is blocked in a read on stdin's buffer,
     # and finalisation would abort trying to take that buffer's lock.

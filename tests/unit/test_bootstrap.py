@@ -33,6 +33,7 @@ def params(**over):
         (params(key=None), "key"),
         (params(env={"A B": "x"}), "not valid"),
         (params(env={"A": 1}), "not a string"),
+        (params(proxy_timeout=-1), "proxy_timeout"),
     ],
 )
 def test_params_are_validated(bad, words):
@@ -148,7 +149,7 @@ def test_agent_runs_interrupts_and_shuts_down_a_kernel(agent, tmp_path):
         kc.stop_channels()
     run.send("shutdown")
     exited = run.event()
-    assert exited == {"event": "exited", "returncode": 0}
+    assert exited == {"event": "exited", "returncode": 0, "reason": "requested"}
     assert run.proc.wait(10) == 0
     assert not os.path.exists(cf)
     assert not os.path.exists(cf[:-5] + ".log")
@@ -160,9 +161,34 @@ def test_agent_shuts_the_kernel_down_when_the_proxy_disappears(agent):
     run = agent()
     ready = run.event()
     run.proc.stdin.close()  # what a dropped SSH session looks like from the remote
-    assert run.event()["event"] == "exited"
+    assert run.event() == {"event": "exited", "returncode": 0, "reason": "proxy_gone"}
     assert not os.path.exists(ready["connection_file"])
     assert not alive(ready["pid"])
+
+
+@pytest.mark.timeout(60)
+def test_agent_ends_the_kernel_when_the_proxy_falls_silent(agent):
+    """A cut network gives no EOF: silence past proxy_timeout must end the kernel too."""
+    run = agent(proxy_timeout=2)
+    ready = run.event()
+    t0 = time.monotonic()
+    exited = run.event(timeout=30)
+    assert exited["reason"] == "proxy_silent"
+    assert 2 <= time.monotonic() - t0 < 10
+    assert not os.path.exists(ready["connection_file"])
+    assert not alive(ready["pid"])
+
+
+@pytest.mark.timeout(60)
+def test_keepalives_keep_the_kernel(agent):
+    run = agent(proxy_timeout=2)
+    ready = run.event()
+    for _ in range(8):
+        run.send("keepalive")
+        time.sleep(0.5)
+    assert alive(ready["pid"])
+    run.send("shutdown")
+    assert run.event()["reason"] == "requested"
 
 
 @pytest.mark.timeout(60)
@@ -171,7 +197,7 @@ def test_agent_reports_a_kernel_that_dies(agent):
     ready = run.event()
     os.kill(ready["pid"], 9)
     exited = run.event()
-    assert exited == {"event": "exited", "returncode": -9}
+    assert exited == {"event": "exited", "returncode": -9, "reason": ""}
     assert not os.path.exists(ready["connection_file"])
 
 
