@@ -6,6 +6,7 @@ environment) goes over the session's stdin as data.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from . import exceptions as exc
-from .remote import bootstrap
+from .remote import protocol
 from .transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 LOADER = (
     "import sys;sys.version_info<(3,8) and sys.exit(%d);b=sys.stdin.buffer;"
     'exec(compile(b.read(int(b.readline())),"ssh_ipykernel-agent","exec"))'
-) % bootstrap.EXIT_PYTHON_TOO_OLD
+) % protocol.EXIT_PYTHON_TOO_OLD
 
 # Resolves --python on the remote: an interpreter path, an environment prefix (prefix/bin/python)
 # or a command name on the remote PATH (only an executable file counts: not a shell keyword,
@@ -41,7 +42,7 @@ _WRAPPER = (
     'if [ ! -x "$P" ] || [ -d "$P" ]; then {notfound}; fi; '
     'exec {sudo}"$P" -c {loader}'
 )
-_NOT_FOUND = 'echo "ssh_ipykernel: python not found: $N" >&2; exit %d' % bootstrap.EXIT_PYTHON_NOT_FOUND
+_NOT_FOUND = 'echo "ssh_ipykernel: python not found: $N" >&2; exit %d' % protocol.EXIT_PYTHON_NOT_FOUND
 SUDO_PREFIX = "sudo -n -- "
 
 
@@ -64,10 +65,26 @@ def build_remote_command(python: Optional[str], *, sudo: bool = False) -> str:
     )
 
 
+#: The remote agent's modules, in the order they are joined into the shipped source.
+REMOTE_MODULES = ("protocol", "agent", "bootstrap")
+LOCAL_ONLY = "# local-only"
+_FUTURE = "from __future__ import annotations"
+
+
+@functools.lru_cache(maxsize=1)
 def agent_source() -> bytes:
-    """The agent module's source text, as shipped over stdin."""
-    with open(bootstrap.__file__, "rb") as f:
-        return f.read()
+    """The remote agent as one source text: its modules joined, sharing one namespace.
+
+    Their imports of each other end in ``# local-only`` and are dropped, as is each module's
+    ``from __future__`` line (only legal at the very top, so it is put there once).
+    """
+    directory = os.path.dirname(protocol.__file__)
+    parts = [_FUTURE]
+    for name in REMOTE_MODULES:
+        with open(os.path.join(directory, f"{name}.py"), encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        parts += [line for line in lines if line != _FUTURE and not line.rstrip().endswith(LOCAL_ONLY)]
+    return ("\n".join(parts) + "\n").encode("utf-8")
 
 
 def agent_stdin(params: Dict[str, object]) -> bytes:
@@ -108,40 +125,40 @@ def error_for_exit(
             f"python (a NOPASSWD rule in sudoers), or drop --sudo",
             host=host, detail=stderr,
         )
-    if returncode == bootstrap.EXIT_PYTHON_NOT_FOUND:
+    if returncode == protocol.EXIT_PYTHON_NOT_FOUND:
         return exc.RemotePythonNotFoundError(
             f"remote python {shown} not found on {host} (no such file, or not executable). Pass "
             f"--python with an interpreter path (e.g. /opt/conda/envs/py311/bin/python) or an "
             f"environment prefix (e.g. /opt/conda/envs/py311) that exists on {host}",
             host=host,
         )
-    if returncode == bootstrap.EXIT_PYTHON_TOO_OLD:
+    if returncode == protocol.EXIT_PYTHON_TOO_OLD:
         return exc.RemotePythonTooOldError(
             f"remote python {shown} on {host} is older than 3.8; point --python at a newer "
             f"interpreter or environment",
             host=host, detail=stderr,
         )
-    if code == "no_ipykernel" or returncode == bootstrap.EXIT_NO_IPYKERNEL:
+    if code == "no_ipykernel" or returncode == protocol.EXIT_NO_IPYKERNEL:
         return exc.IPyKernelMissingError(
             f"ipykernel is not installed for the remote python {shown} on {host}. Install it "
             f"there (e.g. ssh {host} '<python> -m pip install ipykernel') or point --python at an "
             f"environment that has it",
             host=host,
         )
-    if code == "no_jupyter_client" or returncode == bootstrap.EXIT_NO_JUPYTER_CLIENT:
+    if code == "no_jupyter_client" or returncode == protocol.EXIT_NO_JUPYTER_CLIENT:
         return exc.IPyKernelMissingError(
             f"jupyter_client is missing for the remote python {shown} on {host} ({message}); "
             f"reinstall ipykernel there, which brings it",
             host=host,
         )
-    if code == "connection_file" or returncode == bootstrap.EXIT_CONNECTION_FILE:
+    if code == "connection_file" or returncode == protocol.EXIT_CONNECTION_FILE:
         return exc.RemoteConnectionFileError(
             f"could not write the kernel's connection file on {host}: {message}. Check free disk "
             f"space and permissions of the Jupyter runtime dir there (or set JUPYTER_RUNTIME_DIR "
             f"with --env)",
             host=host, detail=stderr,
         )
-    if code == "bad_params" or returncode == bootstrap.EXIT_BAD_PARAMS:
+    if code == "bad_params" or returncode == protocol.EXIT_BAD_PARAMS:
         return exc.KernelStartError(f"the remote agent rejected its parameters: {message}", host=host)
     if returncode == 255:
         return exc.ConnectionLostError(
@@ -177,7 +194,7 @@ class RemoteKernel:
         self.python = python
         self.sudo = sudo
         self.params: Dict[str, object] = {
-            "protocol": bootstrap.PROTOCOL,
+            "protocol": protocol.PROTOCOL,
             "kernel_id": kernel_id,
             "key": key,
             "signature_scheme": signature_scheme,

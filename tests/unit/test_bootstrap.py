@@ -11,8 +11,8 @@ import uuid
 import pytest
 
 from ssh_ipykernel.launcher import agent_stdin, build_remote_command
-from ssh_ipykernel.remote import bootstrap
-from ssh_ipykernel.remote.bootstrap import BootstrapError, kernel_environment, validate_params
+from ssh_ipykernel.remote import protocol
+from ssh_ipykernel.remote.protocol import BootstrapError, kernel_environment, validate_params
 
 KEY = "0123456789abcdef-secret-" + uuid.uuid4().hex
 
@@ -205,4 +205,4 @@ def test_agent_rejects_bad_params_with_its_exit_code(agent):
     run = agent(kernel_id="../x")
     event = run.event()
     assert event["event"] == "error" and event["code"] == "bad_params"
-    assert run.proc.wait(10) == bootstrap.EXIT_BAD_PARAMS
+    assert run.proc.wait(10) == protocol.EXIT_BAD_PARAMS

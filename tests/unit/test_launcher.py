@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ssh_ipykernel import exceptions as exc
 from ssh_ipykernel.launcher import LOADER, agent_stdin, build_remote_command, error_for_exit
-from ssh_ipykernel.remote import bootstrap
+from ssh_ipykernel.remote import protocol
 
 SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash") if os.path.exists(s)]
 
@@ -57,7 +57,7 @@ def test_bare_name_is_looked_up_on_path(fake_env):
 def test_missing_python_has_its_own_exit_code(python, tmp_path):
     env = dict(os.environ, PATH=str(tmp_path))  # no python3 on this PATH
     r = run(build_remote_command(python), env=env)
-    assert r.returncode == bootstrap.EXIT_PYTHON_NOT_FOUND
+    assert r.returncode == protocol.EXIT_PYTHON_NOT_FOUND
     assert "python not found" in r.stderr
 
 
@@ -83,14 +83,14 @@ def test_hostile_python_paths_never_run_anything(tmp_path, python):
         r = run(build_remote_command(python), shell, cwd=tmp_path,
                 env=dict(os.environ, PATH="/nonexistent", HOME=str(tmp_path)))
         assert not (tmp_path / "MARK").exists(), (python, shell)
-        assert r.returncode == bootstrap.EXIT_PYTHON_NOT_FOUND, (python, shell, r.stderr)
+        assert r.returncode == protocol.EXIT_PYTHON_NOT_FOUND, (python, shell, r.stderr)
 
 
 def test_agent_stdin_carries_the_key_as_data_only():
     data = agent_stdin({"key": "s3cr3t-key", "protocol": 1})
     header, rest = data.split(b"\n", 1)
     source = rest[: int(header)]
-    assert source.startswith(b'"""The remote agent')
+    assert source.startswith(b"from __future__ import annotations\n")
     assert b"s3cr3t-key" in rest[int(header):]
     assert "s3cr3t-key" not in build_remote_command("/x")
 
@@ -98,11 +98,11 @@ def test_agent_stdin_carries_the_key_as_data_only():
 @pytest.mark.parametrize(
     "returncode, event, cls, words",
     [
-        (bootstrap.EXIT_PYTHON_NOT_FOUND, None, exc.RemotePythonNotFoundError, "not found on btest"),
-        (bootstrap.EXIT_PYTHON_TOO_OLD, None, exc.RemotePythonTooOldError, "older than 3.8"),
-        (bootstrap.EXIT_NO_IPYKERNEL, {"code": "no_ipykernel", "message": "m"}, exc.IPyKernelMissingError, "pip install ipykernel"),
-        (bootstrap.EXIT_NO_JUPYTER_CLIENT, {"code": "no_jupyter_client", "message": "m"}, exc.IPyKernelMissingError, "jupyter_client"),
-        (bootstrap.EXIT_CONNECTION_FILE, {"code": "connection_file", "message": "No space left"}, exc.RemoteConnectionFileError, "No space left"),
+        (protocol.EXIT_PYTHON_NOT_FOUND, None, exc.RemotePythonNotFoundError, "not found on btest"),
+        (protocol.EXIT_PYTHON_TOO_OLD, None, exc.RemotePythonTooOldError, "older than 3.8"),
+        (protocol.EXIT_NO_IPYKERNEL, {"code": "no_ipykernel", "message": "m"}, exc.IPyKernelMissingError, "pip install ipykernel"),
+        (protocol.EXIT_NO_JUPYTER_CLIENT, {"code": "no_jupyter_client", "message": "m"}, exc.IPyKernelMissingError, "jupyter_client"),
+        (protocol.EXIT_CONNECTION_FILE, {"code": "connection_file", "message": "No space left"}, exc.RemoteConnectionFileError, "No space left"),
         (255, None, exc.ConnectionLostError, "SSH connection"),
         (127, None, exc.RemoteError, "POSIX login shell"),
         (1, None, exc.KernelStartError, "exited with code 1"),
@@ -126,3 +126,29 @@ def test_loader_refuses_nothing_on_a_current_python():
     source = b"print('loaded', __name__)"
     r = subprocess.run(["python3", "-c", LOADER], input=b"%d\n" % len(source) + source, capture_output=True, timeout=10)
     assert r.stdout == b"loaded __main__\n"
+
+
+def test_agent_bundle_is_one_self_contained_program():
+    import ast
+
+    from ssh_ipykernel.launcher import agent_source
+
+    tree = ast.parse(agent_source())
+    relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+    assert not relative, "imports between the agent's modules must end in # local-only"
+    from_package = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("ssh_ipykernel")]
+    assert not from_package, "the remote has no ssh_ipykernel installed"
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert {"Agent", "main", "validate_params", "write_event", "BootstrapError"} <= defined
+
+
+def test_only_imports_are_local_only():
+    """Dropping '# local-only' lines must never drop code."""
+    from pathlib import Path
+
+    from ssh_ipykernel.launcher import LOCAL_ONLY
+
+    for path in Path(protocol.__file__).parent.glob("*.py"):
+        for line in path.read_text().splitlines():
+            if line.rstrip().endswith(LOCAL_ONLY):
+                assert line.startswith("from ."), (path.name, line)

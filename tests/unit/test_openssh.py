@@ -5,7 +5,6 @@ import tempfile
 from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.transport import TransportOptions, create_transport
 from ssh_ipykernel.transport.base import Forward
-from ssh_ipykernel.transport import openssh
 
 
 def transport(spec="alice@btest:2222", **opts):

@@ -1,0 +1,126 @@
+"""The agent's wire protocol and its pure helpers: parameters, events, sentinel exit codes.
+
+Part of the remote agent (see bootstrap.py): shipped as source, standard library only at module
+level, Python >= 3.8.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+PROTOCOL = 1
+
+# Sentinel exit codes, translated into sentences by ssh_ipykernel.launcher (keep in sync).
+EXIT_PYTHON_NOT_FOUND = 90  # emitted by the sh wrapper, not by this module
+EXIT_PYTHON_TOO_OLD = 91  # emitted by the one-line loader
+EXIT_BAD_PARAMS = 92
+EXIT_NO_IPYKERNEL = 93
+EXIT_NO_JUPYTER_CLIENT = 94
+EXIT_CONNECTION_FILE = 95
+EXIT_KERNEL_START = 96
+
+ERROR_EXIT_CODES = {
+    "bad_params": EXIT_BAD_PARAMS,
+    "no_ipykernel": EXIT_NO_IPYKERNEL,
+    "no_jupyter_client": EXIT_NO_JUPYTER_CLIENT,
+    "connection_file": EXIT_CONNECTION_FILE,
+    "kernel_start": EXIT_KERNEL_START,
+}
+
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# Grace periods of the shutdown ladder: shutdown_request, then SIGTERM, then SIGKILL.
+SHUTDOWN_REQUEST_WAIT = 5.0
+SHUTDOWN_REPLY_WAIT = 1.0
+SIGTERM_WAIT = 2.0
+
+
+class BootstrapError(Exception):
+    """A failure with a code the local side turns into a sentence."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        return ERROR_EXIT_CODES.get(self.code, EXIT_KERNEL_START)
+
+
+def validate_params(params: object) -> dict:
+    """Check the parameters sent by the proxy; raise BootstrapError('bad_params') if malformed."""
+    if not isinstance(params, dict):
+        raise BootstrapError("bad_params", "parameters are not a JSON object")
+    if params.get("protocol") != PROTOCOL:
+        raise BootstrapError(
+            "bad_params",
+            "protocol %r, this agent speaks %d" % (params.get("protocol"), PROTOCOL),
+        )
+    kernel_id = params.get("kernel_id")
+    if not isinstance(kernel_id, str) or not _KERNEL_ID_RE.match(kernel_id):
+        raise BootstrapError("bad_params", "kernel_id %r is not a plain identifier" % (kernel_id,))
+    if not isinstance(params.get("key"), str):
+        raise BootstrapError("bad_params", "key is not a string")
+    proxy_timeout = params.get("proxy_timeout")
+    if proxy_timeout is not None and (not isinstance(proxy_timeout, (int, float)) or proxy_timeout <= 0):
+        raise BootstrapError("bad_params", "proxy_timeout %r is not a positive number" % (proxy_timeout,))
+    env = params.get("env") or {}
+    if not isinstance(env, dict):
+        raise BootstrapError("bad_params", "env is not an object")
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+            raise BootstrapError("bad_params", "environment variable name %r is not valid" % (name,))
+        if not isinstance(value, str) or "\0" in value:
+            raise BootstrapError("bad_params", "value of %s is not a string" % name)
+    return params
+
+
+def kernel_environment(base: dict, extra: dict) -> dict:
+    """The kernel's environment: the login environment plus the user's --env values.
+
+    JPY_PARENT_PID is dropped on purpose: ipykernel exits when that process goes away, and on
+    the remote it would name a process the kernel must be able to outlive.
+    """
+    env = dict(base)
+    env.pop("JPY_PARENT_PID", None)
+    env.update(extra)
+    return env
+
+
+def runtime_dir() -> str:
+    """Where the connection and log files go: Jupyter's runtime dir of the remote user, 0700."""
+    from jupyter_core.paths import jupyter_runtime_dir  # comes with jupyter_client
+
+    path = jupyter_runtime_dir()  # honours JUPYTER_RUNTIME_DIR
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def _version(distribution: str) -> str:
+    try:  # package metadata: no need to import the package itself
+        from importlib.metadata import version
+
+        return version(distribution)
+    except Exception:  # noqa: BLE001 - a version string is informational only
+        return "?"
+
+
+def write_event(out, event: str, **fields: object) -> None:
+    """One JSON line to the proxy."""
+    fields["event"] = event
+    try:
+        out.write((json.dumps(fields) + "\n").encode("utf-8"))
+        out.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        pass  # the proxy is gone; the kernel's fate no longer depends on telling it
+
+
+def read_params(stream) -> dict:
+    line = stream.readline()
+    try:
+        params = json.loads(line.decode("utf-8"))
+    except ValueError as e:
+        raise BootstrapError("bad_params", "parameters are not valid JSON: %s" % e) from e
+    return validate_params(params)
