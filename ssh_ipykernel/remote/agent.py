@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, _version, kernel_environment, runtime_dir, write_event  # local-only
+from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir, write_event  # local-only
 
 
 class Agent:
@@ -57,7 +57,9 @@ class Agent:
             raise BootstrapError("no_jupyter_client", "cannot import jupyter_client: %s" % e) from e
         try:
             directory = runtime_dir()
-            fname = os.path.join(directory, "kernel-ssh-%s.json" % self.kernel_id)
+            # A random tag: two machines may well use the same kernel id on one account.
+            tag = os.urandom(3).hex()
+            fname = os.path.join(directory, "kernel-ssh-%s-%s.json" % (self.kernel_id, tag))
             self.connection_file = fname
             fname, info = write_connection_file(
                 fname=fname,
@@ -112,7 +114,7 @@ class Agent:
             "hostname": socket.gethostname(),
             "python": sys.executable,
             "python_version": platform.python_version(),
-            "ipykernel_version": _version("ipykernel"),
+            "ipykernel_version": package_version("ipykernel"),
             "connection_file": self.connection_file,
         }
 

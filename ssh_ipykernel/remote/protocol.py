@@ -98,7 +98,7 @@ def runtime_dir() -> str:
     return path
 
 
-def _version(distribution: str) -> str:
+def package_version(distribution: str) -> str:
     try:  # package metadata: no need to import the package itself
         from importlib.metadata import version
 
