@@ -40,14 +40,20 @@ def main() -> None:
     except BootstrapError as e:
         write_event(sys.stdout.buffer, "error", code=e.code, message=e.message)
         sys.exit(e.exit_code)
-    relay = threading.Thread(target=agent.relay_log, daemon=True)
-    relay.start()
-    agent.emit("ready", **agent.ready_event())
-    threading.Thread(target=agent.read_commands, args=(stdin,), daemon=True).start()
-    if params.get("proxy_timeout"):
-        threading.Thread(target=agent.watch_proxy, args=(float(params["proxy_timeout"]),), daemon=True).start()
-    returncode = agent.wait()
-    relay.join(2.0)
+    try:
+        relay = threading.Thread(target=agent.relay_log, daemon=True)
+        relay.start()
+        agent.emit("ready", **agent.ready_event())
+        threading.Thread(target=agent.read_commands, args=(stdin,), daemon=True).start()
+        if params.get("proxy_timeout"):
+            threading.Thread(target=agent.watch_proxy, args=(float(params["proxy_timeout"]),), daemon=True).start()
+        returncode = agent.wait()
+        relay.join(2.0)
+    except BaseException:
+        # A bug here must not orphan a kernel holding the key: nobody else would ever end it.
+        agent.signal_kernel(signal.SIGKILL)
+        agent.remove_files()
+        raise
     agent.remove_files()
     agent.emit("exited", returncode=returncode, reason=agent.end_reason)
     sys.stderr.flush()

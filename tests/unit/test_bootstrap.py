@@ -2,6 +2,7 @@
 import json
 import os
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -64,7 +65,10 @@ class AgentRun:
         assert ready, "no event from the agent"
         line = self.proc.stdout.readline()
         assert line, f"agent ended: {self.proc.wait()} {self.proc.stderr.read()!r}"
-        return json.loads(line)
+        event = json.loads(line)
+        if event.get("event") == "ready":
+            self.kernel_pid = event["pid"]
+        return event
 
     def send(self, op):
         self.proc.stdin.write(json.dumps({"op": op}).encode() + b"\n")
@@ -74,6 +78,9 @@ class AgentRun:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        # A failed test must not leave its kernel behind (the agent above was killed hard).
+        if getattr(self, "kernel_pid", None) and alive(self.kernel_pid):
+            os.killpg(self.kernel_pid, 9)
 
 
 @pytest.fixture
@@ -189,6 +196,37 @@ def test_keepalives_keep_the_kernel(agent):
     assert alive(ready["pid"])
     run.send("shutdown")
     assert run.event()["reason"] == "requested"
+
+
+def test_a_crashing_agent_takes_its_kernel_with_it(tmp_path, monkeypatch):
+    """Even a bug in the agent after launch must not orphan the kernel."""
+    from ssh_ipykernel.remote import agent as agent_module, bootstrap as boot
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
+    monkeypatch.setattr(boot.sys, "stdin", type("S", (), {"buffer": None})())
+    monkeypatch.setattr(boot, "read_params", lambda stream: params())
+    launched = []
+    real_launch = agent_module.Agent.launch
+
+    def launch(self):
+        real_launch(self)
+        launched.append(self)
+
+    def broken_ready_event(self):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(agent_module.Agent, "launch", launch)
+    monkeypatch.setattr(agent_module.Agent, "ready_event", broken_ready_event)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGINT)}
+    try:
+        with pytest.raises(RuntimeError, match="bug"):
+            boot.main()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    (a,) = launched
+    assert a.proc.wait(10) == -9
+    assert not os.path.exists(a.connection_file)
 
 
 @pytest.mark.timeout(60)
