@@ -14,3 +14,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--docker-hosts", action="store_true", default=False,
         help="run the integration tests against the Docker test host in docker/ "
              "(pytest-docker) instead of network-namespace hosts")
+
+
+def _leaked_kernels() -> list:
+    """Processes of remote-style kernels (``-f .../kernel-ssh-*.json``) still running."""
+    import os
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue
+        if not zombie and b"ipykernel_launcher" in argv and any(b"/kernel-ssh-" in a for a in argv):
+            found.append((int(pid), b" ".join(argv).decode(errors="replace")))
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No test may leave a kernel behind: kill leftovers and fail the run if there were any."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + 10  # shutdowns still in progress get a moment
+    leaked = _leaked_kernels()
+    while leaked and time.monotonic() < deadline:
+        time.sleep(0.5)
+        leaked = _leaked_kernels()
+    for pid, _ in leaked:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if leaked:
+        lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leaked)
+        session.config.get_terminal_writer().line(f"\nkernels leaked by the tests (killed now):\n{lines}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
