@@ -81,6 +81,9 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
         "interrupt_mode": "signal",
         "env": {},
         "metadata": {
+            # JupyterLab shows its debugger for kernels that say so; ipykernel >= 6 (debugpy)
+            # answers debug_request over the control channel, which the tunnel carries.
+            "debugger": options.language == "python",
             "ssh_ipykernel": {
                 "version": __version__,
                 "host": options.host,

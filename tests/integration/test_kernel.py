@@ -260,3 +260,21 @@ def test_key_printed_by_the_kernel_is_redacted_from_the_log(kernel, ssh_host):
         time.sleep(0.1)
     assert "leak? <key> end" in k.log()
     assert key not in k.log()
+
+
+def test_debugger_protocol_works_through_the_tunnel(kernel, ssh_host):
+    """The kernelspec advertises the debugger to JupyterLab: debug_request must be answered."""
+    k = kernel("--python", ssh_host.env_prefix)
+    assert k.km.kernel_spec.metadata["debugger"] is True
+    msg = k.kc.session.msg("debug_request", {
+        "type": "request", "seq": 1, "command": "initialize",
+        "arguments": {"clientID": "t", "adapterID": "python", "pathFormat": "path",
+                      "linesStartAt1": True, "columnsStartAt1": True}})
+    k.kc.control_channel.send(msg)
+    deadline = time.monotonic() + 30
+    while True:
+        reply = k.kc.control_channel.get_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg["header"]["msg_id"]:
+            break
+    assert reply["msg_type"] == "debug_reply"
+    assert reply["content"]["success"] is True, reply["content"]
