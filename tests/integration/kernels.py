@@ -41,16 +41,23 @@ class Kernel:
 
     def start(self, timeout: float = 60) -> float:
         t0 = time.monotonic()
+        self.launch()
+        self.wait_ready(timeout)
+        return time.monotonic() - t0
+
+    def launch(self) -> None:
+        """Start the proxy (KernelManager.start_kernel) without waiting for the kernel."""
         # Kept open: KernelManager reuses these for every restart.
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115
         self.km.start_kernel(stdout=self._log_file, stderr=self._log_file)
+
+    def wait_ready(self, timeout: float = 60) -> None:
         self.kc = self.km.client()
         self.kc.start_channels()
         try:
             self.kc.wait_for_ready(timeout=timeout)
         except RuntimeError as e:
             raise AssertionError(f"{e}\n--- proxy log ---\n{self.log()}") from e
-        return time.monotonic() - t0
 
     def log(self) -> str:
         try:

@@ -278,3 +278,25 @@ def test_debugger_protocol_works_through_the_tunnel(kernel, ssh_host):
             break
     assert reply["msg_type"] == "debug_reply"
     assert reply["content"]["success"] is True, reply["content"]
+
+
+def test_several_kernels_on_one_host_at_once(ssh_host, tmp_path):
+    """Each kernel gets its own remote process, ports and files; shutting one down spares the others."""
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix)
+    kernels = [Kernel(prefix, "ssh_btest", tmp_path / f"proxy-{i}.log") for i in range(3)]
+    try:
+        for k in kernels:
+            k.launch()
+        for k in kernels:
+            k.wait_ready()
+        pids = [int(k.value("__import__('os').getpid()")) for k in kernels]
+        assert len(set(pids)) == 3
+        for i, k in enumerate(kernels):
+            k.execute(f"n = {i}")
+        kernels[0].shutdown()
+        assert [k.value("n") for k in kernels[1:]] == ["1", "2"]
+    finally:
+        for k in kernels:
+            k.shutdown()
+    assert not wait_remote_clean(ssh_host)
