@@ -54,7 +54,7 @@ def main() -> int:
         prefix = Path(tmp) / "prefix"
         cmd = [sys.executable, "-m", "ssh_ipykernel.manage", "--host", host.alias, "--python",
                host.env_prefix, "--ssh-config", str(host.ssh_config), "--prefix", str(prefix)]
-        print("   $ " + " ".join(cmd[1:]))
+        print("   $ python " + " ".join(cmd[1:]))
         subprocess.run(cmd, check=True)
 
         ksm = KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
