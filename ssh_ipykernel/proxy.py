@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Mapping, Optional
 
 from . import exceptions as exc
 from .connection import kernel_id_from_path, load_connection_file
@@ -90,7 +90,7 @@ class Proxy:
                 signature_scheme=info["signature_scheme"],
                 kernel_name=info["kernel_name"],
                 python=self.options.python,
-                env=self.options.env,
+                env=forwarded_env(os.environ, self.options.env),
                 sudo=self.options.sudo,
                 proxy_timeout=self.options.keepalive_timeout,
             )
@@ -216,6 +216,18 @@ class Proxy:
             return exc.KernelDiedError.exit_code
         self.log.debug("agent event: %s", event)
         return None
+
+
+#: Variables Jupyter sets for a kernel that mean the same on the remote: the notebook's path
+#: (ipykernel exposes it as ``__session__``; tools such as LSP integrations read it).
+FORWARDED_VARIABLES = ("JPY_SESSION_NAME",)
+
+
+def forwarded_env(local: Mapping[str, str], explicit: Dict[str, str]) -> Dict[str, str]:
+    """The remote kernel's extra environment: --env values, plus the forwarded Jupyter ones."""
+    env = {name: local[name] for name in FORWARDED_VARIABLES if name in local}
+    env.update(explicit)
+    return env
 
 
 def _drain(pending: list) -> list:  # type: ignore[type-arg]

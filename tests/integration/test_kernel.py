@@ -300,3 +300,32 @@ def test_several_kernels_on_one_host_at_once(ssh_host, tmp_path):
         for k in kernels:
             k.shutdown()
     assert not wait_remote_clean(ssh_host)
+
+
+def test_hard_restart_kills_the_proxy_and_still_ends_the_old_kernel(kernel, ssh_host):
+    """restart_kernel(now=True) SIGKILLs the proxy group; the new proxy reuses the same ports."""
+    k = kernel("--python", ssh_host.env_prefix)
+    old_pid = int(k.value("__import__('os').getpid()"))
+    k.km.restart_kernel(now=True)
+    k.kc.wait_for_ready(timeout=60)
+    assert int(k.value("__import__('os').getpid()")) != old_pid
+    deadline = time.monotonic() + 15
+    while ssh_host.run(f"kill -0 {old_pid}").returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert ssh_host.run(f"kill -0 {old_pid}").returncode != 0, "old kernel survived a hard restart"
+
+
+def test_notebook_path_reaches_the_remote_kernel(ssh_host, tmp_path):
+    """Jupyter sets JPY_SESSION_NAME for the kernel; ipykernel shows it as __session__."""
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix)
+    k = Kernel(prefix, "ssh_btest", tmp_path / "proxy.log")
+    log = open(k.log_path, "ab")
+    try:
+        k.km.start_kernel(env=dict(os.environ, JPY_SESSION_NAME="/home/u/work/analysis.ipynb"),
+                          stdout=log, stderr=log)
+        k.wait_ready()
+        assert k.value("__session__") == "/home/u/work/analysis.ipynb"
+    finally:
+        k.shutdown()
+        log.close()
