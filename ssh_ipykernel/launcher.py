@@ -14,7 +14,7 @@ import selectors
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from . import exceptions as exc
@@ -104,7 +104,6 @@ class KernelInfo:
     python_version: str = ""
     ipykernel_version: str = ""
     connection_file: str = ""
-    extra: Dict[str, object] = field(default_factory=dict)
 
 
 def error_for_exit(
