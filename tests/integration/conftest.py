@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
@@ -32,6 +32,7 @@ from nshosts import (  # noqa: E402
     SSHTestHost, keygen, missing_prerequisites,
 )
 
+T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 COMPOSE_FILE = HERE.parents[1] / "docker" / "docker-compose.yml"
 HOST_ALIAS = DOCKER_SERVICE = "btest"  # the alias is also the compose service name
@@ -63,6 +64,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --------------------------------------------------------------------- netns
+def _built(what: str, make: Callable[[], T]) -> T:
+    """``make()``, turning a HostSetupError into a test failure that says what failed.
+
+    The result is a context manager (factory or host) that tears itself down on exit.
+    """
+    try:
+        return make()
+    except HostSetupError as exc:
+        pytest.fail(f"{what} failed: {exc}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def host_factory(pytestconfig: pytest.Config) -> Iterator[NetnsHostFactory]:
     """The NetnsHostFactory of the session, for tests that need more hosts
@@ -72,14 +84,8 @@ def host_factory(pytestconfig: pytest.Config) -> Iterator[NetnsHostFactory]:
     problems = missing_prerequisites()
     if problems:
         _unavailable("; ".join(problems))
-    try:
-        factory = NetnsHostFactory()
-    except HostSetupError as exc:
-        pytest.fail(f"building the netns test hosts failed: {exc}", pytrace=False)
-    try:
+    with _built("building the netns test hosts", NetnsHostFactory) as factory:
         yield factory
-    finally:
-        factory.close()
 
 
 @pytest.fixture(scope="session")
@@ -90,14 +96,8 @@ def ssh_host(request: pytest.FixtureRequest) -> Iterator[SSHTestHost]:
         yield _docker_host(request)
         return
     factory: NetnsHostFactory = request.getfixturevalue("host_factory")
-    try:
-        host = factory.create_host(HOST_ALIAS)
-    except HostSetupError as exc:
-        pytest.fail(f"starting the btest host failed: {exc}", pytrace=False)
-    try:
+    with _built("starting the btest host", lambda: factory.create_host(HOST_ALIAS)) as host:
         yield host
-    finally:
-        host.close()
 
 
 # -------------------------------------------------------------------- Jupyter
