@@ -20,6 +20,13 @@ class KernelLogAdapter(logging.LoggerAdapter):
         return f"[{extra.get('host', '?')} {str(extra.get('kernel', '?'))[:8]}] {msg}", kwargs
 
 
+def redact_text(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced; secrets too short to be keys are left alone."""
+    if len(secret) >= 8 and secret in text:
+        return text.replace(secret, "<key>")
+    return text
+
+
 class RedactFilter(logging.Filter):
     """Replace a secret in every record that passes through the handler."""
 
@@ -28,11 +35,11 @@ class RedactFilter(logging.Filter):
         self.secret = secret
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret and len(self.secret) >= 8:
-            message = record.getMessage()
-            if self.secret in message:
-                record.msg = message.replace(self.secret, "<key>")
-                record.args = None
+        message = record.getMessage()
+        redacted = redact_text(message, self.secret)
+        if redacted is not message:
+            record.msg = redacted
+            record.args = None
         return True
 
 

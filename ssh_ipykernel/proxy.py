@@ -25,7 +25,7 @@ from . import exceptions as exc
 from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
 from .launcher import RemoteKernel
-from .log import KernelLogAdapter, redact
+from .log import KernelLogAdapter, redact, redact_text
 from .signals import SignalRelay
 from .transport import TransportOptions, create_transport
 from .tunnels import Tunnels, plan_forwards
@@ -135,10 +135,9 @@ class Proxy:
         next_keepalive = time.monotonic() + KEEPALIVE_INTERVAL
         try:
             while True:
-                for event in _drain(reader.pending):
-                    code = self._on_event(event)
-                    if code is not None:
-                        return code
+                code = self._handle_events(reader.pending)
+                if code is not None:
+                    return code
                 now = time.monotonic()
                 if shutdown_deadline is not None and now >= shutdown_deadline:
                     self.log.warning("the kernel did not shut down in %.0f s; closing the connection", SHUTDOWN_TIMEOUT)
@@ -171,10 +170,9 @@ class Proxy:
                     elif key.data == "events":
                         if reader.read():
                             sel.unregister(key.fd)
-                            for event in _drain(reader.pending):
-                                code = self._on_event(event)
-                                if code is not None:
-                                    return code
+                            code = self._handle_events(reader.pending)
+                            if code is not None:
+                                return code
                             if shutdown_deadline is not None:
                                 return 0
                             detail = transport.drain() + "".join(kernel.stderr_tail)
@@ -194,6 +192,14 @@ class Proxy:
             # these refusals during boot are expected and only worth a debug line.
             level = logging.DEBUG if _OPEN_FAILED_RE.search(line) else logging.INFO
             self.log.log(level, "ssh: %s", line.strip())
+
+    def _handle_events(self, pending: list) -> Optional[int]:  # type: ignore[type-arg]
+        """Consume the agent's pending events; the exit code once one says the kernel ended."""
+        while pending:
+            code = self._on_event(pending.pop(0))
+            if code is not None:
+                return code
+        return None
 
     def _on_event(self, event: Dict[str, object]) -> Optional[int]:
         kind = event.get("event")
@@ -230,17 +236,9 @@ def forwarded_env(local: Mapping[str, str], explicit: Dict[str, str]) -> Dict[st
     return env
 
 
-def _drain(pending: list) -> list:  # type: ignore[type-arg]
-    items = list(pending)
-    pending.clear()
-    return items
-
-
 def _relay_remote_output(data: bytes, secret: str) -> None:
     """The kernel's own stderr/stdout (its log) goes to ours, which Jupyter logs; never the key."""
-    text = data.decode("utf-8", "replace")
-    if len(secret) >= 8:
-        text = text.replace(secret, "<key>")
+    text = redact_text(data.decode("utf-8", "replace"), secret)
     try:
         sys.stderr.write(text)
         sys.stderr.flush()
