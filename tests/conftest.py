@@ -16,8 +16,38 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "(pytest-docker) instead of network-namespace hosts")
 
 
+#: Set in the environment of this test run, so that kernels started locally by the unit
+#: tests can be told apart from those of another test run on the same machine.
+RUN_MARKER = "SSH_IPYKERNEL_TEST_RUN"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import os
+
+    os.environ[RUN_MARKER] = str(os.getpid())
+
+
+def _ours(pid: str) -> bool:
+    """Whether a process belongs to this test run: inside one of our test hosts, or started
+    (directly or not) from this process's environment."""
+    import os
+
+    try:
+        from nshosts import OWNED_NETNS
+    except ImportError:  # pragma: no cover - integration helpers not importable
+        OWNED_NETNS = set()
+    try:
+        st = os.stat(f"/proc/{pid}/ns/net")
+        if (st.st_ino, st.st_dev) in OWNED_NETNS:
+            return True
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{RUN_MARKER}={os.getpid()}".encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def _leaked_kernels() -> list:
-    """Processes of remote-style kernels (``-f .../kernel-ssh-*.json``) still running."""
+    """Processes of remote-style kernels (``-f .../kernel-ssh-*.json``) of this run still running."""
     import os
 
     found = []
@@ -29,7 +59,8 @@ def _leaked_kernels() -> list:
                 zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
         except OSError:
             continue
-        if not zombie and b"ipykernel_launcher" in argv and any(b"/kernel-ssh-" in a for a in argv):
+        if (not zombie and b"ipykernel_launcher" in argv and any(b"/kernel-ssh-" in a for a in argv)
+                and _ours(pid)):
             found.append((int(pid), b" ".join(argv).decode(errors="replace")))
     return found
 

@@ -55,6 +55,11 @@ SSHD_CONFIG = "\n".join([
     "LogLevel VERBOSE", "Subsystem sftp internal-sftp", ""])
 
 
+#: (inode, device) of every network namespace this process made: the leak guard in
+#: tests/conftest.py only blames this run for kernels inside them (parallel runs stay apart).
+OWNED_NETNS: set = set()
+
+
 class NetnsHost(SSHTestHost):
     """An sshd in its own network namespace; made by NetnsHostFactory.create_host()."""
 
@@ -82,6 +87,8 @@ class NetnsHost(SSHTestHost):
                 self.subnet = _allocate_subnet()
                 self.outer_address, self.address = (str(h) for h in itertools.islice(self.subnet.hosts(), 2))
                 self._make_network()
+                st = os.stat(f"/run/netns/{self.namespace}")
+                OWNED_NETNS.add((st.st_ino, st.st_dev))
             self.local_home = self.dir / "home"  # the remote home, seen from the root ns
             self.host_key = self._write_server_files()
             self._start_sshd()
