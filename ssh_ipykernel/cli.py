@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .exceptions import SSHKernelError
-from .options import check_common, common_options
+from .options import check_common, common_options, grace_option
 
 
 def report_errors(func: Callable[[], int]) -> None:
@@ -28,6 +28,7 @@ def report_errors(func: Callable[[], int]) -> None:
 
 @click.command(name="kernel", context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
+@grace_option
 @click.option("-f", "--connection-file", "connection_file", required=True, metavar="FILE",
               help="The connection file Jupyter wrote ({connection_file} in a kernelspec).")
 @click.option("--transport", type=click.Choice(["openssh"]), default="openssh", show_default=True,
@@ -35,8 +36,8 @@ def report_errors(func: Callable[[], int]) -> None:
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
-@click.option("--keepalive-timeout", type=click.FloatRange(min=1), default=90.0, hidden=True,
-              help="Seconds of silence from the proxy after which the remote agent ends the kernel.")
+@click.option("--client-timeout", type=click.FloatRange(min=1), default=30.0, hidden=True,
+              help="Seconds of silence after which the remote keeper counts a proxy as gone.")
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(
     host: str,
@@ -45,30 +46,33 @@ def proxy_command(
     timeout: float,
     env: Tuple[str, ...],
     sudo: bool,
+    grace: str,
     connection_file: str,
     transport: str,
     log_level: str,
     log_file: Optional[str],
-    keepalive_timeout: float,
+    client_timeout: float,
 ) -> None:
     """Start a kernel on HOST over SSH and forward it to the ports in the connection file.
 
     Jupyter runs this from a kernelspec written by `python -m ssh_ipykernel.manage`; it can also
-    be run by hand. It lives as long as the remote kernel: SIGINT interrupts the kernel, SIGTERM
-    and SIGHUP shut it down.
+    be run by hand. It lives as long as the remote kernel and reconnects when the network drops:
+    SIGINT interrupts the kernel, SIGTERM and SIGHUP shut it down, SIGQUIT detaches (the kernel
+    keeps running for the grace period).
     """
     from .log import setup_logging
 
     setup_logging(log_level, log_file)
 
     def run() -> int:
+        from .options import parse_grace
         from .proxy import Proxy, ProxyOptions
 
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
         options = ProxyOptions(
             host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
             timeout=timeout, env=env_dict, sudo=sudo, transport=transport,
-            keepalive_timeout=keepalive_timeout,
+            grace=parse_grace(grace), client_timeout=client_timeout,
         )
         proxy = Proxy(options)
         try:

@@ -133,6 +133,12 @@ class KernelDiedError(SSHKernelError):
     exit_code = 1
 
 
+class KernelGoneError(RemoteError):
+    """The kernel's keeper is gone: its grace period ran out, or the remote host restarted."""
+
+    exit_code = 1
+
+
 class Cancelled(SSHKernelError):
     """Start-up was cancelled by a signal (Jupyter gave up or the user pressed stop)."""
 

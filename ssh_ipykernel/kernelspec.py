@@ -33,6 +33,7 @@ class KernelSpecOptions:
     timeout: Optional[float] = None
     ssh_config: Optional[str] = None
     language: str = "python"
+    grace: Optional[str] = None  # as given to --grace; None: the proxy's default
 
 
 def default_display_name(host: str) -> str:
@@ -68,6 +69,8 @@ def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = No
         argv += ["--env", f"{name}={value}"]
     if options.sudo:
         argv.append("--sudo")
+    if options.grace is not None:
+        argv += ["--grace", options.grace]
     argv += ["-f", "{connection_file}"]
     return argv
 
@@ -89,6 +92,7 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
                 "host": options.host,
                 "python": options.python,
                 "sudo": options.sudo,
+                "grace": options.grace,
             },
         },
     }

@@ -66,7 +66,7 @@ def build_remote_command(python: Optional[str], *, sudo: bool = False) -> str:
 
 
 #: The remote agent's modules, in the order they are joined into the shipped source.
-REMOTE_MODULES = ("protocol", "agent", "bootstrap")
+REMOTE_MODULES = ("protocol", "agent", "keeper", "bootstrap")
 LOCAL_ONLY = "# local-only"
 _FUTURE = "from __future__ import annotations"
 
@@ -104,6 +104,8 @@ class KernelInfo:
     python_version: str = ""
     ipykernel_version: str = ""
     connection_file: str = ""
+    socket: str = ""
+    kernel_id: str = ""
 
 
 def error_for_exit(
@@ -157,6 +159,12 @@ def error_for_exit(
             f"with --env)",
             host=host, detail=stderr,
         )
+    if code == "no_kernel" or returncode == protocol.EXIT_NO_KERNEL:
+        return exc.KernelGoneError(
+            f"the remote kernel on {host} is gone: {message or 'its keeper does not answer'}. It was "
+            f"shut down after the grace period without a proxy, or the host restarted",
+            host=host,
+        )
     if code == "bad_params" or returncode == protocol.EXIT_BAD_PARAMS:
         return exc.KernelStartError(f"the remote agent rejected its parameters: {message}", host=host)
     if returncode == 255:
@@ -174,7 +182,12 @@ def error_for_exit(
 
 
 class RemoteKernel:
-    """The agent's SSH session: start it, talk to it, and close it (safe to call twice)."""
+    """One remote kernel, reached through SSH sessions to its keeper (see remote/keeper.py).
+
+    ``start()`` opens the first session, which launches the kernel; after a lost connection
+    ``attach()`` opens a new one to the same kernel. ``close()`` only ends the current session
+    (the kernel stays for its grace period); ``stop()`` shuts the kernel down first.
+    """
 
     def __init__(
         self,
@@ -187,19 +200,22 @@ class RemoteKernel:
         python: Optional[str] = None,
         env: Optional[Dict[str, str]] = None,
         sudo: bool = False,
-        proxy_timeout: Optional[float] = None,
+        grace: Optional[float] = None,
+        client_timeout: Optional[float] = None,
     ) -> None:
         self.transport = transport
         self.python = python
         self.sudo = sudo
         self.params: Dict[str, object] = {
             "protocol": protocol.PROTOCOL,
+            "mode": "start",
             "kernel_id": kernel_id,
             "key": key,
             "signature_scheme": signature_scheme,
             "kernel_name": kernel_name,
             "env": dict(env or {}),
-            "proxy_timeout": proxy_timeout,
+            "grace": grace,
+            "client_timeout": client_timeout,
         }
         self.proc: Optional[subprocess.Popen] = None
         self.info: Optional[KernelInfo] = None
@@ -212,11 +228,33 @@ class RemoteKernel:
 
     def start(self, timeout: float) -> KernelInfo:
         """Run the agent and wait for its ``ready`` report; raise a RemoteError subclass if not."""
+        self.info = self._open(self.params, timeout)
+        return self.info
+
+    def attach(self, transport: Transport, timeout: float) -> KernelInfo:
+        """Reach the running kernel again over ``transport`` (a new connection).
+
+        Raises KernelGoneError if its keeper is gone, another RemoteError if the session fails.
+        """
+        assert self.info is not None, "attach() before start()"
+        self.close()
+        self.transport = transport
+        params = {"protocol": protocol.PROTOCOL, "mode": "attach", "kernel_id": self.params["kernel_id"],
+                  "socket": self.info.socket}
+        info = self._open(params, timeout)
+        if info.pid != self.info.pid or info.kernel_id != self.info.kernel_id:
+            self.close()
+            msg = f"the keeper at {self.info.socket} on {self.host} serves another kernel (pid {info.pid})"
+            raise exc.KernelGoneError(msg, host=self.host)
+        return info
+
+    def _open(self, params: Dict[str, object], timeout: float) -> KernelInfo:
         command = build_remote_command(self.python, sudo=self.sudo)
+        self.stderr_tail = []
         self.proc = self.transport.start_command(command)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         try:
-            self.proc.stdin.write(agent_stdin(self.params))
+            self.proc.stdin.write(agent_stdin(params))
             self.proc.stdin.flush()
         except BrokenPipeError:
             pass  # the session already ended; its exit code and stderr tell why below
@@ -226,7 +264,7 @@ class RemoteKernel:
             stderr = "".join(self.stderr_tail)
             raise error_for_exit(returncode, stderr, host=self.host, python=self.python, event=event)
         ports = event.get("ports") or {}
-        self.info = KernelInfo(
+        return KernelInfo(
             pid=int(event["pid"]),  # type: ignore[arg-type]
             ports={k: int(v) for k, v in ports.items()},  # type: ignore[union-attr]
             hostname=str(event.get("hostname", "")),
@@ -234,8 +272,9 @@ class RemoteKernel:
             python_version=str(event.get("python_version", "")),
             ipykernel_version=str(event.get("ipykernel_version", "")),
             connection_file=str(event.get("connection_file", "")),
+            socket=str(event.get("socket", "")),
+            kernel_id=str(event.get("kernel_id", "")),
         )
-        return self.info
 
     def _wait_ready(self, timeout: float) -> Optional[Dict[str, object]]:
         assert self.proc and self.proc.stdout and self.proc.stderr
@@ -262,9 +301,13 @@ class RemoteKernel:
                         continue
                     eof = reader.read()
                     while reader.pending:
-                        event = reader.pending.pop(0)
+                        event = reader.pending[0]
                         if event.get("event") in ("ready", "error"):
+                            reader.pending.pop(0)
                             return event
+                        if event.get("event") == "exited":
+                            return None  # left pending: the caller's loop reports it
+                        reader.pending.pop(0)
                     if eof:
                         sel.unregister(key.fileobj)
         return None
@@ -281,7 +324,7 @@ class RemoteKernel:
             return None
 
     def send(self, op: str) -> bool:
-        """Send a command to the agent; False if its session is gone."""
+        """Send a command to the keeper; False if the session is gone."""
         if self.proc is None or self.proc.stdin is None:
             return False
         try:
@@ -297,8 +340,31 @@ class RemoteKernel:
     def request_shutdown(self) -> bool:
         return self.send("shutdown")
 
+    def stop(self, timeout: float) -> Optional[Dict[str, object]]:
+        """Shut the kernel down and wait (up to ``timeout``) for its ``exited`` event; then close.
+
+        For the paths where the proxy gives up after starting a kernel (a failed forward, a
+        stop signal during start-up): the kernel must not wait out a grace period for nobody.
+        """
+        exited = None
+        if self.proc is not None and self.reader is None and self.proc.stdout is not None:
+            self.reader = EventReader(self.proc.stdout.fileno())
+        if self.proc is not None and self.reader is not None and self.request_shutdown():
+            deadline = time.monotonic() + timeout
+            with selectors.DefaultSelector() as sel:
+                sel.register(self.reader.fd, selectors.EVENT_READ)
+                while exited is None and time.monotonic() < deadline:
+                    exited = next((e for e in self.reader.pending if e.get("event") == "exited"), None)
+                    if exited is not None or not sel.select(deadline - time.monotonic()):
+                        break
+                    if self.reader.read():
+                        exited = next((e for e in self.reader.pending if e.get("event") == "exited"), None)
+                        break
+        self.close()
+        return exited
+
     def close(self) -> None:
-        """End the agent's session (the agent then shuts the kernel down). Safe to call twice."""
+        """End the current session (not the kernel). Safe to call twice."""
         proc, self.proc = self.proc, None
         if proc is None:
             return

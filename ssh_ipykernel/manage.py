@@ -10,11 +10,12 @@ from typing import Optional, Tuple
 
 import click
 
-from .options import check_common, common_options
+from .options import check_common, common_options, grace_option
 
 
 @click.command(name="add", context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
+@grace_option
 @click.option("--display-name", metavar="TEXT", help='Name shown in kernel pickers. Default: "SSH <host>".')
 @click.option("--name", metavar="NAME", help="Kernelspec name. Default: ssh_<host>.")
 @click.option("--user", "location", flag_value="user", default=True,
@@ -30,6 +31,7 @@ def add_command(
     timeout: float,
     env: Tuple[str, ...],
     sudo: bool,
+    grace: str,
     display_name: Optional[str],
     name: Optional[str],
     location: str,
@@ -44,15 +46,16 @@ def add_command(
         default_kernel_name,
         install_kernelspec,
     )
-    from .options import DEFAULT_TIMEOUT
+    from .options import DEFAULT_GRACE, DEFAULT_TIMEOUT, parse_grace
 
     def run() -> int:
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+        parse_grace(grace)
         kernel_name = check_kernel_name(name) if name else default_kernel_name(host)
         options = KernelSpecOptions(
             host=host, python=python, display_name=display_name, name=kernel_name, env=env_dict,
             sudo=sudo, timeout=None if timeout == DEFAULT_TIMEOUT else timeout,
-            ssh_config=ssh_config_path,
+            ssh_config=ssh_config_path, grace=None if grace == DEFAULT_GRACE else grace.strip(),
         )
         spec = build_kernelspec(options)
         install_prefix = sys.prefix if location == "sys-prefix" else prefix

@@ -17,6 +17,11 @@ from .hosts import parse_host
 F = TypeVar("F", bound=Callable[..., object])
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULT_TIMEOUT = 30.0
+#: How long a remote kernel outlives a lost connection unless --grace says otherwise.
+DEFAULT_GRACE = "1h"
+NEVER = ("never", "forever", "inf", "infinite")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_env(items: Iterable[str]) -> Dict[str, str]:
@@ -34,6 +39,30 @@ def parse_env(items: Iterable[str]) -> Dict[str, str]:
             raise UsageError(f"--env {name}: the value contains a NUL byte")
         env[name] = value
     return env
+
+
+def parse_grace(value: str) -> Optional[float]:
+    """``--grace``: seconds, or a number with unit s/m/h/d; ``never`` (None) keeps the kernel."""
+    if value.strip().lower() in NEVER:
+        return None
+    match = _DURATION_RE.match(value)
+    if not match:
+        msg = (
+            f"--grace {value!r} is not a duration: give seconds (600), a number with a unit "
+            f"(30m, 2h, 1d) or 'never'"
+        )
+        raise UsageError(msg)
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def grace_option(func: F) -> F:
+    """``--grace``, shared by the proxy and manage (which records it in the kernelspec)."""
+    return click.option(
+        "--grace", default=DEFAULT_GRACE, show_default=True, metavar="DURATION",
+        help="How long the remote kernel outlives a lost connection (network down, laptop asleep, "
+             "proxy killed) waiting for the proxy to come back: seconds or 30m, 2h, 1d; 'never' "
+             "keeps it until a proxy shuts it down. 0 ends it as soon as the connection is lost.",
+    )(func)
 
 
 def check_python(python: Optional[str]) -> Optional[str]:

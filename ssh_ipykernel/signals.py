@@ -1,7 +1,7 @@
 """Signals the proxy receives from Jupyter, turned into events for its loop.
 
 Jupyter interrupts a kernel whose interrupt_mode is "signal" with SIGINT to the proxy's process
-group, and stops it with SIGTERM (then SIGKILL). The C-level handler writes the signal number to
+group, and stops it with SIGTERM (then SIGKILL). SIGQUIT detaches (the kernel keeps running). The C-level handler writes the signal number to
 a wakeup socket, so the proxy's select() loop sees it at once instead of after a poll interval.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import socket
 from types import FrameType
 from typing import Dict, List, Optional
 
-HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
 
 class SignalRelay:

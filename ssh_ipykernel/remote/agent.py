@@ -1,4 +1,4 @@
-"""The remote agent's kernel owner: starts ipykernel detached, relays interrupts, shuts it down.
+"""The kernel owner: writes the connection file, starts ipykernel detached, interrupts and ends it.
 
 Part of the remote agent (see bootstrap.py): shipped as source, standard library only at module
 level, Python >= 3.8. Lines ending in "# local-only" are dropped from the shipped bundle, where
@@ -6,7 +6,6 @@ the three modules share one namespace.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,31 +14,27 @@ import sys
 import threading
 import time
 
-from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir, write_event  # local-only
+from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir  # local-only
 
 
 class Agent:
-    """Starts one kernel and owns it until it ends."""
+    """Prepares and starts one kernel, and owns it until it ends.
 
-    def __init__(self, params: dict, out=None, err=None) -> None:
+    prepare() runs in the SSH session (its errors go straight back to the proxy); launch() runs
+    in the keeper process (keeper.py), which must be the kernel's parent to wait for it.
+    """
+
+    def __init__(self, params: dict) -> None:
         self.params = params
         self.kernel_id = params["kernel_id"]
-        self.out = out if out is not None else sys.stdout.buffer
-        self.err = err if err is not None else sys.stderr
         self.proc = None  # type: subprocess.Popen | None
         self.connection_file = ""
         self.log_file = ""
+        self.socket_file = ""
+        self.cwd = os.getcwd()  # the login directory: where the kernel starts
         self.ports = {}  # type: dict
-        self._out_lock = threading.Lock()
-        self.last_heard = time.monotonic()
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self._shutdown_started = threading.Event()
-        self._ended = threading.Event()
-
-    # -- output to the proxy ------------------------------------------------------------------
-    def emit(self, event: str, **fields: object) -> None:
-        with self._out_lock:
-            write_event(self.out, event, **fields)
 
     # -- start ----------------------------------------------------------------------------------
     def check_imports(self) -> None:
@@ -61,6 +56,8 @@ class Agent:
             tag = os.urandom(3).hex()
             fname = os.path.join(directory, "kernel-ssh-%s-%s.json" % (self.kernel_id, tag))
             self.connection_file = fname
+            self.log_file = fname[: -len(".json")] + ".log"
+            self.socket_file = fname[: -len(".json")] + ".sock"
             fname, info = write_connection_file(
                 fname=fname,
                 ip="127.0.0.1",
@@ -76,31 +73,38 @@ class Agent:
             ) from e
         self.ports = {k: v for k, v in info.items() if k.endswith("_port")}
 
-    def launch(self) -> None:
-        """Start ipykernel detached from this SSH session, bound to 127.0.0.1."""
+    def prepare(self) -> None:
+        """In the SSH session: check the remote python, write the connection and log files."""
         self.check_imports()
         self.write_connection_file()
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file]
-        self.log_file = self.connection_file[: -len(".json")] + ".log"
         try:
-            log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # O_APPEND: the kernel and the keeper (its own notes) both write to it.
+            os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600))
         except OSError as e:
             self.remove_files()
             raise BootstrapError("connection_file", "cannot create %s: %s" % (self.log_file, e)) from e
+
+    def launch(self) -> None:
+        """In the keeper: start ipykernel in its own session, bound to 127.0.0.1."""
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file]
         try:
-            # start_new_session: the kernel must not get the SIGHUP sshd sends this session's
-            # process group when the connection drops; we decide when it ends.
+            log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
+        except OSError as e:
+            raise BootstrapError("connection_file", "cannot open %s: %s" % (self.log_file, e)) from e
+        try:
+            # start_new_session: signals for the keeper's group (a terminal, a killpg) must not
+            # reach the kernel; interrupts go to the kernel's own group.
             self.proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                env=kernel_environment(os.environ, self.params.get("env") or {}),
+                cwd=self.cwd,
+                env=kernel_environment(os.environ, self.params.get("env") or {}, os.getpid()),
                 start_new_session=True,
                 close_fds=True,
             )
         except OSError as e:
-            self.remove_files()
             raise BootstrapError("kernel_start", "cannot start %s: %s" % (argv[0], e)) from e
         finally:
             os.close(log_fd)
@@ -116,6 +120,9 @@ class Agent:
             "python_version": platform.python_version(),
             "ipykernel_version": package_version("ipykernel"),
             "connection_file": self.connection_file,
+            "socket": self.socket_file,
+            "kernel_id": self.kernel_id,
+            "keeper_pid": os.getpid(),
         }
 
     # -- control --------------------------------------------------------------------------------
@@ -190,73 +197,17 @@ class Agent:
                 continue
         self.signal_kernel(signal.SIGKILL)
 
-    def handle_command(self, line: bytes) -> None:
-        try:
-            op = json.loads(line.decode("utf-8")).get("op")
-        except (ValueError, AttributeError):
-            self.log("ignoring malformed command %r" % line[:80])
-            return
-        if op == "interrupt":
-            self.interrupt()
-        elif op == "keepalive":
-            pass  # read_commands noted the time
-        elif op == "shutdown":
-            threading.Thread(target=self.shutdown, daemon=True).start()
-        else:
-            self.log("ignoring unknown command %r" % op)
-
-    def read_commands(self, stream) -> None:
-        """Serve commands until EOF; EOF means the proxy (or its connection) is gone."""
-        for line in iter(stream.readline, b""):
-            self.last_heard = time.monotonic()
-            if line.strip():
-                self.handle_command(line)
-        if not self._ended.is_set():
-            self.log("proxy went away; shutting the kernel down")
-            self.shutdown("proxy_gone")
-
-    def watch_proxy(self, timeout: float) -> None:
-        """Shut the kernel down when the proxy has been silent for ``timeout`` seconds.
-
-        The proxy sends a keepalive line every few seconds. A cut network gives no EOF here
-        (sshd may not notice a dead client for hours), and a kernel nobody can reach is a leak.
-        """
-        while not self._ended.wait(min(5.0, timeout / 4)):
-            if time.monotonic() - self.last_heard > timeout:
-                self.log("no word from the proxy for %.0f s; shutting the kernel down" % timeout)
-                self.shutdown("proxy_silent")
-                return
-
-    # -- output relay ---------------------------------------------------------------------------
-    def write_err(self, text: str) -> None:
-        try:
-            self.err.write(text)
-            self.err.flush()
-        except (OSError, ValueError):
-            pass  # stderr gone with the proxy; nothing left to tell
-
     def log(self, message: str) -> None:
-        self.write_err("ssh_ipykernel agent: %s\n" % message)
-
-    def relay_log(self) -> None:
-        """Copy the kernel's log file to stderr as it grows, until the kernel has ended."""
+        """A note in the kernel's log file, which the keeper relays to the proxy."""
         try:
-            f = open(self.log_file, "rb")
+            with open(self.log_file, "a") as f:
+                f.write("ssh_ipykernel agent: %s\n" % message)
         except OSError:
-            return
-        with f:
-            while True:
-                chunk = f.read(65536)
-                if chunk:
-                    self.write_err(chunk.decode("utf-8", "replace"))
-                    continue
-                if self._ended.is_set():
-                    return
-                self._ended.wait(0.1)  # wakes at once when the kernel ends: shutdown stays fast
+            pass
 
     # -- end --------------------------------------------------------------------------------------
     def remove_files(self) -> None:
-        for path in (self.connection_file, self.log_file):
+        for path in (self.connection_file, self.log_file, self.socket_file):
             if path:
                 try:
                     os.unlink(path)
@@ -265,15 +216,16 @@ class Agent:
                 except OSError as e:
                     self.log("could not remove %s: %s" % (path, e))
 
-    def wait(self) -> int:
-        """Wait for the kernel to end, clean up after it, return its exit code."""
+    def reap(self) -> "int | None":
+        """The kernel's exit code once it has ended (and its process group is cleaned), else None."""
         assert self.proc is not None
-        returncode = self.proc.wait()
+        returncode = self.proc.poll()
+        if returncode is None:
+            return None
         # Children the kernel left in its process group (``!sleep 1000 &``) go with it, as
         # they would when a local Jupyter kills a kernel.
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except OSError:
             pass
-        self._ended.set()
         return returncode

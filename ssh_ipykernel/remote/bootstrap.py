@@ -8,24 +8,26 @@ importable locally, so they are unit tested like any other module.
 Protocol (one ssh session, no pty):
 
 * stdin, from the local proxy: a line with the byte length of this source, the source, then one
-  JSON line of parameters (the session key travels here, never on a command line), then JSON
-  command lines: ``{"op": "interrupt"}``, ``{"op": "shutdown"}``. EOF means the proxy is gone.
-* stdout, to the proxy: JSON event lines: ``ready`` (pid, ports, versions), ``error`` (code,
-  message; the process then exits with the matching sentinel code) and ``exited`` (returncode,
-  and why the agent ended the kernel if it did).
-* stderr: the kernel's own output (its log), relayed for Jupyter's log.
-
-The kernel runs in its own session; this agent owns its lifetime (see docs/architecture.md).
+  JSON line of parameters (the session key travels here, never on a command line). Mode
+  ``start`` writes the connection file and starts a keeper (keeper.py: a daemon that owns the
+  kernel and outlives this session); mode ``attach`` reaches the keeper of a running kernel.
+  Either way this session then becomes a plain relay between its stdin/stdout and the keeper's
+  unix socket, and the proxy speaks the keeper's protocol through it (JSON lines).
+* On failure before the relay: one JSON ``error`` line (code, message) on stdout, and the exit
+  status is the matching sentinel code.
+* stderr: only errors of this session itself (the kernel's log arrives as ``log`` events).
 """
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 
 from .agent import Agent  # local-only
-from .protocol import BootstrapError, read_params, write_event  # local-only
+from .keeper import Keeper  # local-only
+from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, read_params, write_event  # local-only
 
 
 def main() -> None:
@@ -35,31 +37,142 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         params = read_params(stdin)
-        agent = Agent(params)
-        agent.launch()
+        if params["mode"] == "attach":
+            sock = connect_keeper(params["socket"])
+        else:
+            sock = start_keeper(params)
     except BootstrapError as e:
         write_event(sys.stdout.buffer, "error", code=e.code, message=e.message)
         sys.exit(e.exit_code)
+    relay(stdin, sock)
+    sys.stdout.flush()
+    # Not a normal interpreter exit: the upstream thread may be blocked in a read on stdin's
+    # buffer, and finalisation would abort trying to take that buffer's lock.
+    os._exit(0)
+
+
+def start_keeper(params: dict) -> socket.socket:
+    """Write the connection file, fork the keeper daemon, and return a connection to it."""
+    agent = Agent(params)
+    agent.prepare()
+    remove_stale(os.path.dirname(agent.connection_file))
+    directory, name = os.path.split(agent.socket_file)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        relay = threading.Thread(target=agent.relay_log, daemon=True)
-        relay.start()
-        agent.emit("ready", **agent.ready_event())
-        threading.Thread(target=agent.read_commands, args=(stdin,), daemon=True).start()
-        if params.get("proxy_timeout"):
-            threading.Thread(target=agent.watch_proxy, args=(float(params["proxy_timeout"]),), daemon=True).start()
-        returncode = agent.wait()
-        relay.join(2.0)
+        # A relative name: the absolute path may pass the ~100-byte limit of socket addresses.
+        os.chdir(directory)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(name)
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+    except OSError as e:
+        listener.close()
+        agent.remove_files()
+        raise BootstrapError("connection_file", "cannot create %s: %s" % (agent.socket_file, e)) from e
+    grace = params.get("grace")
+    client_timeout = params.get("client_timeout") or DEFAULT_CLIENT_TIMEOUT
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the forked processes
+        try:
+            os.setsid()  # no controlling terminal, no SIGHUP from the session's end
+            if os.fork() > 0:
+                os._exit(0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # let go of the SSH session's pipes: it must be able to end
+                os.dup2(devnull, fd)
+            run_keeper(agent, listener, grace=None if grace is None else float(grace),
+                       client_timeout=float(client_timeout))
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    listener.close()
+    return connect_keeper(agent.socket_file)
+
+
+def run_keeper(agent: Agent, listener: socket.socket, *, grace: "float | None", client_timeout: float) -> None:
+    """The keeper daemon's life; whatever happens in it, the kernel does not outlive it."""
+    try:
+        Keeper(agent, listener, grace=grace, client_timeout=client_timeout).run()
     except BaseException:
-        # A bug here must not orphan a kernel holding the key: nobody else would ever end it.
+        # A bug here must not orphan a kernel holding the key: nobody else would end it.
         agent.signal_kernel(signal.SIGKILL)
         agent.remove_files()
         raise
-    agent.remove_files()
-    agent.emit("exited", returncode=returncode, reason=agent.end_reason)
-    sys.stderr.flush()
-    # Not a normal interpreter exit: the command thread is blocked in a read on stdin's buffer,
-    # and finalisation would abort trying to take that buffer's lock.
-    os._exit(0)
+
+
+def connect_keeper(path: str) -> socket.socket:
+    directory, name = os.path.split(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.chdir(directory or ".")
+        sock.connect(name)
+    except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
+        sock.close()
+        raise BootstrapError("no_kernel", "no kernel is running at %s any more (%s)" % (path, e)) from e
+    except OSError as e:
+        sock.close()
+        raise BootstrapError("no_kernel", "cannot reach the kernel's keeper at %s: %s" % (path, e)) from e
+    return sock
+
+
+def relay(stdin, sock: socket.socket) -> None:
+    """Copy stdin to the keeper and the keeper to stdout until either side ends."""
+
+    def upstream() -> None:
+        try:
+            while True:
+                data = stdin.read1(65536)  # read1: first whatever read_params left buffered
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the keeper sees this client leave
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    out = sys.stdout.fileno()
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            while data:
+                data = data[os.write(out, data):]
+    except OSError:
+        pass  # our stdout is gone with the connection: the keeper notices our socket closing
+    sock.close()
+
+
+def remove_stale(directory: str) -> None:
+    """Remove the files of kernels whose keeper is gone (killed with SIGKILL, host crash)."""
+    try:
+        os.chdir(directory)  # relative socket names, as in start_keeper
+        names = os.listdir(".")
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith("kernel-ssh-") and name.endswith(".sock")):
+            continue
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(name)
+            continue  # a live keeper
+        except ConnectionRefusedError:
+            pass
+        except OSError:
+            continue
+        finally:
+            probe.close()
+        for suffix in (".sock", ".json", ".log"):
+            try:
+                os.unlink(name[: -len(".sock")] + suffix)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ import json
 import os
 import re
 
-PROTOCOL = 1
+PROTOCOL = 2
+
+#: What a session asks of the agent: start a kernel, or attach to the keeper of a running one.
+MODES = ("start", "attach")
 
 # Sentinel exit codes, translated into sentences by ssh_ipykernel.launcher (keep in sync).
 EXIT_PYTHON_NOT_FOUND = 90  # emitted by the sh wrapper, not by this module
@@ -19,6 +22,7 @@ EXIT_NO_IPYKERNEL = 93
 EXIT_NO_JUPYTER_CLIENT = 94
 EXIT_CONNECTION_FILE = 95
 EXIT_KERNEL_START = 96
+EXIT_NO_KERNEL = 97  # attach: no keeper answers at that socket (the kernel has ended)
 
 ERROR_EXIT_CODES = {
     "bad_params": EXIT_BAD_PARAMS,
@@ -26,6 +30,7 @@ ERROR_EXIT_CODES = {
     "no_jupyter_client": EXIT_NO_JUPYTER_CLIENT,
     "connection_file": EXIT_CONNECTION_FILE,
     "kernel_start": EXIT_KERNEL_START,
+    "no_kernel": EXIT_NO_KERNEL,
 }
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -34,6 +39,8 @@ _KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 SHUTDOWN_REQUEST_WAIT = 5.0
 SHUTDOWN_REPLY_WAIT = 1.0
 SIGTERM_WAIT = 2.0
+#: The keeper forgets a client (a proxy's session) silent for this long: a cut link gives no EOF.
+DEFAULT_CLIENT_TIMEOUT = 30.0
 
 
 class BootstrapError(Exception):
@@ -61,11 +68,23 @@ def validate_params(params: object) -> dict:
     kernel_id = params.get("kernel_id")
     if not isinstance(kernel_id, str) or not _KERNEL_ID_RE.match(kernel_id):
         raise BootstrapError("bad_params", "kernel_id %r is not a plain identifier" % (kernel_id,))
+    mode = params.get("mode", "start")
+    if mode not in MODES:
+        raise BootstrapError("bad_params", "mode %r is not one of %s" % (mode, ", ".join(MODES)))
+    params["mode"] = mode
+    if mode == "attach":
+        sock = params.get("socket")
+        if not isinstance(sock, str) or not sock.endswith(".sock") or "\0" in sock:
+            raise BootstrapError("bad_params", "socket %r is not a keeper socket path" % (sock,))
+        return params
     if not isinstance(params.get("key"), str):
         raise BootstrapError("bad_params", "key is not a string")
-    proxy_timeout = params.get("proxy_timeout")
-    if proxy_timeout is not None and (not isinstance(proxy_timeout, (int, float)) or proxy_timeout <= 0):
-        raise BootstrapError("bad_params", "proxy_timeout %r is not a positive number" % (proxy_timeout,))
+    for name in ("client_timeout", "grace"):
+        value = params.get(name)
+        # grace None means "never": the kernel waits for its proxy forever.
+        if value is not None and (not isinstance(value, (int, float)) or value < 0 or
+                                  (name == "client_timeout" and value == 0)):
+            raise BootstrapError("bad_params", "%s %r is not a positive number" % (name, value))
     env = params.get("env") or {}
     if not isinstance(env, dict):
         raise BootstrapError("bad_params", "env is not an object")
@@ -77,15 +96,16 @@ def validate_params(params: object) -> dict:
     return params
 
 
-def kernel_environment(base: dict, extra: dict) -> dict:
+def kernel_environment(base: dict, extra: dict, keeper_pid: int) -> dict:
     """The kernel's environment: the login environment plus the user's --env values.
 
-    JPY_PARENT_PID is dropped on purpose: ipykernel exits when that process goes away, and on
-    the remote it would name a process the kernel must be able to outlive.
+    JPY_PARENT_PID names the keeper: ipykernel exits when its parent changes, so a keeper killed
+    with SIGKILL cannot leave an orphaned kernel behind. (The keeper is a daemon that outlives
+    the SSH session on purpose; nothing else is a valid parent.)
     """
     env = dict(base)
-    env.pop("JPY_PARENT_PID", None)
     env.update(extra)
+    env["JPY_PARENT_PID"] = str(keeper_pid)
     return env
 
 

@@ -19,8 +19,8 @@ KEY = "0123456789abcdef-secret-" + uuid.uuid4().hex
 
 
 def params(**over):
-    p = {"protocol": 1, "kernel_id": "abc-123", "key": KEY, "signature_scheme": "hmac-sha256",
-         "kernel_name": "", "env": {}}
+    p = {"protocol": protocol.PROTOCOL, "kernel_id": "abc-123", "key": KEY,
+         "signature_scheme": "hmac-sha256", "kernel_name": "", "env": {}, "grace": 300}
     p.update(over)
     return p
 
@@ -29,12 +29,15 @@ def params(**over):
     "bad, words",
     [
         ([], "JSON object"),
-        (params(protocol=99), "protocol"),
+        (params(protocol=1), "protocol"),
         (params(kernel_id="../../etc/passwd"), "kernel_id"),
         (params(key=None), "key"),
         (params(env={"A B": "x"}), "not valid"),
         (params(env={"A": 1}), "not a string"),
-        (params(proxy_timeout=-1), "proxy_timeout"),
+        (params(grace=-1), "grace"),
+        (params(client_timeout=0), "client_timeout"),
+        (params(mode="detonate"), "mode"),
+        (params(mode="attach", socket="/etc/passwd"), "socket"),
     ],
 )
 def test_params_are_validated(bad, words):
@@ -43,13 +46,13 @@ def test_params_are_validated(bad, words):
     assert e.value.code == "bad_params" and words in e.value.message
 
 
-def test_kernel_environment_drops_parent_pid_and_adds_user_values():
-    env = kernel_environment({"JPY_PARENT_PID": "1", "HOME": "/h"}, {"X": "a 'b' $c"})
-    assert env == {"HOME": "/h", "X": "a 'b' $c"}
+def test_kernel_environment_names_the_keeper_as_parent_and_adds_user_values():
+    env = kernel_environment({"JPY_PARENT_PID": "1", "HOME": "/h"}, {"X": "a 'b' $c"}, 4242)
+    assert env == {"HOME": "/h", "X": "a 'b' $c", "JPY_PARENT_PID": "4242"}
 
 
 class AgentRun:
-    """The agent as a child process, spoken to like the proxy does."""
+    """One SSH session of the agent as a child process, spoken to like the proxy does."""
 
     def __init__(self, tmp_path, p):
         env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
@@ -60,15 +63,15 @@ class AgentRun:
         self.proc.stdin.write(agent_stdin(p))
         self.proc.stdin.flush()
 
-    def event(self, timeout=30):
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        assert ready, "no event from the agent"
-        line = self.proc.stdout.readline()
-        assert line, f"agent ended: {self.proc.wait()} {self.proc.stderr.read()!r}"
-        event = json.loads(line)
-        if event.get("event") == "ready":
-            self.kernel_pid = event["pid"]
-        return event
+    def event(self, timeout=30, skip=("log", "pong")):
+        while True:
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            assert ready, "no event from the agent"
+            line = self.proc.stdout.readline()
+            assert line, f"agent ended: {self.proc.wait()} {self.proc.stderr.read()!r}"
+            event = json.loads(line)
+            if event.get("event") not in skip:
+                return event
 
     def send(self, op):
         self.proc.stdin.write(json.dumps({"op": op}).encode() + b"\n")
@@ -78,23 +81,45 @@ class AgentRun:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
-        # A failed test must not leave its kernel behind (the agent above was killed hard).
-        if getattr(self, "kernel_pid", None) and alive(self.kernel_pid):
-            os.killpg(self.kernel_pid, 9)
 
 
 @pytest.fixture
 def agent(tmp_path):
-    runs = []
+    """Start sessions; at the end, kill every keeper and kernel they reported."""
+    runs, pids = [], []
 
     def start(**over):
         run = AgentRun(tmp_path, params(**over))
         runs.append(run)
+        real_event = run.event
+
+        def event(*args, **kwargs):
+            e = real_event(*args, **kwargs)
+            if e.get("event") == "ready":
+                pids.extend([e["keeper_pid"], e["pid"]])
+            return e
+
+        run.event = event
         return run
 
     yield start
     for run in runs:
         run.close()
+    for pid in pids:  # a failed test must not leave its daemons behind
+        if alive(pid):
+            os.kill(pid, 9)
+
+
+def attach(tmp_path, ready, **over):
+    return AgentRun(tmp_path, dict({"protocol": protocol.PROTOCOL, "mode": "attach",
+                                    "kernel_id": ready["kernel_id"], "socket": ready["socket"]}, **over))
+
+
+def wait_gone(pid, timeout=20):
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not alive(pid)
 
 
 def client_for(ready):
@@ -114,8 +139,11 @@ def alive(pid):
     except ProcessLookupError:
         return False
     # A zombie is dead for our purposes.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @pytest.mark.timeout(120)
@@ -164,67 +192,143 @@ def test_agent_runs_interrupts_and_shuts_down_a_kernel(agent, tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_agent_shuts_the_kernel_down_when_the_proxy_disappears(agent):
+def test_the_kernel_outlives_its_session_and_a_new_one_attaches(agent, tmp_path):
     run = agent()
     ready = run.event()
+    assert stat.S_IMODE(os.stat(ready["socket"]).st_mode) & 0o077 == 0
     run.proc.stdin.close()  # what a dropped SSH session looks like from the remote
-    assert run.event() == {"event": "exited", "returncode": 0, "reason": "proxy_gone"}
-    assert not os.path.exists(ready["connection_file"])
-    assert not alive(ready["pid"])
+    assert run.proc.wait(10) == 0  # the session ends; the keeper does not hold it open
+    time.sleep(1)
+    assert alive(ready["pid"]) and alive(ready["keeper_pid"])
+    again = attach(tmp_path, ready)
+    try:
+        hello = again.event()
+        assert hello["event"] == "ready" and hello["pid"] == ready["pid"], hello
+        again.send("ping")
+        assert again.event(skip=("log",)) == {"event": "pong"}
+        again.send("shutdown")
+        assert again.event() == {"event": "exited", "returncode": 0, "reason": "requested"}
+        assert again.proc.wait(10) == 0
+    finally:
+        again.close()
+    assert wait_gone(ready["keeper_pid"]) and not alive(ready["pid"])
+    for path in (ready["connection_file"], ready["socket"], ready["connection_file"][:-5] + ".log"):
+        assert not os.path.exists(path)
 
 
 @pytest.mark.timeout(60)
-def test_agent_ends_the_kernel_when_the_proxy_falls_silent(agent):
-    """A cut network gives no EOF: silence past proxy_timeout must end the kernel too."""
-    run = agent(proxy_timeout=2)
+def test_two_sessions_at_once_both_hear_the_kernel_end(agent, tmp_path):
+    run = agent()
+    ready = run.event()
+    other = attach(tmp_path, ready)
+    try:
+        assert other.event()["pid"] == ready["pid"]
+        os.kill(ready["pid"], 9)
+        for session in (run, other):
+            assert session.event() == {"event": "exited", "returncode": -9, "reason": ""}
+    finally:
+        other.close()
+    assert not os.path.exists(ready["connection_file"])
+
+
+@pytest.mark.timeout(60)
+def test_the_grace_period_ends_an_abandoned_kernel(agent):
+    run = agent(grace=1)
     ready = run.event()
     t0 = time.monotonic()
-    exited = run.event(timeout=30)
-    assert exited["reason"] == "proxy_silent"
-    assert 2 <= time.monotonic() - t0 < 10
-    assert not os.path.exists(ready["connection_file"])
-    assert not alive(ready["pid"])
+    run.proc.stdin.close()
+    assert wait_gone(ready["pid"]) and wait_gone(ready["keeper_pid"])
+    assert 1 <= time.monotonic() - t0 < 15
+    assert not os.path.exists(ready["connection_file"]) and not os.path.exists(ready["socket"])
 
 
 @pytest.mark.timeout(60)
-def test_keepalives_keep_the_kernel(agent):
-    run = agent(proxy_timeout=2)
+def test_a_silent_session_counts_as_gone(agent):
+    """A cut network gives no EOF: a session silent past client_timeout is dropped, then grace."""
+    run = agent(grace=0, client_timeout=2)
     ready = run.event()
-    for _ in range(8):
-        run.send("keepalive")
+    t0 = time.monotonic()
+    assert run.proc.wait(30) == 0  # dropped by the keeper: its relay ends
+    assert 2 <= time.monotonic() - t0 < 10
+    assert wait_gone(ready["pid"])
+    assert not os.path.exists(ready["connection_file"])
+
+
+@pytest.mark.timeout(60)
+def test_pings_keep_the_session(agent):
+    run = agent(grace=0, client_timeout=3)
+    ready = run.event()
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 5:  # longer than client_timeout
+        run.send("ping")
+        assert run.event(skip=("log",)) == {"event": "pong"}
         time.sleep(0.5)
     assert alive(ready["pid"])
     run.send("shutdown")
     assert run.event()["reason"] == "requested"
 
 
-def test_a_crashing_agent_takes_its_kernel_with_it(tmp_path, monkeypatch):
-    """Even a bug in the agent after launch must not orphan the kernel."""
-    from ssh_ipykernel.remote import agent as agent_module, bootstrap as boot
+@pytest.mark.timeout(60)
+def test_grace_never_keeps_the_kernel_without_sessions(agent, tmp_path):
+    run = agent(grace=None, client_timeout=1)
+    ready = run.event()
+    run.proc.stdin.close()
+    time.sleep(3)
+    assert alive(ready["pid"])
+    again = attach(tmp_path, ready)
+    try:
+        assert again.event()["pid"] == ready["pid"]
+        again.send("shutdown")
+        assert again.event()["reason"] == "requested"
+    finally:
+        again.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_killed_keeper_takes_its_kernel_along_and_its_files_are_swept(agent, tmp_path):
+    run = agent()
+    ready = run.event()
+    os.kill(ready["keeper_pid"], 9)
+    assert wait_gone(ready["pid"], timeout=10)  # ipykernel watches its parent (JPY_PARENT_PID)
+    assert os.path.exists(ready["connection_file"])
+    gone = attach(tmp_path, ready)
+    event = gone.event()
+    assert event["event"] == "error" and event["code"] == "no_kernel", event
+    assert gone.proc.wait(10) == protocol.EXIT_NO_KERNEL
+    second = agent(kernel_id="second")
+    second_ready = second.event()
+    assert not os.path.exists(ready["connection_file"])  # swept by the next start
+    assert not os.path.exists(ready["socket"])
+    second.send("shutdown")
+    assert second.event()["reason"] == "requested"
+    assert second_ready["pid"] != ready["pid"]
+
+
+def test_a_crashing_keeper_takes_its_kernel_with_it(tmp_path, monkeypatch):
+    """Even a bug in the keeper after launch must not orphan the kernel."""
+    import socket as socket_module
+
+    from ssh_ipykernel.remote import agent as agent_module, bootstrap as boot, keeper as keeper_module
 
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
-    monkeypatch.setattr(boot.sys, "stdin", type("S", (), {"buffer": None})())
-    monkeypatch.setattr(boot, "read_params", lambda stream: params())
-    launched = []
-    real_launch = agent_module.Agent.launch
+    monkeypatch.chdir(tmp_path)
+    a = agent_module.Agent(params())
+    a.prepare()
+    listener = socket_module.socket(socket_module.AF_UNIX)
+    listener.bind(str(tmp_path / "k.sock"))
+    listener.listen(1)
 
-    def launch(self):
-        real_launch(self)
-        launched.append(self)
-
-    def broken_ready_event(self):
+    def broken_watch(self, now):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(agent_module.Agent, "launch", launch)
-    monkeypatch.setattr(agent_module.Agent, "ready_event", broken_ready_event)
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGINT)}
+    monkeypatch.setattr(keeper_module.Keeper, "_watch", broken_watch)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(RuntimeError, match="bug"):
-            boot.main()
+            boot.run_keeper(a, listener, grace=10, client_timeout=10)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    (a,) = launched
     assert a.proc.wait(10) == -9
     assert not os.path.exists(a.connection_file)
 
@@ -237,6 +341,7 @@ def test_agent_reports_a_kernel_that_dies(agent):
     exited = run.event()
     assert exited == {"event": "exited", "returncode": -9, "reason": ""}
     assert not os.path.exists(ready["connection_file"])
+    assert wait_gone(ready["keeper_pid"])
 
 
 def test_agent_rejects_bad_params_with_its_exit_code(agent):

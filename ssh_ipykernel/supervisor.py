@@ -1,0 +1,373 @@
+"""The tunnel supervisor: keeps one remote kernel reachable at the same local ports.
+
+States (one log line per transition, with timings and the reconnect count):
+
+    CONNECTING -> UP -> RECONNECTING -> UP -> ... -> STOPPING -> STOPPED
+
+While UP, one select() loop waits on the keeper's events, the session's stderr, the ssh
+master's pty and the signal wakeup socket, and pings the keeper every PING_INTERVAL seconds.
+The connection counts as lost when the session ends (the master exited, sshd dropped it), when
+the master exits, or when nothing arrives for LOSS_TIMEOUT seconds (a cut link gives no EOF).
+
+RECONNECTING tears down what is left of the connection and tries again: a new master with a
+short ConnectTimeout, an ``attach`` session to the same keeper (same kernel pid, same state),
+and the same forwards. A timed-out attempt is retried at once (each attempt puts a fresh SYN on
+the wire, so the first one after the network returns gets through within about a second);
+errors that fail fast back off exponentially, capped. The proxy never exits because of the
+network: only when the kernel ends, when its keeper is gone (the grace period ran out), or when
+it is told to stop. See docs/architecture.md.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import re
+import selectors
+import signal
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+from . import exceptions as exc
+from .launcher import RemoteKernel
+from .log import redact_text
+from .signals import SignalRelay
+from .transport.base import Forward, Transport
+from .tunnels import Tunnels
+
+logger = logging.getLogger(__name__)
+
+_OPEN_FAILED_RE = re.compile(r"channel \d+: open failed: connect failed")
+#: How long the keeper gets to shut the kernel down after SIGTERM before we cut the session.
+SHUTDOWN_TIMEOUT = 10.0
+#: The proxy pings the keeper this often ...
+PING_INTERVAL = 2.0
+#: ... and declares the connection lost after this much silence.
+LOSS_TIMEOUT = 6.0
+#: ssh ConnectTimeout of a reconnect attempt: short, so that SYNs keep going out.
+RECONNECT_CONNECT_TIMEOUT = 2.0
+#: Backoff between attempts that failed fast: first delay, and caps by kind of failure.
+BACKOFF_FIRST = 0.25
+BACKOFF_CAP_NETWORK = 1.0
+BACKOFF_CAP_OTHER = 30.0
+#: A still-failing reconnect is reported this often (the first failure is always reported).
+REPORT_EVERY = 30.0
+#: A jump of the wall clock against the monotonic one this large means we were suspended.
+SUSPEND_JUMP = 5.0
+
+
+class State(enum.Enum):
+    CONNECTING = "connecting"
+    UP = "up"
+    RECONNECTING = "reconnecting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class Supervisor:
+    """Serve a started kernel until it ends; reconnect whenever the connection is lost."""
+
+    def __init__(
+        self,
+        *,
+        kernel: RemoteKernel,
+        transport: Transport,
+        tunnels: Tunnels,
+        new_transport: Callable[[float], Transport],
+        signals: SignalRelay,
+        log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        secret: str,
+        grace: Optional[float],
+        client_timeout: float,
+        attach_timeout: float,
+        on_state: Callable[["Supervisor"], None] = lambda s: None,
+    ) -> None:
+        self.kernel = kernel
+        self.transport = transport
+        self.tunnels = tunnels
+        self.forwards: List[Forward] = list(tunnels.forwards)
+        self.new_transport = new_transport
+        self.signals = signals
+        self.log = log
+        self.secret = secret
+        self.grace = grace
+        self.client_timeout = client_timeout
+        self.attach_timeout = attach_timeout
+        self.on_state = on_state
+        self.state = State.UP
+        self.since = time.monotonic()
+        self.reconnects = 0
+        self.shutdown_deadline: Optional[float] = None
+        self._lost_at = 0.0  # monotonic
+        self._lost_wall = 0.0  # wall clock: counts a suspended laptop's sleep, as the remote does
+
+    # -- states -------------------------------------------------------------------------------------
+    def _enter(self, state: State, message: str, *args: object, level: int = logging.INFO) -> None:
+        self.state = state
+        self.since = time.monotonic()
+        self.log.log(level, "%s: " + message, state.value, *args)
+        self.on_state(self)
+
+    def run(self, *, stop: bool = False) -> int:
+        """Serve until the kernel ends or we are told to stop; return the exit code."""
+        if stop:
+            self._begin_stop("stop requested during start-up")
+        try:
+            while True:
+                if self.state is State.RECONNECTING:
+                    code = self._reconnect()
+                else:
+                    code = self._serve()
+                if code is not None:
+                    return code
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the session, the forwards and the connection (the kernel is not touched)."""
+        self.kernel.close()
+        self.tunnels.close()
+        self.transport.close()
+
+    # -- UP / STOPPING ------------------------------------------------------------------------------
+    def _serve(self) -> Optional[int]:
+        kernel, reader = self.kernel, self.kernel.reader
+        assert kernel.proc and kernel.proc.stderr and reader
+        sel = selectors.DefaultSelector()
+        sel.register(self.signals.fileno(), selectors.EVENT_READ, "signal")
+        sel.register(reader.fd, selectors.EVENT_READ, "events")
+        sel.register(kernel.proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+        master_fd = self.transport.fileno()
+        if master_fd is not None:
+            sel.register(master_fd, selectors.EVENT_READ, "master")
+        last_heard = time.monotonic()
+        next_ping = last_heard + PING_INTERVAL
+        clock_offset = time.time() - time.monotonic()
+        try:
+            while True:
+                code = self._handle_events(reader.pending)
+                if code is not None:
+                    return code
+                now = time.monotonic()
+                offset = time.time() - now
+                if offset - clock_offset > SUSPEND_JUMP:
+                    # Back from a suspend: the connection may be long dead. Ask now, and do not
+                    # wait the full loss timeout for the answer.
+                    self.log.info("clock jumped %.0f s (suspended?); checking the connection", offset - clock_offset)
+                    last_heard = min(last_heard, now - LOSS_TIMEOUT + 3.0)
+                    next_ping = now
+                clock_offset = offset
+                if self.shutdown_deadline is not None and now >= self.shutdown_deadline:
+                    self.log.warning("the kernel did not shut down in %.0f s; leaving it to its keeper", SHUTDOWN_TIMEOUT)
+                    return 0
+                if now - last_heard > LOSS_TIMEOUT:
+                    return self._lost(f"no answer for {now - last_heard:.1f} s")
+                if now >= next_ping:
+                    kernel.send("ping")
+                    next_ping = now + PING_INTERVAL
+                wake = min(next_ping, last_heard + LOSS_TIMEOUT, self.shutdown_deadline or next_ping)
+                for key, _ in sel.select(max(0.0, wake - now)):
+                    if key.data == "signal":
+                        code = self._on_signals(self.signals.pending())
+                        if code is not None:
+                            return code
+                    elif key.data == "stderr":
+                        data = os.read(key.fd, 65536)
+                        if data:
+                            kernel._keep_stderr(data)
+                            _relay_remote_output(data.decode("utf-8", "replace"), self.secret)
+                        else:
+                            sel.unregister(key.fd)
+                    elif key.data == "master":
+                        self._log_ssh_output(self.transport.drain())
+                        if not self.transport.alive():
+                            sel.unregister(key.fd)
+                            if self.state is State.STOPPING:
+                                return 0
+                            return self._lost("the ssh master connection exited")
+                    elif key.data == "events":
+                        eof = reader.read()
+                        last_heard = time.monotonic()
+                        code = self._handle_events(reader.pending)
+                        if code is not None:
+                            return code
+                        if eof:
+                            if self.state is State.STOPPING:
+                                return 0
+                            return self._lost("the SSH session ended")
+        finally:
+            sel.close()
+
+    def _on_signals(self, signums: List[int]) -> Optional[int]:
+        for signum in signums:
+            if signum == signal.SIGINT:
+                self.log.info("interrupting the kernel")
+                self.kernel.interrupt()
+            elif signum == signal.SIGQUIT:
+                return self._detach()
+            elif self.state is not State.STOPPING:
+                self._begin_stop(f"{signal.Signals(signum).name}: shutting the kernel down")
+        return None
+
+    def _begin_stop(self, why: str) -> None:
+        self.kernel.request_shutdown()
+        self.shutdown_deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        self._enter(State.STOPPING, "%s", why)
+
+    def _detach(self) -> int:
+        info = self.kernel.info
+        self.kernel.send("detach")
+        kept = "until its grace period ends" if self.grace is None else f"for {self.grace:.0f} s"
+        self._enter(
+            State.STOPPED,
+            "detached; kernel pid %s keeps running on %s %s. Reattach with: ssh-ipykernel connect "
+            "--host %s %s", info.pid if info else "?", self.kernel.host, kept,
+            self.kernel.transport.host.spec, info.connection_file if info else "?",
+        )
+        return 0
+
+    def _handle_events(self, pending: list) -> Optional[int]:  # type: ignore[type-arg]
+        """Consume the keeper's pending events; the exit code once one says the kernel ended."""
+        while pending:
+            event: Dict[str, object] = pending.pop(0)
+            kind = event.get("event")
+            if kind == "log":
+                _relay_remote_output(str(event.get("text", "")), self.secret)
+            elif kind == "exited":
+                return self._exited(event)
+            elif kind != "pong":
+                self.log.debug("keeper event: %s", event)
+        return None
+
+    def _exited(self, event: Dict[str, object]) -> int:
+        returncode = event.get("returncode")
+        reason = event.get("reason")
+        if returncode == 0 or reason in ("requested", "terminated"):
+            self._enter(State.STOPPED, "kernel exited (%s)", f"exit code {returncode}" if returncode == 0 else reason)
+            return 0
+        how = (
+            f"killed by signal {-returncode}" if isinstance(returncode, int) and returncode < 0
+            else f"exit code {returncode}"
+        )
+        self._enter(State.STOPPED, "the remote kernel died (%s); exiting so that Jupyter restarts it",
+                    how, level=logging.ERROR)
+        return exc.KernelDiedError.exit_code
+
+    # -- RECONNECTING -------------------------------------------------------------------------------
+    def _lost(self, why: str) -> Optional[int]:
+        self._lost_at, self._lost_wall = time.monotonic(), time.time()
+        detail = self.transport.drain().strip()
+        self.kernel.close()
+        self.tunnels.close()
+        self.transport.close()
+        if self.state is State.STOPPING:
+            self.log.warning("connection lost while stopping (%s); the keeper finishes the shutdown", why)
+            return 0
+        kept = "as long as it takes" if self.grace is None else f"up to {self.grace:.0f} s"
+        self._enter(State.RECONNECTING, "connection to %s lost (%s%s); reconnecting, the kernel is kept %s",
+                    self.kernel.host, why, f": {detail}" if detail else "", kept, level=logging.WARNING)
+        return None
+
+    def _give_up_at(self) -> Optional[float]:
+        """Wall-clock time after which the keeper has surely ended the kernel."""
+        if self.grace is None:
+            return None
+        return self._lost_wall + self.client_timeout + self.grace + 30.0
+
+    def _reconnect(self) -> Optional[int]:
+        attempt, delay, last_report = 0, 0.0, 0.0
+        while True:
+            if delay:
+                code = self._wait(delay)
+                if code is not None:
+                    return code
+            give_up = self._give_up_at()
+            if give_up is not None and time.time() > give_up:
+                self._enter(State.STOPPED, "no connection to %s for %.0f s, longer than the kernel's grace "
+                            "period; exiting", self.kernel.host, time.time() - self._lost_wall, level=logging.ERROR)
+                return exc.ConnectionLostError.exit_code
+            attempt += 1
+            try:
+                self._attempt()
+            except exc.Cancelled:
+                self._enter(State.STOPPED, "stopped while reconnecting; the remote kernel is shut down by "
+                            "its keeper when the grace period ends")
+                return 0
+            except exc.KernelGoneError as e:
+                self._enter(State.STOPPED, "%s; exiting so that Jupyter starts a new kernel", e, level=logging.ERROR)
+                return exc.KernelDiedError.exit_code
+            except exc.SSHKernelError as e:
+                self._abandon_attempt()
+                network = isinstance(e, (exc.HostNotFoundError, exc.SSHConnectionRefusedError,
+                                         exc.ConnectionTimeoutError, exc.ConnectionLostError))
+                if isinstance(e, exc.ConnectionTimeoutError):
+                    delay = 0.0  # the attempt itself waited; the next SYN should go out now
+                else:
+                    cap = BACKOFF_CAP_NETWORK if network else BACKOFF_CAP_OTHER
+                    delay = min(cap, BACKOFF_FIRST * 2 ** min(attempt - 1, 16))
+                now = time.monotonic()
+                if attempt == 1 or now - last_report >= REPORT_EVERY or not network:
+                    last_report = now
+                    self.log.log(logging.INFO if network else logging.WARNING,
+                                 "reconnect attempt %d failed after %.0f s offline: %s",
+                                 attempt, now - self._lost_at, e)
+                continue
+            self.reconnects += 1
+            self._enter(State.UP, "reconnected after %.2f s (attempt %d, reconnect #%d)",
+                        time.monotonic() - self._lost_at, attempt, self.reconnects)
+            return None
+
+    def _attempt(self) -> None:
+        """One try: connect, attach to the keeper, forward. Stop signals abort it (Cancelled)."""
+        self.signals.raise_on_stop = True
+        try:
+            self.transport = self.new_transport(RECONNECT_CONNECT_TIMEOUT)
+            self.transport.connect()
+            self.kernel.attach(self.transport, self.attach_timeout)
+            self.tunnels = Tunnels(self.transport, self.forwards)
+            self.tunnels.open()
+        finally:
+            self.signals.raise_on_stop = False
+
+    def _abandon_attempt(self) -> None:
+        self.kernel.close()
+        self.tunnels.close()
+        self.transport.close()
+
+    def _wait(self, delay: float) -> Optional[int]:
+        """Sleep between attempts, still answering signals."""
+        deadline = time.monotonic() + delay
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.signals.fileno(), selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining):
+                    return None
+                for signum in self.signals.pending():
+                    if signum == signal.SIGINT:
+                        self.log.warning("cannot interrupt the kernel while reconnecting")
+                    else:
+                        self._enter(State.STOPPED, "%s while reconnecting; the remote kernel is shut down "
+                                    "by its keeper when the grace period ends", signal.Signals(signum).name)
+                        return 0
+
+    # -- output ---------------------------------------------------------------------------------------
+    def _log_ssh_output(self, text: str) -> None:
+        for line in text.replace("\r", "").splitlines():
+            if not line.strip():
+                continue
+            # Clients connect before the remote kernel has bound its ports; ZMQ retries, so
+            # these refusals during boot are expected and only worth a debug line.
+            level = logging.DEBUG if _OPEN_FAILED_RE.search(line) else logging.INFO
+            self.log.log(level, "ssh: %s", line.strip())
+
+
+def _relay_remote_output(text: str, secret: str) -> None:
+    """The kernel's own log goes to our stderr, which Jupyter logs; never the key."""
+    text = redact_text(text, secret)
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
