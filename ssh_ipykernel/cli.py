@@ -85,6 +85,49 @@ def proxy_command(
     report_errors(run)
 
 
+@click.command(name="connect", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", required=True, metavar="HOST",
+              help="Where the kernel runs: an ~/.ssh/config alias, user@host, host:port or ssh://user@host:port.")
+@click.argument("remote_file", metavar="REMOTE_CONNECTION_FILE")
+@click.option("--local-file", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Where to write the local connection file (default: in Jupyter's runtime dir).")
+@click.option("--python", metavar="PATH",
+              help="Remote python used to read the connection file (any Python >= 3.8). Default: python3.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="ssh config file to use instead of ~/.ssh/config (ssh -F).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+              help="Seconds allowed to connect.")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
+@click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
+def connect_command(host: str, remote_file: str, local_file: Optional[str], python: Optional[str],
+                    ssh_config: Optional[str], timeout: float, log_level: str, log_file: Optional[str]) -> None:
+    """Forward a kernel already running on HOST (its REMOTE_CONNECTION_FILE) to local ports.
+
+    Writes a local connection file for `jupyter console --existing FILE` (or any Jupyter client)
+    and keeps the tunnels up, reconnecting through network loss, until stopped with Ctrl-C.
+    Stopping only disconnects: the kernel keeps running.
+    """
+    from .log import setup_logging
+
+    setup_logging(log_level, log_file)
+
+    def run() -> int:
+        from .connect import ConnectOptions, Connector
+
+        _, ssh_config_path = check_common(host, python, (), ssh_config)
+        connector = Connector(ConnectOptions(host=host, remote_file=remote_file, local_file=local_file,
+                                             python=python, ssh_config=ssh_config_path, timeout=timeout))
+
+        def ready(path: str, kernel: object) -> None:
+            click.echo(f"Connected. Local connection file: {path}")
+            click.echo(f"Use it with: jupyter console --existing {path}")
+
+        return connector.run(on_ready=ready)
+
+    report_errors(run)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ssh-ipykernel")
 def main() -> None:
@@ -96,6 +139,7 @@ def _register() -> None:
 
     main.add_command(proxy_command, "kernel")
     main.add_command(add_command, "add")
+    main.add_command(connect_command, "connect")
 
 
 _register()

@@ -221,6 +221,7 @@ class RemoteKernel:
         self.info: Optional[KernelInfo] = None
         self.stderr_tail: List[str] = []
         self.reader: Optional[EventReader] = None
+        self.ready_event: Dict[str, object] = {}  # the last ``ready`` event, as received
 
     @property
     def host(self) -> str:
@@ -231,21 +232,36 @@ class RemoteKernel:
         self.info = self._open(self.params, timeout)
         return self.info
 
-    def attach(self, transport: Transport, timeout: float) -> KernelInfo:
-        """Reach the running kernel again over ``transport`` (a new connection).
+    def watch(self, connection_file: str, timeout: float) -> Dict[str, object]:
+        """Open a session that reads a kernel's remote connection file (key included) and
+        answers pings: for kernels started by somebody else. Returns the ``ready`` event."""
+        params = {"protocol": protocol.PROTOCOL, "mode": "watch", "kernel_id": self.params["kernel_id"],
+                  "connection_file": connection_file}
+        self.info = self._open(params, timeout)
+        return self.ready_event
 
-        Raises KernelGoneError if its keeper is gone, another RemoteError if the session fails.
+    def attach(self, transport: Transport, timeout: float) -> KernelInfo:
+        """Reach the running kernel again over ``transport`` (a new connection): through its
+        keeper if it has one, else by watching its connection file again.
+
+        Raises KernelGoneError if the kernel is gone, another RemoteError if the session fails.
         """
         assert self.info is not None, "attach() before start()"
         self.close()
         self.transport = transport
-        params = {"protocol": protocol.PROTOCOL, "mode": "attach", "kernel_id": self.params["kernel_id"],
-                  "socket": self.info.socket}
+        if self.info.socket:
+            params = {"protocol": protocol.PROTOCOL, "mode": "attach", "kernel_id": self.params["kernel_id"],
+                      "socket": self.info.socket}
+        else:
+            params = {"protocol": protocol.PROTOCOL, "mode": "watch", "kernel_id": self.params["kernel_id"],
+                      "connection_file": self.info.connection_file}
         info = self._open(params, timeout)
-        if info.pid != self.info.pid or info.kernel_id != self.info.kernel_id:
+        if info.pid != self.info.pid or info.ports != self.info.ports:
             self.close()
-            msg = f"the keeper at {self.info.socket} on {self.host} serves another kernel (pid {info.pid})"
+            msg = (f"the kernel at {self.info.socket or self.info.connection_file} on {self.host} is "
+                   f"another one now (pid {info.pid}, ports {info.ports})")
             raise exc.KernelGoneError(msg, host=self.host)
+        self.info = info
         return info
 
     def _open(self, params: Dict[str, object], timeout: float) -> KernelInfo:
@@ -263,6 +279,7 @@ class RemoteKernel:
             returncode = self._wait_exit(5.0)
             stderr = "".join(self.stderr_tail)
             raise error_for_exit(returncode, stderr, host=self.host, python=self.python, event=event)
+        self.ready_event = event
         ports = event.get("ports") or {}
         return KernelInfo(
             pid=int(event["pid"]),  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from .launcher import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .remote.protocol import DEFAULT_CLIENT_TIMEOUT
 from .signals import SignalRelay
-from .state import remove_state, write_state
+from .state import prune, remove_state, write_state
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import TransportOptions, create_transport
 from .transport.base import Transport
@@ -84,6 +84,10 @@ class Proxy:
             "transport": self.options.transport, "state": State.CONNECTING.value, "reconnects": 0,
             "started": self.started, "since": self.started,
         }
+        try:
+            prune()  # files of proxies killed with SIGKILL
+        except OSError:
+            pass
         self._write_state()
         t0 = time.monotonic()
         kernel: Optional[RemoteKernel] = None
@@ -91,7 +95,7 @@ class Proxy:
             with SignalRelay() as signals:
                 transport = self.new_transport(self.options.timeout)
                 try:
-                    self.log.info("connecting: %s", self.hostspec.spec)
+                    self.log.info("connecting to %s", self.hostspec.spec)
                     transport.connect()
                     t1 = time.monotonic()
                     self.log.info("connected in %.2f s", t1 - t0)

@@ -82,6 +82,7 @@ class Supervisor:
         client_timeout: float,
         attach_timeout: float,
         on_state: Callable[["Supervisor"], None] = lambda s: None,
+        owns_kernel: bool = True,
     ) -> None:
         self.kernel = kernel
         self.transport = transport
@@ -95,6 +96,9 @@ class Supervisor:
         self.client_timeout = client_timeout
         self.attach_timeout = attach_timeout
         self.on_state = on_state
+        # False for `ssh-ipykernel connect`: somebody else's kernel, which we never interrupt or
+        # shut down; every stop signal just disconnects.
+        self.owns_kernel = owns_kernel
         self.state = State.UP
         self.since = time.monotonic()
         self.reconnects = 0
@@ -200,6 +204,10 @@ class Supervisor:
             sel.close()
 
     def _on_signals(self, signums: List[int]) -> Optional[int]:
+        if not self.owns_kernel and signums:
+            self._enter(State.STOPPED, "%s: disconnecting; the kernel keeps running",
+                        signal.Signals(signums[0]).name)
+            return 0
         for signum in signums:
             if signum == signal.SIGINT:
                 self.log.info("interrupting the kernel")
@@ -243,6 +251,9 @@ class Supervisor:
     def _exited(self, event: Dict[str, object]) -> int:
         returncode = event.get("returncode")
         reason = event.get("reason")
+        if not self.owns_kernel:
+            self._enter(State.STOPPED, "the kernel ended (%s)", reason or f"exit code {returncode}")
+            return 0
         if returncode == 0 or reason in ("requested", "terminated"):
             self._enter(State.STOPPED, "kernel exited (%s)", f"exit code {returncode}" if returncode == 0 else reason)
             return 0

@@ -19,7 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import atexit, contextlib, itertools, json  # noqa: E401
-import os, re, shlex, shutil, socket, subprocess, tempfile, time  # noqa: E401
+import os, re, shlex, shutil, signal, socket, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
 from typing import Optional
 
@@ -223,9 +223,22 @@ class NetnsHost(SSHTestHost):
         _ip("link", "set", self.veth_inner, "up", ns=self.namespace)
         self._static_neighbours()
 
-    def restart_sshd(self) -> None:
-        """Stop the listener and start it again with the same config and host key."""
+    def restart_sshd(self, drop_connections: bool = False) -> None:
+        """Stop the listener and start it again with the same config and host key.
+
+        With ``drop_connections`` the per-connection sshd processes die too (a reboot of the
+        server, or `systemctl stop ssh; pkill sshd`): established connections break.
+        """
         self._stop_sshd()
+        if drop_connections:
+            for pid in ns_pids(self.namespace):
+                try:
+                    comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                except OSError:
+                    continue
+                if comm.startswith("sshd"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
         self._start_sshd()
 
     def sshd_log(self) -> str:

@@ -39,6 +39,8 @@ def main() -> None:
         params = read_params(stdin)
         if params["mode"] == "attach":
             sock = connect_keeper(params["socket"])
+        elif params["mode"] == "watch":
+            watch(params["connection_file"], stdin)
         else:
             sock = start_keeper(params)
     except BootstrapError as e:
@@ -56,6 +58,7 @@ def start_keeper(params: dict) -> socket.socket:
     agent = Agent(params)
     agent.prepare()
     remove_stale(os.path.dirname(agent.connection_file))
+    retire_predecessors(agent)
     directory, name = os.path.split(agent.socket_file)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -146,6 +149,92 @@ def relay(stdin, sock: socket.socket) -> None:
     except OSError:
         pass  # our stdout is gone with the connection: the keeper notices our socket closing
     sock.close()
+
+
+def watch(path: str, stdin) -> None:
+    """Report a kernel's connection info (key included: this is the session's stdout, not a
+    command line), then answer pings until stdin ends, and say when its ports close."""
+    import json
+
+    path = os.path.abspath(os.path.expanduser(path))
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        ports = {k: int(v) for k, v in info.items() if k.endswith("_port")}
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise BootstrapError("no_kernel", "cannot read the connection file %s: %s" % (path, e)) from e
+    if not ports.get("hb_port"):
+        raise BootstrapError("no_kernel", "%s is not a kernel connection file (no hb_port)" % path)
+    ip = info.get("ip") or "127.0.0.1"
+    ip = "127.0.0.1" if ip in ("0.0.0.0", "*", "") else ip
+    keeper = path[: -len(".json")] + ".sock" if path.endswith(".json") else ""
+    if keeper:
+        try:
+            connect_keeper(keeper).close()
+        except BootstrapError:
+            keeper = ""
+    out = sys.stdout.buffer
+    write_event(out, "ready", pid=0, ports=ports, ip=ip, key=info.get("key", ""),
+                signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+                transport=info.get("transport", "tcp"), kernel_name=info.get("kernel_name", ""),
+                connection_file=path, socket=keeper, kernel_id="", hostname=socket.gethostname())
+    refused = 0
+    for line in iter(stdin.readline, b""):
+        try:
+            if json.loads(line.decode("utf-8")).get("op") != "ping":
+                continue
+        except (ValueError, AttributeError):
+            continue
+        probe = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+        probe.settimeout(2.0)
+        try:
+            probe.connect((ip, ports["hb_port"]))
+            refused = 0
+        except OSError:
+            refused += 1
+        finally:
+            probe.close()
+        if refused >= 2:  # twice in a row: not a kernel still binding or a busy moment
+            write_event(out, "exited", returncode=None, reason="ports_closed")
+            break
+        write_event(out, "pong")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def retire_predecessors(agent: Agent) -> None:
+    """Tell keepers of earlier kernels with our kernel id and key that we replace them.
+
+    Jupyter restarts a kernel with the same connection file; after a hard restart (its proxy
+    killed with SIGKILL) the old kernel would otherwise wait out its grace period for nobody.
+    The key proves it is the same Jupyter kernel, not a namesake from another machine.
+    """
+    import hashlib
+    import json
+
+    prefix = "kernel-ssh-%s-" % agent.kernel_id
+    mine = os.path.basename(agent.socket_file)
+    note = (json.dumps({"op": "replaced", "key_sha256": hashlib.sha256(agent.params["key"].encode()).hexdigest()})
+            + "\n").encode()
+    try:
+        os.chdir(os.path.dirname(agent.socket_file))  # relative socket names, as in start_keeper
+        names = os.listdir(".")
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(prefix) and name.endswith(".sock") and name != mine:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(2.0)
+            try:
+                sock.connect(name)
+                sock.sendall(note)
+                # Wait for its greeting: closing at once would fail the keeper's send to us
+                # before it has read the note.
+                sock.recv(1)
+            except OSError:
+                pass
+            finally:
+                sock.close()
 
 
 def remove_stale(directory: str) -> None:

@@ -4,7 +4,8 @@ It outlives SSH sessions on purpose. Proxies reach it through a unix socket next
 connection file (0600 in the 0700 runtime dir), relayed by a short-lived SSH session each
 (bootstrap.relay); any number may be attached at once. Protocol, JSON lines both ways:
 
-* client -> keeper: ``{"op": "ping" | "interrupt" | "shutdown" | "detach"}``;
+* client -> keeper: ``{"op": "ping" | "interrupt" | "shutdown" | "detach"}``, and
+  ``{"op": "replaced", "key_sha256": ...}`` from a new kernel of the same Jupyter kernel;
 * keeper -> client: ``ready`` (on attach: pid, ports, versions, paths), ``pong``, ``log`` (new
   text of the kernel's log), ``exited`` (returncode, and why the keeper ended the kernel if it
   did), or ``error`` (the kernel could not be started).
@@ -158,7 +159,8 @@ class Keeper:
 
     def _command(self, client: Client, line: bytes) -> None:
         try:
-            op = json.loads(line.decode("utf-8")).get("op")
+            msg = json.loads(line.decode("utf-8"))
+            op = msg.get("op")
         except (ValueError, AttributeError):
             self.agent.log("ignoring malformed command %r" % line[:80])
             return
@@ -168,6 +170,14 @@ class Keeper:
             self.agent.interrupt()
         elif op == "shutdown":
             self._shutdown("requested")
+        elif op == "replaced":
+            # A new kernel for the same Jupyter connection file (same id, same key): Jupyter
+            # restarted this one after killing its proxy (a hard restart). Nobody can use it.
+            import hashlib
+
+            if msg.get("key_sha256") == hashlib.sha256(self.agent.params["key"].encode()).hexdigest():
+                self.agent.log("replaced by a restarted kernel; shutting down")
+                self._shutdown("replaced")
         elif op == "detach":
             self.agent.log("proxy %d detached" % client.number)
             self._drop(client)

@@ -11,8 +11,9 @@ import re
 
 PROTOCOL = 2
 
-#: What a session asks of the agent: start a kernel, or attach to the keeper of a running one.
-MODES = ("start", "attach")
+#: What a session asks of the agent: start a kernel, attach to the keeper of a running one, or
+#: watch a kernel somebody else started (``ssh-ipykernel connect``).
+MODES = ("start", "attach", "watch")
 
 # Sentinel exit codes, translated into sentences by ssh_ipykernel.launcher (keep in sync).
 EXIT_PYTHON_NOT_FOUND = 90  # emitted by the sh wrapper, not by this module
@@ -76,6 +77,11 @@ def validate_params(params: object) -> dict:
         sock = params.get("socket")
         if not isinstance(sock, str) or not sock.endswith(".sock") or "\0" in sock:
             raise BootstrapError("bad_params", "socket %r is not a keeper socket path" % (sock,))
+        return params
+    if mode == "watch":
+        path = params.get("connection_file")
+        if not isinstance(path, str) or not path or "\0" in path:
+            raise BootstrapError("bad_params", "connection_file %r is not a path" % (path,))
         return params
     if not isinstance(params.get("key"), str):
         raise BootstrapError("bad_params", "key is not a string")

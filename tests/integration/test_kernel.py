@@ -146,13 +146,13 @@ def test_sighup_to_the_proxy_shuts_the_kernel_down(kernel, ssh_host):
 
 
 def test_kill_9_of_the_proxy_leaves_nothing(kernel, ssh_host, jupyter_env):
-    k = kernel("--python", ssh_host.env_prefix)
+    k = kernel("--python", ssh_host.env_prefix, "--grace", "2")
     pid = int(k.value("__import__('os').getpid()"))
     k.proxy.kill()
     k.proxy.wait(5)
-    # The ssh children die with the proxy (PDEATHSIG); the agent sees its session end and
-    # shuts the kernel down.
-    assert not wait_remote_clean(ssh_host, pid, timeout=15)
+    # The ssh children die with the proxy (PDEATHSIG); the keeper sees its session end and
+    # shuts the kernel down once the grace period is over.
+    assert not wait_remote_clean(ssh_host, pid, timeout=20)
     deadline = time.monotonic() + 5
     while local_ssh_children(str(jupyter_env.runtime)) and time.monotonic() < deadline:
         time.sleep(0.1)

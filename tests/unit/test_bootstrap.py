@@ -207,7 +207,10 @@ def test_the_kernel_outlives_its_session_and_a_new_one_attaches(agent, tmp_path)
         again.send("ping")
         assert again.event(skip=("log",)) == {"event": "pong"}
         again.send("shutdown")
-        assert again.event() == {"event": "exited", "returncode": 0, "reason": "requested"}
+        exited = again.event()
+        # 0 normally; SIGTERM when the kernel did not acknowledge shutdown_request within 1 s
+        # (a loaded machine): either way the keeper ended it because it was asked to.
+        assert exited["event"] == "exited" and exited["reason"] == "requested" and exited["returncode"] in (0, -15)
         assert again.proc.wait(10) == 0
     finally:
         again.close()
@@ -250,7 +253,7 @@ def test_a_silent_session_counts_as_gone(agent):
     t0 = time.monotonic()
     assert run.proc.wait(30) == 0  # dropped by the keeper: its relay ends
     assert 2 <= time.monotonic() - t0 < 10
-    assert wait_gone(ready["pid"])
+    assert wait_gone(ready["pid"]) and wait_gone(ready["keeper_pid"])
     assert not os.path.exists(ready["connection_file"])
 
 
@@ -270,7 +273,7 @@ def test_pings_keep_the_session(agent):
 
 @pytest.mark.timeout(60)
 def test_grace_never_keeps_the_kernel_without_sessions(agent, tmp_path):
-    run = agent(grace=None, client_timeout=1)
+    run = agent(grace=None)
     ready = run.event()
     run.proc.stdin.close()
     time.sleep(3)
@@ -288,8 +291,9 @@ def test_grace_never_keeps_the_kernel_without_sessions(agent, tmp_path):
 def test_a_killed_keeper_takes_its_kernel_along_and_its_files_are_swept(agent, tmp_path):
     run = agent()
     ready = run.event()
+    client_for(ready).stop_channels()  # booted: its parent poller runs
     os.kill(ready["keeper_pid"], 9)
-    assert wait_gone(ready["pid"], timeout=10)  # ipykernel watches its parent (JPY_PARENT_PID)
+    assert wait_gone(ready["pid"], timeout=15)  # ipykernel watches its parent (JPY_PARENT_PID)
     assert os.path.exists(ready["connection_file"])
     gone = attach(tmp_path, ready)
     event = gone.event()
@@ -349,3 +353,22 @@ def test_agent_rejects_bad_params_with_its_exit_code(agent):
     event = run.event()
     assert event["event"] == "error" and event["code"] == "bad_params"
     assert run.proc.wait(10) == protocol.EXIT_BAD_PARAMS
+
+
+@pytest.mark.timeout(60)
+def test_a_restarted_kernel_retires_its_predecessor_but_not_a_namesake(agent):
+    """Jupyter's hard restart kills the proxy and starts a new kernel on the same connection file."""
+    first = agent(kernel_id="same")
+    first_ready = first.event()
+    namesake = agent(kernel_id="same", key="another machine's key")
+    namesake_ready = namesake.event()
+    assert alive(first_ready["pid"])  # same id, other key: not ours to end
+    first.proc.stdin.close()  # the old proxy is gone (killed): its session ends
+    restarted = agent(kernel_id="same")
+    restarted_ready = restarted.event()
+    assert wait_gone(first_ready["pid"]) and wait_gone(first_ready["keeper_pid"])
+    assert not os.path.exists(first_ready["connection_file"])
+    assert alive(namesake_ready["pid"]) and alive(restarted_ready["pid"])
+    for run in (namesake, restarted):
+        run.send("shutdown")
+        assert run.event()["reason"] == "requested"

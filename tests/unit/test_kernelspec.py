@@ -13,7 +13,7 @@ from ssh_ipykernel.kernelspec import (
     default_kernel_name,
 )
 from ssh_ipykernel.manage import add_command
-from ssh_ipykernel.options import parse_env
+from ssh_ipykernel.options import parse_env, parse_grace
 
 
 @pytest.mark.parametrize(
@@ -91,6 +91,7 @@ def test_manage_custom_name_and_display_name(tmp_path):
         (["--host", "btest", "--env", "1X=2"], "VAR=VALUE"),
         (["--host", "btest", "--ssh-config", "/no/such/file"], "no such file"),
         (["--host", "btest", "--python", "/a\nb"], "control characters"),
+        (["--host", "btest", "--grace", "soon"], "not a duration"),
     ],
 )
 def test_manage_bad_input_writes_nothing(tmp_path, args, words):
@@ -99,3 +100,27 @@ def test_manage_bad_input_writes_nothing(tmp_path, args, words):
     assert words in result.output
     assert not (tmp_path / "share").exists()
 
+
+
+@pytest.mark.parametrize("value, seconds", [
+    ("600", 600.0), ("10m", 600.0), ("1.5h", 5400.0), ("2d", 172800.0), ("0", 0.0), (" 30S ", 30.0),
+    ("never", None), ("Forever", None), ("inf", None),
+])
+def test_grace_durations(value, seconds):
+    assert parse_grace(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "-5", "10 minutes", "1e3", "m", "5;rm -rf /"])
+def test_bad_grace_is_refused_with_the_accepted_forms(value):
+    with pytest.raises(UsageError) as e:
+        parse_grace(value)
+    assert "30m" in str(e.value) and "never" in str(e.value)
+
+
+def test_grace_is_recorded_in_the_kernelspec_only_when_given(tmp_path):
+    CliRunner().invoke(add_command, ["--host", "btest", "--prefix", str(tmp_path), "--grace", "never"])
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_btest/kernel.json").read_text())
+    assert spec["argv"][-4:] == ["--grace", "never", "-f", "{connection_file}"]
+    CliRunner().invoke(add_command, ["--host", "other", "--prefix", str(tmp_path)])
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_other/kernel.json").read_text())
+    assert "--grace" not in spec["argv"]

@@ -1,0 +1,297 @@
+"""Never lose the kernel: real faults (link cut, sshd restart, kill -9) against a running kernel.
+
+Each test drives the kernel through Jupyter's KernelManager (as a notebook server does) or the
+proxy by hand, breaks something for real on the network-namespace host, and checks that the
+same kernel process answers again, with its state, soon after the fault ends, and that the
+proxy never exited on the way. Recovery times are printed (run with -s to see them).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import pytest
+from jupyter_client.connect import write_connection_file
+
+from kernels import Kernel, local_ssh_children, manage, remote_leftovers, wait_remote_clean
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def kernel(ssh_host, tmp_path, jupyter_env):
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--name", "rc")
+    k = Kernel(prefix, "rc", tmp_path / "proxy.log")
+    k.start()
+    yield k
+    k.shutdown()
+    assert not wait_remote_clean(ssh_host, timeout=15), k.log()
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+class Watcher:
+    """A restarter-like watch on the proxy: it must stay alive through every fault."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.died_at: Optional[float] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            if self.kernel.proxy.poll() is not None and self.died_at is None:
+                self.died_at = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        assert self.died_at is None, f"the proxy exited during the fault\n{self.kernel.log()}"
+
+
+def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> float:
+    """Poll kernel_info every 0.2 s (requests queue in ZMQ meanwhile); seconds from ``since``."""
+    deadline = time.monotonic() + timeout
+    pending = set()
+    while time.monotonic() < deadline:
+        pending.add(kernel.kc.kernel_info())
+        try:
+            msg = kernel.kc.get_shell_msg(timeout=0.2)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") in pending and msg["msg_type"] == "kernel_info_reply":
+            return time.monotonic() - since
+    raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
+
+
+def drain_shell(kernel: Kernel) -> None:
+    while True:
+        try:
+            kernel.kc.get_shell_msg(timeout=0.5)
+        except queue.Empty:
+            return
+
+
+def remote_pid(kernel: Kernel) -> int:
+    return int(kernel.value("__import__('os').getpid()"))
+
+
+def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
+    """The cell's reply arrives, the same kernel answers with its state, output resumes quickly."""
+    pid = remote_pid(kernel)
+    kernel.execute("x = 42")
+    lines: List[Tuple[float, int]] = []
+    msg_id = kernel.kc.execute("import time\nfor i in range(40):\n    print(i, flush=True)\n    time.sleep(1)")
+    watcher = Watcher(kernel)
+    reply = None
+    t_down = t_up = 0.0
+    deadline = time.monotonic() + 120
+    while reply is None and time.monotonic() < deadline:
+        if not t_down and len(lines) >= 5:
+            ssh_host.link_down()
+            t_down = time.monotonic()
+        if t_down and not t_up and time.monotonic() - t_down >= 20:
+            ssh_host.link_up()
+            t_up = time.monotonic()
+        try:
+            msg = kernel.kc.get_iopub_msg(timeout=0.1)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                now = time.monotonic()
+                lines += [(now, int(n)) for n in msg["content"]["text"].split()]
+        except queue.Empty:
+            pass
+        try:
+            msg = kernel.kc.get_shell_msg(timeout=0.01)
+            if msg["parent_header"].get("msg_id") == msg_id:
+                reply = msg["content"]
+        except queue.Empty:
+            pass
+    if t_down and not t_up:
+        ssh_host.link_up()
+    watcher.stop()
+    assert reply is not None and reply["status"] == "ok", f"{reply}\n{kernel.log()}"
+    received = {n for _, n in lines}
+    before = max(n for t, n in lines if t < t_down)
+    during = range(before + 1, min(before + 21, 40))  # printed while the link was down
+    got_during = sorted(set(during) & received)
+    after = [(t, n) for t, n in lines if t > t_up]
+    assert after, "no output after the link came back"
+    resumed = after[0][0] - t_up
+    print(f"\n20 s cut: output resumed {resumed:.2f} s after the link came back; "
+          f"{len(got_during)} of the {len(during)} lines printed during the cut reached the client "
+          f"({len(received)} of 40 in all)")
+    assert resumed < 5, kernel.log()
+    assert set(range(after[0][1], 40)) <= received  # nothing lost once reconnected
+    assert remote_pid(kernel) == pid
+    assert kernel.value("x") == "42"
+    assert re.search(r"reconnected after [\d.]+ s \(attempt \d+, reconnect #1\)", kernel.log())
+
+
+def test_a_cut_longer_than_every_keepalive(kernel, ssh_host):
+    """90 s: past ssh's ServerAlive (45 s) and our own detection; the kernel is kept."""
+    pid = remote_pid(kernel)
+    kernel.execute("y = 'kept'")
+    watcher = Watcher(kernel)
+    ssh_host.link_down()
+    try:
+        time.sleep(90)
+        assert pid in ssh_host.remote_pids("ipykernel_launcher"), "the kernel died during the cut"
+    finally:
+        ssh_host.link_up()
+    t_up = time.monotonic()
+    answered = first_answer_after(kernel, t_up)
+    watcher.stop()
+    print(f"\n90 s cut: kernel answered {answered:.2f} s after the link came back")
+    assert answered < 4, kernel.log()
+    drain_shell(kernel)
+    assert remote_pid(kernel) == pid and kernel.value("y") == "kept"
+
+
+@pytest.mark.parametrize("fault", ["kill -9 of the ssh master", "sshd restart dropping connections"])
+def test_recovers_from(fault, kernel, ssh_host, jupyter_env):
+    pid = remote_pid(kernel)
+    kernel.execute("z = [1, 2, 3]")
+    watcher = Watcher(kernel)
+    t0 = time.monotonic()
+    if fault.startswith("kill"):
+        masters = [line.split()[0] for line in local_ssh_children(str(jupyter_env.runtime)) if " -M " in line]
+        assert len(masters) == 1, masters
+        os.kill(int(masters[0]), signal.SIGKILL)
+    else:
+        ssh_host.restart_sshd(drop_connections=True)
+    answered = first_answer_after(kernel, t0)
+    watcher.stop()
+    print(f"\n{fault}: kernel answered {answered:.2f} s after the fault")
+    assert answered < 5, kernel.log()
+    drain_shell(kernel)
+    assert remote_pid(kernel) == pid and kernel.value("z") == "[1, 2, 3]"
+
+
+def test_sshd_restart_keeping_connections_is_harmless(kernel, ssh_host):
+    pid = remote_pid(kernel)
+    ssh_host.restart_sshd()
+    assert remote_pid(kernel) == pid
+    assert "reconnect" not in kernel.log()
+
+
+# ------------------------------------------------------------------ the proxy by hand
+@pytest.fixture
+def conn(tmp_path: Path) -> Path:
+    fname, _ = write_connection_file(str(tmp_path / "kernel-byhand.json"), ip="127.0.0.1")
+    return Path(fname)
+
+
+def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
+            "--python", host.env_prefix, *args, "-f", str(conn)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def wait_for(log: Path, text: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, conn, tmp_path, jupyter_env):
+    from ssh_ipykernel.state import read_states, state_dir
+
+    log = tmp_path / "proxy.log"
+    proc = start_proxy(ssh_host, conn, log, "--grace", "5")
+    wait_for(log, "tunnels up")
+    kernels = ssh_host.remote_pids("ipykernel_launcher")
+    assert kernels and any(s["pid"] == proc.pid for s in read_states())
+    proc.kill()
+    proc.wait()
+    t0 = time.monotonic()
+    time.sleep(2)
+    assert ssh_host.remote_pids("ipykernel_launcher") == kernels, "ended before its grace period"
+    left = wait_remote_clean(ssh_host, timeout=30)
+    print(f"\nkill -9 of the proxy with --grace 5: remote clean after {time.monotonic() - t0:.1f} s")
+    assert not left, left
+    assert not local_ssh_children(str(jupyter_env.runtime))
+    assert not read_states()  # the dead proxy's state file is not reported ...
+    other = start_proxy(ssh_host, conn, tmp_path / "other.log", "--grace", "5")
+    wait_for(tmp_path / "other.log", "tunnels up")
+    assert [f for f in os.listdir(state_dir()) if f.startswith("proxy-")] == [f"proxy-byhand.json"]  # ... and pruned
+    other.send_signal(signal.SIGTERM)
+    assert other.wait(15) == 0
+    assert not wait_remote_clean(ssh_host, timeout=15)
+    assert not os.listdir(state_dir()) or all(not f.startswith("proxy-") for f in os.listdir(state_dir()))
+
+
+def test_sigquit_detaches_and_says_how_to_reattach(ssh_host, conn, tmp_path, jupyter_env):
+    log = tmp_path / "proxy.log"
+    proc = start_proxy(ssh_host, conn, log, "--grace", "4")
+    wait_for(log, "tunnels up")
+    kernels = ssh_host.remote_pids("ipykernel_launcher")
+    proc.send_signal(signal.SIGQUIT)
+    assert proc.wait(10) == 0, log.read_text()
+    text = log.read_text()
+    assert "detached" in text and "Reattach with: ssh-ipykernel connect --host btest" in text, text
+    assert re.search(r"--host btest \S+/kernel-ssh-byhand-\w+\.json", text), text
+    assert ssh_host.remote_pids("ipykernel_launcher") == kernels  # still running ...
+    assert not wait_remote_clean(ssh_host, timeout=30)  # ... until the grace period ends
+
+
+def test_a_kernel_that_ended_during_the_outage_makes_the_proxy_exit(ssh_host, conn, tmp_path, jupyter_env):
+    """Once reconnected, a keeper that is gone means the kernel is gone: exit 1 for the restarter."""
+    log = tmp_path / "proxy.log"
+    proc = start_proxy(ssh_host, conn, log, "--grace", "2", "--client-timeout", "3")
+    try:
+        wait_for(log, "tunnels up")
+        with_cut = time.monotonic()
+        ssh_host.link_down()
+        try:
+            wait_for(log, "reconnecting", timeout=20)
+            left = wait_remote_clean(ssh_host, timeout=30)  # client timeout + grace on the remote
+            assert not left, left
+            assert proc.poll() is None, "the proxy exited because of the network"
+        finally:
+            ssh_host.link_up()
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1, log.read_text()
+    assert "the remote kernel on btest is gone" in log.read_text()
+    assert time.monotonic() - with_cut < 60
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+def test_fifty_start_shutdown_cycles_leak_nothing(ssh_host, tmp_path, jupyter_env):
+    from ssh_ipykernel.state import state_dir
+
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--name", "cyc")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    ports = []
+    t0 = time.monotonic()
+    for i in range(50):
+        k = Kernel(prefix, "cyc", tmp_path / f"proxy{i}.log")
+        k.start()
+        assert k.value("1 + 1") == "2"
+        ports.append(k.km.get_connection_info()["shell_port"])
+        k.shutdown()
+        assert k.proxy.poll() == 0 if k.proxy else True
+        k.km.cleanup_resources()
+    elapsed = time.monotonic() - t0
+    print(f"\n50 start/execute/shutdown cycles in {elapsed:.0f} s ({elapsed / 50:.2f} s each)")
+    assert not wait_remote_clean(ssh_host, timeout=20)
+    assert not local_ssh_children(str(jupyter_env.runtime))
+    assert not [f for f in os.listdir(state_dir()) if not f.startswith(".")], os.listdir(state_dir())
+    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+    assert not [p for p in ports if re.search(rf"127\.0\.0\.1:{p}\b", listening)]
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
+    assert not remote_leftovers(ssh_host)
