@@ -299,6 +299,7 @@ class Supervisor:
                             "period; exiting", self.kernel.host, time.time() - self._lost_wall, level=logging.ERROR)
                 return exc.ConnectionLostError.exit_code
             attempt += 1
+            started = time.monotonic()
             try:
                 self._attempt()
             except exc.Cancelled:
@@ -312,7 +313,8 @@ class Supervisor:
                 self._abandon_attempt()
                 network = isinstance(e, (exc.HostNotFoundError, exc.SSHConnectionRefusedError,
                                          exc.ConnectionTimeoutError, exc.ConnectionLostError))
-                if isinstance(e, exc.ConnectionTimeoutError):
+                if isinstance(e, exc.ConnectionTimeoutError) and \
+                        time.monotonic() - started >= RECONNECT_CONNECT_TIMEOUT * 0.8:
                     delay = 0.0  # the attempt itself waited; the next SYN should go out now
                 else:
                     cap = BACKOFF_CAP_NETWORK if network else BACKOFF_CAP_OTHER
