@@ -38,6 +38,9 @@ def report_errors(func: Callable[[], int]) -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
 @click.option("--client-timeout", type=click.FloatRange(min=1), default=30.0, hidden=True,
               help="Seconds of silence after which the remote keeper counts a proxy as gone.")
+@click.option("--persist", type=click.FloatRange(min=1), default=60.0, show_default=True, metavar="SECONDS",
+              help="How long the SSH connection to HOST, shared by its kernels, stays open after the "
+                   "last one ended (a restart or the next kernel then needs no new login).")
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(
     host: str,
@@ -52,6 +55,7 @@ def proxy_command(
     log_level: str,
     log_file: Optional[str],
     client_timeout: float,
+    persist: float,
 ) -> None:
     """Start a kernel on HOST over SSH and forward it to the ports in the connection file.
 
@@ -72,7 +76,7 @@ def proxy_command(
         options = ProxyOptions(
             host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
             timeout=timeout, env=env_dict, sudo=sudo, transport=transport,
-            grace=parse_grace(grace), client_timeout=client_timeout,
+            grace=parse_grace(grace), client_timeout=client_timeout, persist=persist,
         )
         proxy = Proxy(options)
         try:

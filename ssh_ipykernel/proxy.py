@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 #: How long the remote kernel outlives a lost connection by default: a laptop's lunch break.
 DEFAULT_GRACE = 3600.0
+#: How long the shared SSH connection to a host stays up after its last kernel ended: long
+#: enough for a restart or the next notebook to start without a handshake.
+DEFAULT_PERSIST = 60.0
 
 
 @dataclass
@@ -53,6 +56,7 @@ class ProxyOptions:
     transport: str = "openssh"
     grace: Optional[float] = DEFAULT_GRACE  # None: keep the kernel forever
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    persist: float = DEFAULT_PERSIST  # seconds the host's shared connection outlives its last kernel
 
 
 class Proxy:
@@ -71,6 +75,7 @@ class Proxy:
             ssh_config=self.options.ssh_config,
             connect_timeout=connect_timeout,
             verbose=logger.isEnabledFor(logging.DEBUG),
+            persist=self.options.persist,
         )
         return create_transport(self.options.transport, self.hostspec, options, name=self.kernel_id)
 
@@ -98,7 +103,8 @@ class Proxy:
                     self.log.info("connecting to %s", self.hostspec.spec)
                     transport.connect()
                     t1 = time.monotonic()
-                    self.log.info("connected in %.2f s", t1 - t0)
+                    self.log.info("connected in %.2f s (%s)", t1 - t0,
+                                  "shared connection" if transport.reused else "new connection")
                     kernel = RemoteKernel(
                         transport,
                         kernel_id=self.kernel_id,

@@ -4,14 +4,16 @@ States (one log line per transition, with timings and the reconnect count):
 
     CONNECTING -> UP -> RECONNECTING -> UP -> ... -> STOPPING -> STOPPED
 
-While UP, one select() loop waits on the keeper's events, the session's stderr, the ssh
-master's pty and the signal wakeup socket, and pings the keeper every PING_INTERVAL seconds.
+While UP, one select() loop waits on the keeper's events, the session's stderr, the
+transport's descriptor (the ssh master's control socket: end-of-file when it exits) and the
+signal wakeup socket, and pings the keeper every PING_INTERVAL seconds.
 The connection counts as lost when the session ends (the master exited, sshd dropped it), when
 the master exits, or when nothing arrives for LOSS_TIMEOUT seconds (a cut link gives no EOF).
 
-RECONNECTING tears down what is left of the connection and tries again: a new master with a
-short ConnectTimeout, an ``attach`` session to the same keeper (same kernel pid, same state),
-and the same forwards. A timed-out attempt is retried at once (each attempt puts a fresh SYN on
+RECONNECTING tears down what is left of this proxy's use of the connection (``close(lost=True)``:
+a shared connection that does not answer any more is ended for everyone, one that does is kept)
+and tries again: the host's connection (a new one with a short ConnectTimeout if none is up), an
+``attach`` session to the same keeper (same kernel pid, same state), and the same forwards. A timed-out attempt is retried at once (each attempt puts a fresh SYN on
 the wire, so the first one after the network returns gets through within about a second);
 errors that fail fast back off exponentially, capped. The proxy never exits because of the
 network: only when the kernel ends, when its keeper is gone (the grace period ran out), or when
@@ -271,7 +273,7 @@ class Supervisor:
         detail = self.transport.drain().strip()
         self.kernel.close()
         self.tunnels.close()
-        self.transport.close()
+        self.transport.close(lost=self.state is not State.STOPPING)
         if self.state is State.STOPPING:
             self.log.warning("connection lost while stopping (%s); the keeper finishes the shutdown", why)
             return 0
@@ -346,7 +348,8 @@ class Supervisor:
     def _abandon_attempt(self) -> None:
         self.kernel.close()
         self.tunnels.close()
-        self.transport.close()
+        # A shared connection that let this attempt time out must not be joined again.
+        self.transport.close(lost=True)
 
     def _wait(self, delay: float) -> Optional[int]:
         """Sleep between attempts, still answering signals."""

@@ -3,7 +3,14 @@
 The proxy calls, in order: ``connect()`` once, ``start_command()`` for the remote agent,
 ``forward()`` for the kernel's five ports, then ``close()`` at the end (on every path, also
 after errors; it must be safe to call twice). ``alive()`` and ``fileno()`` let the proxy's event
-loop notice a lost connection without polling.
+loop notice a lost connection without polling. After a loss the supervisor calls
+``close(lost=True)`` and makes a new transport for each reconnect attempt.
+
+A transport is one proxy's *use* of a connection. A backend may share the connection itself
+between the proxies of one host (the OpenSSH backend does: one ControlMaster per host), so
+``close()`` releases only what this transport added (its sessions and forwards), never a
+connection others still use, and a forward must not outlive its proxy even when that proxy is
+killed with SIGKILL.
 """
 from __future__ import annotations
 
@@ -38,19 +45,24 @@ class TransportOptions:
     server_alive_interval: int = 15
     server_alive_count_max: int = 3
     verbose: bool = False  # ssh -v output in the log (proxy --log-level DEBUG)
+    persist: float = 60.0  # seconds a shared connection stays up after its last user left
 
 
 class Transport(abc.ABC):
-    """One SSH connection to one host."""
+    """One proxy's connection to one host (possibly shared with other proxies; see above)."""
 
     def __init__(self, host: HostSpec, options: TransportOptions, *, name: str = "") -> None:
         self.host = host
         self.options = options
-        self.name = name  # distinguishes connections (e.g. the kernel id) in paths and logs
+        self.name = name  # distinguishes users of a connection (e.g. the kernel id) in logs
+        #: Set by connect(): True if it joined a connection that was already up (no handshake).
+        self.reused = False
 
     @abc.abstractmethod
     def connect(self) -> None:
-        """Open and authenticate the connection; raise an SSHConnectionError subclass if not."""
+        """Open and authenticate the connection, or join one that is up; raise an
+        SSHConnectionError subclass if that fails. Whoever has to make a new connection gets
+        the typed errors of its handshake (host key, authentication, refused, timeout ...)."""
 
     @abc.abstractmethod
     def start_command(self, command: str) -> subprocess.Popen:
@@ -74,7 +86,8 @@ class Transport(abc.ABC):
         """Whether the connection is still up, as far as can be told without a round trip."""
 
     def fileno(self) -> Optional[int]:
-        """A descriptor that becomes readable when the connection has news (output, EOF)."""
+        """A descriptor that becomes readable when the connection has news (output, EOF);
+        after it does, ``drain()`` then ``alive()`` tell whether the connection is gone."""
         return None
 
     def drain(self) -> str:
@@ -82,8 +95,15 @@ class Transport(abc.ABC):
         return ""
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Close the connection and everything over it. Safe to call twice."""
+    def close(self, *, lost: bool = False) -> None:
+        """Release everything this transport opened (sessions, forwards) and its hold on the
+        connection. Safe to call twice.
+
+        ``lost=True``: the caller found the connection dead (no answer, or its session ended).
+        A backend that shares the connection must then make sure that the next ``connect()``,
+        of any proxy, does not join it if it really is dead (check with a round trip, and end
+        it only if it is still the same connection), and must leave it alone otherwise.
+        """
 
     def __enter__(self) -> "Transport":
         return self

@@ -1,10 +1,14 @@
-"""The OpenSSH client backend, driven with pexpect over a ControlMaster connection.
+"""The OpenSSH client backend: one shared ControlMaster connection per host (see master.py).
 
-The master (``ssh -M -N``) runs on a pty so pexpect sees every prompt and error ssh prints and
-turns them into typed errors instead of hanging on a question nobody can answer. Readiness is
-signalled by a LocalCommand that echoes a marker: ssh runs it once authentication is done and
-the control socket listens, so no polling is needed. Remote commands and ``-O forward`` then go
-through the master's socket and cost no new handshake.
+``connect()`` joins the master that serves this (ssh config, host), or starts it: a second
+kernel, or a restart, costs no handshake. Remote commands run as ``ssh`` mux clients of the
+master; forwards are added and removed through the master's control socket (mux.py), which this
+transport keeps open: its end-of-file is how the proxy learns at once that the master exited.
+
+Forwards live in the master, not in the proxy that asked for them, so a proxy killed with
+SIGKILL would leave its local ports bound in a master other kernels keep alive. Each forward()
+therefore starts a *guard*: a tiny ``sh`` that outlives the proxy, waits for the proxy's end of
+a pipe to close, and then cancels those forwards (``ssh -O cancel``) unless told "done" first.
 """
 from __future__ import annotations
 
@@ -12,45 +16,29 @@ import hashlib
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-from typing import List, Optional, Sequence
-
-import pexpect
+from typing import List, Optional, Sequence, Tuple
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
+from . import master as shared
+from .master import die_with_parent
 from .base import Forward, Transport, TransportOptions
-from .messages import PROMPT_RE, classify_ssh_failure
+from .messages import classify_ssh_failure
+from .mux import MuxClient, MuxError
 
 log = logging.getLogger(__name__)
 
-READY_MARKER = "__ssh_ipykernel_master_ready__"
 # Unix socket paths are limited to 104 bytes on macOS (108 on Linux), and ssh first binds a
 # temporary name: the ControlPath plus "." and 16 random characters.
 MAX_SOCKET_PATH = 104 - 17
 SOCKET_NAME_LENGTH = len("cm-") + 16
-
-
-def die_with_parent() -> None:
-    """preexec_fn for ssh children: end with the proxy, even when it is killed with SIGKILL.
-
-    The children run in their own session (so Jupyter's killpg for an interrupt misses them),
-    which also means nothing else would stop them if the proxy died: a leaked master would keep
-    the kernel's local ports bound and the remote kernel running.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: best effort only
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
+#: How long close(lost=True) waits for an answer through the master before declaring it dead.
+PROBE_TIMEOUT = 3.0
+#: The guard: reads one line; anything but "done" (end-of-file: the proxy is gone) runs "$@".
+_GUARD = 'read line; [ "$line" = done ] || exec "$@"'
 
 
 def control_dir() -> str:
@@ -75,6 +63,12 @@ def control_dir() -> str:
     return base
 
 
+def connection_key(host: HostSpec, ssh_config: Optional[str]) -> str:
+    """What identifies a shared connection: the host as given (alias, user@host:port ...) and
+    the ssh config file that resolves it."""
+    return hashlib.sha1(f"{ssh_config or ''}\0{host.spec}".encode()).hexdigest()[:16]
+
+
 def find_ssh() -> str:
     path = shutil.which("ssh")
     if not path:
@@ -86,15 +80,16 @@ def find_ssh() -> str:
 
 
 class OpenSSHTransport(Transport):
-    """One ControlMaster connection owned by this proxy."""
+    """This proxy's use of the shared ControlMaster of its host."""
 
     def __init__(self, host: HostSpec, options: TransportOptions, *, name: str = "") -> None:
         super().__init__(host, options, name=name)
         self.ssh = find_ssh()
-        digest = hashlib.sha1(f"{host.spec}\0{name}\0{os.getpid()}".encode()).hexdigest()[:16]
-        self.control_path = os.path.join(control_dir(), f"cm-{digest}")
-        self.master: Optional[pexpect.spawn] = None
-        self._output = b""
+        self.control_path = os.path.join(control_dir(), f"cm-{connection_key(host, options.ssh_config)}")
+        self.mux: Optional[MuxClient] = None
+        self.master_pid = 0
+        self._sessions: List[subprocess.Popen] = []
+        self._guards: List[Tuple[List[Forward], subprocess.Popen]] = []
         self._closed = False
 
     # -- argv -------------------------------------------------------------------------------------
@@ -113,12 +108,14 @@ class OpenSSHTransport(Transport):
 
     def master_argv(self) -> List[str]:
         timeout = max(1, int(round(self.options.connect_timeout)))
+        # ControlPersist=0 would mean "forever": never that.
+        persist = max(1, int(round(self.options.persist)))
         return self.common_args() + [
             "-M", "-N", "-T",
             "-o", "ControlMaster=yes",
-            "-o", "ControlPersist=no",
+            "-o", f"ControlPersist={persist}",
             "-o", "PermitLocalCommand=yes",
-            "-o", f"LocalCommand=echo {READY_MARKER}",
+            "-o", f"LocalCommand=echo {shared.READY_MARKER}",
             "-o", f"ConnectTimeout={timeout}",
             "-o", f"ServerAliveInterval={self.options.server_alive_interval}",
             "-o", f"ServerAliveCountMax={self.options.server_alive_count_max}",
@@ -135,39 +132,46 @@ class OpenSSHTransport(Transport):
 
     # -- Transport ----------------------------------------------------------------------------------
     def connect(self) -> None:
-        argv = self.master_argv()
-        log.debug("starting ssh master: %s", " ".join(argv))
+        timeout = self.options.connect_timeout + 5  # ssh's own ConnectTimeout should fire first
+        deadline = time.monotonic() + timeout
+        with shared.creation_lock(self.control_path + ".lock", deadline, host=self.host.label):
+            mux = shared.connect_mux(self.control_path)
+            if mux is None:
+                shared.remove_stale(self.control_path)
+                self._start_master(max(1.0, deadline - time.monotonic()))
+                mux = shared.connect_mux(self.control_path)
+                if mux is None:
+                    msg = f"the ssh master for {self.host.label} started but its control socket does not answer"
+                    raise exc.SSHConnectionError(msg, host=self.host.label)
+            else:
+                self.reused = True
+        try:
+            self.master_pid = mux.alive_check()
+        except MuxError as e:
+            mux.close()
+            msg = f"the shared ssh connection to {self.host.label} does not answer: {e}"
+            raise exc.ConnectionLostError(msg, host=self.host.label) from e
+        self.mux = mux
+        log.debug("%s ssh master pid %d (%s)", "reusing" if self.reused else "started",
+                  self.master_pid, self.control_path)
+
+    def _start_master(self, timeout: float) -> None:
         env = dict(os.environ, SSH_ASKPASS_REQUIRE="never")
         env.pop("DISPLAY", None)  # no ssh-askpass window popping up from a kernel
-        self.master = pexpect.spawn(
-            argv[0], argv[1:], env=env, echo=False, preexec_fn=die_with_parent, timeout=None
-        )
-        timeout = self.options.connect_timeout + 5  # ssh's own ConnectTimeout should fire first
         try:
-            index = self.master.expect([READY_MARKER, PROMPT_RE, pexpect.EOF, pexpect.TIMEOUT], timeout=timeout)
-        except BaseException:
-            self.close()
-            raise
-        output = (self.master.before or b"") + (
-            self.master.after if isinstance(self.master.after, bytes) else b""
-        )
-        if index == 0:
-            return
-        if index == 2:
-            self.master.close()
-        text = output.decode("utf-8", "replace")
-        self.close()
-        raise classify_ssh_failure(
-            text + ("\ntimed out" if index == 3 else ""),
-            host=self.host.label, spec=self.host.spec, ssh_config=self.options.ssh_config,
-            timeout=self.options.connect_timeout,
-        )
+            shared.start_master(self.master_argv(), timeout, env)
+        except shared.MasterFailed as e:
+            raise classify_ssh_failure(
+                e.output + ("\ntimed out" if e.timed_out else ""),
+                host=self.host.label, spec=self.host.spec, ssh_config=self.options.ssh_config,
+                timeout=self.options.connect_timeout,
+            ) from None
 
     def start_command(self, command: str) -> subprocess.Popen:
         argv = self.client_argv(
             "-T", "-o", "RemoteCommand=none", "-o", "RequestTTY=no", *self.destination(), command
         )
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -175,83 +179,136 @@ class OpenSSHTransport(Transport):
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-
-    def _control(self, op: str, forwards: Sequence[Forward], timeout: float = 10.0) -> subprocess.CompletedProcess:
-        args: List[str] = ["-O", op]
-        for fwd in forwards:
-            args += ["-L", fwd.spec()]
-        argv = self.client_argv(*args, *self.destination())
-        return subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-            start_new_session=True,
-        )
+        self._sessions = [p for p in self._sessions if p.poll() is None] + [proc]
+        return proc
 
     def forward(self, forwards: Sequence[Forward]) -> None:
-        result = self._control("forward", forwards)
-        if result.returncode == 0:
-            return
-        self.cancel(forwards)
-        from ..tunnels import busy_ports
+        if self.mux is None:
+            raise exc.TunnelError(f"not connected to {self.host.label}", host=self.host.label)
+        # The guard first: there must be no moment at which a forward exists without one.
+        guard = self._start_guard(forwards)
+        self._guards.append((list(forwards), guard))
+        try:
+            for fwd in forwards:
+                self.mux.open_forward(fwd.local_host, fwd.local_port, fwd.remote_host, fwd.remote_port)
+        except MuxError as e:
+            self.cancel(forwards)
+            from ..tunnels import busy_ports
 
-        busy = busy_ports([(f.local_host, f.local_port) for f in forwards])
-        if busy:
-            ports = ", ".join(str(p) for p in busy)
-            msg = (
-                f"local port {ports} is already in use, so the kernel's channel cannot be forwarded "
-                f"there. Another program (or a kernel that did not shut down) holds it; restart the "
-                f"kernel to get new ports, or find the holder with `ss -ltnp | grep {busy[0]}`"
-            )
-            raise exc.TunnelError(msg, host=self.host.label)
-        msg = f"ssh could not set up the port forwards to {self.host.label}"
-        raise exc.TunnelError(msg, host=self.host.label, detail=result.stderr + self.drain())
+            busy = busy_ports([(f.local_host, f.local_port) for f in forwards])
+            if busy:
+                ports = ", ".join(str(p) for p in busy)
+                msg = (
+                    f"local port {ports} is already in use, so the kernel's channel cannot be forwarded "
+                    f"there. Another program (or a kernel that did not shut down) holds it; restart the "
+                    f"kernel to get new ports, or find the holder with `ss -ltnp | grep {busy[0]}`"
+                )
+                raise exc.TunnelError(msg, host=self.host.label) from None
+            msg = f"ssh could not set up the port forwards to {self.host.label}"
+            raise exc.TunnelError(msg, host=self.host.label, detail=str(e)) from None
+
+    def _start_guard(self, forwards: Sequence[Forward]) -> subprocess.Popen:
+        cancel: List[str] = ["-O", "cancel"]
+        for fwd in forwards:
+            cancel += ["-L", fwd.spec()]
+        argv = ["sh", "-c", _GUARD, "ssh_ipykernel-guard", *self.client_argv(*cancel, *self.destination())]
+        # Its own session and no death signal: it must outlive us to do its job.
+        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
     def cancel(self, forwards: Sequence[Forward]) -> None:
+        cancelled = set(forwards)
         if self.alive():
-            try:
-                self._control("cancel", forwards, timeout=5.0)
-            except subprocess.TimeoutExpired:
-                log.debug("cancelling forwards timed out")
+            assert self.mux is not None
+            for fwd in forwards:
+                try:
+                    self.mux.close_forward(fwd.local_host, fwd.local_port, fwd.remote_host,
+                                           fwd.remote_port, timeout=5.0)
+                except MuxError as e:
+                    if self.mux is None or self.mux.eof or self.mux.sock is None:
+                        cancelled.discard(fwd)  # the master is gone, and its forwards with it
+                    else:
+                        log.debug("cancelling %s: %s", fwd.spec(), e)
+        kept = []
+        for guarded, guard in self._guards:
+            if set(guarded) <= cancelled or not self.alive():
+                _dismiss(guard)
+            else:
+                kept.append((guarded, guard))
+        self._guards = kept
 
     def alive(self) -> bool:
-        return self.master is not None and self.master.isalive()
+        return self.mux is not None and not self.mux.poll_eof()
 
     def fileno(self) -> Optional[int]:
-        if self.master is None or self.master.closed:
-            return None
-        return self.master.child_fd
+        return None if self.mux is None else self.mux.fileno()
 
     def drain(self) -> str:
-        """Read the master's pending output without blocking (its warnings and errors)."""
-        if self.master is None or self.master.closed:
-            return ""
-        chunks = []
-        while True:
-            try:
-                chunks.append(self.master.read_nonblocking(65536, timeout=0))
-            except (pexpect.TIMEOUT, pexpect.EOF, OSError, ValueError):
-                break
-        return b"".join(chunks).decode("utf-8", "replace")
+        """The master runs in the background with its output on /dev/null: nothing to say."""
+        if self.mux is not None:
+            self.mux.poll_eof()
+        return ""
 
-    def close(self) -> None:
+    def close(self, *, lost: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
-        master, self.master = self.master, None
-        if master is not None:
-            if master.isalive():
-                try:
-                    subprocess.run(
-                        self.client_argv("-O", "exit", *self.destination()),
-                        stdin=subprocess.DEVNULL, capture_output=True, timeout=5,
-                        start_new_session=True,
-                    )
-                except subprocess.TimeoutExpired:
-                    pass
-                deadline = time.monotonic() + 2
-                while master.isalive() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-            master.close(force=True)
+        for guarded, _ in list(self._guards):
+            self.cancel(guarded)
+        for guarded, guard in self._guards:  # could not cancel: leave it to the guard
+            _release(guard)
+        self._guards = []
+        for proc in self._sessions:
+            _end_session(proc)
+        self._sessions = []
+        mux, self.mux = self.mux, None
+        if mux is None:
+            return
         try:
-            os.unlink(self.control_path)
-        except FileNotFoundError:
-            pass
+            if lost and not mux.poll_eof() and not mux.probe(PROBE_TIMEOUT):
+                shared.retire(self.control_path, self.master_pid, is_ours=self._is_our_master)
+        finally:
+            mux.close()
+
+    def _is_our_master(self, pid: int) -> bool:
+        """Whether ``pid`` still runs an ssh master on our control path (Linux: /proc)."""
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return f"ControlPath={self.control_path}".encode() in f.read()
+        except OSError:
+            return False
+
+
+def _dismiss(guard: subprocess.Popen) -> None:
+    """Tell a guard its forwards are gone (it exits without doing anything)."""
+    try:
+        assert guard.stdin is not None
+        guard.stdin.write(b"done\n")
+        guard.stdin.close()
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    try:
+        guard.wait(2)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait()
+
+
+def _release(guard: subprocess.Popen) -> None:
+    """Let a guard cancel its forwards by itself, as if we had died."""
+    try:
+        assert guard.stdin is not None
+        guard.stdin.close()
+    except (OSError, ValueError):
+        pass
+
+
+def _end_session(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

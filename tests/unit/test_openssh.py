@@ -17,7 +17,7 @@ def test_master_argv(tmp_path, monkeypatch):
     argv = t.master_argv()
     assert argv[-2:] == ["--", "btest"], "the host must come after -- so it is never an option"
     assert argv[1:3] == ["-F", "/cfg"]
-    for opt in ("ControlMaster=yes", "ControlPersist=no", "ConnectTimeout=7", "ClearAllForwardings=yes",
+    for opt in ("ControlMaster=yes", "ControlPersist=60", "ConnectTimeout=7", "ClearAllForwardings=yes",
                 "PermitLocalCommand=yes", f"ControlPath={t.control_path}"):
         assert opt in argv
     assert ["-l", "alice", "-p", "2222"] == argv[argv.index("-l"):argv.index("-l") + 4]
