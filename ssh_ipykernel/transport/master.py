@@ -145,7 +145,8 @@ def start_master(argv: List[str], timeout: float, env: dict) -> None:
         child.close(force=True)
 
 
-def retire(control_path: str, pid: int, *, is_ours: Callable[[int], bool]) -> bool:
+def retire(control_path: str, pid: int, *, is_ours: Callable[[int], bool],
+           logger: "logging.Logger | logging.LoggerAdapter" = log) -> bool:  # type: ignore[type-arg]
     """End the master at ``control_path`` if it is still the one with ``pid``; True if ended.
 
     The alive check and the terminate request travel over one control connection, which only
@@ -166,13 +167,13 @@ def retire(control_path: str, pid: int, *, is_ours: Callable[[int], bool]) -> bo
             if current is not None and current != pid:
                 return False
             if current == pid:
-                log.info("ending the dead shared ssh connection (master pid %d)", pid)
+                logger.info("ending the shared ssh connection (master pid %d): it does not answer", pid)
                 try:
                     mux.terminate(timeout=2.0)
                 except MuxError:
                     pass
         if not _wait_gone(pid, 2.0) and is_ours(pid):
-            log.info("killing the unresponsive ssh master pid %d", pid)
+            logger.warning("killing the ssh master pid %d: it does not answer on its control socket", pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         # A socket it left behind is removed by the next connect(), under the creation lock:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import select
 import socket
 import struct
@@ -35,8 +36,10 @@ MUX_VERSION = 4
 #: "Port" meaning the host field is a unix socket path.
 PORT_STREAMLOCAL = 0xFFFFFFFE
 #: A remote listen path no server can bind (its directory does not exist): asking for it costs
-#: one round trip to the server and leaves nothing behind, whatever the server answers.
-PROBE_PATH = "/nonexistent-ssh-ipykernel-probe/probe.sock"
+#: one round trip to the server and leaves nothing behind, whatever the server answers. Each
+#: probe names its own file: the master answers a request for a forward it already has (or is
+#: still asking the server about, for another proxy's probe) at once, without a round trip.
+PROBE_DIR = "/nonexistent-ssh-ipykernel-probe"
 
 
 class MuxError(Exception):
@@ -172,10 +175,11 @@ class MuxClient:
     def probe(self, timeout: float) -> bool:
         """Whether the server answers through the master within ``timeout``: one round trip.
 
-        Asks for a remote unix-socket forward that cannot be bound (see PROBE_PATH). Refused or
+        Asks for a remote unix-socket forward that cannot be bound (see PROBE_DIR). Refused or
         (impossibly) granted, an answer proves the connection alive; a granted one is undone.
         """
-        body = self._forward_body(MUX_FWD_REMOTE, PROBE_PATH, PORT_STREAMLOCAL, PROBE_PATH, PORT_STREAMLOCAL)
+        path = f"{PROBE_DIR}/{os.getpid()}-{os.urandom(6).hex()}.sock"
+        body = self._forward_body(MUX_FWD_REMOTE, path, PORT_STREAMLOCAL, path, PORT_STREAMLOCAL)
         try:
             self.request(MUX_C_OPEN_FWD, body, timeout)
         except MuxError as e:

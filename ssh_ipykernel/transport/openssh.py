@@ -23,6 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
+from ..log import KernelLogAdapter
 from . import master as shared
 from .master import die_with_parent
 from .base import Forward, Transport, TransportOptions
@@ -86,6 +87,7 @@ class OpenSSHTransport(Transport):
         super().__init__(host, options, name=name)
         self.ssh = find_ssh()
         self.control_path = os.path.join(control_dir(), f"cm-{connection_key(host, options.ssh_config)}")
+        self.log = KernelLogAdapter(log, {"host": host.label, "kernel": name or "-"})
         self.mux: Optional[MuxClient] = None
         self.master_pid = 0
         self._sessions: List[subprocess.Popen] = []
@@ -152,7 +154,7 @@ class OpenSSHTransport(Transport):
             msg = f"the shared ssh connection to {self.host.label} does not answer: {e}"
             raise exc.ConnectionLostError(msg, host=self.host.label) from e
         self.mux = mux
-        log.debug("%s ssh master pid %d (%s)", "reusing" if self.reused else "started",
+        self.log.debug("%s ssh master pid %d (%s)", "reusing" if self.reused else "started",
                   self.master_pid, self.control_path)
 
     def _start_master(self, timeout: float) -> None:
@@ -265,8 +267,12 @@ class OpenSSHTransport(Transport):
         if mux is None:
             return
         try:
-            if lost and not mux.poll_eof() and not mux.probe(PROBE_TIMEOUT):
-                shared.retire(self.control_path, self.master_pid, is_ours=self._is_our_master)
+            if lost and not mux.poll_eof():
+                if mux.probe(PROBE_TIMEOUT):
+                    self.log.info("the shared connection to %s still answers; keeping it", self.host.label)
+                else:
+                    shared.retire(self.control_path, self.master_pid, is_ours=self._is_our_master,
+                                  logger=self.log)
         finally:
             mux.close()
 

@@ -125,6 +125,10 @@ def jupyter_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[JupyterDirs]:
     for var in ("JUPYTER_PATH", "JUPYTER_CONFIG_PATH"):  # no kernelspecs from elsewhere
         monkeypatch.delenv(var, raising=False)
     yield dirs
+    # The tests' shared ssh masters would otherwise stay for their ControlPersist time.
+    from kernels import end_masters
+
+    end_masters(str(dirs.runtime))
     shutil.rmtree(base, ignore_errors=True)
 
 

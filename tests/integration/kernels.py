@@ -149,10 +149,42 @@ def wait_remote_clean(host, kernel_pid: Optional[int] = None, timeout: float = 2
         time.sleep(0.3)
 
 
-def local_ssh_children(runtime_dir: str) -> List[str]:
-    """ssh processes using a control socket under this test's runtime dir."""
+def _control_path_users(runtime_dir: str) -> List[str]:
     out = subprocess.run(["pgrep", "-af", f"ControlPath={runtime_dir}"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+def local_ssh_children(runtime_dir: str) -> List[str]:
+    """Processes of proxies (ssh sessions, forward guards) using a control socket under this
+    test's runtime dir. The shared master is not one of them: it outlives the proxies on
+    purpose (ControlPersist) and ends by itself; see ssh_masters()."""
+    return [line for line in _control_path_users(runtime_dir) if " -M " not in line]
+
+
+def ssh_masters(runtime_dir: str) -> List[int]:
+    """Pids of the shared ssh masters (ControlMaster) under this test's runtime dir."""
+    return [int(line.split()[0]) for line in _control_path_users(runtime_dir) if " -M " in line]
+
+
+def end_masters(runtime_dir: str) -> None:
+    """End the shared masters under ``runtime_dir`` now (as ``ssh -O exit`` would)."""
+    from ssh_ipykernel.transport.mux import MuxClient, MuxError
+
+    directory = os.path.join(runtime_dir, "ssh_ipykernel")
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        if name.startswith("cm-") and not name.endswith(".lock"):
+            try:
+                MuxClient(os.path.join(directory, name), timeout=5).terminate()
+            except MuxError:
+                pass
+    deadline = time.monotonic() + 5
+    while ssh_masters(runtime_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def accepted_logins(host) -> int:
+    """How many SSH logins the host's sshd has accepted so far (one per connection)."""
+    return host.sshd_log().count("Accepted publickey")
 
 
 def remote_connection_info(host) -> Dict[str, Any]:

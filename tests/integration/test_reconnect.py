@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import pytest
 from jupyter_client.connect import write_connection_file
 
-from kernels import Kernel, local_ssh_children, manage, remote_leftovers, wait_remote_clean
+from kernels import Kernel, local_ssh_children, manage, remote_leftovers, ssh_masters, wait_remote_clean
 
 pytestmark = pytest.mark.slow
 
@@ -164,9 +164,9 @@ def test_recovers_from(fault, kernel, ssh_host, jupyter_env):
     watcher = Watcher(kernel)
     t0 = time.monotonic()
     if fault.startswith("kill"):
-        masters = [line.split()[0] for line in local_ssh_children(str(jupyter_env.runtime)) if " -M " in line]
+        masters = ssh_masters(str(jupyter_env.runtime))
         assert len(masters) == 1, masters
-        os.kill(int(masters[0]), signal.SIGKILL)
+        os.kill(masters[0], signal.SIGKILL)
     else:
         ssh_host.restart_sshd(drop_connections=True)
     answered = first_answer_after(kernel, t0)

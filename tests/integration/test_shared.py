@@ -1,0 +1,252 @@
+"""One SSH connection per host, shared by its kernels (transport/master.py).
+
+Connections are counted on the server (sshd logs one "Accepted publickey" per login) and on the
+client (the ssh masters under the test's runtime dir). Nothing in a counting window may open a
+connection of its own (``host.run`` does), so remote checks use ``remote_pids`` (read in /proc).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+from jupyter_client.connect import write_connection_file
+
+from kernels import (
+    Kernel, accepted_logins, local_ssh_children, manage, ssh_masters, wait_remote_clean,
+)
+
+from ssh_ipykernel.connection import CHANNELS
+
+
+@pytest.fixture
+def kernels(ssh_host, tmp_path, jupyter_env):
+    """Factory of (not yet started) kernels on one kernelspec; all shut down at the end."""
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--name", "sh")
+    made: List[Kernel] = []
+
+    def make() -> Kernel:
+        k = Kernel(prefix, "sh", tmp_path / f"proxy-{len(made)}.log")
+        made.append(k)
+        return k
+
+    yield make
+    for k in made:
+        try:
+            k.shutdown()
+        except Exception:  # noqa: BLE001 - the test itself reports the failure
+            pass
+    assert not wait_remote_clean(ssh_host, timeout=20)
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+def remote_pid(k: Kernel) -> int:
+    return int(k.value("__import__('os').getpid()"))
+
+
+def local_ports(k: Kernel) -> List[int]:
+    info = k.km.get_connection_info()
+    return [int(info[ch]) for ch in CHANNELS]
+
+
+def bindable(ports: List[int]) -> bool:
+    for port in ports:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def test_kernels_on_one_host_share_one_connection_and_restarts_reuse_it(kernels, ssh_host, jupyter_env):
+    before = accepted_logins(ssh_host)
+    first = kernels()
+    first.start()
+    second = kernels()
+    second.start()
+    assert accepted_logins(ssh_host) - before == 1, "the second kernel made its own connection"
+    masters = ssh_masters(str(jupyter_env.runtime))
+    assert len(masters) == 1, masters
+    assert "connected in" in first.log() and "(new connection)" in first.log()
+    assert "(shared connection)" in second.log()
+    assert first.value("1 + 1") == second.value("2 + 0") == "2"
+
+    old = remote_pid(second)
+    second.km.restart_kernel()
+    second.kc.wait_for_ready(timeout=60)
+    assert remote_pid(second) != old
+    assert accepted_logins(ssh_host) - before == 1, "the restart made a new connection"
+    assert ssh_masters(str(jupyter_env.runtime)) == masters
+
+
+def test_kernels_started_at_once_make_exactly_one_connection(kernels, ssh_host, jupyter_env):
+    before = accepted_logins(ssh_host)
+    started = [kernels() for _ in range(8)]
+    t0 = time.monotonic()
+    for k in started:
+        k.launch()
+    for k in started:
+        k.wait_ready(timeout=120)
+    took = time.monotonic() - t0
+    print(f"\n8 kernels started at once, all ready after {took:.1f} s")
+    assert accepted_logins(ssh_host) - before == 1
+    assert len(ssh_masters(str(jupyter_env.runtime))) == 1
+    assert sum("(new connection)" in k.log() for k in started) == 1
+    assert len({remote_pid(k) for k in started}) == 8
+
+
+# ------------------------------------------------------------------ the proxy by hand
+def connection_file(tmp_path: Path, name: str) -> Path:
+    fname, _ = write_connection_file(str(tmp_path / f"kernel-{name}.json"), ip="127.0.0.1")
+    return Path(fname)
+
+
+def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
+            "--python", host.env_prefix, *args, "-f", str(conn)]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_for(log: Path, text: str, timeout: float = 60, count: int = 1) -> None:
+    deadline = time.monotonic() + timeout
+    while log.read_text(errors="replace").count(text) < count:
+        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen, log: Path) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0, log.read_text()
+
+
+def test_the_connection_ends_persist_seconds_after_the_last_kernel(ssh_host, tmp_path, jupyter_env):
+    runtime = str(jupyter_env.runtime)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    a = start_proxy(ssh_host, connection_file(tmp_path, "a"), logs[0], "--persist", "6")
+    wait_for(logs[0], "tunnels up")
+    master = ssh_masters(runtime)
+    assert len(master) == 1
+    stop(a, logs[0])
+    time.sleep(1)
+    assert ssh_masters(runtime) == master, "the connection ended with its last kernel"
+    # A kernel started within the persist time joins it; the clock restarts when it leaves.
+    b = start_proxy(ssh_host, connection_file(tmp_path, "b"), logs[1], "--persist", "6")
+    wait_for(logs[1], "tunnels up")
+    assert "(shared connection)" in logs[1].read_text()
+    stop(b, logs[1])
+    t0 = time.monotonic()
+    while ssh_masters(runtime) and time.monotonic() - t0 < 20:
+        time.sleep(0.1)
+    gone = time.monotonic() - t0
+    print(f"\n--persist 6: the connection ended {gone:.1f} s after the last kernel")
+    assert not ssh_masters(runtime)
+    # ssh counts whole seconds from the moment its last client left, a little before the
+    # proxy's exit (which stop() waits for).
+    assert 2.0 < gone < 10.0
+    assert not wait_remote_clean(ssh_host, timeout=15)
+
+
+def test_kill_9_of_a_proxy_frees_its_ports_and_spares_the_other_kernels(ssh_host, tmp_path, jupyter_env):
+    runtime = str(jupyter_env.runtime)
+    conns = [connection_file(tmp_path, name) for name in ("victim", "bystander")]
+    logs = [tmp_path / "victim.log", tmp_path / "bystander.log"]
+    victim = start_proxy(ssh_host, conns[0], logs[0], "--grace", "2")
+    wait_for(logs[0], "tunnels up")
+    bystander = start_proxy(ssh_host, conns[1], logs[1])
+    wait_for(logs[1], "tunnels up")
+    master = ssh_masters(runtime)
+    import json
+
+    ports = [json.loads(conns[0].read_text())[ch] for ch in CHANNELS]
+    assert not bindable(ports)
+    victim.kill()
+    victim.wait()
+    deadline = time.monotonic() + 5
+    while not bindable(ports) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert bindable(ports), "the killed proxy's forwards still hold its local ports"
+    print(f"\nkill -9 of a proxy: its local ports were free {5 - (deadline - time.monotonic()):.2f} s later")
+    assert ssh_masters(runtime) == master
+    # Its successor (Jupyter's restart after a kill: same connection file, same ports) starts.
+    successor = start_proxy(ssh_host, conns[0], tmp_path / "successor.log")
+    wait_for(tmp_path / "successor.log", "tunnels up")
+    assert "(shared connection)" in (tmp_path / "successor.log").read_text()
+    stop(successor, tmp_path / "successor.log")
+    assert "reconnect" not in logs[1].read_text()
+    stop(bystander, logs[1])
+    assert not wait_remote_clean(ssh_host, timeout=20)
+    assert not local_ssh_children(runtime)
+
+
+@pytest.mark.slow
+def test_kernels_recover_together_over_one_new_connection(kernels, ssh_host, jupyter_env):
+    """kill -9 of the shared master, then a cut longer than the loss timeout: each time every
+    kernel comes back with its state, and all of them share one new connection."""
+    runtime = str(jupyter_env.runtime)
+    started = [kernels() for _ in range(3)]
+    for k in started:
+        k.launch()
+    for k in started:
+        k.wait_ready(timeout=120)
+    pids = [remote_pid(k) for k in started]
+    for i, k in enumerate(started):
+        k.execute(f"state = {i}")
+    for fault in ("kill", "cut"):
+        before = accepted_logins(ssh_host)
+        master = ssh_masters(runtime)
+        assert len(master) == 1, master
+        t0 = time.monotonic()
+        if fault == "kill":
+            os.kill(master[0], signal.SIGKILL)
+        else:
+            ssh_host.link_down()
+            time.sleep(10)
+            ssh_host.link_up()
+            t0 = time.monotonic()
+        for k in started:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert k.value("state", timeout=5) is not None
+                    break
+                except Exception:  # noqa: BLE001 - not back yet
+                    assert time.monotonic() < deadline, k.log()
+        print(f"\n{fault}: all 3 kernels answered {time.monotonic() - t0:.2f} s after the fault ended")
+        assert [remote_pid(k) for k in started] == pids
+        assert [k.value("state") for k in started] == ["0", "1", "2"]
+        now = ssh_masters(runtime)
+        assert len(now) == 1 and now != master, (master, now)
+        assert accepted_logins(ssh_host) - before == 1, \
+            f"after the {fault}, not exactly one new connection\n" + "\n".join(k.log() for k in started)
+
+
+def test_a_lost_session_on_a_live_connection_keeps_the_connection(kernels, ssh_host, jupyter_env):
+    """One kernel's session ends while the connection is fine (here: its ssh session process
+    is killed): it re-attaches over the same connection, and the other kernel does not notice."""
+    runtime = str(jupyter_env.runtime)
+    a, b = kernels(), kernels()
+    a.start()
+    b.start()
+    master = ssh_masters(runtime)
+    before = accepted_logins(ssh_host)
+    pid_a = remote_pid(a)
+    out = subprocess.run(["pgrep", "-P", str(a.proxy.pid), "-f", "RequestTTY=no"],
+                         capture_output=True, text=True).stdout.split()
+    assert len(out) == 1, out
+    os.kill(int(out[0]), signal.SIGKILL)
+    t0 = time.monotonic()
+    wait_for(Path(a.log_path), "reconnected after", timeout=30)
+    print(f"\nsession killed: re-attached {time.monotonic() - t0:.2f} s later")
+    assert remote_pid(a) == pid_a
+    assert ssh_masters(runtime) == master
+    assert accepted_logins(ssh_host) == before
+    assert "reconnect" not in b.log()
