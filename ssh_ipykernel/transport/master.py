@@ -33,6 +33,21 @@ from .mux import MasterAbsent, MuxClient, MuxError
 log = logging.getLogger(__name__)
 
 READY_MARKER = "__ssh_ipykernel_master_ready__"
+PR_SET_PDEATHSIG = 1
+
+
+def _find_prctl() -> "Callable[..., int] | None":
+    # Looked up once, here: the forked child (preexec_fn) must not import or dlopen anything
+    # while another thread of the proxy might hold the locks that needs.
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _find_prctl()
 #: How long a master with a control socket that does not answer may take before we give up.
 MUX_TIMEOUT = 10.0
 
@@ -44,14 +59,9 @@ def die_with_parent() -> None:
     which also means nothing else would stop them if the proxy died: a leaked session would
     keep the remote kernel's keeper thinking somebody is attached.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: best effort only
+    if _prctl is None:  # not Linux: best effort only
         return
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the parent died before prctl took effect
         os._exit(1)
 

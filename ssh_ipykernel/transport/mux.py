@@ -2,9 +2,10 @@
 
 The shared master is asked things in-process instead of through ``ssh -O check/forward/cancel/
 exit`` children: each of those would cost an ssh process start (tens of milliseconds, more on a
-loaded machine) for a message of a few bytes. Only the requests that are answered by the master
-itself are spoken here (hello, alive check, open/close forward, terminate); sessions still go
-through an ``ssh`` mux client process, which relays their stdio.
+loaded machine) for a message of a few bytes. Spoken here: hello, alive check, terminate,
+a remote-forward request used as a round-trip probe, and stdio forwards with descriptor passing
+(forwarder.py). Sessions still go through an ``ssh`` mux client process, which relays their
+stdio.
 
 An open MuxClient also keeps the master alive under ControlPersist (it counts as a client), and
 its socket reads end-of-file the moment the master exits: the transport's ``fileno()``.
@@ -25,12 +26,12 @@ MUX_C_ALIVE_CHECK = 0x10000004
 MUX_C_TERMINATE = 0x10000005
 MUX_C_OPEN_FWD = 0x10000006
 MUX_C_CLOSE_FWD = 0x10000007
+MUX_C_NEW_STDIO_FWD = 0x10000008
 MUX_S_OK = 0x80000001
 MUX_S_PERMISSION_DENIED = 0x80000002
 MUX_S_FAILURE = 0x80000003
 MUX_S_ALIVE = 0x80000005
 MUX_S_REMOTE_PORT = 0x80000007
-MUX_FWD_LOCAL = 1
 MUX_FWD_REMOTE = 2
 MUX_VERSION = 4
 #: "Port" meaning the host field is a unix socket path.
@@ -160,17 +161,24 @@ class MuxClient:
         return (struct.pack(">I", kind) + _string(listen_host) + struct.pack(">I", listen_port)
                 + _string(connect_host) + struct.pack(">I", connect_port))
 
-    def open_forward(self, listen_host: str, listen_port: int, connect_host: str, connect_port: int,
-                     timeout: float = 10.0) -> None:
-        """A local forward, like ``ssh -O forward -L``; MuxError if the master cannot listen."""
-        self.request(MUX_C_OPEN_FWD, self._forward_body(MUX_FWD_LOCAL, listen_host, listen_port,
-                                                        connect_host, connect_port), timeout)
+    def send_stdio_forward(self, host: str, port: int, fd: int) -> None:
+        """Ask the master to relay ``fd`` (a connected socket) to ``host:port`` on the remote,
+        like ``ssh -W``; the answer is not awaited (it takes a round trip to the server).
 
-    def close_forward(self, listen_host: str, listen_port: int, connect_host: str, connect_port: int,
-                      timeout: float = 10.0) -> None:
-        """Remove a local forward (``ssh -O cancel -L``); MuxError if there is no such forward."""
-        self.request(MUX_C_CLOSE_FWD, self._forward_body(MUX_FWD_LOCAL, listen_host, listen_port,
-                                                         connect_host, connect_port), timeout)
+        The master relays until either end closes, or until this control connection closes:
+        the relayed connection lives no longer than whoever holds it. One per connection.
+        """
+        assert self.sock is not None
+        body = struct.pack(">II", MUX_C_NEW_STDIO_FWD, next(self._ids)) + _string("") + _string(host) \
+            + struct.pack(">I", port)
+        self._send(body)
+        try:
+            # As ssh does: the descriptor for its stdin, then for its stdout, each with one byte.
+            for _ in range(2):
+                socket.send_fds(self.sock, [b"\0"], [fd])
+        except OSError as e:
+            self.eof = True
+            raise MuxError(f"the master at {self.path} went away: {e}") from e
 
     def probe(self, timeout: float) -> bool:
         """Whether the server answers through the master within ``timeout``: one round trip.
@@ -192,7 +200,11 @@ class MuxClient:
 
     def terminate(self, timeout: float = 5.0) -> None:
         """Ask the master to exit at once (``ssh -O exit``)."""
-        self.request(MUX_C_TERMINATE, timeout=timeout)
+        try:
+            self.request(MUX_C_TERMINATE, timeout=timeout)
+        except MuxError:
+            if not self.eof:  # exiting before it could answer is an answer too
+                raise
 
     # -- liveness -----------------------------------------------------------------------------------
     def fileno(self) -> Optional[int]:

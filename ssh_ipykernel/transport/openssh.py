@@ -2,13 +2,10 @@
 
 ``connect()`` joins the master that serves this (ssh config, host), or starts it: a second
 kernel, or a restart, costs no handshake. Remote commands run as ``ssh`` mux clients of the
-master; forwards are added and removed through the master's control socket (mux.py), which this
-transport keeps open: its end-of-file is how the proxy learns at once that the master exited.
-
-Forwards live in the master, not in the proxy that asked for them, so a proxy killed with
-SIGKILL would leave its local ports bound in a master other kernels keep alive. Each forward()
-therefore starts a *guard*: a tiny ``sh`` that outlives the proxy, waits for the proxy's end of
-a pipe to close, and then cancels those forwards (``ssh -O cancel``) unless told "done" first.
+master (each ends with the proxy: PR_SET_PDEATHSIG). Forwards are listened on by the proxy
+itself and each accepted connection is relayed by the master (forwarder.py), so they too end
+with the proxy, even one killed with SIGKILL. The transport keeps a control connection to the
+master open (mux.py): its end-of-file is how the proxy learns at once that the master exited.
 """
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
@@ -27,6 +24,7 @@ from ..log import KernelLogAdapter
 from . import master as shared
 from .master import die_with_parent
 from .base import Forward, Transport, TransportOptions
+from .forwarder import BindError, Forwarder
 from .messages import classify_ssh_failure
 from .mux import MuxClient, MuxError
 
@@ -38,8 +36,6 @@ MAX_SOCKET_PATH = 104 - 17
 SOCKET_NAME_LENGTH = len("cm-") + 16
 #: How long close(lost=True) waits for an answer through the master before declaring it dead.
 PROBE_TIMEOUT = 3.0
-#: The guard: reads one line; anything but "done" (end-of-file: the proxy is gone) runs "$@".
-_GUARD = 'read line; [ "$line" = done ] || exec "$@"'
 
 
 def control_dir() -> str:
@@ -91,7 +87,7 @@ class OpenSSHTransport(Transport):
         self.mux: Optional[MuxClient] = None
         self.master_pid = 0
         self._sessions: List[subprocess.Popen] = []
-        self._guards: List[Tuple[List[Forward], subprocess.Popen]] = []
+        self._forwarder: Optional[Forwarder] = None
         self._closed = False
 
     # -- argv -------------------------------------------------------------------------------------
@@ -155,7 +151,7 @@ class OpenSSHTransport(Transport):
             raise exc.ConnectionLostError(msg, host=self.host.label) from e
         self.mux = mux
         self.log.debug("%s ssh master pid %d (%s)", "reusing" if self.reused else "started",
-                  self.master_pid, self.control_path)
+                       self.master_pid, self.control_path)
 
     def _start_master(self, timeout: float) -> None:
         env = dict(os.environ, SSH_ASKPASS_REQUIRE="never")
@@ -187,57 +183,25 @@ class OpenSSHTransport(Transport):
     def forward(self, forwards: Sequence[Forward]) -> None:
         if self.mux is None:
             raise exc.TunnelError(f"not connected to {self.host.label}", host=self.host.label)
-        # The guard first: there must be no moment at which a forward exists without one.
-        guard = self._start_guard(forwards)
-        self._guards.append((list(forwards), guard))
+        if self._forwarder is None:
+            self._forwarder = Forwarder(self.control_path)
         try:
-            for fwd in forwards:
-                self.mux.open_forward(fwd.local_host, fwd.local_port, fwd.remote_host, fwd.remote_port)
-        except MuxError as e:
-            self.cancel(forwards)
-            from ..tunnels import busy_ports
-
-            busy = busy_ports([(f.local_host, f.local_port) for f in forwards])
-            if busy:
-                ports = ", ".join(str(p) for p in busy)
+            self._forwarder.add(forwards)
+        except BindError as e:
+            if e.busy:
+                ports = ", ".join(str(p) for p in e.busy)
                 msg = (
                     f"local port {ports} is already in use, so the kernel's channel cannot be forwarded "
                     f"there. Another program (or a kernel that did not shut down) holds it; restart the "
-                    f"kernel to get new ports, or find the holder with `ss -ltnp | grep {busy[0]}`"
+                    f"kernel to get new ports, or find the holder with `ss -ltnp | grep {e.busy[0]}`"
                 )
                 raise exc.TunnelError(msg, host=self.host.label) from None
-            msg = f"ssh could not set up the port forwards to {self.host.label}"
+            msg = f"could not listen for the kernel's channels of {self.host.label}"
             raise exc.TunnelError(msg, host=self.host.label, detail=str(e)) from None
 
-    def _start_guard(self, forwards: Sequence[Forward]) -> subprocess.Popen:
-        cancel: List[str] = ["-O", "cancel"]
-        for fwd in forwards:
-            cancel += ["-L", fwd.spec()]
-        argv = ["sh", "-c", _GUARD, "ssh_ipykernel-guard", *self.client_argv(*cancel, *self.destination())]
-        # Its own session and no death signal: it must outlive us to do its job.
-        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-
     def cancel(self, forwards: Sequence[Forward]) -> None:
-        cancelled = set(forwards)
-        if self.alive():
-            assert self.mux is not None
-            for fwd in forwards:
-                try:
-                    self.mux.close_forward(fwd.local_host, fwd.local_port, fwd.remote_host,
-                                           fwd.remote_port, timeout=5.0)
-                except MuxError as e:
-                    if self.mux is None or self.mux.eof or self.mux.sock is None:
-                        cancelled.discard(fwd)  # the master is gone, and its forwards with it
-                    else:
-                        log.debug("cancelling %s: %s", fwd.spec(), e)
-        kept = []
-        for guarded, guard in self._guards:
-            if set(guarded) <= cancelled or not self.alive():
-                _dismiss(guard)
-            else:
-                kept.append((guarded, guard))
-        self._guards = kept
+        if self._forwarder is not None:
+            self._forwarder.remove(forwards)
 
     def alive(self) -> bool:
         return self.mux is not None and not self.mux.poll_eof()
@@ -255,11 +219,9 @@ class OpenSSHTransport(Transport):
         if self._closed:
             return
         self._closed = True
-        for guarded, _ in list(self._guards):
-            self.cancel(guarded)
-        for guarded, guard in self._guards:  # could not cancel: leave it to the guard
-            _release(guard)
-        self._guards = []
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            forwarder.close()
         for proc in self._sessions:
             _end_session(proc)
         self._sessions = []
@@ -283,30 +245,6 @@ class OpenSSHTransport(Transport):
                 return f"ControlPath={self.control_path}".encode() in f.read()
         except OSError:
             return False
-
-
-def _dismiss(guard: subprocess.Popen) -> None:
-    """Tell a guard its forwards are gone (it exits without doing anything)."""
-    try:
-        assert guard.stdin is not None
-        guard.stdin.write(b"done\n")
-        guard.stdin.close()
-    except (BrokenPipeError, OSError, ValueError):
-        pass
-    try:
-        guard.wait(2)
-    except subprocess.TimeoutExpired:
-        guard.kill()
-        guard.wait()
-
-
-def _release(guard: subprocess.Popen) -> None:
-    """Let a guard cancel its forwards by itself, as if we had died."""
-    try:
-        assert guard.stdin is not None
-        guard.stdin.close()
-    except (OSError, ValueError):
-        pass
 
 
 def _end_session(proc: subprocess.Popen) -> None:

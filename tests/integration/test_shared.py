@@ -57,8 +57,11 @@ def local_ports(k: Kernel) -> List[int]:
 
 
 def bindable(ports: List[int]) -> bool:
+    """Whether a new listener could take these ports (with SO_REUSEADDR, as proxies and ssh's
+    own -L do: connections that just ended leave TIME_WAIT entries on them)."""
     for port in ports:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -168,8 +171,28 @@ def test_kill_9_of_a_proxy_frees_its_ports_and_spares_the_other_kernels(ssh_host
 
     ports = [json.loads(conns[0].read_text())[ch] for ch in CHANNELS]
     assert not bindable(ports)
+    # A client connection through the victim's forwards (the heartbeat channel echoes).
+    client = socket.create_connection(("127.0.0.1", json.loads(conns[0].read_text())["hb_port"]), timeout=10)
+    deadline = time.monotonic() + 20
+    while True:  # the kernel may still be binding its ports
+        client.sendall(b"ping")
+        try:
+            if client.recv(16):
+                break
+        except socket.timeout:
+            pass
+        assert time.monotonic() < deadline, "no heartbeat through the forward"
+        client.close()
+        time.sleep(0.2)
+        client = socket.create_connection(("127.0.0.1", json.loads(conns[0].read_text())["hb_port"]), timeout=2)
     victim.kill()
     victim.wait()
+    client.settimeout(5)
+    try:
+        assert client.recv(16) == b"", "the killed proxy's client connection still reaches its kernel"
+    except ConnectionResetError:
+        pass
+    client.close()
     deadline = time.monotonic() + 5
     while not bindable(ports) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -1,0 +1,195 @@
+"""Local port forwards of one proxy, carried by the shared master but owned by the proxy.
+
+``ssh -O forward`` would put the listening sockets into the master, where they outlive a proxy
+killed with SIGKILL: its local ports would stay bound (a hard restart reuses them) and the
+clients' open connections would keep talking to the old kernel. Here the proxy listens itself,
+and hands every accepted connection to the master as a stdio forward (``ssh -W`` over the
+control socket, the connection's descriptor passed along): the master relays it directly, with
+no copy through the proxy, and ends it when the proxy's control connection for it closes. So
+when the proxy goes, however it goes, its ports are free and its clients are cut at once.
+
+One background thread accepts and hands over; Python only touches a connection's first moment.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import threading
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .base import Forward
+from .mux import MuxClient, MuxError
+
+log = logging.getLogger(__name__)
+
+
+class BindError(Exception):
+    """Some local ports could not be listened on; ``busy`` lists those already taken."""
+
+    def __init__(self, message: str, busy: List[int]) -> None:
+        super().__init__(message)
+        self.busy = busy
+
+
+def _listen(fwd: Forward) -> socket.socket:
+    family = socket.AF_INET6 if ":" in fwd.local_host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As ssh does for -L: a port whose last connections linger in TIME_WAIT (the previous
+        # proxy of a restarted kernel) can be listened on again at once. Two listeners on one
+        # port are still refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((fwd.local_host, fwd.local_port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Forwarder:
+    """Listeners for forwards, served by one thread until ``close()`` (safe to call twice)."""
+
+    def __init__(self, control_path: str) -> None:
+        self.control_path = control_path
+        self._lock = threading.Lock()
+        self._sel = selectors.DefaultSelector()
+        self._listeners: Dict[Forward, socket.socket] = {}
+        self._carried: Dict[MuxClient, Forward] = {}  # one control connection per relayed connection
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+
+    # -- called by the transport ---------------------------------------------------------------
+    def add(self, forwards: Sequence[Forward]) -> None:
+        """Listen on the forwards' local ports (all or none); BindError if one cannot be."""
+        opened: List[Tuple[Forward, socket.socket]] = []
+        for fwd in forwards:
+            try:
+                opened.append((fwd, _listen(fwd)))
+            except OSError as e:
+                for _, sock in opened:
+                    sock.close()
+                busy = [fwd.local_port] if e.errno in (errno.EADDRINUSE, errno.EACCES) else []
+                raise BindError(f"cannot listen on {fwd.local_host}:{fwd.local_port}: {e.strerror}", busy) from e
+        with self._lock:
+            for fwd, sock in opened:
+                old = self._listeners.pop(fwd, None)
+                if old is not None:
+                    self._unregister(old)
+                self._listeners[fwd] = sock
+                self._sel.register(sock, selectors.EVENT_READ, fwd)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ssh_ipykernel-forwarder", daemon=True)
+                self._thread.start()
+        self._wake()
+
+    def remove(self, forwards: Iterable[Forward]) -> None:
+        """Stop listening on these forwards and cut the connections they carry."""
+        wanted = set(forwards)
+        with self._lock:
+            for fwd in wanted:
+                sock = self._listeners.pop(fwd, None)
+                if sock is not None:
+                    self._unregister(sock)
+            for mux, fwd in list(self._carried.items()):
+                if fwd in wanted:
+                    self._drop(mux)
+        self._wake()
+
+    def listening(self) -> List[Forward]:
+        with self._lock:
+            return list(self._listeners)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            for sock in self._listeners.values():
+                self._unregister(sock)
+            self._listeners.clear()
+            for mux in list(self._carried):
+                self._drop(mux)
+        self._wake()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+        self._sel.close()
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def _unregister(self, sock: socket.socket) -> None:
+        try:
+            self._sel.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+        sock.close()
+
+    def _drop(self, mux: MuxClient) -> None:
+        self._carried.pop(mux, None)
+        if mux.sock is not None:
+            self._unregister(mux.sock)
+        mux.close()
+
+    def _run(self) -> None:
+        while True:
+            events = self._sel.select()
+            with self._lock:
+                if self._stopping:
+                    return
+                for key, _ in events:
+                    if key.data is None:
+                        try:
+                            while self._wake_r.recv(4096):
+                                pass
+                        except OSError:
+                            pass
+                    elif isinstance(key.data, Forward):
+                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+                    else:
+                        self._service(key.data)
+
+    def _accept(self, listener: socket.socket, fwd: Forward) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.debug("accept on %s: %s", fwd.spec(), e)
+                return
+            try:
+                mux = MuxClient(self.control_path, timeout=5.0)
+                try:
+                    mux.send_stdio_forward(fwd.remote_host, fwd.remote_port, conn.fileno())
+                except MuxError:
+                    mux.close()
+                    raise
+            except MuxError as e:
+                # The master is gone: the client sees its connection close and retries, and
+                # the supervisor reconnects.
+                log.debug("cannot forward a connection on %s: %s", fwd.spec(), e)
+                conn.close()
+                continue
+            conn.close()  # the master has its own copy now
+            assert mux.sock is not None
+            mux.sock.setblocking(False)
+            self._carried[mux] = fwd
+            self._sel.register(mux.sock, selectors.EVENT_READ, mux)
+
+    def _service(self, mux: MuxClient) -> None:
+        """The master's answer (opened, or refused by the server) or its end-of-file (the
+        relayed connection ended, or the master did): only the end matters."""
+        if mux.poll_eof():
+            self._drop(mux)
