@@ -228,9 +228,12 @@ def retire_predecessors(agent: Agent) -> None:
             try:
                 sock.connect(name)
                 sock.sendall(note)
-                # Wait for its greeting: closing at once would fail the keeper's send to us
-                # before it has read the note.
-                sock.recv(1)
+                # Half-close and read until the keeper hangs up: it does so only after it has
+                # read our note (and then our end-of-file). Closing any earlier makes one of its
+                # sends to us fail, and it drops us without reading the note.
+                sock.shutdown(socket.SHUT_WR)
+                while sock.recv(65536):
+                    pass
             except OSError:
                 pass
             finally:
