@@ -145,6 +145,7 @@ class Forwarder:
     def _run(self) -> None:
         while True:
             events = self._sel.select()
+            accepted: List[Tuple[socket.socket, Forward]] = []
             with self._lock:
                 if self._stopping:
                     return
@@ -156,40 +157,59 @@ class Forwarder:
                         except OSError:
                             pass
                     elif isinstance(key.data, Forward):
-                        self._accept(key.fileobj, key.data)  # type: ignore[arg-type]
+                        if self._listeners.get(key.data) is key.fileobj:
+                            accepted += [(conn, key.data) for conn in _accept_all(key.fileobj)]  # type: ignore[arg-type]
                     else:
                         self._service(key.data)
+            # Handed over without the lock: a master that is slow to answer must not hold up
+            # remove() and close() in the proxy's main thread.
+            for conn, fwd in accepted:
+                mux = self._hand_over(conn, fwd)
+                if mux is None:
+                    continue
+                with self._lock:
+                    if self._stopping or fwd not in self._listeners:
+                        mux.close()  # cancelled meanwhile: cut it, as remove() would have
+                        continue
+                    assert mux.sock is not None
+                    mux.sock.setblocking(False)
+                    self._carried[mux] = fwd
+                    self._sel.register(mux.sock, selectors.EVENT_READ, mux)
 
-    def _accept(self, listener: socket.socket, fwd: Forward) -> None:
-        while True:
+    def _hand_over(self, conn: socket.socket, fwd: Forward) -> Optional[MuxClient]:
+        """Pass an accepted connection to the master; None if it could not be (it is closed)."""
+        try:
+            mux = MuxClient(self.control_path, timeout=5.0)
             try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                log.debug("accept on %s: %s", fwd.spec(), e)
-                return
-            try:
-                mux = MuxClient(self.control_path, timeout=5.0)
-                try:
-                    mux.send_stdio_forward(fwd.remote_host, fwd.remote_port, conn.fileno())
-                except MuxError:
-                    mux.close()
-                    raise
-            except MuxError as e:
-                # The master is gone: the client sees its connection close and retries, and
-                # the supervisor reconnects.
-                log.debug("cannot forward a connection on %s: %s", fwd.spec(), e)
-                conn.close()
-                continue
-            conn.close()  # the master has its own copy now
-            assert mux.sock is not None
-            mux.sock.setblocking(False)
-            self._carried[mux] = fwd
-            self._sel.register(mux.sock, selectors.EVENT_READ, mux)
+                mux.send_stdio_forward(fwd.remote_host, fwd.remote_port, conn.fileno())
+            except MuxError:
+                mux.close()
+                raise
+        except MuxError as e:
+            # The master is gone: the client sees its connection close and retries, and the
+            # supervisor reconnects.
+            log.debug("cannot forward a connection on %s: %s", fwd.spec(), e)
+            return None
+        finally:
+            conn.close()  # the master has its own copy now (or nobody needs it)
+        return mux
 
-    def _service(self, mux: MuxClient) -> None:
+    def _service(self, mux: MuxClient) -> None:  # with the lock held
         """The master's answer (opened, or refused by the server) or its end-of-file (the
         relayed connection ended, or the master did): only the end matters."""
         if mux.poll_eof():
             self._drop(mux)
+
+
+def _accept_all(listener: socket.socket) -> List[socket.socket]:
+    accepted = []
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return accepted
+        except OSError as e:
+            log.debug("accept: %s", e)
+            return accepted
+        conn.setblocking(True)
+        accepted.append(conn)

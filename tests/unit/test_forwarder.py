@@ -1,0 +1,57 @@
+"""The proxy's own listeners (transport/forwarder.py), without a master: binding and releasing.
+
+Relaying through a real master is covered by the integration tests (test_shared.py).
+"""
+import socket
+
+import pytest
+
+from ssh_ipykernel.transport.base import Forward
+from ssh_ipykernel.transport.forwarder import BindError, Forwarder
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_busy_port_is_named_and_nothing_stays_bound(tmp_path):
+    ports = [free_port() for _ in range(3)]
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", ports[1]))
+    holder.listen()
+    forwarder = Forwarder(str(tmp_path / "cm"))
+    try:
+        with pytest.raises(BindError) as info:
+            forwarder.add([Forward(p, 1) for p in ports])
+        assert info.value.busy == [ports[1]]
+        assert refused(ports[0]), "the listener opened before the failure was not closed"
+    finally:
+        forwarder.close()
+        holder.close()
+
+
+def test_remove_and_close_release_the_ports(tmp_path):
+    ports = [free_port() for _ in range(2)]
+    forwards = [Forward(p, 1) for p in ports]
+    forwarder = Forwarder(str(tmp_path / "cm"))
+    forwarder.add(forwards)
+    assert sorted(f.local_port for f in forwarder.listening()) == sorted(ports)
+    # Without a master a connection is accepted, then closed (the client would retry).
+    with socket.create_connection(("127.0.0.1", ports[0]), timeout=5) as conn:
+        conn.settimeout(5)
+        assert conn.recv(1) == b""
+    forwarder.remove(forwards[:1])
+    assert refused(ports[0]) and not refused(ports[1])
+    forwarder.close()
+    forwarder.close()
+    assert refused(ports[1])
