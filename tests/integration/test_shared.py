@@ -273,3 +273,30 @@ def test_a_lost_session_on_a_live_connection_keeps_the_connection(kernels, ssh_h
     assert ssh_masters(runtime) == master
     assert accepted_logins(ssh_host) == before
     assert "reconnect" not in b.log()
+
+
+def test_kernels_beyond_the_servers_max_sessions_still_start(host_factory, tmp_path, jupyter_env):
+    """sshd refuses a second session on one connection here (MaxSessions 1): the second kernel's
+    session logs in by itself, and both kernels work (their forwards share the connection)."""
+    import re
+
+    host = host_factory.create_host("mstest")
+    started: List[Kernel] = []
+    try:
+        config = host.dir / "sshd_config"
+        config.write_text(re.sub(r"MaxSessions \d+", "MaxSessions 1", config.read_text()))
+        host.restart_sshd()
+        prefix = tmp_path / "prefix"
+        manage(host, prefix, "--host", host.alias, "--python", host.env_prefix, "--name", "ms")
+        for i in range(2):
+            k = Kernel(prefix, "ms", tmp_path / f"ms-{i}.log")
+            started.append(k)
+            k.start()
+        assert [k.value(f"{i} + 1") for i, k in enumerate(started)] == ["1", "2"]
+        assert len(ssh_masters(str(jupyter_env.runtime))) == 1
+        assert accepted_logins(host) == 2
+    finally:
+        for k in started:
+            k.shutdown()
+        assert not wait_remote_clean(host, timeout=20)
+        host.close()
