@@ -195,6 +195,8 @@ class Supervisor:
                     elif key.data == "events":
                         eof = reader.read()
                         last_heard = time.monotonic()
+                        if not eof:
+                            self.transport.confirm_alive()
                         code = self._handle_events(reader.pending)
                         if code is not None:
                             return code

@@ -90,6 +90,11 @@ class Transport(abc.ABC):
         after it does, ``drain()`` then ``alive()`` tell whether the connection is gone."""
         return None
 
+    def confirm_alive(self) -> None:
+        """The caller has just heard from the remote end through this connection. A backend that
+        shares connections may note it, so that a proxy joining the connection soon after
+        need not check it first. Cheap enough to call on every keepalive answer."""
+
     def drain(self) -> str:
         """Read what the connection has to say (non-blocking); '' if nothing."""
         return ""

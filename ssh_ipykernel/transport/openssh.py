@@ -36,6 +36,10 @@ MAX_SOCKET_PATH = 104 - 17
 SOCKET_NAME_LENGTH = len("cm-") + 16
 #: How long close(lost=True) waits for an answer through the master before declaring it dead.
 PROBE_TIMEOUT = 3.0
+#: A connection nobody has heard through for this long is checked (one round trip) before a new
+#: kernel joins it: after a network change or a suspend it may be dead without knowing it yet,
+#: and a kernel started over it would hang until its start-up timeout.
+STALE_AFTER = 10.0
 
 
 def control_dir() -> str:
@@ -88,6 +92,7 @@ class OpenSSHTransport(Transport):
         self.master_pid = 0
         self._sessions: List[subprocess.Popen] = []
         self._forwarder: Optional[Forwarder] = None
+        self._heard = 0.0  # monotonic time of the last confirm_alive() that touched the file
         self._closed = False
 
     # -- argv -------------------------------------------------------------------------------------
@@ -134,6 +139,8 @@ class OpenSSHTransport(Transport):
         deadline = time.monotonic() + timeout
         with shared.creation_lock(self.control_path + ".lock", deadline, host=self.host.label):
             mux = shared.connect_mux(self.control_path)
+            if mux is not None and self._stale() and not self._still_answers(mux):
+                mux = None
             if mux is None:
                 shared.remove_stale(self.control_path)
                 self._start_master(max(1.0, deadline - time.monotonic()))
@@ -141,6 +148,8 @@ class OpenSSHTransport(Transport):
                 if mux is None:
                     msg = f"the ssh master for {self.host.label} started but its control socket does not answer"
                     raise exc.SSHConnectionError(msg, host=self.host.label)
+                self._heard = 0.0
+                self.confirm_alive()  # it just logged in
             else:
                 self.reused = True
         try:
@@ -152,6 +161,43 @@ class OpenSSHTransport(Transport):
         self.mux = mux
         self.log.debug("%s ssh master pid %d (%s)", "reusing" if self.reused else "started",
                        self.master_pid, self.control_path)
+
+    def _stale(self) -> bool:
+        try:
+            return time.time() - os.stat(self.control_path + ".alive").st_mtime > STALE_AFTER
+        except OSError:
+            return True
+
+    def _still_answers(self, mux: MuxClient) -> bool:
+        """One round trip through a connection nobody has used lately; a dead one is ended."""
+        try:
+            pid = mux.alive_check(timeout=2.0)
+        except MuxError:
+            mux.close()  # hung: its socket is replaced by the new master's
+            return False
+        if mux.probe(PROBE_TIMEOUT):
+            self.confirm_alive()
+            return True
+        mux.close()
+        self.log.info("the shared connection to %s does not answer; starting a new one", self.host.label)
+        shared.retire(self.control_path, pid, is_ours=self._is_our_master, logger=self.log)
+        return False
+
+    def confirm_alive(self) -> None:
+        now = time.monotonic()
+        if now - self._heard < 2.0:
+            return
+        self._heard = now
+        path = self.control_path + ".alive"
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError:
+                pass
+        except OSError:
+            pass
 
     def _start_master(self, timeout: float) -> None:
         env = dict(os.environ, SSH_ASKPASS_REQUIRE="never")

@@ -172,11 +172,17 @@ def end_masters(runtime_dir: str) -> None:
 
     directory = os.path.join(runtime_dir, "ssh_ipykernel")
     for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        if name.startswith("cm-") and not name.endswith(".lock"):
+        if name.startswith("cm-") and "." not in name:
             try:
-                MuxClient(os.path.join(directory, name), timeout=5).terminate()
+                client = MuxClient(os.path.join(directory, name), timeout=5)
+            except MuxError:
+                continue
+            try:
+                client.terminate()
             except MuxError:
                 pass
+            finally:
+                client.close()
     deadline = time.monotonic() + 5
     while ssh_masters(runtime_dir) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -120,9 +120,9 @@ def test_shutdown_leaves_nothing(kernel, ssh_host, jupyter_env):
     assert took < 5, f"shutdown took {took:.1f} s"
     assert not wait_remote_clean(ssh_host, pid, timeout=5)
     assert not local_ssh_children(str(jupyter_env.runtime))
-    # Only the host's shared connection stays (its socket and lock file), for the next kernel.
+    # Only the host's shared connection stays (its socket, lock and last-heard files).
     left = sorted(os.listdir(os.path.join(str(jupyter_env.runtime), "ssh_ipykernel")))
-    assert len(left) == 2 and left[1] == left[0] + ".lock", left
+    assert len(left) == 3 and left[1:] == [left[0] + ".alive", left[0] + ".lock"], left
 
 
 def test_sigterm_to_the_proxy_shuts_the_kernel_down(kernel, ssh_host, jupyter_env):
