@@ -6,6 +6,7 @@ the three modules share one namespace.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,6 +16,23 @@ import threading
 import time
 
 from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir  # local-only
+
+
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+
+
+def free_ports(ip: str, count: int) -> "list[int]":
+    """``count`` different ports free on ``ip`` right now (all bound at once, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.bind((ip, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class Agent:
@@ -45,11 +63,13 @@ class Agent:
                 raise BootstrapError(code, "%s is not installed for %s" % (module, sys.executable))
 
     def write_connection_file(self) -> None:
-        """Free remote ports and a 0600 connection file holding the local session key."""
-        try:
-            from jupyter_client.connect import write_connection_file
-        except ImportError as e:
-            raise BootstrapError("no_jupyter_client", "cannot import jupyter_client: %s" % e) from e
+        """Free remote ports and a 0600 connection file holding the local session key.
+
+        The same file jupyter_client.write_connection_file writes (five ports bound at once on
+        127.0.0.1 so that they differ, then released for the kernel), but without importing
+        jupyter_client here: that import costs the remote python 0.2-0.3 s, more on a busy host,
+        before the kernel can even be started, on every start. The kernel imports it anyway.
+        """
         try:
             directory = runtime_dir()
             # A random tag: two machines may well use the same kernel id on one account.
@@ -58,20 +78,23 @@ class Agent:
             self.connection_file = fname
             self.log_file = fname[: -len(".json")] + ".log"
             self.socket_file = fname[: -len(".json")] + ".sock"
-            fname, info = write_connection_file(
-                fname=fname,
+            ports = free_ports("127.0.0.1", len(PORT_NAMES))
+            info = dict(zip(PORT_NAMES, ports))
+            info.update(
                 ip="127.0.0.1",
-                key=self.params["key"].encode("utf-8"),
+                key=self.params["key"],
                 transport="tcp",
                 signature_scheme=self.params.get("signature_scheme") or "hmac-sha256",
                 kernel_name=self.params.get("kernel_name") or "",
             )
-            os.chmod(fname, 0o600)
+            fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(info, f, indent=1)
         except OSError as e:
             raise BootstrapError(
                 "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
             ) from e
-        self.ports = {k: v for k, v in info.items() if k.endswith("_port")}
+        self.ports = {name: info[name] for name in PORT_NAMES}
 
     def prepare(self) -> None:
         """In the SSH session: check the remote python, write the connection and log files."""
