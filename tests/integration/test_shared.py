@@ -300,3 +300,39 @@ def test_kernels_beyond_the_servers_max_sessions_still_start(host_factory, tmp_p
             k.shutdown()
         assert not wait_remote_clean(host, timeout=20)
         host.close()
+
+
+def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ssh_host, tmp_path, jupyter_env):
+    """The shared connection is up but nobody has heard through it lately, and the server side
+    no longer answers (here: its sshd process is stopped): the next kernel checks it, ends it
+    and logs in anew instead of hanging on it."""
+    runtime = str(jupyter_env.runtime)
+    first = start_proxy(ssh_host, connection_file(tmp_path, "first"), tmp_path / "first.log")
+    wait_for(tmp_path / "first.log", "tunnels up")
+    stop(first, tmp_path / "first.log")
+    master = ssh_masters(runtime)
+    assert len(master) == 1
+    # The server side of that connection: the sshd process of the user's session.
+    session = [p for p in ssh_host.remote_pids(r"^sshd: \S+@notty") if p]
+    assert len(session) == 1, session
+    os.kill(session[0], signal.SIGSTOP)
+    try:
+        directory = os.path.join(runtime, "ssh_ipykernel")
+        alive = [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".alive")]
+        assert len(alive) == 1
+        os.utime(alive[0], (time.time() - 60, time.time() - 60))  # nobody heard anything lately
+        before = accepted_logins(ssh_host)
+        log = tmp_path / "second.log"
+        t0 = time.monotonic()
+        second = start_proxy(ssh_host, connection_file(tmp_path, "second"), log)
+        wait_for(log, "tunnels up")
+        print(f"\nstale connection checked and replaced; kernel up {time.monotonic() - t0:.1f} s after start")
+        assert "does not answer; starting a new one" in log.read_text()
+        assert "(new connection)" in log.read_text()
+        assert accepted_logins(ssh_host) == before + 1
+        now = ssh_masters(runtime)
+        assert len(now) == 1 and now != master
+        stop(second, log)
+    finally:
+        os.kill(session[0], signal.SIGCONT)
+    assert not wait_remote_clean(ssh_host, timeout=20)
