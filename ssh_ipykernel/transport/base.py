@@ -75,7 +75,11 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def forward(self, forwards: Sequence[Forward]) -> None:
-        """Add local port forwards over the connection; raise TunnelError naming a busy port."""
+        """Add local port forwards over the connection; raise TunnelError naming a busy port.
+
+        The forwards belong to this proxy even if the connection is shared: when the proxy ends,
+        however it ends (SIGKILL included), its local ports must be free and the connections
+        they carried cut, or a restarted kernel's clients would reach the old kernel."""
 
     @abc.abstractmethod
     def cancel(self, forwards: Sequence[Forward]) -> None:

@@ -1,7 +1,7 @@
 """The shared OpenSSH ControlMaster: one per (ssh config, host) for every kernel of this user.
 
-``attach()`` finds the master that serves the control socket, or starts one, under an flock on
-a lock file beside the socket: kernels started at once (or reconnecting at once after an
+The transport (openssh.py) finds the master that serves the control socket, or starts one
+(``start_master``), under ``creation_lock``, an flock on a lock file beside the socket: kernels started at once (or reconnecting at once after an
 outage) wait for the first one's handshake and then share its connection instead of each making
 their own. The master is started with ``ControlPersist``: after authentication ssh moves it to
 the background, where it outlives the proxy that started it and exits by itself a while after
@@ -33,6 +33,8 @@ from .mux import MasterAbsent, MuxClient, MuxError
 log = logging.getLogger(__name__)
 
 READY_MARKER = "__ssh_ipykernel_master_ready__"
+#: How long a master with a control socket that does not answer may take before we give up.
+MUX_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
 
 
@@ -48,8 +50,6 @@ def _find_prctl() -> "Callable[..., int] | None":
 
 
 _prctl = _find_prctl()
-#: How long a master with a control socket that does not answer may take before we give up.
-MUX_TIMEOUT = 10.0
 
 
 def die_with_parent() -> None:
@@ -72,7 +72,8 @@ def ignore_hangup_and_die_with_parent() -> None:
 
     ssh is the session leader of its pty; when it forks to the background its parent exits and
     the kernel sends SIGHUP to the pty's foreground group, which the child is still in until it
-    calls setsid(): without this the new master dies in that window, now and then.
+    calls setsid(): without this the new master is killed in that window (it was, every time, on
+    Linux with OpenSSH 9.2).
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent()
