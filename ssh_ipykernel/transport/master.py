@@ -24,8 +24,6 @@ import signal
 import time
 from typing import Callable, Iterator, List, Optional
 
-import pexpect
-
 from .. import exceptions as exc
 from .messages import PROMPT_RE
 from .mux import MasterAbsent, MuxClient, MuxError
@@ -138,6 +136,8 @@ def start_master(argv: List[str], timeout: float, env: dict) -> None:
 
     Raises MasterFailed with ssh's output if it prompts, exits, or is not ready in ``timeout``.
     """
+    import pexpect  # only the kernel that logs in needs it: the others start faster without
+
     log.debug("starting ssh master: %s", " ".join(argv))
     child = pexpect.spawn(argv[0], argv[1:], env=env, echo=False, timeout=None,
                           preexec_fn=ignore_hangup_and_die_with_parent)
