@@ -105,10 +105,14 @@ def creation_lock(path: str, deadline: float, *, host: str) -> Iterator[None]:
 
 
 def connect_mux(control_path: str, timeout: float = MUX_TIMEOUT) -> Optional[MuxClient]:
-    """A control connection to the master at ``control_path``, or None if no master runs there."""
+    """A control connection to the master at ``control_path``, or None if no usable master runs
+    there (none, or one that does not even answer its control socket: it is replaced)."""
     try:
         return MuxClient(control_path, timeout)
     except MasterAbsent:
+        return None
+    except MuxError as e:
+        log.warning("the ssh master at %s does not answer (%s); replacing it", control_path, e)
         return None
 
 
