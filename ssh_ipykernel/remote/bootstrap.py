@@ -66,10 +66,14 @@ def start_keeper(params: dict) -> socket.socket:
         os.chdir(directory)
         old_umask = os.umask(0o177)
         try:
-            listener.bind(name)
+            # Bound under a temporary name and moved into place once it listens: another
+            # kernel starting at the same moment (remove_stale) must never find a bound socket
+            # that refuses connections under the real name, and delete this kernel's files.
+            listener.bind(name + ".new")
         finally:
             os.umask(old_umask)
         listener.listen(16)
+        os.rename(name + ".new", name)
     except OSError as e:
         listener.close()
         agent.remove_files()
