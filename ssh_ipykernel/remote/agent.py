@@ -6,6 +6,7 @@ the three modules share one namespace.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -21,18 +22,42 @@ from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
-def free_ports(ip: str, count: int) -> "list[int]":
-    """``count`` different ports free on ``ip`` right now (all bound at once, then released)."""
+def free_ports(ip: str, count: int, avoid: "set[int] | frozenset[int]" = frozenset()) -> "list[int]":
+    """``count`` different ports free on ``ip`` right now and not in ``avoid`` (all bound at
+    once, then released)."""
     sockets = []
+    ports = []  # type: list[int]
     try:
-        for _ in range(count):
+        while len(ports) < count and len(sockets) < count + 200:
             sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
             sockets.append(sock)
             sock.bind((ip, 0))
-        return [sock.getsockname()[1] for sock in sockets]
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                ports.append(port)
+        return ports
     finally:
         for sock in sockets:
             sock.close()
+
+
+def reserved_ports(directory: str) -> "set[int]":
+    """The ports in the kernel connection files of ``directory``: kernels that may still be
+    booting have chosen them but not bound them yet."""
+    ports = set()  # type: set[int]
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return ports
+    for name in names:
+        if name.startswith("kernel-") and name.endswith(".json"):
+            try:
+                with open(os.path.join(directory, name)) as f:
+                    info = json.load(f)
+                ports.update(int(info[key]) for key in PORT_NAMES if key in info)
+            except (OSError, ValueError, TypeError, AttributeError):
+                continue
+    return ports
 
 
 class Agent:
@@ -78,18 +103,28 @@ class Agent:
             self.connection_file = fname
             self.log_file = fname[: -len(".json")] + ".log"
             self.socket_file = fname[: -len(".json")] + ".sock"
-            ports = free_ports("127.0.0.1", len(PORT_NAMES))
-            info = dict(zip(PORT_NAMES, ports))
-            info.update(
-                ip="127.0.0.1",
-                key=self.params["key"],
-                transport="tcp",
-                signature_scheme=self.params.get("signature_scheme") or "hmac-sha256",
-                kernel_name=self.params.get("kernel_name") or "",
-            )
-            fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f, indent=1)
+            # A port is free when picked and bound by the kernel only once it has booted, so
+            # kernels starting at once could pick the same one (and the later one would die).
+            # Under a lock, ports already in another kernel's connection file are skipped.
+            lock = os.open(os.path.join(directory, ".kernel-ssh-ports.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                ports = free_ports("127.0.0.1", len(PORT_NAMES), reserved_ports(directory))
+                if len(ports) < len(PORT_NAMES):
+                    raise OSError("no free ports on 127.0.0.1")
+                info = dict(zip(PORT_NAMES, ports))  # type: dict
+                info.update(
+                    ip="127.0.0.1",
+                    key=self.params["key"],
+                    transport="tcp",
+                    signature_scheme=self.params.get("signature_scheme") or "hmac-sha256",
+                    kernel_name=self.params.get("kernel_name") or "",
+                )
+                fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(info, f, indent=1)
+            finally:
+                os.close(lock)
         except OSError as e:
             raise BootstrapError(
                 "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
