@@ -155,7 +155,9 @@ def start_master(argv: List[str], timeout: float, env: dict) -> None:
         # pty as its stderr, so wait for the process, not for end-of-file.)
         deadline = time.monotonic() + 5
         while child.isalive() and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.002)
+        if not child.isalive():
+            child.ptyproc.delayafterclose = 0  # pexpect would wait 0.1 s for a process long gone
     finally:
         child.close(force=True)
 
