@@ -138,7 +138,7 @@ class Proxy:
                     kernel=kernel, transport=transport, tunnels=tunnels,
                     new_transport=self.new_transport, signals=signals, log=self.log,
                     secret=info["key"], grace=self.options.grace,
-                    client_timeout=self.options.client_timeout, attach_timeout=self.options.timeout,
+                    client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
                     on_state=self._on_state,
                 )
                 supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
