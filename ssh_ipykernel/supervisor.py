@@ -332,14 +332,16 @@ class Supervisor:
             return None
 
     def _attempt(self) -> None:
-        """One try: connect, attach to the keeper, forward. Stop signals abort it (Cancelled)."""
+        """One try: connect, forward, attach to the keeper. Stop signals abort it (Cancelled)."""
         self.signals.raise_on_stop = True
         try:
             self.transport = self.new_transport(RECONNECT_CONNECT_TIMEOUT)
             self.transport.connect()
-            self.kernel.attach(self.transport, self.attach_timeout)
+            # Forwards first: the kernel's remote ports have not changed, so the clients can talk
+            # to it again while the attach session is still starting the remote python.
             self.tunnels = Tunnels(self.transport, self.forwards)
             self.tunnels.open()
+            self.kernel.attach(self.transport, self.attach_timeout)
         finally:
             self.signals.raise_on_stop = False
 
