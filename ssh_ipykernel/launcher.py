@@ -256,7 +256,7 @@ class RemoteKernel:
             params = {"protocol": protocol.PROTOCOL, "mode": "watch", "kernel_id": self.params["kernel_id"],
                       "connection_file": self.info.connection_file}
         info = self._open(params, timeout)
-        if info.pid != self.info.pid or info.ports != self.info.ports:
+        if (self.info.pid and info.pid != self.info.pid) or info.ports != self.info.ports:
             self.close()
             msg = (f"the kernel at {self.info.socket or self.info.connection_file} on {self.host} is "
                    f"another one now (pid {info.pid}, ports {info.ports})")

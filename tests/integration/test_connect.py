@@ -30,7 +30,7 @@ def by_hand_kernel(ssh_host):
     ports = " ".join(f"--{name}={port}" for name, port in FIXED_PORTS.items())
     r = ssh_host.run(
         f"mkdir -p /tmp/by-hand && nohup {ssh_host.env_python} -m ipykernel_launcher -f {REMOTE_FILE} "
-        f"{ports} --ip=127.0.0.1 >/tmp/by-hand/log 2>&1 & echo $!"
+        f"{ports} --ip=127.0.0.1 </dev/null >/tmp/by-hand/log 2>&1 & echo $!"
     )
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.split()[-1])
@@ -120,7 +120,7 @@ def test_jupyter_console_existing_through_connect(ssh_host, by_hand_kernel, tmp_
             console.expect(r"In \[\d+\]")
             console.sendline("import socket; print('host=' + socket.gethostname())")
             console.expect(f"host={ssh_host.hostname}")
-            console.sendline("exit")
+            console.sendline("exit(keep_kernel=True)")  # plain exit would shut the kernel down
             console.expect(pexpect.EOF)
         finally:
             console.close(force=True)
