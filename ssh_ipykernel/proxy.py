@@ -24,7 +24,7 @@ from typing import Dict, Mapping, Optional
 from . import exceptions as exc
 from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
-from .launcher import RemoteKernel
+from .launcher import LaunchOptions, RemoteKernel
 from .log import KernelLogAdapter, redact, redact_text
 from .signals import SignalRelay
 from .transport import TransportOptions, create_transport
@@ -54,6 +54,7 @@ class ProxyOptions:
     sudo: bool = False
     transport: str = "openssh"
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    launch: LaunchOptions = field(default_factory=LaunchOptions)  # --remote-kernel, --workdir, ...
 
 
 class Proxy:

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 
+from .kernelcmd import check_requirements, kernel_command  # local-only
 from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir, write_event  # local-only
 
 
@@ -77,10 +78,15 @@ class Agent:
         self.ports = {k: v for k, v in info.items() if k.endswith("_port")}
 
     def launch(self) -> None:
-        """Start ipykernel detached from this SSH session, bound to 127.0.0.1."""
-        self.check_imports()
+        """Start the kernel (kernelcmd.py) detached from this SSH session, bound to 127.0.0.1."""
+        check_requirements(self.params)
         self.write_connection_file()
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file]
+        try:
+            command = kernel_command(self.params, self.connection_file, sys.executable)
+        except BootstrapError:
+            self.remove_files()
+            raise
+        argv = command["argv"]
         self.log_file = self.connection_file[: -len(".json")] + ".log"
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -95,7 +101,8 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                env=kernel_environment(os.environ, self.params.get("env") or {}),
+                cwd=command["cwd"],
+                env=kernel_environment(os.environ, command["env"]),
                 start_new_session=True,
                 close_fds=True,
             )
