@@ -33,16 +33,28 @@ class KernelSpecOptions:
     timeout: Optional[float] = None
     ssh_config: Optional[str] = None
     language: str = "python"
+    remote_kernel: Optional[str] = None
+    kernel_cmd: Optional[str] = None  # as the user typed it (split by the proxy)
+    workdir: Optional[str] = None
+    pre_command: Optional[str] = None
+    interrupt_mode: str = "signal"
+    debugger: bool = True  # ipykernel answers debug_request; other kernels say so in their spec
+    #: logo files (name -> bytes) copied from a remote kernelspec, shown by JupyterLab's launcher
+    resources: Dict[str, bytes] = field(default_factory=dict)
 
 
 def default_display_name(host: str) -> str:
     return f"SSH {host}"
 
 
-def default_kernel_name(host: str) -> str:
-    """A valid kernelspec name derived from the host: ``ssh_`` plus its safe characters."""
+def default_kernel_name(host: str, remote_kernel: Optional[str] = None) -> str:
+    """A valid kernelspec name derived from the host: ``ssh_`` plus its safe characters
+    (and ``_<remote kernel>``, so that several kernels of one host get distinct names)."""
     slug = re.sub(r"[^a-z0-9._-]+", "_", host.lower()).strip("._-")
-    return f"ssh_{slug or 'host'}"
+    name = f"ssh_{slug or 'host'}"
+    if remote_kernel:
+        name += "_" + re.sub(r"[^a-z0-9._-]+", "_", remote_kernel.lower())
+    return name
 
 
 def check_kernel_name(name: str) -> str:
@@ -68,6 +80,10 @@ def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = No
         argv += ["--env", f"{name}={value}"]
     if options.sudo:
         argv.append("--sudo")
+    for option, value in (("--remote-kernel", options.remote_kernel), ("--kernel-cmd", options.kernel_cmd),
+                          ("--workdir", options.workdir), ("--pre-command", options.pre_command)):
+        if value is not None:
+            argv += [option, value]
     argv += ["-f", "{connection_file}"]
     return argv
 
@@ -78,17 +94,22 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
         "argv": proxy_argv(options, python_executable),
         "display_name": options.display_name or default_display_name(options.host),
         "language": options.language,
-        "interrupt_mode": "signal",
+        # A kernel that wants interrupt_request messages gets them straight through the tunnel.
+        "interrupt_mode": options.interrupt_mode,
         "env": {},
         "metadata": {
             # JupyterLab shows its debugger for kernels that say so; ipykernel >= 6 (debugpy)
             # answers debug_request over the control channel, which the tunnel carries.
-            "debugger": options.language == "python",
+            "debugger": options.debugger and options.language == "python",
             "ssh_ipykernel": {
                 "version": __version__,
                 "host": options.host,
                 "python": options.python,
                 "sudo": options.sudo,
+                "remote_kernel": options.remote_kernel,
+                "kernel_cmd": options.kernel_cmd,
+                "workdir": options.workdir,
+                "pre_command": options.pre_command,
             },
         },
     }
@@ -100,13 +121,18 @@ def install_kernelspec(
     *,
     user: bool = True,
     prefix: Optional[str] = None,
+    resources: Optional[Dict[str, bytes]] = None,
 ) -> str:
-    """Write ``spec`` as kernelspec ``name`` through KernelSpecManager; return the installed dir."""
+    """Write ``spec`` (and logo ``resources``) as kernelspec ``name`` through KernelSpecManager;
+    return the installed dir."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     with tempfile.TemporaryDirectory(prefix="ssh_ipykernel-") as tmp:
         src = os.path.join(tmp, name)
         os.mkdir(src)
+        for filename, data in (resources or {}).items():
+            with open(os.path.join(src, os.path.basename(filename)), "wb") as f:
+                f.write(data)
         with open(os.path.join(src, "kernel.json"), "w", encoding="utf-8") as f:
             json.dump(spec, f, indent=1)
             f.write("\n")
