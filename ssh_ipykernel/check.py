@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import exceptions as exc
 from .hosts import parse_host
@@ -79,7 +79,7 @@ class Checker:
         last = STEPS.index(until) if until else len(STEPS) - 1
         try:
             for name in STEPS[len(self.steps):last + 1]:
-                if self.steps and self.steps[-1].ok is False:
+                if self.failed is not None:
                     self._record(Step(name, None, "not run"))
                     continue
                 method = getattr(self, "step_" + name.replace(" ", "_"))
@@ -91,7 +91,10 @@ class Checker:
                     continue
                 if result is None:
                     continue  # the step recorded itself (skipped)
-                self._record(Step(name, True, result, time.monotonic() - started))
+                seconds = time.monotonic() - started
+                if isinstance(result, tuple):  # (detail, seconds measured on the remote)
+                    result, seconds = result
+                self._record(Step(name, True, result, seconds))
         finally:
             self._close()
         return self.steps
@@ -195,20 +198,20 @@ class Checker:
         pre = " after the --pre-command" if self.target.launch.pre_command else ""
         return f"{data.get('python')} (Python {data.get('python_version')}) on {data.get('hostname')}{pre}"
 
-    def step_packages(self) -> str:
+    def step_packages(self) -> Tuple[str, float]:
         data = self.probe.data
         if not self.probe.part("requirements").get("ok"):
             raise self._part_error(self.probe.part("requirements"))
         found = [f"{name} {data[name]}" for name in ("ipykernel", "jupyter_client") if data.get(name)]
-        return ", ".join(found)
+        return ", ".join(found), 0.0
 
-    def step_connection_file(self) -> str:
+    def step_connection_file(self) -> Tuple[str, float]:
         part = self.probe.part("connection_file")
         if not part.get("ok"):
             raise self._part_error(part)
-        return f"written in {part.get('dir')} (mode {part.get('mode')}) and removed"
+        return f"written in {part.get('dir')} (mode {part.get('mode')}) and removed", part.get("seconds", 0.0)
 
-    def step_kernel_command(self) -> str:
+    def step_kernel_command(self) -> Tuple[str, float]:
         import shlex
 
         part = self.probe.part("kernel")
@@ -218,7 +221,7 @@ class Checker:
         text = shlex.join(part.get("argv") or [])
         where = f" in {part['cwd']}" if part.get("cwd") else ""
         language = f", language {part['language']}" if part.get("language") else ""
-        return f"{text}{where}{language}"
+        return f"{text}{where}{language}", part.get("seconds", 0.0)
 
     # -- through the proxy, as Jupyter runs it ------------------------------------------------------
     def step_kernel_start(self) -> str:
@@ -277,8 +280,9 @@ class KernelRun:
         info = reply.get("language_info", {})
         self.language = str(info.get("name", ""))
         implementation = reply.get("implementation", "?")
-        return (f"{implementation} answered kernel_info in {time.monotonic() - started:.2f} s "
-                f"(language {self.language or '?'} {info.get('version', '')}), through the proxy")
+        version = f" {info['version']}" if info.get("version") else ""
+        return (f"{implementation} kernel (language {self.language or '?'}{version}) answered "
+                f"kernel_info {time.monotonic() - started:.2f} s after the proxy started")
 
     def execute(self) -> str:
         code = PYTHON_PROBE if self.language == "python" else ""

@@ -298,10 +298,13 @@ def print_step(step: Any) -> None:
     import textwrap
 
     seconds = f"{step.seconds:6.2f} s" if step.seconds is not None else " " * 8
+    if step.ok is None and step.detail == "not run":
+        return  # after a failure: print_summary names them on one line
     if step.ok is False:
         click.echo(f"  {MARKS[step.ok]:<4} {step.name:<15} {seconds}")
         for line in str(step.error).splitlines():
-            click.echo(textwrap.fill(line, width=100, initial_indent=" " * 8, subsequent_indent=" " * 10))
+            click.echo(textwrap.fill(line, width=100, initial_indent=" " * 8, subsequent_indent=" " * 10,
+                                     break_on_hyphens=False, break_long_words=False))
     else:
         click.echo(f"  {MARKS[step.ok]:<4} {step.name:<15} {seconds}  {step.detail}")
 
@@ -314,6 +317,9 @@ def print_summary(checker: Any, host: str) -> bool:
         ran = len([s for s in checker.steps if s.ok])
         click.echo(f"All {ran} checks passed in {total:.1f} s: kernels on {host} work.")
         return False
+    skipped = [s.name for s in checker.steps if s.ok is None and s.detail == "not run"]
+    if skipped:
+        click.echo(f"  --   not run: {', '.join(skipped)}")
     click.echo(f"{host}: failed at \"{failed.name}\" (exit code {failed.error.exit_code}); see the message above.")
     return True
 
