@@ -67,11 +67,18 @@ def check_kernel_name(name: str) -> str:
     return name.lower()
 
 
+def _option(name: str, value: str) -> List[str]:
+    """``[name, value]``, or ``[name=value]`` for a value starting with ``~``: jupyter_client's
+    launch_kernel runs os.path.expanduser on every argv element, which would turn a remote
+    ``~/env`` into the LOCAL home; it leaves ``--python=~/env`` alone."""
+    return [f"{name}={value}"] if value.startswith("~") else [name, value]
+
+
 def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = None) -> List[str]:
     """The argv Jupyter runs: this python, -m ssh_ipykernel, our options, -f {connection_file}."""
     argv = [python_executable or sys.executable, "-m", "ssh_ipykernel", "--host", options.host]
     if options.python:
-        argv += ["--python", options.python]
+        argv += _option("--python", options.python)
     if options.ssh_config:
         argv += ["--ssh-config", options.ssh_config]
     if options.timeout is not None:
@@ -83,7 +90,7 @@ def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = No
     for option, value in (("--remote-kernel", options.remote_kernel), ("--kernel-cmd", options.kernel_cmd),
                           ("--workdir", options.workdir), ("--pre-command", options.pre_command)):
         if value is not None:
-            argv += [option, value]
+            argv += _option(option, value)
     argv += ["-f", "{connection_file}"]
     return argv
 
