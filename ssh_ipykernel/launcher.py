@@ -48,11 +48,14 @@ SUDO_PREFIX = "sudo -n -- "
 # --pre-command: the user's own command line, run by their login shell before anything else so
 # that it can change the environment python starts in (activate a conda env, `module load`).
 # It arrives as ONE single-quoted word that eval parses on its own: whatever it holds cannot
-# reach into the wrapper around it. stdin is /dev/null (the agent's source follows on ours)
-# and stdout goes to stderr (ours carries the agent's JSON events).
+# reach into the wrapper around it. `command eval`: in POSIX shells a failing special builtin
+# (`. missing-file`, a syntax error) would otherwise end the whole shell before we can say so;
+# zsh's `command` means "external command", its `builtin` is the same thing. stdin is
+# /dev/null (the agent's source follows on ours), stdout goes to stderr (ours carries events).
 _PRE = (
-    'eval {command} </dev/null >&2 || {{ echo "ssh_ipykernel: the pre-command failed with exit '
-    'code $?" >&2; exit %d; }}; '
+    '_sik_e=command; [ -n "$ZSH_VERSION" ] && _sik_e=builtin; '
+    '$_sik_e eval {command} </dev/null >&2 || {{ echo "ssh_ipykernel: the pre-command failed with '
+    'exit code $?" >&2; exit %d; }}; '
 ) % protocol.EXIT_PRE_COMMAND
 
 
