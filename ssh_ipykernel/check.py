@@ -335,10 +335,11 @@ _ERROR_LINE_RE = re.compile(r"(?:\bERROR ssh_ipykernel\S* (?:\[[^\]]*\] )?|ssh_i
 def proxy_error(log: str, code: Optional[int]) -> exc.ProxyExitedError:
     """The proxy's own error sentence (and what ssh said) from its log, with its exit code."""
     lines = log.splitlines()
+    exit_code = code if code and code > 0 else 1  # killed by a signal: plain failure
     for i in range(len(lines) - 1, -1, -1):
         match = _ERROR_LINE_RE.search(lines[i])
         if match:
             detail = "\n".join(line.strip() for line in lines[i + 1:i + 8] if line.startswith("  "))
-            return exc.ProxyExitedError(match.group(1), code if code else 1, detail=detail.replace("ssh said: ", ""))
+            return exc.ProxyExitedError(match.group(1), exit_code, detail=detail.replace("ssh said: ", ""))
     tail = "\n".join(lines[-8:])
-    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", code or 1, detail=tail)
+    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code, detail=tail)

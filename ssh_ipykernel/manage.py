@@ -235,9 +235,9 @@ def check_command(
     from .exceptions import UsageError
 
     def run() -> int:
-        target = _target_from_spec(name, prefix, timeout) if name else None
         if name and host:
             raise UsageError("check takes a kernelspec NAME or --host HOST with options, not both")
+        target = _target_from_spec(name, prefix, timeout) if name else None
         if target is None:
             if not host:
                 raise UsageError("check needs a kernelspec NAME (see `list`) or --host HOST")
