@@ -79,16 +79,29 @@ def proxy_command_config(tmp_path_factory):
     return str(config)
 
 
+def old_ssh_proxy_command(host: str, user: str, port: int, cwd) -> None:  # noqa: ANN001
+    """What OpenSSH < 9.6 did with ``ProxyCommand true %h %r %p``: substitute the tokens as text
+    and run the result with ``sh -c`` (CVE-2023-51385). Newer ssh refuses odd names itself."""
+    subprocess.run(["/bin/sh", "-c", f"exec true {host} {user} {port}"], cwd=cwd, capture_output=True, timeout=30)
+
+
+def test_the_old_ssh_harness_does_catch_an_injection(tmp_path):
+    old_ssh_proxy_command("x$(touch MARK)", "u", 22, tmp_path)
+    assert marks(tmp_path), "the harness must be able to see an injection"
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(spec=HOSTILE | st.builds(lambda u, h: f"{u}@{h}", HOSTILE, HOSTILE) | st.builds(lambda h: f"ssh://{h}:22", HOSTILE))
 def test_hostile_hosts_are_refused_or_harmless_to_ssh(tmp_path_factory, proxy_command_config, spec):
-    """Either --host is refused, or what we give ssh cannot smuggle a command into %h/%r."""
+    """Either --host is refused, or what we give ssh cannot smuggle a command into %h/%r, not
+    even through an ssh that does not check them."""
     try:
         host = parse_host(spec)
     except HostSpecError:
         return
     tmp = tmp_path_factory.mktemp("host")
+    assert not host.host.startswith("-")
+    old_ssh_proxy_command(host.host, host.user or "", host.port or 22, tmp)
     argv = ["ssh", "-F", proxy_command_config, *host.ssh_args(), "--", host.host, "true"]
     subprocess.run(argv, cwd=tmp, capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
     assert not marks(tmp), spec
-    assert not host.host.startswith("-")
