@@ -266,7 +266,16 @@ class KernelRun:
 
     def start(self) -> str:
         started = time.monotonic()
-        self.km.start_kernel(stdout=self.log_file, stderr=self.log_file)
+        try:
+            self.km.start_kernel(stdout=self.log_file, stderr=self.log_file)
+        except OSError as e:  # the kernelspec's python is gone (a removed virtualenv)
+            argv0 = (self.km.kernel_spec.argv or ["?"])[0] if self.km.kernel_spec else "?"
+            msg = (
+                f"cannot start the kernelspec's proxy {argv0}: {e.strerror or e}. The Python it names "
+                f"is gone; run `python -m ssh_ipykernel.manage add ...` again from the Python "
+                f"environment that has ssh_ipykernel"
+            )
+            raise exc.UsageError(msg) from None
         self.kc = self.km.client()
         self.kc.start_channels()
         try:

@@ -122,6 +122,19 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
     }
 
 
+def kernelspec_exists(name: str, prefix: Optional[str] = None, *, user: bool = True) -> bool:
+    """Whether installing ``name`` under ``prefix`` (or for the user) would replace a kernelspec."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    if prefix:
+        base = os.path.join(prefix, "share", "jupyter", "kernels")
+    elif user:
+        base = os.path.join(jupyter_data_dir(), "kernels")
+    else:
+        return False  # system-wide installs are not offered by manage
+    return os.path.isdir(os.path.join(base, name))
+
+
 def install_kernelspec(
     spec: Dict[str, Any],
     name: str,

@@ -78,7 +78,8 @@ def add_command(
     """
     from .check import Checker, Target
     from .cli import report_errors
-    from .kernelspec import KernelSpecOptions, build_kernelspec, check_kernel_name, default_kernel_name, install_kernelspec
+    from .kernelspec import (KernelSpecOptions, build_kernelspec, check_kernel_name, default_kernel_name,
+                             install_kernelspec, kernelspec_exists)
     from .options import DEFAULT_TIMEOUT
 
     def run() -> int:
@@ -97,6 +98,8 @@ def add_command(
         checker = Checker(target, on_step=print_step if check_first else lambda step: None)
         if check_first:
             click.echo(f"Checking {host} before writing the kernelspec {kernel_name}")
+        if remote_kernel and not check_first:
+            click.echo(f"Asking {host} for its kernelspec {remote_kernel} ...")
         if remote_kernel or check_first:
             checker.run(until="kernel command")
             if checker.failed and not check_first:
@@ -111,9 +114,10 @@ def add_command(
                 click.echo(f"Nothing written: fix the step that failed, then run this command again.")
                 return checker.failed.error.exit_code  # type: ignore[union-attr]
         install_prefix = _location(location, prefix)
+        replaced = kernelspec_exists(kernel_name, install_prefix, user=install_prefix is None)
         path = install_kernelspec(spec, kernel_name, user=install_prefix is None, prefix=install_prefix,
                                   resources=options.resources)
-        click.echo(f"Installed kernelspec {kernel_name} ({spec['display_name']}) in {path}")
+        click.echo(f"{'Replaced' if replaced else 'Installed'} kernelspec {kernel_name} ({spec['display_name']}) in {path}")
         click.echo(f"Pick \"{spec['display_name']}\" in Jupyter, or try: jupyter console --kernel {kernel_name}")
         return 0
 

@@ -205,3 +205,17 @@ def test_explicit_kernel_command(ssh_host, tmp_path, nothing_left):
         assert k.value("__import__('socket').gethostname()") == ssh_host.hostname
     finally:
         k.shutdown()
+
+
+def test_check_of_a_kernelspec_whose_local_python_is_gone(ssh_host, tmp_path, nothing_left):
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias)
+    path = prefix / "share/jupyter/kernels/ssh_btest/kernel.json"
+    spec = json.loads(path.read_text())
+    spec["argv"][0] = "/opt/removed-venv/bin/python"
+    path.write_text(json.dumps(spec))
+    r = run_manage("check", "ssh_btest", "--prefix", str(prefix))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert step_line(r.stdout, "kernel start").startswith("  FAIL")
+    assert "/opt/removed-venv/bin/python" in r.stdout and "manage add" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr

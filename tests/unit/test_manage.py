@@ -44,6 +44,12 @@ def test_console_script_groups_everything():
     assert invoke("status", "--help", cli=console_main).exit_code == 0
 
 
+def test_adding_again_says_it_replaced(tmp_path):
+    add(tmp_path, "--host", "btest")
+    r = add(tmp_path, "--host", "btest", "--python", "/other/env")
+    assert "Replaced kernelspec ssh_btest (SSH btest)" in r.output
+
+
 def test_add_stays_the_default_subcommand(tmp_path):
     r = invoke("--host", "btest", "--python", "/remote/env", "--prefix", str(tmp_path))
     assert r.exit_code == 0, r.output
