@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import click
 
@@ -111,7 +111,7 @@ def add_command(
             checker.target.kernelspec = spec
             checker.run()
             if print_summary(checker, host):
-                click.echo(f"Nothing written: fix the step that failed, then run this command again.")
+                click.echo("Nothing written: fix the step that failed, then run this command again.")
                 return checker.failed.error.exit_code  # type: ignore[union-attr]
         install_prefix = _location(location, prefix)
         replaced = kernelspec_exists(kernel_name, install_prefix, user=install_prefix is None)
@@ -234,7 +234,7 @@ def check_command(
     Jupyter starts it), execute, shutdown. Exit code 0 if all passed, else the exit code the
     kernel itself would fail with (see the README's error table).
     """
-    from .check import Checker, Target
+    from .check import Checker
     from .cli import report_errors
     from .exceptions import UsageError
 
