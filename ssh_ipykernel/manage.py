@@ -14,6 +14,7 @@ from typing import Any, List, Optional, Tuple
 
 import click
 
+from . import __version__
 from .options import check_common, check_launch, common_options, launch_options
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -32,6 +33,7 @@ class DefaultGroup(click.Group):
 
 
 @click.group(cls=DefaultGroup, context_settings=CONTEXT, no_args_is_help=True)
+@click.version_option(__version__, prog_name="ssh_ipykernel")
 def manage() -> None:
     """Register SSH hosts as Jupyter kernels, and list, show, check and remove them.
 

@@ -37,6 +37,11 @@ def test_every_command_has_help(command):
         assert all(c in r.output for c in COMMANDS) and "--host btest --python" in r.output
 
 
+def test_version():
+    r = invoke("--version")
+    assert r.exit_code == 0 and "ssh_ipykernel, version" in r.output
+
+
 def test_console_script_groups_everything():
     r = invoke("--help", cli=console_main)
     for command in ["kernel", "status", *COMMANDS]:
