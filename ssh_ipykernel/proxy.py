@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional
 from . import exceptions as exc
 from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
-from .launcher import RemoteKernel
+from .launcher import LaunchOptions, RemoteKernel
 from .log import KernelLogAdapter, redact
 from .remote.protocol import DEFAULT_CLIENT_TIMEOUT
 from .signals import SignalRelay
@@ -53,6 +53,7 @@ class ProxyOptions:
     transport: str = "openssh"
     grace: Optional[float] = DEFAULT_GRACE  # None: keep the kernel forever
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
+    launch: LaunchOptions = field(default_factory=LaunchOptions)  # --remote-kernel, --workdir, ...
 
 
 class Proxy:
@@ -110,6 +111,7 @@ class Proxy:
                         sudo=self.options.sudo,
                         grace=self.options.grace,
                         client_timeout=self.options.client_timeout,
+                        launch=self.options.launch,
                     )
                     self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
                     ready = kernel.start(self.options.timeout)

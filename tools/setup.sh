@@ -14,6 +14,7 @@ command -v ssh >/dev/null || missing+=(openssh-client)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v zsh >/dev/null || missing+=(zsh)     # the remote start command is tested under zsh too (macOS login shell)
 command -v sudo >/dev/null || missing+=(sudo)   # the test host's user gets passwordless sudo (--sudo tests)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+from .kernelcmd import check_requirements, kernel_command  # local-only
 from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir  # local-only
 
 
@@ -31,19 +32,13 @@ class Agent:
         self.connection_file = ""
         self.log_file = ""
         self.socket_file = ""
-        self.cwd = os.getcwd()  # the login directory: where the kernel starts
+        self.cwd = os.getcwd()  # the login directory: where the kernel starts (unless --workdir)
+        self.command = {}  # type: dict
         self.ports = {}  # type: dict
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
-    def check_imports(self) -> None:
-        import importlib.util
-
-        for module, code in (("ipykernel", "no_ipykernel"), ("jupyter_client", "no_jupyter_client")):
-            if importlib.util.find_spec(module) is None:
-                raise BootstrapError(code, "%s is not installed for %s" % (module, sys.executable))
-
     def write_connection_file(self) -> None:
         """Free remote ports and a 0600 connection file holding the local session key."""
         try:
@@ -74,9 +69,15 @@ class Agent:
         self.ports = {k: v for k, v in info.items() if k.endswith("_port")}
 
     def prepare(self) -> None:
-        """In the SSH session: check the remote python, write the connection and log files."""
-        self.check_imports()
+        """In the SSH session: check the remote python, write the connection and log files,
+        work out the kernel's command (kernelcmd.py). Errors here reach the proxy directly."""
+        check_requirements(self.params)
         self.write_connection_file()
+        try:
+            self.command = kernel_command(self.params, self.connection_file, sys.executable)
+        except BootstrapError:
+            self.remove_files()
+            raise
         try:
             # O_APPEND: the kernel and the keeper (its own notes) both write to it.
             os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600))
@@ -85,8 +86,8 @@ class Agent:
             raise BootstrapError("connection_file", "cannot create %s: %s" % (self.log_file, e)) from e
 
     def launch(self) -> None:
-        """In the keeper: start ipykernel in its own session, bound to 127.0.0.1."""
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file]
+        """In the keeper: start the kernel in its own session, bound to 127.0.0.1."""
+        argv = self.command["argv"]
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
@@ -99,8 +100,8 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                cwd=self.cwd,
-                env=kernel_environment(os.environ, self.params.get("env") or {}, os.getpid()),
+                cwd=self.command["cwd"] or self.cwd,
+                env=kernel_environment(os.environ, self.command["env"], os.getpid()),
                 start_new_session=True,
                 close_fds=True,
             )
@@ -139,7 +140,27 @@ class Agent:
                 pass
 
     def interrupt(self) -> None:
-        self.signal_kernel(signal.SIGINT)
+        """SIGINT to the kernel's group, or an interrupt_request for kernels that want messages."""
+        if self.command.get("interrupt_mode") == "message":
+            threading.Thread(target=self._request_interrupt, daemon=True).start()
+        else:
+            self.signal_kernel(signal.SIGINT)
+
+    def _request_interrupt(self) -> None:
+        try:
+            from jupyter_client.blocking.client import BlockingKernelClient
+
+            client = BlockingKernelClient()
+            client.load_connection_file(self.connection_file)
+            client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+            try:
+                msg = client.session.msg("interrupt_request", {})
+                client.control_channel.send(msg)
+                client.control_channel.get_msg(timeout=SHUTDOWN_REPLY_WAIT)
+            finally:
+                client.stop_channels()
+        except Exception as e:  # noqa: BLE001 - nothing else to try; say so in the log
+            self.log("interrupt_request failed: %s" % e)
 
     def _request_shutdown(self) -> bool:
         """Ask the kernel to shut down over its control channel (runs its cleanup, saves history).
