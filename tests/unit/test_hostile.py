@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ssh_ipykernel.exceptions import HostSpecError
 from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.launcher import agent_stdin, build_remote_command
+from ssh_ipykernel.remote import protocol
 
 ATTACKS = ["$(touch MARK)", "`touch MARK`", "';touch MARK;'", '";touch MARK;"', "x;touch MARK", "a\ntouch MARK",
            "|touch MARK", "&& touch MARK", "$(touch${IFS}MARK)", "~/$(touch MARK)", "\\';touch MARK #", "{connection_file};touch MARK"]
@@ -45,21 +46,31 @@ def test_workdir_env_and_kernel_command_arrive_as_data(tmp_path_factory, workdir
     (tmp / workdir).mkdir()
     out = tmp / "report.json"
     params = {
-        "protocol": 1, "kernel_id": "hostile-1", "key": "k" * 32, "signature_scheme": "hmac-sha256",
+        "protocol": protocol.PROTOCOL, "kernel_id": "hostile-1", "key": "k" * 32, "signature_scheme": "hmac-sha256",
         "kernel_name": "", "workdir": str(tmp / workdir),
         "env": {name: value, "SIK_NAME": name, "SIK_OUT": str(out)},
         "kernel_cmd": [sys.executable, "-c", REPORT, "{connection_file}", arg],
     }
     env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), HOME=str(tmp))
-    proc = subprocess.run(["/bin/sh", "-c", build_remote_command(sys.executable)], input=agent_stdin(params),
-                          capture_output=True, cwd=tmp, env=env, timeout=90)
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    proc = subprocess.Popen(["/bin/sh", "-c", build_remote_command(sys.executable)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp, env=env)
+    proc.stdin.write(agent_stdin(params))
+    proc.stdin.flush()
+    events = []  # the session stays open until the keeper reports the kernel's end
+    for line in iter(proc.stdout.readline, b""):
+        events.append(json.loads(line))
+        if events[-1]["event"] in ("exited", "error"):
+            break
+    events = [e for e in events if e["event"] != "log"]
+    proc.stdin.close()
+    proc.wait(30)
+    proc.stderr.close()
     assert not marks(tmp), (workdir, name, value, arg)
     if not ENV_NAME_RE.match(name):
         assert events[0]["event"] == "error" and events[0]["code"] == "bad_params", events
         assert not out.exists()
         return
-    assert [e["event"] for e in events] == ["ready", "exited"], (events, proc.stderr[-2000:])
+    assert [e["event"] for e in events] == ["ready", "exited"], events
     report = json.loads(out.read_text())
     assert report["cwd"] == str(tmp / workdir)
     assert report["env"] == value

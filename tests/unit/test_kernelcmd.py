@@ -7,13 +7,13 @@ import pytest
 
 from ssh_ipykernel.remote import kernelcmd
 from ssh_ipykernel.remote.kernelcmd import check_requirements, kernel_command, resolve_workdir
-from ssh_ipykernel.remote.protocol import BootstrapError, validate_params
+from ssh_ipykernel.remote.protocol import PROTOCOL, BootstrapError, validate_params
 
 CF = "/run/user/1/kernel-ssh-x.json"
 
 
 def params(**over):
-    p = {"protocol": 1, "kernel_id": "k1", "key": "", "env": {}}
+    p = {"protocol": PROTOCOL, "kernel_id": "k1", "key": "", "env": {}}
     p.update(over)
     return p
 

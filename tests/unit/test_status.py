@@ -1,5 +1,6 @@
 """``ssh-ipykernel status`` over real proxy state files (state.py), for live and dead proxies."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_lists_running_proxies_and_prunes_dead_ones(runtime, live_pid):
     first = lines[1]  # oldest first
     for word in ("btest (sik-btest)", "5b0c1e2a-live", "4242", "1 h 02 min", " up ", " 2 ", str(live_pid)):
         assert word in first, (word, first)
-    assert "gpu" in lines[2] and "reconnecting for 12 s" in lines[2] and " - " in lines[2]
+    assert "gpu" in lines[2] and re.search(r"reconnecting for 1[2-9] s", lines[2]) and " - " in lines[2]
     assert "old" not in r.stdout and "dead-one" not in r.stdout
     assert not os.path.exists(dead), "the state file of a dead proxy is pruned"
 
