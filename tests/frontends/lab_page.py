@@ -1,0 +1,155 @@
+"""JupyterLab driven through headless Chromium (Selenium + Debian's chromedriver), by what a person
+sees and clicks: menus, the kernel picker dialog, cell editors, toolbar buttons."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, List, Optional, TypeVar
+
+T = TypeVar("T")
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--window-size=1400,900"]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook tab in front
+
+
+def start_chromium():
+    """A headless Chromium under Debian's chromedriver (no Selenium Manager download)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+class LabPage:
+    """One JupyterLab tab in the browser ``driver``."""
+
+    def __init__(self, driver) -> None:
+        from selenium.webdriver.common.by import By
+
+        self.driver = driver
+        self.By = By
+
+    # -- waiting ------------------------------------------------------------------------------
+    def wait(self, what: str, condition: Callable[[], Optional[T]], timeout: float) -> T:
+        """Poll ``condition`` until it returns something truthy; AssertionError naming ``what``."""
+        from selenium.common.exceptions import WebDriverException
+
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while True:
+            try:
+                value = condition()
+                if value:
+                    return value
+                last = value
+            except (WebDriverException, IndexError) as e:  # element replaced under us, not there yet
+                last = e
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+            time.sleep(0.2)
+
+    def find(self, css: str):
+        return self.driver.find_elements(self.By.CSS_SELECTOR, css)
+
+    # -- app ----------------------------------------------------------------------------------
+    def open(self, base_url: str, token: str, timeout: float = 90) -> None:
+        self.driver.get(f"{base_url}/lab?token={token}")
+        self.wait("the JupyterLab menu bar", lambda: self._menu("File"), timeout)
+
+    def _menu(self, label: str):
+        for item in self.find(".lm-MenuBar-item"):
+            if item.text.strip() == label:
+                return item
+        return None
+
+    def menu(self, *path: str, timeout: float = 30) -> None:
+        """Click through the menu bar: ``menu("File", "New", "Notebook")``."""
+        self.wait(f"menu {path[0]}", lambda: self._menu(path[0]), timeout).click()
+        for label in path[1:]:
+            def item(label: str = label):
+                for el in self.find(".lm-Menu-item"):
+                    if el.is_displayed() and el.find_element(self.By.CSS_SELECTOR, ".lm-Menu-itemLabel").text == label:
+                        return el
+                return None
+            self.wait(f"menu item {label!r}", item, timeout).click()
+
+    def dialog(self, timeout: float = 60):
+        return self.wait("a dialog", lambda: (self.find(".jp-Dialog") or [None])[0], timeout)
+
+    def pick_kernel(self, display_name: str, timeout: float = 60) -> None:
+        """In the "Select Kernel" dialog: choose ``display_name`` in its list, press Select."""
+        from selenium.webdriver.support.ui import Select
+
+        dialog = self.dialog(timeout)
+        header = dialog.find_element(self.By.CSS_SELECTOR, ".jp-Dialog-header").text
+        assert header == "Select Kernel", f"expected the kernel picker, got dialog {header!r}"
+        select = Select(dialog.find_element(self.By.CSS_SELECTOR, "select"))
+        names = [option.text for option in select.options]
+        assert display_name in names, f"{display_name!r} is not in the kernel picker: {names}"
+        select.select_by_visible_text(display_name)
+        dialog.find_element(self.By.CSS_SELECTOR, ".jp-mod-accept").click()
+        self.wait("the dialog to close", lambda: not self.find(".jp-Dialog"), timeout)
+
+    def accept_dialog(self, title: str, timeout: float = 30) -> None:
+        dialog = self.dialog(timeout)
+        header = dialog.find_element(self.By.CSS_SELECTOR, ".jp-Dialog-header").text
+        assert header == title, f"expected dialog {title!r}, got {header!r}"
+        dialog.find_element(self.By.CSS_SELECTOR, ".jp-mod-accept").click()
+        self.wait("the dialog to close", lambda: not self.find(".jp-Dialog"), timeout)
+
+    # -- notebook -----------------------------------------------------------------------------
+    def kernel_name(self) -> str:
+        return (self.find(f"{NOTEBOOK} .jp-KernelName") or [None])[0].text.strip()
+
+    def kernel_status(self) -> str:
+        """idle / busy / starting / restarting / unknown ..., from the toolbar's indicator."""
+        return self.find(f"{NOTEBOOK} .jp-Notebook-ExecutionIndicator")[0].get_attribute("data-status")
+
+    def toolbar(self, command: str) -> None:
+        """Click a notebook toolbar button (e.g. ``notebook:interrupt-kernel``)."""
+        self.find(f"{NOTEBOOK} jp-button[data-command='{command}']")[0].click()
+
+    def cells(self) -> List:
+        return self.find(f"{NOTEBOOK} .jp-Notebook .jp-Cell")
+
+    def run_cell(self, code: str) -> int:
+        """Type ``code`` (one line) into the last cell and press Shift+Enter; return its index."""
+        from selenium.webdriver.common.action_chains import ActionChains
+        from selenium.webdriver.common.keys import Keys
+
+        index = len(self.cells()) - 1
+        self.cells()[index].find_element(self.By.CSS_SELECTOR, ".cm-content").click()
+        (ActionChains(self.driver).send_keys(code)
+         .key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform())
+        return index
+
+    def prompt(self, index: int) -> str:
+        """``[*]:`` while the cell runs, ``[3]:`` when done."""
+        return self.cells()[index].find_element(self.By.CSS_SELECTOR, ".jp-InputArea-prompt").text.strip()
+
+    def output(self, index: int) -> str:
+        return "\n".join(el.text for el in self.cells()[index].find_elements(
+            self.By.CSS_SELECTOR, ".jp-OutputArea-output"))
+
+    def wait_output(self, index: int, timeout: float = 60) -> str:
+        """The output of cell ``index`` once it has finished running."""
+        def done() -> Optional[str]:
+            if self.prompt(index) in ("[*]:", "[ ]:", ""):
+                return None
+            return self.output(index) or "(no output)"
+        return self.wait(f"cell {index} to finish", done, timeout)
+
+    def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.driver.save_screenshot(str(path))
+        path.with_suffix(".html").write_text(self.driver.page_source)
