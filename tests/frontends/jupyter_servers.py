@@ -122,6 +122,10 @@ def start_jupyterlab(root_dir: Path, log_path: Path, *, timeout: float = 60) -> 
     server = JupyterServer([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
                             "--ServerApp.ip=127.0.0.1", "--ServerApp.port=0",
                             f"--ServerApp.root_dir={root_dir}",
+                            # Less to start on a 2-core machine: no language servers, terminals
+                            # or extension manager are used here.
+                            "--ServerApp.jpserver_extensions", "jupyter_lsp=False",
+                            "--ServerApp.jpserver_extensions", "jupyter_server_terminals=False",
                             "--LabApp.extension_manager=readonly"],
                            env=env, token_var="JUPYTER_TOKEN", log_path=log_path)
     try:

@@ -62,9 +62,29 @@ class LabPage:
         return self.driver.find_elements(self.By.CSS_SELECTOR, css)
 
     # -- app ----------------------------------------------------------------------------------
-    def open(self, base_url: str, token: str, timeout: float = 90) -> None:
-        self.driver.get(f"{base_url}/lab?token={token}")
-        self.wait("the JupyterLab menu bar", lambda: self._menu("File"), timeout)
+    def open(self, base_url: str, token: str, timeout: float = 90, attempts: int = 3) -> None:
+        """Load JupyterLab until its theme is applied and the menu bar is there.
+
+        On a loaded machine the browser sometimes fails to fetch the theme's stylesheet
+        ("Error Loading Theme" dialog, the page unstyled): that page is reloaded, up to
+        ``attempts`` times in all.
+        """
+        def loaded() -> Optional[str]:
+            if self._dialog_header() == "Error Loading Theme":
+                return "theme error"
+            themed = self.driver.execute_script("return document.body.dataset.jpThemeName || ''")
+            return "ok" if themed and self._menu("File") else None
+
+        for attempt in range(1, attempts + 1):
+            self.driver.get(f"{base_url}/lab?token={token}")
+            if self.wait("JupyterLab to load", loaded, timeout) == "ok":
+                return
+            print(f"JupyterLab load {attempt}: Error Loading Theme, reloading")  # shown on failure
+        raise AssertionError(f"JupyterLab could not load its theme in {attempts} attempts")
+
+    def _dialog_header(self) -> str:
+        headers = self.find(".jp-Dialog .jp-Dialog-header")
+        return headers[0].text.strip() if headers else ""
 
     def _menu(self, label: str):
         for item in self.find(".lm-MenuBar-item"):

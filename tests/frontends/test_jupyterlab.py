@@ -6,12 +6,13 @@ test-artifacts/<test name>/, and the assertion message says where.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Tuple
 
 import pytest
 
@@ -24,23 +25,18 @@ WHERE = "import socket, os; print(socket.gethostname(), os.getpid())"
 
 
 @pytest.fixture
-def lab(ssh_kernelspec, tmp_path) -> Iterator[JupyterServer]:
-    """A JupyterLab server that sees the SSH kernelspec (and the venv's own python3)."""
+def lab(ssh_kernelspec, tmp_path) -> Iterator[Tuple[JupyterServer, LabPage]]:
+    """A JupyterLab server that sees the SSH kernelspec (and the venv's own python3), and a
+    headless Chromium to look at it with."""
     require_modules("jupyterlab", "selenium")
     require_executables(CHROMIUM, CHROMEDRIVER)
     root = tmp_path / "notebooks"
     root.mkdir()
-    with start_jupyterlab(root, tmp_path / "jupyterlab.log") as server:
-        yield server
-
-
-@pytest.fixture
-def page(lab) -> Iterator[LabPage]:
-    driver = start_chromium()
-    try:
-        yield LabPage(driver)
-    finally:
-        driver.quit()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, contextlib.ExitStack() as stack:
+        browser = pool.submit(start_chromium)  # a few seconds: meanwhile the server starts
+        stack.callback(lambda: None if browser.exception() else browser.result().quit())
+        server = stack.enter_context(start_jupyterlab(root, tmp_path / "jupyterlab.log"))
+        yield server, LabPage(browser.result())
 
 
 class Steps:
@@ -71,11 +67,11 @@ class Steps:
 
 
 @pytest.mark.timeout(240)
-def test_jupyterlab_runs_interrupts_and_restarts_an_ssh_kernel(lab, page, ssh_host, ssh_kernelspec,
-                                                               artifacts_dir):
-    step = Steps(page, lab, artifacts_dir)
+def test_jupyterlab_runs_interrupts_and_restarts_an_ssh_kernel(lab, ssh_host, ssh_kernelspec, artifacts_dir):
+    server, page = lab
+    step = Steps(page, server, artifacts_dir)
     with step("open JupyterLab"):
-        page.open(lab.url, lab.token)
+        page.open(server.url, server.token)
 
     with step("new notebook, SSH kernel from the picker"):
         page.menu("File", "New", "Notebook")
@@ -111,10 +107,10 @@ def test_jupyterlab_runs_interrupts_and_restarts_an_ssh_kernel(lab, page, ssh_ho
         assert out.split()[-1] != pid, f"the same remote kernel (pid {pid}) answered after the restart"
 
     with step("shut the kernel down"):
-        status, sessions = lab.request("GET", "/api/sessions")
+        status, sessions = server.request("GET", "/api/sessions")
         assert status == 200 and len(sessions) == 1, sessions
         assert sessions[0]["kernel"]["name"] == ssh_kernelspec.name
-        status, _ = lab.request("DELETE", f"/api/sessions/{sessions[0]['id']}")
+        status, _ = server.request("DELETE", f"/api/sessions/{sessions[0]['id']}")
         assert status == 204
         left = wait_remote_clean(ssh_host)
         assert not left, f"left on the remote after the session was deleted: {left}"
