@@ -103,16 +103,23 @@ class LabPage:
                 return None
             self.wait(f"menu item {label!r}", item, timeout).click()
 
-    def dialog(self, timeout: float = 60):
-        return self.wait("a dialog", lambda: (self.find(".jp-Dialog") or [None])[0], timeout)
+    def dialog(self, title: str, timeout: float = 60):
+        """The dialog headed ``title``, once it is shown (its header is filled in a bit later)."""
+        def shown():
+            dialogs = self.find(".jp-Dialog")
+            if dialogs and self._dialog_header() == title:
+                return dialogs[0]
+            return None
+        try:
+            return self.wait(f"the {title!r} dialog", shown, timeout)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; dialog shown: {self._dialog_header()!r}") from None
 
     def pick_kernel(self, display_name: str, timeout: float = 60) -> None:
         """In the "Select Kernel" dialog: choose ``display_name`` in its list, press Select."""
         from selenium.webdriver.support.ui import Select
 
-        dialog = self.dialog(timeout)
-        header = dialog.find_element(self.By.CSS_SELECTOR, ".jp-Dialog-header").text
-        assert header == "Select Kernel", f"expected the kernel picker, got dialog {header!r}"
+        dialog = self.dialog("Select Kernel", timeout)
         select = Select(dialog.find_element(self.By.CSS_SELECTOR, "select"))
         names = [option.text for option in select.options]
         assert display_name in names, f"{display_name!r} is not in the kernel picker: {names}"
@@ -121,15 +128,14 @@ class LabPage:
         self.wait("the dialog to close", lambda: not self.find(".jp-Dialog"), timeout)
 
     def accept_dialog(self, title: str, timeout: float = 30) -> None:
-        dialog = self.dialog(timeout)
-        header = dialog.find_element(self.By.CSS_SELECTOR, ".jp-Dialog-header").text
-        assert header == title, f"expected dialog {title!r}, got {header!r}"
-        dialog.find_element(self.By.CSS_SELECTOR, ".jp-mod-accept").click()
+        self.dialog(title, timeout).find_element(self.By.CSS_SELECTOR, ".jp-mod-accept").click()
         self.wait("the dialog to close", lambda: not self.find(".jp-Dialog"), timeout)
 
     # -- notebook -----------------------------------------------------------------------------
     def kernel_name(self) -> str:
-        return (self.find(f"{NOTEBOOK} .jp-KernelName") or [None])[0].text.strip()
+        """The kernel's display name in the notebook toolbar ("" before there is one)."""
+        names = self.find(f"{NOTEBOOK} .jp-KernelName")
+        return names[0].text.strip() if names else ""
 
     def kernel_status(self) -> str:
         """idle / busy / starting / restarting / unknown ..., from the toolbar's indicator."""
