@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, List, Optional, Tuple, TypeVar
 
 T = TypeVar("T")
 
@@ -16,6 +16,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook tab in front
+_CELL_STATE_JS = """
+const cell = document.querySelectorAll(arguments[0] + ' .jp-Notebook .jp-Cell')[arguments[1]];
+if (!cell) return null;
+const prompt = cell.querySelector('.jp-InputArea-prompt');
+const outputs = Array.from(cell.querySelectorAll('.jp-OutputArea-output'), el => el.innerText.trim());
+return [prompt ? prompt.textContent.trim() : '', outputs.join('\\n')];
+"""
 
 
 def start_chromium():
@@ -52,7 +59,7 @@ class LabPage:
                 if value:
                     return value
                 last = value
-            except (WebDriverException, IndexError) as e:  # element replaced under us, not there yet
+            except (WebDriverException, IndexError, TypeError) as e:  # not there (yet), replaced under us
                 last = e
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
@@ -159,20 +166,24 @@ class LabPage:
          .key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform())
         return index
 
+    def cell_state(self, index: int) -> Optional[Tuple[str, str]]:
+        """(prompt, output text) of cell ``index``, in one round trip to the browser; the prompt
+        is ``[*]:`` while the cell runs and ``[3]:`` when done."""
+        return self.driver.execute_script(_CELL_STATE_JS, NOTEBOOK, index)
+
     def prompt(self, index: int) -> str:
-        """``[*]:`` while the cell runs, ``[3]:`` when done."""
-        return self.cells()[index].find_element(self.By.CSS_SELECTOR, ".jp-InputArea-prompt").text.strip()
+        return self.cell_state(index)[0]
 
     def output(self, index: int) -> str:
-        return "\n".join(el.text for el in self.cells()[index].find_elements(
-            self.By.CSS_SELECTOR, ".jp-OutputArea-output"))
+        return self.cell_state(index)[1]
 
     def wait_output(self, index: int, timeout: float = 60) -> str:
         """The output of cell ``index`` once it has finished running."""
         def done() -> Optional[str]:
-            if self.prompt(index) in ("[*]:", "[ ]:", ""):
+            prompt, output = self.cell_state(index)
+            if prompt in ("[*]:", "[ ]:", ""):
                 return None
-            return self.output(index) or "(no output)"
+            return output or "(no output)"
         return self.wait(f"cell {index} to finish", done, timeout)
 
     def screenshot(self, path: Path) -> None:
