@@ -16,6 +16,13 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook tab in front
+_MENU_ITEM_JS = """
+for (const item of document.querySelectorAll('.lm-Menu .lm-Menu-item')) {
+  const label = item.querySelector('.lm-Menu-itemLabel');
+  if (label && label.textContent === arguments[0] && item.offsetParent !== null) return item;
+}
+return null;
+"""
 _CELL_STATE_JS = """
 const cell = document.querySelectorAll(arguments[0] + ' .jp-Notebook .jp-Cell')[arguments[1]];
 if (!cell) return null;
@@ -103,12 +110,8 @@ class LabPage:
         """Click through the menu bar: ``menu("File", "New", "Notebook")``."""
         self.wait(f"menu {path[0]}", lambda: self._menu(path[0]), timeout).click()
         for label in path[1:]:
-            def item(label: str = label):
-                for el in self.find(".lm-Menu-item"):
-                    if el.is_displayed() and el.find_element(self.By.CSS_SELECTOR, ".lm-Menu-itemLabel").text == label:
-                        return el
-                return None
-            self.wait(f"menu item {label!r}", item, timeout).click()
+            self.wait(f"menu item {label!r}",
+                      lambda label=label: self.driver.execute_script(_MENU_ITEM_JS, label), timeout).click()
 
     def dialog(self, title: str, timeout: float = 60):
         """The dialog headed ``title``, once it is shown (its header is filled in a bit later)."""
