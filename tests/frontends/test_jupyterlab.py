@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import re
 import shutil
 import socket
 import time
@@ -54,7 +55,7 @@ class Steps:
             yield
             print(f"step {self.count} ({name}): {time.monotonic() - started:.1f} s")  # shown on failure
         except Exception as e:
-            shot = self.dir / f"{self.count:02d}-{name.replace(' ', '-')}.png"
+            shot = self.dir / f"{self.count:02d}-{re.sub('[^A-Za-z0-9]+', '-', name).strip('-')}.png"
             try:
                 self.page.screenshot(shot)
             except Exception as shot_error:  # noqa: BLE001 - the step's failure matters more
