@@ -44,7 +44,8 @@ class JupyterServer:
     # -- talking to it ------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Optional[Dict[str, Any]] = None,
                 timeout: float = 30) -> tuple[int, Any]:
-        """An API call with the token; returns (status, decoded JSON body or None)."""
+        """An API call with the token; returns (status, decoded JSON body, or the text of a body
+        that is not JSON, or None)."""
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Authorization": f"token {self.token}",
@@ -55,7 +56,10 @@ class JupyterServer:
                 status = resp.status
         except urllib.error.HTTPError as e:
             raw, status = e.read(), e.code
-        return status, (json.loads(raw) if raw.strip() else None)
+        try:
+            return status, (json.loads(raw) if raw.strip() else None)
+        except ValueError:  # an HTML error page
+            return status, raw.decode(errors="replace")
 
     def log(self) -> str:
         try:
