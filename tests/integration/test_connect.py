@@ -29,7 +29,7 @@ def by_hand_kernel(ssh_host):
     """A kernel started on the remote the way a user would, outside ssh_ipykernel."""
     ports = " ".join(f"--{name}={port}" for name, port in FIXED_PORTS.items())
     r = ssh_host.run(
-        f"mkdir -p /tmp/by-hand && nohup {ssh_host.env_python} -m ipykernel_launcher -f {REMOTE_FILE} "
+        f"mkdir -p /tmp/by-hand; nohup {ssh_host.env_python} -m ipykernel_launcher -f {REMOTE_FILE} "
         f"{ports} --ip=127.0.0.1 </dev/null >/tmp/by-hand/log 2>&1 & echo $!"
     )
     assert r.returncode == 0, r.stderr
