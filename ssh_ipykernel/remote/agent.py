@@ -6,6 +6,7 @@ the three modules share one namespace.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -35,16 +36,20 @@ class Agent:
         self.cwd = os.getcwd()  # the login directory: where the kernel starts (unless --workdir)
         self.command = {}  # type: dict
         self.ports = {}  # type: dict
+        self.ports_from_kernel = False
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
     def write_connection_file(self) -> None:
-        """Free remote ports and a 0600 connection file holding the local session key."""
-        try:
-            from jupyter_client.connect import write_connection_file
-        except ImportError as e:
-            raise BootstrapError("no_jupyter_client", "cannot import jupyter_client: %s" % e) from e
+        """A 0600 connection file holding the local session key.
+
+        ipykernel gets ports 0 and binds free ports itself, then rewrites the file
+        (wait_for_ports): picking ports here and binding them later in another process races
+        with every other kernel starting on the host and with sshd's outgoing connections
+        (EADDRINUSE). Other kernels may not take port 0, so they get ports picked here.
+        """
+        self.ports_from_kernel = not (self.params.get("remote_kernel") or self.params.get("kernel_cmd"))
         try:
             directory = runtime_dir()
             # A random tag: two machines may well use the same kernel id on one account.
@@ -53,20 +58,61 @@ class Agent:
             self.connection_file = fname
             self.log_file = fname[: -len(".json")] + ".log"
             self.socket_file = fname[: -len(".json")] + ".sock"
-            fname, info = write_connection_file(
-                fname=fname,
-                ip="127.0.0.1",
-                key=self.params["key"].encode("utf-8"),
-                transport="tcp",
-                signature_scheme=self.params.get("signature_scheme") or "hmac-sha256",
-                kernel_name=self.params.get("kernel_name") or "",
-            )
-            os.chmod(fname, 0o600)
+            info = {
+                "ip": "127.0.0.1",
+                "key": self.params["key"],
+                "transport": "tcp",
+                "signature_scheme": self.params.get("signature_scheme") or "hmac-sha256",
+                "kernel_name": self.params.get("kernel_name") or "",
+            }
+            if self.ports_from_kernel:
+                info.update({"%s_port" % c: 0 for c in ("shell", "iopub", "stdin", "control", "hb")})
+                fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(info, f)
+            else:
+                try:
+                    from jupyter_client.connect import write_connection_file
+                except ImportError as e:
+                    raise BootstrapError("no_jupyter_client", "cannot import jupyter_client: %s" % e) from e
+                fname, info = write_connection_file(
+                    fname=fname, ip=info["ip"], key=info["key"].encode("utf-8"), transport="tcp",
+                    signature_scheme=info["signature_scheme"], kernel_name=info["kernel_name"],
+                )
+                os.chmod(fname, 0o600)
         except OSError as e:
             raise BootstrapError(
                 "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
             ) from e
         self.ports = {k: v for k, v in info.items() if k.endswith("_port")}
+
+    def wait_for_ports(self, timeout: float) -> None:
+        """In the keeper, after launch(): the ports ipykernel bound, once it wrote them back."""
+        deadline = time.monotonic() + timeout
+        while not self.ports or not all(self.ports.values()):
+            try:
+                with open(self.connection_file) as f:
+                    info = json.load(f)
+                self.ports = {k: int(v) for k, v in info.items() if k.endswith("_port")}
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass  # not there yet, or half written
+            if self.ports and all(self.ports.values()):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BootstrapError("kernel_start", "the kernel exited (code %s) while starting: %s"
+                                     % (self.proc.returncode, self.log_tail()))
+            if time.monotonic() > deadline:
+                raise BootstrapError("kernel_start", "the kernel did not bind its ports within %.0f s: %s"
+                                     % (timeout, self.log_tail()))
+            time.sleep(0.02)
+
+    def log_tail(self, size: int = 1500) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+                return f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
 
     def prepare(self) -> None:
         """In the SSH session: check the remote python, write the connection and log files,

@@ -32,6 +32,7 @@ TICK = 0.1  # how often the log is tailed and the kernel polled; also bounds exi
 MAX_BACKLOG = 4 << 20  # bytes queued for a client that reads nothing: it is dropped
 MAX_LOG_REPLAY = 1 << 20  # log text kept for a proxy that comes back after an outage
 FIRST_CLIENT_WAIT = 30.0  # for the session that started us to connect and hear a start error
+PORTS_WAIT = 120.0  # for ipykernel to bind its ports (imports on a slow, busy host)
 
 
 class Client:
@@ -68,7 +69,10 @@ class Keeper:
         signal.signal(signal.SIGTERM, lambda *_: self._stop_signal.set())
         try:
             self.agent.launch()
+            if self.agent.ports_from_kernel:
+                self.agent.wait_for_ports(PORTS_WAIT)
         except BootstrapError as e:
+            self.agent.signal_kernel(signal.SIGKILL)
             self._report_start_error(e)
             return
         self.agent.log("kernel pid %d started; keeper pid %d; grace period %s" % (

@@ -366,7 +366,7 @@ def test_a_restarted_kernel_retires_its_predecessor_but_not_a_namesake(agent):
     first.proc.stdin.close()  # the old proxy is gone (killed): its session ends
     restarted = agent(kernel_id="same")
     restarted_ready = restarted.event()
-    assert wait_gone(first_ready["pid"]) and wait_gone(first_ready["keeper_pid"])
+    assert wait_gone(first_ready["pid"], timeout=40) and wait_gone(first_ready["keeper_pid"])
     assert not os.path.exists(first_ready["connection_file"])
     assert alive(namesake_ready["pid"]) and alive(restarted_ready["pid"])
     for run in (namesake, restarted):
