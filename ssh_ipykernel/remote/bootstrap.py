@@ -228,9 +228,12 @@ def retire_predecessors(agent: Agent) -> None:
             try:
                 sock.connect(name)
                 sock.sendall(note)
-                # Wait for its greeting: closing at once would fail the keeper's send to us
-                # before it has read the note.
-                sock.recv(1)
+                sock.shutdown(socket.SHUT_WR)
+                # Read until the keeper hangs up (it has read the note by then): a unix socket
+                # closed with unread data makes the peer's read fail with ECONNRESET, and the
+                # keeper would lose the note along with its greeting to us.
+                while sock.recv(65536):
+                    pass
             except OSError:
                 pass
             finally:

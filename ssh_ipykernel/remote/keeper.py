@@ -44,6 +44,7 @@ class Client:
         self.inbuf = b""
         self.outbuf = bytearray()
         self.last_heard = now
+        self.heard = False  # has it said anything yet
 
 
 class Keeper:
@@ -136,8 +137,6 @@ class Keeper:
         client = Client(sock, time.monotonic(), self.accepted)
         self.clients[sock.fileno()] = client
         self.sel.register(sock, selectors.EVENT_READ, client)
-        if self.accepted > 1:
-            self.agent.log("proxy %d attached" % client.number)
         self._send(client, "ready", **self.agent.ready_event())
 
     def _service(self, client: Client, mask: int) -> None:
@@ -155,6 +154,9 @@ class Keeper:
             self._drop(client)
             return
         client.last_heard = time.monotonic()
+        if not client.heard and client.number > 1:  # not the probes of a starting session
+            self.agent.log("proxy %d attached" % client.number)
+        client.heard = True
         client.inbuf += data
         *lines, client.inbuf = client.inbuf.split(b"\n")
         for line in lines:
