@@ -59,6 +59,7 @@ class AgentRun:
         self.proc = subprocess.Popen(
             ["/bin/sh", "-c", build_remote_command(sys.executable)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            bufsize=0,  # unbuffered: select() on the pipe must see every line readline() has not read
         )
         self.proc.stdin.write(agent_stdin(p))
         self.proc.stdin.flush()
