@@ -1,6 +1,6 @@
 """A delaying TCP relay for an ssh ``ProxyCommand``: adds latency to a link without netem.
 
-    ProxyCommand exec python -I -S bench/delay_relay.py --delay-ms 25 %h %p
+    ProxyCommand python -I -S bench/delay_relay.py --delay-ms 25 %h %p
 
 ssh talks to this process over stdin/stdout; it connects to HOST:PORT and forwards both ways,
 holding every chunk back for ``--delay-ms`` in each direction (so the round trip grows by twice
