@@ -42,6 +42,7 @@ ROWS: Sequence[Row] = (
     Row("rss_tree", "proxy + its ssh processes RSS", "MB", 1, 1),
     Row("many", "N kernels at once, all ready", "s", 1, 2, lambda loc, rtt: ("<=", 1.3 * loc["many"]),
         "1.3 x local"),
+    Row("many_failed", "of those, kernels that failed to start", "", 1, 0, lambda loc, rtt: ("<=", 0.0), "0"),
     Row("connections", "SSH connections for N kernels", "", 1, 0, lambda loc, rtt: ("<=", 1.0), "1"),
 )
 ROW = {row.key: row for row in ROWS}
