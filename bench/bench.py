@@ -61,6 +61,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     args.rtts = [float(x) for x in args.rtt.split(",")]
+    if args.repeat < 1 or args.many < 1 or args.round_trips < 1:
+        parser.error("--repeat, --many and --round-trips must be at least 1")
     return args
 
 
@@ -111,13 +113,16 @@ def run(args: argparse.Namespace) -> dict:
                 for key, values in results.items():
                     # rt is a list per repeat (percentiles are taken within a repeat); others one value.
                     info["runs"].setdefault(key, []).append(values if key == "rt" else values[0])
-        return {
-            "meta": {"host": host.alias, "netns": not args.host, "repeat": args.repeat,
-                     "round_trips": args.round_trips, "stream_mb": args.stream_mb, "many": args.many,
-                     "started": started, "loadavg_before": load_before, "loadavg_after": loadavg(),
-                     "cpus": os.cpu_count(), "base_rtt_ms": 1000 * base},
-            "kinds": {label: {k: v for k, v in info.items() if k != "kernel"} for label, info in kinds.items()},
-        }
+            data = {
+                "meta": {"host": host.alias, "netns": not args.host, "repeat": repeat + 1,
+                         "round_trips": args.round_trips, "stream_mb": args.stream_mb, "many": args.many,
+                         "started": started, "loadavg_before": load_before, "loadavg_after": loadavg(),
+                         "cpus": os.cpu_count(), "base_rtt_ms": 1000 * base},
+                "kinds": {label: {k: v for k, v in info.items() if k != "kernel"} for label, info in kinds.items()},
+            }
+            if args.json:  # after every repeat: an interrupted run keeps what it measured
+                Path(args.json).write_text(json.dumps(data, indent=1))
+        return data
 
 
 def sanity(data: dict) -> List[str]:
@@ -138,8 +143,6 @@ def main() -> None:
         data = json.loads(Path(args.replot).read_text())
     else:
         data = run(args)
-        if args.json:
-            Path(args.json).write_text(json.dumps(data, indent=1))
     meta = data["meta"]
     title = (f"{meta['repeat']} repeats on {meta['host']}{' (netns test host)' if meta['netns'] else ''}, "
              f"{meta['cpus']} CPUs, load {meta['loadavg_before']} -> {meta['loadavg_after']}, {meta['started']}")

@@ -272,10 +272,21 @@ async def _many(ksm: KernelSpecManager, name: str, count: int, logs: Path, timeo
     finally:
         for kc in clients:
             kc.stop_channels()
-        await asyncio.gather(*(km.shutdown_kernel(now=False) for km in kms if km.has_kernel),
-                             return_exceptions=True)
+        await asyncio.gather(*(_shutdown(km) for km in kms), return_exceptions=True)
         for f in files:
             f.close()
+
+
+async def _shutdown(km: AsyncKernelManager) -> None:
+    if not km.has_kernel:
+        return
+    # A dead kernel gets no shutdown_request: jupyter_client's send to its control port would
+    # block for ever when nothing (or something else) listens there.
+    alive = await km.is_alive()
+    try:
+        await asyncio.wait_for(km.shutdown_kernel(now=not alive), 30)
+    except asyncio.TimeoutError:
+        await km.shutdown_kernel(now=True)
 
 
 def many_kernels(ksm: KernelSpecManager, name: str, count: int, logs: Path, *, timeout: float = 300,
