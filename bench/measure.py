@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
 
+import zmq
 from jupyter_client import AsyncKernelManager, KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
@@ -22,6 +23,17 @@ Results = Dict[str, List[float]]
 
 #: Processes of the benchmark's own latency relay are not the proxy's cost.
 RELAY_MARK = b"delay_relay.py"
+
+
+#: A client's send to a kernel whose proxy died blocks for ever (a ZMQ DEALER with no peer
+#: left); with this it raises zmq.Again instead, so one dead kernel does not hang the run.
+SEND_TIMEOUT_MS = 10_000
+
+
+def start_channels(kc) -> None:  # noqa: ANN001
+    kc.start_channels()
+    for channel in (kc.shell_channel, kc.control_channel, kc.stdin_channel):
+        channel.socket.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
 
 
 class BenchError(RuntimeError):
@@ -94,14 +106,14 @@ class Kernel:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - KernelManager reuses it on restart
         self.km.start_kernel(stdout=self._log, stderr=self._log)
         self.kc = self.km.client()
-        self.kc.start_channels()
+        start_channels(self.kc)
         self._ready(timeout)
         return time.perf_counter() - t0
 
     def _ready(self, timeout: float) -> None:
         try:
             self.kc.wait_for_ready(timeout=timeout)
-        except RuntimeError as e:
+        except (RuntimeError, zmq.Again) as e:
             raise BenchError(f"{e}\n--- log ---\n{read_log(self.log_path)}") from e
 
     def execute(self, code: str, timeout: float = 60) -> dict:
@@ -251,7 +263,7 @@ async def _many(ksm: KernelSpecManager, name: str, count: int, logs: Path, timeo
         await km.start_kernel(stdout=log, stderr=log)
         kc = km.client()
         clients.append(kc)
-        kc.start_channels()
+        start_channels(kc)
         await kc.wait_for_ready(timeout=timeout)
 
     try:
