@@ -61,18 +61,27 @@ def start_keeper(params: dict) -> socket.socket:
     retire_predecessors(agent)
     directory, name = os.path.split(agent.socket_file)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temporary = ".%s.%d" % (name, os.getpid())
     try:
         # A relative name: the absolute path may pass the ~100-byte limit of socket addresses.
         os.chdir(directory)
         old_umask = os.umask(0o177)
         try:
-            listener.bind(name)
+            # Bound under a temporary name and renamed once it listens: a kernel starting at the
+            # same moment would otherwise find the name refusing connections, take it for the
+            # socket of a dead keeper and remove this kernel's files (remove_stale).
+            listener.bind(temporary)
+            listener.listen(16)
+            os.rename(temporary, name)
         finally:
             os.umask(old_umask)
-        listener.listen(16)
     except OSError as e:
         listener.close()
         agent.remove_files()
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
         raise BootstrapError("connection_file", "cannot create %s: %s" % (agent.socket_file, e)) from e
     grace = params.get("grace")
     client_timeout = params.get("client_timeout") or DEFAULT_CLIENT_TIMEOUT
