@@ -170,6 +170,14 @@ def wait_remote_clean(host, kernel_pid: Optional[int] = None, timeout: float = 2
         time.sleep(0.3)
 
 
+def wait_for(log: Path, text: str, timeout: float = 30) -> None:
+    """Poll a log file until ``text`` appears in it."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
+        time.sleep(0.1)
+
+
 def local_ssh_children(runtime_dir: str) -> List[str]:
     """ssh processes using a control socket under this test's runtime dir."""
     out = subprocess.run(["pgrep", "-af", f"ControlPath={runtime_dir}"], capture_output=True, text=True).stdout

@@ -18,7 +18,7 @@ import pexpect
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from kernels import local_ssh_children, wait_remote_clean
+from kernels import local_ssh_children, wait_for, wait_remote_clean
 
 REMOTE_FILE = "/tmp/by-hand/kernel-fixed.json"
 FIXED_PORTS = {"shell": 50101, "iopub": 50102, "stdin": 50103, "control": 50104, "hb": 50105}
@@ -48,13 +48,6 @@ def start_connect(host, remote_file: str, local: Path, log: Path, *args: str) ->
             "--ssh-config", str(host.ssh_config), "--python", host.env_python, "--local-file", str(local),
             *args, remote_file]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_for(log: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
-        time.sleep(0.1)
 
 
 def client(local: Path) -> BlockingKernelClient:

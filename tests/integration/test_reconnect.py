@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 import pytest
 from jupyter_client.connect import write_connection_file
 
-from kernels import Kernel, local_ssh_children, manage, remote_leftovers, wait_remote_clean
+from kernels import Kernel, local_ssh_children, manage, remote_leftovers, wait_for, wait_remote_clean
 
 pytestmark = pytest.mark.slow
 
@@ -218,13 +218,6 @@ def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
             "--python", host.env_prefix, *args, "-f", str(conn)]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_for(log: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
-        time.sleep(0.1)
 
 
 def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, conn, tmp_path, jupyter_env):
