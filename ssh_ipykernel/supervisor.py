@@ -352,7 +352,7 @@ class Supervisor:
             # Forwards first: the kernel's remote ports have not changed, so the clients can talk
             # to it again while the attach session is still starting the remote python.
             self.tunnels = Tunnels(self.transport, self.forwards)
-            self.tunnels.open()
+            self.tunnels.open(iopub_first=True)
             self.kernel.attach(self.transport, self.attach_timeout)
         finally:
             self.signals.raise_on_stop = False

@@ -91,6 +91,9 @@ def test_connect_to_a_kernel_started_by_hand(ssh_host, by_hand_kernel, tmp_path,
             kc.stop_channels()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0, log.read_text()
+    except BaseException:
+        print(f"--- connect log ---\n{log.read_text()}")  # shown by pytest with the failure
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
