@@ -1,161 +1,161 @@
-"""Benchmark: an SSH kernel against a direct local kernel, through jupyter_client.
+"""Benchmark: the SSH kernel against a direct local kernel, through jupyter_client.
 
-    .venv/bin/python bench/bench.py                 # builds a throwaway netns SSH host (root)
+    .venv/bin/python bench/bench.py                           # throwaway netns SSH host (root)
+    .venv/bin/python bench/bench.py --rtt 0,50 --repeat 5 --plot docs/bench.png --json out.json
     .venv/bin/python bench/bench.py --host btest --python /opt/env [--ssh-config FILE]
+    .venv/bin/python bench/bench.py --replot out.json --plot docs/bench.png   # table + plot again
 
-Prints one table: cold start (KernelManager.start_kernel until the first kernel_info reply),
-execute round trip p50/p99, interrupt latency (SIGINT until the KeyboardInterrupt reply),
-restart, shutdown and the proxy's resident memory, each for the SSH kernel and for a local
-ipykernel as the reference. It is a tool to run by hand, not a test.
+Measures, for a local ipykernel (the reference) and the SSH kernel on each link: cold start
+(start_kernel until the first kernel_info reply), start with a connection up (a second kernel
+while one runs on the same host), restart, execute round trip p50/p99, 20 MB stream throughput,
+interrupt latency, shutdown, the proxy's resident memory (alone, and with its ssh processes),
+and N kernels started at once (until all answer kernel_info). Prints a table with each target
+of issue 7 and whether it is met, computed from the local medians and the link's round-trip
+time, and can write the raw numbers as JSON and a PNG plot.
+
+--rtt adds latency to the SSH link with a delaying ProxyCommand (bench/delay_relay.py): netem
+is not available here. The kinds are measured in turns within each repeat, so that load from
+other work on the machine spreads over all of them; medians are reported. A tool, not a test.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
-import queue
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict, List, Optional
 
-from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
-REPO = Path(__file__).resolve().parents[1]
+from links import BenchHost, base_rtt, delayed_config, install_kernelspecs, netns_host
+from measure import many_kernels, single_kernel
+from report import summarize, table, targets_text
+
+METRICS = ("start", "warm_start", "restart", "rt", "stream", "interrupt", "shutdown", "rss", "many")
+SINGLE = set(METRICS) - {"many"}
 
 
-def timed(func: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    func()
-    return time.perf_counter() - t0
-
-
-def wait_reply(kc, msg_id: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") == msg_id:
-            return msg["content"]
-
-
-def wait_busy(kc, msg_id: str) -> None:
-    while True:
-        try:
-            msg = kc.get_iopub_msg(timeout=30)
-        except queue.Empty:
-            raise RuntimeError("kernel never went busy") from None
-        if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
-                and msg["content"]["execution_state"] == "busy"):
-            return
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def measure(ksm: KernelSpecManager, name: str, runs: int, round_trips: int) -> Dict[str, List[float]]:
-    out: Dict[str, List[float]] = {k: [] for k in ("start", "rt", "interrupt", "restart", "shutdown", "rss")}
-    for _ in range(runs):
-        km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-        kc = None
-
-        def start() -> None:
-            nonlocal kc
-            km.start_kernel(stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-            kc = km.client()
-            kc.start_channels()
-            kc.wait_for_ready(timeout=60)
-
-        out["start"].append(timed(start))
-        kc.execute_interactive("import time", timeout=30)
-        for _ in range(round_trips):
-            out["rt"].append(timed(lambda: kc.execute_interactive("pass", timeout=30)))
-        msg_id = kc.execute("time.sleep(30)")
-        wait_busy(kc, msg_id)
-        time.sleep(0.3)
-        t0 = time.perf_counter()
-        km.interrupt_kernel()
-        reply = wait_reply(kc, msg_id)
-        out["interrupt"].append(time.perf_counter() - t0)
-        assert reply.get("ename") == "KeyboardInterrupt", reply
-        out["rss"].append(rss_mb(km.provisioner.process.pid))
-
-        def restart() -> None:
-            km.restart_kernel()
-            kc.wait_for_ready(timeout=60)
-
-        out["restart"].append(timed(restart))
-        kc.stop_channels()
-        out["shutdown"].append(timed(km.shutdown_kernel))
-    return out
-
-
-def pct(values: List[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
-
-
-def report(results: Dict[str, Dict[str, List[float]]]) -> str:
-    rows = [
-        ("cold start (s)", lambda r: statistics.median(r["start"])),
-        ("execute round trip p50 (ms)", lambda r: 1000 * pct(r["rt"], 0.5)),
-        ("execute round trip p99 (ms)", lambda r: 1000 * pct(r["rt"], 0.99)),
-        ("interrupt (ms)", lambda r: 1000 * statistics.median(r["interrupt"])),
-        ("restart (s)", lambda r: statistics.median(r["restart"])),
-        ("shutdown (s)", lambda r: statistics.median(r["shutdown"])),
-        ("kernel/proxy process RSS (MB)", lambda r: statistics.median(r["rss"])),
-    ]
-    names = list(results)
-    lines = [f"{'':32}" + "".join(f"{n:>14}" for n in names)]
-    for label, func in rows:
-        lines.append(f"{label:32}" + "".join(f"{func(results[n]):14.3f}" for n in names))
-    return "\n".join(lines)
-
-
-def main() -> None:
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", help="existing SSH host (default: build a netns test host)")
-    parser.add_argument("--python", help="remote python or env prefix")
-    parser.add_argument("--ssh-config")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--round-trips", type=int, default=200)
-    args = parser.parse_args()
+    parser.add_argument("--host", help="an existing SSH host alias (default: build a netns test host; root)")
+    parser.add_argument("--python", help="remote python or environment prefix (with --host)")
+    parser.add_argument("--ssh-config", help="ssh config for --host (default ~/.ssh/config)")
+    parser.add_argument("--rtt", default="0", help="added round-trip time(s) in ms, comma-separated: 0,50")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of every measurement (default 3)")
+    parser.add_argument("--only", help=f"comma-separated subset of: {','.join(METRICS)}")
+    parser.add_argument("--no-local", action="store_true", help="skip the local reference (no targets then)")
+    parser.add_argument("--round-trips", type=int, default=200, help="round trips per repeat (default 200)")
+    parser.add_argument("--stream-mb", type=float, default=20, help="MB printed by the stream cell (default 20)")
+    parser.add_argument("--many", type=int, default=20, help="kernels started at once (default 20)")
+    parser.add_argument("--json", help="write the raw results here")
+    parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib: the bench extra)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--replot", metavar="JSON", help="no measuring: table (and --plot) from a --json file")
+    args = parser.parse_args(argv)
+    args.only = set(args.only.split(",")) if args.only else set(METRICS)
+    unknown = args.only - set(METRICS)
+    if unknown:
+        parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
+    args.rtts = [float(x) for x in args.rtt.split(",")]
+    if args.repeat < 1 or args.many < 1 or args.round_trips < 1:
+        parser.error("--repeat, --many and --round-trips must be at least 1")
+    return args
 
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def run(args: argparse.Namespace) -> dict:
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sik-bench-")))
         os.environ["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
-        host, python, ssh_config = args.host, args.python, args.ssh_config
-        if not host:
-            sys.path.insert(0, str(REPO / "tests"))
-            from nshosts import NetnsHostFactory
+        if args.host:
+            host = BenchHost(args.host, args.python, args.ssh_config)
+        else:
+            host = netns_host(stack)
+        base = base_rtt(host)
+        kinds: Dict[str, dict] = {} if args.no_local else {"local": {"ssh": False, "kernel": "local"}}
+        links = []
+        for rtt in args.rtts:
+            label = "ssh" if rtt == 0 else f"ssh+{rtt:g}ms"
+            name = "bench_ssh" if rtt == 0 else f"bench_ssh_rtt{rtt:g}"
+            config = host.ssh_config if rtt == 0 else delayed_config(host, tmp, rtt)
+            links.append((name, config))
+            kinds[label] = {"ssh": True, "kernel": name, "added_rtt_ms": rtt, "link_rtt_ms": rtt + 1000 * base}
+        prefix, logs = tmp / "prefix", tmp / "logs"
+        logs.mkdir()
+        install_kernelspecs(host, prefix, links)
+        ksm = KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
+        for info in kinds.values():
+            info["runs"] = {}
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        load_before = loadavg()
+        for repeat in range(args.repeat):
+            # In turns, so that a burst of load from elsewhere hits every kind alike.
+            for label, info in kinds.items():
+                print(f"repeat {repeat + 1}/{args.repeat}: {label}", file=sys.stderr, flush=True)
+                results = {}
+                if args.only & SINGLE:
+                    results.update(single_kernel(ksm, info["kernel"], logs, args.only,
+                                                 round_trips=args.round_trips,
+                                                 stream_bytes=int(args.stream_mb * 1e6)))
+                if "many" in args.only:
+                    results.update(many_kernels(ksm, info["kernel"], args.many, logs,
+                                                connections=host.connections if info["ssh"] else None))
+                for key, values in results.items():
+                    # rt is a list per repeat (percentiles are taken within a repeat); others one value.
+                    info["runs"].setdefault(key, []).append(values if key == "rt" else values[0])
+            data = {
+                "meta": {"host": host.alias, "netns": not args.host, "repeat": repeat + 1,
+                         "round_trips": args.round_trips, "stream_mb": args.stream_mb, "many": args.many,
+                         "started": started, "loadavg_before": load_before, "loadavg_after": loadavg(),
+                         "cpus": os.cpu_count(), "base_rtt_ms": 1000 * base},
+                "kinds": {label: {k: v for k, v in info.items() if k != "kernel"} for label, info in kinds.items()},
+            }
+            if args.json:  # after every repeat: an interrupted run keeps what it measured
+                Path(args.json).write_text(json.dumps(data, indent=1))
+        return data
 
-            factory = stack.enter_context(NetnsHostFactory())
-            test_host = factory.create_host("btest")
-            host, python, ssh_config = test_host.alias, test_host.env_prefix, str(test_host.ssh_config)
-        prefix = tmp / "prefix"
-        cmd = [sys.executable, "-m", "ssh_ipykernel.manage", "--host", host, "--name", "bench_ssh",
-               "--prefix", str(prefix)]
-        cmd += ["--python", python] if python else []
-        cmd += ["--ssh-config", ssh_config] if ssh_config else []
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-        kernels = prefix / "share" / "jupyter" / "kernels"
-        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "local"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
-        results = {
-            "local": measure(ksm, "local", args.runs, args.round_trips),
-            "ssh": measure(ksm, "bench_ssh", args.runs, args.round_trips),
-        }
-        print(f"{args.runs} runs, {args.round_trips} round trips each; host {host}")
-        print(report(results))
+
+def sanity(data: dict) -> List[str]:
+    """Warnings about results that mean the set-up, not the kernel, is off."""
+    notes = []
+    summary = summarize(data["kinds"])
+    for label, info in data["kinds"].items():
+        added = info.get("added_rtt_ms", 0) / 1000
+        if added and summary[label].get("rt_p50", added) < added:
+            notes.append(f"{label}: round trips faster than the added RTT: the kernel did not go through "
+                         "the delaying relay (a shared connection keyed without the ssh config?)")
+    return notes
+
+
+def main() -> None:
+    args = parse_args()
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+    else:
+        data = run(args)
+    meta = data["meta"]
+    title = (f"{meta['repeat']} repeats on {meta['host']}{' (netns test host)' if meta['netns'] else ''}, "
+             f"{meta['cpus']} CPUs, load {meta['loadavg_before']} -> {meta['loadavg_after']}, {meta['started']}")
+    print(title)
+    print(table(data["kinds"], markdown=args.markdown, many=meta["many"]))
+    print(targets_text(data["kinds"]))
+    for note in sanity(data):
+        print("warning:", note)
+    if args.plot:
+        from report import plot
+
+        plot(data["kinds"], args.plot, title, many=meta["many"])
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

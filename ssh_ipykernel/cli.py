@@ -7,13 +7,13 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import click
 
 from . import __version__
 from .exceptions import SSHKernelError
-from .options import check_common, common_options, grace_option
+from .options import check_common, check_launch, common_options, grace_option, launch_options
 
 
 def report_errors(func: Callable[[], int]) -> None:
@@ -29,6 +29,7 @@ def report_errors(func: Callable[[], int]) -> None:
 @click.command(name="kernel", context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
 @grace_option
+@launch_options
 @click.option("-f", "--connection-file", "connection_file", required=True, metavar="FILE",
               help="The connection file Jupyter wrote ({connection_file} in a kernelspec).")
 @click.option("--transport", type=click.Choice(["openssh"]), default="openssh", show_default=True,
@@ -50,6 +51,10 @@ def proxy_command(
     env: Tuple[str, ...],
     sudo: bool,
     grace: str,
+    remote_kernel: Optional[str],
+    kernel_cmd: Optional[str],
+    workdir: Optional[str],
+    pre_command: Optional[str],
     connection_file: str,
     transport: str,
     log_level: str,
@@ -73,10 +78,11 @@ def proxy_command(
         from .proxy import Proxy, ProxyOptions
 
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+        launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
         options = ProxyOptions(
             host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
             timeout=timeout, env=env_dict, sudo=sudo, transport=transport,
-            grace=parse_grace(grace), client_timeout=client_timeout, persist=persist,
+            grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
         )
         proxy = Proxy(options)
         try:
@@ -132,18 +138,59 @@ def connect_command(host: str, remote_file: str, local_file: Optional[str], pyth
     report_errors(run)
 
 
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, two spaces apart, the last one unpadded."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    lines = []
+    for row in [headers, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths)] + [str(row[-1])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+@click.command(name="status", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field of the proxies' state files).")
+def status_command(as_json: bool) -> None:
+    """List the SSH kernels running from this machine: host, kernel id, remote pid, uptime,
+    tunnel state, reconnect count and the local proxy's pid."""
+    import json
+
+    from .status import running_kernels, table_rows
+
+    def run() -> int:
+        kernels = running_kernels()
+        if as_json:
+            click.echo(json.dumps(kernels, indent=1))
+        elif not kernels:
+            click.echo("No SSH kernels are running from this machine.")
+        else:
+            headers = ["HOST", "KERNEL ID", "REMOTE PID", "UPTIME", "TUNNEL", "RECONNECTS", "PROXY PID"]
+            click.echo(format_table(headers, table_rows(kernels)))
+        return 0
+
+    report_errors(run)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ssh-ipykernel")
 def main() -> None:
-    """Run Jupyter kernels on remote hosts over SSH."""
+    """Run Jupyter kernels on remote hosts over SSH.
+
+    `add` registers a host as a kernel (same as `python -m ssh_ipykernel.manage`), `list`,
+    `show`, `check` and `remove` manage those kernelspecs, `status` shows the running kernels,
+    `connect` forwards a kernel already running on a host, and `kernel` is the proxy a
+    kernelspec runs (`python -m ssh_ipykernel`).
+    """
 
 
 def _register() -> None:
-    from .manage import add_command
+    from .manage import add_command, check_command, list_command, remove_command, show_command
 
     main.add_command(proxy_command, "kernel")
-    main.add_command(add_command, "add")
-    main.add_command(connect_command, "connect")
+    for name, command in (("add", add_command), ("list", list_command), ("show", show_command),
+                          ("check", check_command), ("remove", remove_command), ("status", status_command),
+                          ("connect", connect_command)):
+        main.add_command(command, name)
 
 
 _register()

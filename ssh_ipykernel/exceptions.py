@@ -43,6 +43,12 @@ class ConnectionFileError(UsageError):
     """The local connection file Jupyter gave us is missing or malformed."""
 
 
+class KernelSpecNotFoundError(UsageError):
+    """No SSH kernelspec of that name is installed here (show, remove, check)."""
+
+    exit_code = 3
+
+
 # --- reaching the host -------------------------------------------------------------------------
 
 
@@ -121,6 +127,24 @@ class SudoError(RemoteError):
     exit_code = 36
 
 
+class PreCommandError(RemoteError):
+    """--pre-command failed in the remote login shell."""
+
+    exit_code = 37
+
+
+class RemoteKernelSpecError(RemoteError):
+    """--remote-kernel names no kernelspec on the remote, or one that cannot be started."""
+
+    exit_code = 38
+
+
+class WorkdirError(RemoteError):
+    """--workdir does not exist on the remote, or cannot be entered."""
+
+    exit_code = 39
+
+
 class TunnelError(SSHKernelError):
     """A local port forward could not be set up (usually: the port is taken)."""
 
@@ -137,6 +161,12 @@ class KernelGoneError(RemoteError):
     """The kernel's keeper is gone: its grace period ran out, or the remote host restarted."""
 
     exit_code = 1
+class ProxyExitedError(SSHKernelError):
+    """A proxy started to check a kernel (manage check) exited; carries the proxy's exit code."""
+
+    def __init__(self, message: str, exit_code: int, detail: str = "") -> None:
+        super().__init__(message, detail=detail)
+        self.exit_code = exit_code
 
 
 class Cancelled(SSHKernelError):

@@ -33,6 +33,14 @@ class KernelSpecOptions:
     timeout: Optional[float] = None
     ssh_config: Optional[str] = None
     language: str = "python"
+    remote_kernel: Optional[str] = None
+    kernel_cmd: Optional[str] = None  # as the user typed it (split by the proxy)
+    workdir: Optional[str] = None
+    pre_command: Optional[str] = None
+    interrupt_mode: str = "signal"
+    debugger: bool = True  # ipykernel answers debug_request; other kernels say so in their spec
+    #: logo files (name -> bytes) copied from a remote kernelspec, shown by JupyterLab's launcher
+    resources: Dict[str, bytes] = field(default_factory=dict)
     grace: Optional[str] = None  # as given to --grace; None: the proxy's default
 
 
@@ -40,10 +48,14 @@ def default_display_name(host: str) -> str:
     return f"SSH {host}"
 
 
-def default_kernel_name(host: str) -> str:
-    """A valid kernelspec name derived from the host: ``ssh_`` plus its safe characters."""
+def default_kernel_name(host: str, remote_kernel: Optional[str] = None) -> str:
+    """A valid kernelspec name derived from the host: ``ssh_`` plus its safe characters
+    (and ``_<remote kernel>``, so that several kernels of one host get distinct names)."""
     slug = re.sub(r"[^a-z0-9._-]+", "_", host.lower()).strip("._-")
-    return f"ssh_{slug or 'host'}"
+    name = f"ssh_{slug or 'host'}"
+    if remote_kernel:
+        name += "_" + re.sub(r"[^a-z0-9._-]+", "_", remote_kernel.lower())
+    return name
 
 
 def check_kernel_name(name: str) -> str:
@@ -56,11 +68,18 @@ def check_kernel_name(name: str) -> str:
     return name.lower()
 
 
+def _option(name: str, value: str) -> List[str]:
+    """``[name, value]``, or ``[name=value]`` for a value starting with ``~``: jupyter_client's
+    launch_kernel runs os.path.expanduser on every argv element, which would turn a remote
+    ``~/env`` into the LOCAL home; it leaves ``--python=~/env`` alone."""
+    return [f"{name}={value}"] if value.startswith("~") else [name, value]
+
+
 def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = None) -> List[str]:
     """The argv Jupyter runs: this python, -m ssh_ipykernel, our options, -f {connection_file}."""
     argv = [python_executable or sys.executable, "-m", "ssh_ipykernel", "--host", options.host]
     if options.python:
-        argv += ["--python", options.python]
+        argv += _option("--python", options.python)
     if options.ssh_config:
         argv += ["--ssh-config", options.ssh_config]
     if options.timeout is not None:
@@ -69,8 +88,11 @@ def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = No
         argv += ["--env", f"{name}={value}"]
     if options.sudo:
         argv.append("--sudo")
-    if options.grace is not None:
-        argv += ["--grace", options.grace]
+    for option, value in (("--remote-kernel", options.remote_kernel), ("--kernel-cmd", options.kernel_cmd),
+                          ("--workdir", options.workdir), ("--pre-command", options.pre_command),
+                          ("--grace", options.grace)):
+        if value is not None:
+            argv += _option(option, value)
     argv += ["-f", "{connection_file}"]
     return argv
 
@@ -81,21 +103,39 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
         "argv": proxy_argv(options, python_executable),
         "display_name": options.display_name or default_display_name(options.host),
         "language": options.language,
-        "interrupt_mode": "signal",
+        # A kernel that wants interrupt_request messages gets them straight through the tunnel.
+        "interrupt_mode": options.interrupt_mode,
         "env": {},
         "metadata": {
             # JupyterLab shows its debugger for kernels that say so; ipykernel >= 6 (debugpy)
             # answers debug_request over the control channel, which the tunnel carries.
-            "debugger": options.language == "python",
+            "debugger": options.debugger and options.language == "python",
             "ssh_ipykernel": {
                 "version": __version__,
                 "host": options.host,
                 "python": options.python,
                 "sudo": options.sudo,
+                "remote_kernel": options.remote_kernel,
+                "kernel_cmd": options.kernel_cmd,
+                "workdir": options.workdir,
+                "pre_command": options.pre_command,
                 "grace": options.grace,
             },
         },
     }
+
+
+def kernelspec_exists(name: str, prefix: Optional[str] = None, *, user: bool = True) -> bool:
+    """Whether installing ``name`` under ``prefix`` (or for the user) would replace a kernelspec."""
+    from jupyter_core.paths import jupyter_data_dir
+
+    if prefix:
+        base = os.path.join(prefix, "share", "jupyter", "kernels")
+    elif user:
+        base = os.path.join(jupyter_data_dir(), "kernels")
+    else:
+        return False  # system-wide installs are not offered by manage
+    return os.path.isdir(os.path.join(base, name))
 
 
 def install_kernelspec(
@@ -104,13 +144,18 @@ def install_kernelspec(
     *,
     user: bool = True,
     prefix: Optional[str] = None,
+    resources: Optional[Dict[str, bytes]] = None,
 ) -> str:
-    """Write ``spec`` as kernelspec ``name`` through KernelSpecManager; return the installed dir."""
+    """Write ``spec`` (and logo ``resources``) as kernelspec ``name`` through KernelSpecManager;
+    return the installed dir."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     with tempfile.TemporaryDirectory(prefix="ssh_ipykernel-") as tmp:
         src = os.path.join(tmp, name)
         os.mkdir(src)
+        for filename, data in (resources or {}).items():
+            with open(os.path.join(src, os.path.basename(filename)), "wb") as f:
+                f.write(data)
         with open(os.path.join(src, "kernel.json"), "w", encoding="utf-8") as f:
             json.dump(spec, f, indent=1)
             f.write("\n")

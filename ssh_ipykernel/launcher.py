@@ -15,10 +15,11 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from . import exceptions as exc
 from .remote import protocol
+from .remote_errors import error_for_exit
 from .transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ LOADER = (
 # or a command name on the remote PATH (only an executable file counts: not a shell keyword,
 # alias or function). $N and $P are only ever expanded inside double quotes.
 _WRAPPER = (
-    'N={python}; P="$N"; '
+    '{pre}N={python}; P="$N"; '
     'case "$P" in */*) ;; *) P=$(command -v "$P" 2>/dev/null) || P=;; esac; '
     'case "$P" in */*) ;; *) P=/nonexistent;; esac; '
     'if [ -d "$P" ]; then P="$P/bin/python"; fi; '
@@ -44,6 +45,18 @@ _WRAPPER = (
 )
 _NOT_FOUND = 'echo "ssh_ipykernel: python not found: $N" >&2; exit %d' % protocol.EXIT_PYTHON_NOT_FOUND
 SUDO_PREFIX = "sudo -n -- "
+# --pre-command: the user's own command line, run by their login shell before anything else so
+# that it can change the environment python starts in (activate a conda env, `module load`).
+# It arrives as ONE single-quoted word that eval parses on its own: whatever it holds cannot
+# reach into the wrapper around it. `command eval`: in POSIX shells a failing special builtin
+# (`. missing-file`, a syntax error) would otherwise end the whole shell before we can say so;
+# zsh's `command` means "external command", its `builtin` is the same thing. stdin is
+# /dev/null (the agent's source follows on ours), stdout goes to stderr (ours carries events).
+_PRE = (
+    '_sik_e=command; [ -n "$ZSH_VERSION" ] && _sik_e=builtin; '
+    '$_sik_e eval {command} </dev/null >&2 || {{ echo "ssh_ipykernel: the pre-command failed with '
+    'exit code $?" >&2; exit %d; }}; '
+) % protocol.EXIT_PRE_COMMAND
 
 
 def quote_remote_path(path: str) -> str:
@@ -55,9 +68,10 @@ def quote_remote_path(path: str) -> str:
     return shlex.quote(path)
 
 
-def build_remote_command(python: Optional[str], *, sudo: bool = False) -> str:
+def build_remote_command(python: Optional[str], *, sudo: bool = False, pre_command: Optional[str] = None) -> str:
     """The command string the remote login shell runs (see module docstring for what it holds)."""
     return _WRAPPER.format(
+        pre=_PRE.format(command=shlex.quote(pre_command)) if pre_command else "",
         python=quote_remote_path(python or "python3"),
         notfound=_NOT_FOUND,
         sudo=SUDO_PREFIX if sudo else "",
@@ -66,31 +80,55 @@ def build_remote_command(python: Optional[str], *, sudo: bool = False) -> str:
 
 
 #: The remote agent's modules, in the order they are joined into the shipped source.
-REMOTE_MODULES = ("protocol", "agent", "keeper", "bootstrap")
+REMOTE_MODULES = ("protocol", "kernelcmd", "agent", "keeper", "bootstrap")
 LOCAL_ONLY = "# local-only"
 _FUTURE = "from __future__ import annotations"
 
 
-@functools.lru_cache(maxsize=1)
-def agent_source() -> bytes:
-    """The remote agent as one source text: its modules joined, sharing one namespace.
+@functools.lru_cache(maxsize=4)
+def bundle_source(modules: Tuple[str, ...]) -> bytes:
+    """Modules of ``ssh_ipykernel.remote`` as one source text, sharing one namespace.
 
     Their imports of each other end in ``# local-only`` and are dropped, as is each module's
     ``from __future__`` line (only legal at the very top, so it is put there once).
     """
     directory = os.path.dirname(protocol.__file__)
     parts = [_FUTURE]
-    for name in REMOTE_MODULES:
+    for name in modules:
         with open(os.path.join(directory, f"{name}.py"), encoding="utf-8") as f:
             lines = f.read().splitlines()
         parts += [line for line in lines if line != _FUTURE and not line.rstrip().endswith(LOCAL_ONLY)]
     return ("\n".join(parts) + "\n").encode("utf-8")
 
 
-def agent_stdin(params: Dict[str, object]) -> bytes:
+def agent_source() -> bytes:
+    """The remote agent as one source text (see bundle_source)."""
+    return bundle_source(REMOTE_MODULES)
+
+
+def agent_stdin(params: Dict[str, object], source: Optional[bytes] = None) -> bytes:
     """What we write to the session's stdin before any command: length, source, parameters."""
-    source = agent_source()
+    source = agent_source() if source is None else source
     return b"%d\n" % len(source) + source + (json.dumps(params) + "\n").encode("utf-8")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Which kernel the remote agent starts and how (--remote-kernel, --kernel-cmd, --workdir,
+    --pre-command); the default is ipykernel with the --python interpreter."""
+
+    remote_kernel: Optional[str] = None
+    kernel_cmd: Optional[Tuple[str, ...]] = None  # argv, ``{connection_file}`` where it goes
+    workdir: Optional[str] = None
+    pre_command: Optional[str] = None  # one command line for the remote login shell
+
+    def params(self) -> Dict[str, object]:
+        """The agent parameters these add (data, never part of a command line)."""
+        return {
+            "remote_kernel": self.remote_kernel,
+            "kernel_cmd": list(self.kernel_cmd) if self.kernel_cmd is not None else None,
+            "workdir": self.workdir,
+        }
 
 
 @dataclass
@@ -106,79 +144,6 @@ class KernelInfo:
     connection_file: str = ""
     socket: str = ""
     kernel_id: str = ""
-
-
-def error_for_exit(
-    returncode: Optional[int],
-    stderr: str,
-    *,
-    host: str,
-    python: Optional[str],
-    event: Optional[Dict[str, object]] = None,
-) -> exc.SSHKernelError:
-    """Translate how the agent's session ended into an error that tells the user what to do."""
-    shown = python or "python3 (from the remote PATH)"
-    message = str(event.get("message", "")) if event else ""
-    code = event.get("code") if event else None
-    if "sudo:" in stderr and ("password is required" in stderr or "a terminal is required" in stderr):
-        return exc.SudoError(
-            f"sudo on {host} wants a password; --sudo needs passwordless sudo for the remote "
-            f"python (a NOPASSWD rule in sudoers), or drop --sudo",
-            host=host, detail=stderr,
-        )
-    if returncode == protocol.EXIT_PYTHON_NOT_FOUND:
-        return exc.RemotePythonNotFoundError(
-            f"remote python {shown} not found on {host} (no such file, or not executable). Pass "
-            f"--python with an interpreter path (e.g. /opt/conda/envs/py311/bin/python) or an "
-            f"environment prefix (e.g. /opt/conda/envs/py311) that exists on {host}",
-            host=host,
-        )
-    if returncode == protocol.EXIT_PYTHON_TOO_OLD:
-        return exc.RemotePythonTooOldError(
-            f"remote python {shown} on {host} is older than 3.8; point --python at a newer "
-            f"interpreter or environment",
-            host=host, detail=stderr,
-        )
-    if code == "no_ipykernel" or returncode == protocol.EXIT_NO_IPYKERNEL:
-        return exc.IPyKernelMissingError(
-            f"ipykernel is not installed for the remote python {shown} on {host}. Install it "
-            f"there (e.g. ssh {host} '<python> -m pip install ipykernel') or point --python at an "
-            f"environment that has it",
-            host=host,
-        )
-    if code == "no_jupyter_client" or returncode == protocol.EXIT_NO_JUPYTER_CLIENT:
-        return exc.IPyKernelMissingError(
-            f"jupyter_client is missing for the remote python {shown} on {host} ({message}); "
-            f"reinstall ipykernel there, which brings it",
-            host=host,
-        )
-    if code == "connection_file" or returncode == protocol.EXIT_CONNECTION_FILE:
-        return exc.RemoteConnectionFileError(
-            f"could not write the kernel's connection file on {host}: {message}. Check free disk "
-            f"space and permissions of the Jupyter runtime dir there (or set JUPYTER_RUNTIME_DIR "
-            f"with --env)",
-            host=host, detail=stderr,
-        )
-    if code == "no_kernel" or returncode == protocol.EXIT_NO_KERNEL:
-        return exc.KernelGoneError(
-            f"the remote kernel on {host} is gone: {message or 'its keeper does not answer'}. It was "
-            f"shut down after the grace period without a proxy, or the host restarted",
-            host=host,
-        )
-    if code == "bad_params" or returncode == protocol.EXIT_BAD_PARAMS:
-        return exc.KernelStartError(f"the remote agent rejected its parameters: {message}", host=host)
-    if returncode == 255:
-        return exc.ConnectionLostError(
-            f"the SSH connection to {host} failed while starting the kernel", host=host, detail=stderr
-        )
-    if returncode == 127:
-        return exc.RemoteError(
-            f"the remote shell on {host} could not run the start command; ssh_ipykernel needs a "
-            f"POSIX login shell (sh, bash, zsh, dash) on the remote",
-            host=host, detail=stderr,
-        )
-    what = message or f"the start command exited with code {returncode}"
-    return exc.KernelStartError(f"could not start the kernel on {host}: {what}", host=host, detail=stderr)
 
 
 class RemoteKernel:
@@ -202,10 +167,12 @@ class RemoteKernel:
         sudo: bool = False,
         grace: Optional[float] = None,
         client_timeout: Optional[float] = None,
+        launch: Optional[LaunchOptions] = None,
     ) -> None:
         self.transport = transport
         self.python = python
         self.sudo = sudo
+        self.launch = launch or LaunchOptions()
         self.params: Dict[str, object] = {
             "protocol": protocol.PROTOCOL,
             "mode": "start",
@@ -216,6 +183,7 @@ class RemoteKernel:
             "env": dict(env or {}),
             "grace": grace,
             "client_timeout": client_timeout,
+            **self.launch.params(),
         }
         self.proc: Optional[subprocess.Popen] = None
         self.info: Optional[KernelInfo] = None
@@ -256,7 +224,7 @@ class RemoteKernel:
             params = {"protocol": protocol.PROTOCOL, "mode": "watch", "kernel_id": self.params["kernel_id"],
                       "connection_file": self.info.connection_file}
         info = self._open(params, timeout)
-        if info.pid != self.info.pid or info.ports != self.info.ports:
+        if (self.info.pid and info.pid != self.info.pid) or info.ports != self.info.ports:
             self.close()
             msg = (f"the kernel at {self.info.socket or self.info.connection_file} on {self.host} is "
                    f"another one now (pid {info.pid}, ports {info.ports})")
@@ -265,7 +233,7 @@ class RemoteKernel:
         return info
 
     def _open(self, params: Dict[str, object], timeout: float) -> KernelInfo:
-        command = build_remote_command(self.python, sudo=self.sudo)
+        command = build_remote_command(self.python, sudo=self.sudo, pre_command=self.launch.pre_command)
         self.stderr_tail = []
         self.proc = self.transport.start_command(command)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -278,7 +246,8 @@ class RemoteKernel:
         if event is None or event.get("event") != "ready":
             returncode = self._wait_exit(5.0)
             stderr = "".join(self.stderr_tail)
-            raise error_for_exit(returncode, stderr, host=self.host, python=self.python, event=event)
+            raise error_for_exit(returncode, stderr, host=self.host, python=self.python, event=event,
+                                 pre_command=self.launch.pre_command)
         self.ready_event = event
         ports = event.get("ports") or {}
         return KernelInfo(

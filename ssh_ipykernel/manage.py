@@ -1,23 +1,67 @@
-"""``python -m ssh_ipykernel.manage``: register an SSH host as a Jupyter kernel.
+"""``python -m ssh_ipykernel.manage``: register SSH hosts as Jupyter kernels, list, show, remove
+and check them.
 
-Writes a kernelspec whose argv starts the local proxy (``python -m ssh_ipykernel``) with the
-options given here, and installs it with jupyter_client's KernelSpecManager.
+``add`` (the default when the first argument is an option, so ``manage --host btest ...``
+keeps working) writes a kernelspec whose argv starts the local proxy (``python -m
+ssh_ipykernel``) with the options given, and installs it with jupyter_client's
+KernelSpecManager. The other subcommands read kernelspecs back through specs.py.
 """
 from __future__ import annotations
 
+import json
 import sys
-from typing import Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import click
 
-from .options import check_common, common_options, grace_option
+from . import __version__
+from .options import check_common, check_launch, common_options, grace_option, launch_options
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+PREFIX_HELP = "Also look under DIR/share/jupyter/kernels (where `add --prefix DIR` writes), first."
 
 
-@click.command(name="add", context_settings={"help_option_names": ["-h", "--help"]})
+class DefaultGroup(click.Group):
+    """A group that runs ``add`` when the first argument is an option rather than a subcommand."""
+
+    default_command = "add"
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        if args and args[0].startswith("-") and args[0] not in ("-h", "--help", "--version"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings=CONTEXT, no_args_is_help=True)
+@click.version_option(__version__, prog_name="ssh_ipykernel")
+def manage() -> None:
+    """Register SSH hosts as Jupyter kernels, and list, show, check and remove them.
+
+    Without a subcommand, `add` runs (it is the default):
+
+    \b
+        python -m ssh_ipykernel.manage --host btest --python /opt/conda/envs/py311
+
+    writes the kernelspec "SSH btest"; pick it in Jupyter and your code runs on btest.
+    `check` tells what is wrong when it does not work.
+    """
+
+
+def _location(location: str, prefix: Optional[str]) -> Optional[str]:
+    return sys.prefix if location == "sys-prefix" else prefix
+
+
+@manage.command(name="add", context_settings=CONTEXT)
 @common_options
 @grace_option
-@click.option("--display-name", metavar="TEXT", help='Name shown in kernel pickers. Default: "SSH <host>".')
-@click.option("--name", metavar="NAME", help="Kernelspec name. Default: ssh_<host>.")
+@launch_options
+@click.option("--display-name", metavar="TEXT",
+              help='Name shown in kernel pickers. Default: "SSH <host>" (plus the remote kernel\'s name).')
+@click.option("--name", metavar="NAME", help="Kernelspec name. Default: ssh_<host> (plus _<remote kernel>).")
+@click.option("--language", metavar="NAME",
+              help="Language recorded in the kernelspec. Default: python, or the remote kernelspec's.")
+@click.option("--check", "check_first", is_flag=True,
+              help="Check the whole path first (as `check` does, with a real kernel); write nothing if it fails.")
 @click.option("--user", "location", flag_value="user", default=True,
               help="Install for the current user (default).")
 @click.option("--sys-prefix", "location", flag_value="sys-prefix",
@@ -25,50 +69,271 @@ from .options import check_common, common_options, grace_option
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False),
               help="Install under DIR/share/jupyter/kernels.")
 def add_command(
-    host: str,
-    python: Optional[str],
-    ssh_config: Optional[str],
-    timeout: float,
-    env: Tuple[str, ...],
-    sudo: bool,
-    grace: str,
-    display_name: Optional[str],
-    name: Optional[str],
-    location: str,
-    prefix: Optional[str],
+    host: str, python: Optional[str], ssh_config: Optional[str], timeout: float, env: Tuple[str, ...],
+    sudo: bool, grace: str, remote_kernel: Optional[str], kernel_cmd: Optional[str], workdir: Optional[str],
+    pre_command: Optional[str], display_name: Optional[str], name: Optional[str], language: Optional[str],
+    check_first: bool, location: str, prefix: Optional[str],
 ) -> None:
-    """Write and install a kernelspec that runs a kernel on HOST over SSH."""
+    """Write and install a kernelspec that runs a kernel on HOST over SSH.
+
+    With --remote-kernel, HOST is asked (over SSH, now) for that kernelspec's language, display
+    name, interrupt mode and logos, which the local kernelspec takes over.
+    """
+    from .check import Checker, Target
     from .cli import report_errors
-    from .kernelspec import (
-        KernelSpecOptions,
-        build_kernelspec,
-        check_kernel_name,
-        default_kernel_name,
-        install_kernelspec,
-    )
+    from .kernelspec import (KernelSpecOptions, build_kernelspec, check_kernel_name, default_kernel_name,
+                             install_kernelspec, kernelspec_exists)
     from .options import DEFAULT_GRACE, DEFAULT_TIMEOUT, parse_grace
 
     def run() -> int:
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+        launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command)
         parse_grace(grace)
-        kernel_name = check_kernel_name(name) if name else default_kernel_name(host)
+        kernel_name = check_kernel_name(name) if name else default_kernel_name(host, remote_kernel)
         options = KernelSpecOptions(
             host=host, python=python, display_name=display_name, name=kernel_name, env=env_dict,
             sudo=sudo, timeout=None if timeout == DEFAULT_TIMEOUT else timeout,
-            ssh_config=ssh_config_path, grace=None if grace == DEFAULT_GRACE else grace.strip(),
+            ssh_config=ssh_config_path, remote_kernel=remote_kernel, kernel_cmd=kernel_cmd,
+            workdir=workdir, pre_command=pre_command, language=language or "python",
+            debugger=kernel_cmd is None, grace=None if grace == DEFAULT_GRACE else grace.strip(),
         )
+        target = Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout,
+                        env=env_dict, sudo=sudo, launch=launch)
+        checker = Checker(target, on_step=print_step if check_first else lambda step: None)
+        if check_first:
+            click.echo(f"Checking {host} before writing the kernelspec {kernel_name}")
+        if remote_kernel and not check_first:
+            click.echo(f"Asking {host} for its kernelspec {remote_kernel} ...")
+        if remote_kernel or check_first:
+            checker.run(until="kernel command")
+            if checker.failed and not check_first:
+                raise checker.failed.error  # type: ignore[misc]
+            if not checker.failed and remote_kernel:
+                take_over_remote_kernelspec(options, checker.probe, display_name, language)
         spec = build_kernelspec(options)
-        install_prefix = sys.prefix if location == "sys-prefix" else prefix
-        path = install_kernelspec(spec, kernel_name, user=install_prefix is None, prefix=install_prefix)
-        click.echo(f"Installed kernelspec {kernel_name} ({spec['display_name']}) in {path}")
+        if check_first:
+            checker.target.kernelspec = spec
+            checker.run()
+            if print_summary(checker, host):
+                click.echo("Nothing written: fix the step that failed, then run this command again.")
+                return checker.failed.error.exit_code  # type: ignore[union-attr]
+        install_prefix = _location(location, prefix)
+        replaced = kernelspec_exists(kernel_name, install_prefix, user=install_prefix is None)
+        path = install_kernelspec(spec, kernel_name, user=install_prefix is None, prefix=install_prefix,
+                                  resources=options.resources)
+        click.echo(f"{'Replaced' if replaced else 'Installed'} kernelspec {kernel_name} ({spec['display_name']}) in {path}")
         click.echo(f"Pick \"{spec['display_name']}\" in Jupyter, or try: jupyter console --kernel {kernel_name}")
         return 0
 
     report_errors(run)
 
 
+def take_over_remote_kernelspec(options: Any, probe: Any, display_name: Optional[str], language: Optional[str]) -> None:
+    """Language, display name, interrupt mode, debugger flag and logos from the remote kernelspec."""
+    kernel = probe.part("kernel")
+    options.language = language or str(kernel.get("language") or "")
+    remote_name = kernel.get("display_name") or options.remote_kernel
+    options.display_name = display_name or f"SSH {options.host} ({remote_name})"
+    options.interrupt_mode = kernel.get("interrupt_mode") or "signal"
+    options.debugger = bool((kernel.get("metadata") or {}).get("debugger"))
+    options.resources = dict(probe.resources)
+
+
+# -- list / show / remove ----------------------------------------------------------------------
+
+
+@manage.command(name="list", context_settings=CONTEXT)
+@click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(prefix: Optional[str], as_json: bool) -> None:
+    """List the SSH kernelspecs Jupyter sees: name, host, what runs remotely, where it is."""
+    from .cli import format_table, report_errors
+    from .specs import list_specs
+
+    def run() -> int:
+        specs = list_specs(prefix)
+        if as_json:
+            click.echo(json.dumps([s.as_dict() for s in specs], indent=1))
+        elif not specs:
+            click.echo("No SSH kernelspecs. Add one with: python -m ssh_ipykernel.manage --host HOST --python PATH")
+        else:
+            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir] for s in specs]
+            click.echo(format_table(["NAME", "DISPLAY NAME", "HOST", "REMOTE", "LOCATION"], rows))
+        return 0
+
+    report_errors(run)
+
+
+@manage.command(name="show", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (kernel.json and the parsed options).")
+def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
+    """Show what the SSH kernelspec NAME runs, option by option."""
+    from .cli import report_errors
+    from .specs import get_spec
+
+    def run() -> int:
+        spec = get_spec(name, prefix)
+        if as_json:
+            click.echo(json.dumps(spec.as_dict(), indent=1))
+            return 0
+        o = spec.options
+        rows: List[Tuple[str, Any]] = [
+            ("name", spec.name), ("display name", spec.display_name),
+            ("language", spec.spec.get("language")), ("location", spec.resource_dir),
+            ("host", o.get("host")), ("remote python", o.get("python") or "python3 (remote PATH)"),
+            ("remote kernel", o.get("remote_kernel")), ("kernel command", o.get("kernel_cmd")),
+            ("workdir", o.get("workdir")), ("pre-command", o.get("pre_command")),
+            ("env", "\n".join(o.get("env") or ()) or None), ("sudo", "yes" if o.get("sudo") else None),
+            ("ssh config", o.get("ssh_config")), ("timeout", o.get("timeout")),
+            ("interrupt mode", spec.spec.get("interrupt_mode")), ("command", spec.command_line()),
+        ]
+        for label, value in rows:
+            if value is not None and value != "":
+                lines = str(value).splitlines() or [""]
+                click.echo(f"{label + ':':<16}{lines[0]}")
+                for line in lines[1:]:
+                    click.echo(f"{'':<16}{line}")
+        return 0
+
+    report_errors(run)
+
+
+@manage.command(name="remove", context_settings=CONTEXT)
+@click.argument("name")
+@click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
+def remove_command(name: str, prefix: Optional[str]) -> None:
+    """Remove the SSH kernelspec NAME (only SSH kernelspecs; running kernels are not touched)."""
+    from .cli import report_errors
+    from .specs import get_spec, remove_spec
+
+    def run() -> int:
+        spec = get_spec(name, prefix)
+        path = remove_spec(spec.name, prefix)
+        click.echo(f"Removed kernelspec {spec.name} ({spec.display_name}) from {path}")
+        return 0
+
+    report_errors(run)
+
+
+# -- check ----------------------------------------------------------------------------------------
+
+
+@manage.command(name="check", context_settings=CONTEXT)
+@click.argument("name", required=False)
+@common_options
+@launch_options
+@click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
+def check_command(
+    name: Optional[str], host: Optional[str], python: Optional[str], ssh_config: Optional[str], timeout: float,
+    env: Tuple[str, ...], sudo: bool, remote_kernel: Optional[str], kernel_cmd: Optional[str],
+    workdir: Optional[str], pre_command: Optional[str], prefix: Optional[str],
+) -> None:
+    """Check that a kernel works, step by step, with timings: the kernelspec NAME, or --host
+    HOST with the options `add` would take.
+
+    Steps: resolve, connect, authenticate, remote python, packages (ipykernel, jupyter_client),
+    connection file (written and removed), kernel command, kernel start (through the proxy, as
+    Jupyter starts it), execute, shutdown. Exit code 0 if all passed, else the exit code the
+    kernel itself would fail with (see the README's error table).
+    """
+    from .check import Checker
+    from .cli import report_errors
+    from .exceptions import UsageError
+
+    def run() -> int:
+        if name and host:
+            raise UsageError("check takes a kernelspec NAME or --host HOST with options, not both")
+        target = _target_from_spec(name, prefix, timeout) if name else None
+        if target is None:
+            if not host:
+                raise UsageError("check needs a kernelspec NAME (see `list`) or --host HOST")
+            target = _target_from_options(host, python, ssh_config, timeout, env, sudo, remote_kernel,
+                                          kernel_cmd, workdir, pre_command)
+        what = f"kernelspec {name}" if name else "a kernel"
+        click.echo(f"Checking {what} on {target.host}")
+        checker = Checker(target, on_step=print_step)
+        checker.run()
+        return checker.failed.error.exit_code if print_summary(checker, target.host) else 0  # type: ignore[union-attr]
+
+    report_errors(run)
+
+
+# Neither form requires --host: check NAME takes it from the kernelspec.
+for _param in check_command.params:
+    if _param.name == "host":
+        _param.required = False
+
+
+def _target_from_spec(name: str, prefix: Optional[str], timeout: float) -> Any:
+    from .check import Target
+    from .options import parse_env
+    from .specs import get_spec
+
+    spec = get_spec(name, prefix)
+    o = spec.options
+    if not o:
+        from .exceptions import UsageError
+
+        raise UsageError(f"the argv of kernelspec {name} cannot be read as ssh_ipykernel options: {spec.command_line()}")
+    launch = check_launch(o.get("remote_kernel"), o.get("kernel_cmd"), o.get("workdir"), o.get("pre_command"))
+    return Target(host=o["host"], python=o.get("python"), ssh_config=o.get("ssh_config"),
+                  timeout=o.get("timeout") or timeout, env=parse_env(o.get("env") or ()), sudo=bool(o.get("sudo")),
+                  launch=launch, kernelspec=spec.spec, resource_dir=spec.resource_dir)
+
+
+def _target_from_options(host: str, python: Optional[str], ssh_config: Optional[str], timeout: float,
+                         env: Tuple[str, ...], sudo: bool, remote_kernel: Optional[str], kernel_cmd: Optional[str],
+                         workdir: Optional[str], pre_command: Optional[str]) -> Any:
+    from .check import Target
+    from .kernelspec import KernelSpecOptions, build_kernelspec
+
+    env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+    launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command)
+    spec = build_kernelspec(KernelSpecOptions(
+        host=host, python=python, env=env_dict, sudo=sudo, timeout=timeout, ssh_config=ssh_config_path,
+        remote_kernel=remote_kernel, kernel_cmd=kernel_cmd, workdir=workdir, pre_command=pre_command))
+    return Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout, env=env_dict,
+                  sudo=sudo, launch=launch, kernelspec=spec)
+
+
+MARKS = {True: "ok", False: "FAIL", None: "--"}
+
+
+def print_step(step: Any) -> None:
+    """One line per step as it finishes; a failed step's full message (with advice) below it."""
+    import textwrap
+
+    seconds = f"{step.seconds:6.2f} s" if step.seconds is not None else " " * 8
+    if step.ok is None and step.detail == "not run":
+        return  # after a failure: print_summary names them on one line
+    if step.ok is False:
+        click.echo(f"  {MARKS[step.ok]:<4} {step.name:<15} {seconds}")
+        for line in str(step.error).splitlines():
+            click.echo(textwrap.fill(line, width=100, initial_indent=" " * 8, subsequent_indent=" " * 10,
+                                     break_on_hyphens=False, break_long_words=False))
+    else:
+        click.echo(f"  {MARKS[step.ok]:<4} {step.name:<15} {seconds}  {step.detail}")
+
+
+def print_summary(checker: Any, host: str) -> bool:
+    """The last line of a check; True if a step failed."""
+    failed = checker.failed
+    total = sum(s.seconds or 0 for s in checker.steps)
+    if failed is None:
+        ran = len([s for s in checker.steps if s.ok])
+        click.echo(f"All {ran} checks passed in {total:.1f} s: kernels on {host} work.")
+        return False
+    skipped = [s.name for s in checker.steps if s.ok is None and s.detail == "not run"]
+    if skipped:
+        click.echo(f"  --   not run: {', '.join(skipped)}")
+    click.echo(f"{host}: failed at \"{failed.name}\" (exit code {failed.error.exit_code}); see the message above.")
+    return True
+
+
 def main() -> None:
-    add_command(prog_name="python -m ssh_ipykernel.manage")
+    manage(prog_name="python -m ssh_ipykernel.manage")
 
 
 if __name__ == "__main__":

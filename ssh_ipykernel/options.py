@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Callable, Dict, Iterable, Optional, Tuple, TypeVar
+import shlex
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional, Tuple, TypeVar
 
 import click
 
 from .exceptions import UsageError
 from .hosts import parse_host
 
+if TYPE_CHECKING:
+    from .launcher import LaunchOptions
+
 F = TypeVar("F", bound=Callable[..., object])
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KERNEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+CONNECTION_FILE_FIELD = "{connection_file}"
 DEFAULT_TIMEOUT = 30.0
 #: How long a remote kernel outlives a lost connection unless --grace says otherwise.
 DEFAULT_GRACE = "1h"
@@ -109,6 +115,96 @@ def common_options(func: F) -> F:
         click.option("--env", "env", multiple=True, metavar="VAR=VALUE",
                      help="Environment variable for the remote kernel (repeatable)."),
         click.option("--sudo", is_flag=True, help="Run the remote kernel with sudo -n (passwordless sudo only)."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _one_line(option: str, value: Optional[str]) -> Optional[str]:
+    if value is None:
+        return None
+    if not value.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise UsageError(f"{option} {value!r} must be non-empty and without control characters")
+    return value
+
+
+def split_kernel_cmd(text: str, connection_file: Optional[str] = None) -> Tuple[str, ...]:
+    """``--kernel-cmd`` text -> argv (shell-like splitting; it is never run through a shell).
+
+    Jupyter fills ``{connection_file}`` into every argument of a kernelspec's argv, this one
+    included, with the LOCAL path; the proxy (which gets that path with -f) puts the field back,
+    and the remote agent substitutes the remote connection file.
+    """
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise UsageError(f"--kernel-cmd {text!r}: {e} (quote it as you would in a shell)") from None
+    if connection_file:
+        paths = {connection_file, os.path.realpath(connection_file)}
+        for path in sorted(paths, key=len, reverse=True):
+            argv = [arg.replace(path, CONNECTION_FILE_FIELD) for arg in argv]
+    if not argv:
+        raise UsageError("--kernel-cmd is empty: give the command that starts the kernel on the remote")
+    if "\0" in text:
+        raise UsageError("--kernel-cmd contains a NUL byte")
+    if not any(CONNECTION_FILE_FIELD in arg for arg in argv):
+        msg = (
+            f"--kernel-cmd {text!r} does not say where the connection file goes: put "
+            f"{CONNECTION_FILE_FIELD} where the kernel takes it, e.g. --kernel-cmd "
+            f"'/opt/julia/bin/julia -i /opt/ijulia/kernel.jl {CONNECTION_FILE_FIELD}'"
+        )
+        raise UsageError(msg)
+    return tuple(argv)
+
+
+def check_launch(
+    remote_kernel: Optional[str],
+    kernel_cmd: Optional[str],
+    workdir: Optional[str],
+    pre_command: Optional[str],
+    *,
+    connection_file: Optional[str] = None,
+) -> "LaunchOptions":
+    """Validate which kernel to start and how; see launcher.LaunchOptions."""
+    from .launcher import LaunchOptions
+
+    if remote_kernel is not None and kernel_cmd is not None:
+        raise UsageError("--remote-kernel and --kernel-cmd exclude each other: give one of them")
+    if remote_kernel is not None and not _KERNEL_NAME_RE.match(remote_kernel):
+        msg = (
+            f"--remote-kernel {remote_kernel!r} is not a kernelspec name (letters, digits, '.', "
+            f"'_', '-'); `jupyter kernelspec list` on the remote shows the names"
+        )
+        raise UsageError(msg)
+    if pre_command is not None and (not pre_command.strip() or "\0" in pre_command):
+        raise UsageError("--pre-command is empty or contains a NUL byte: give one shell command line")
+    return LaunchOptions(
+        remote_kernel=remote_kernel,
+        kernel_cmd=split_kernel_cmd(kernel_cmd, connection_file) if kernel_cmd is not None else None,
+        workdir=_one_line("--workdir", workdir),
+        pre_command=pre_command,
+    )
+
+
+def launch_options(func: F) -> F:
+    """What runs on the remote and how (proxy, add and check take them)."""
+    decorators = [
+        click.option("--remote-kernel", metavar="NAME",
+                     help="Start this kernelspec installed on the remote (any language: see "
+                          "`jupyter kernelspec list` there) instead of ipykernel. --python names "
+                          "the Python (with jupyter_client) that finds and starts it."),
+        click.option("--kernel-cmd", metavar="'CMD ARGS'",
+                     help="Start this command on the remote instead of ipykernel, with "
+                          "{connection_file} where the kernel takes its connection file. Split "
+                          "like a shell would, but never run through one."),
+        click.option("--workdir", metavar="DIR",
+                     help="The kernel's working directory on the remote (~ is the remote home). "
+                          "Default: the remote home."),
+        click.option("--pre-command", metavar="'CMD'",
+                     help="One command line your remote login shell runs first, to prepare the "
+                          "environment, e.g. 'source /opt/conda/bin/activate py311' or 'module "
+                          "load python/3.11'. Kept exactly; the kernel does not start if it fails."),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)

@@ -23,7 +23,7 @@ from typing import Dict, Mapping, Optional
 from . import exceptions as exc
 from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
-from .launcher import RemoteKernel
+from .launcher import LaunchOptions, RemoteKernel
 from .log import KernelLogAdapter, redact
 from .remote.protocol import DEFAULT_CLIENT_TIMEOUT
 from .signals import SignalRelay
@@ -57,6 +57,7 @@ class ProxyOptions:
     grace: Optional[float] = DEFAULT_GRACE  # None: keep the kernel forever
     client_timeout: float = DEFAULT_CLIENT_TIMEOUT
     persist: float = DEFAULT_PERSIST  # seconds the host's shared connection outlives its last kernel
+    launch: LaunchOptions = field(default_factory=LaunchOptions)  # --remote-kernel, --workdir, ...
 
 
 class Proxy:
@@ -116,6 +117,7 @@ class Proxy:
                         sudo=self.options.sudo,
                         grace=self.options.grace,
                         client_timeout=self.options.client_timeout,
+                        launch=self.options.launch,
                     )
                     self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
                     ready = kernel.start(self.options.timeout)
@@ -144,7 +146,7 @@ class Proxy:
                     kernel=kernel, transport=transport, tunnels=tunnels,
                     new_transport=self.new_transport, signals=signals, log=self.log,
                     secret=info["key"], grace=self.options.grace,
-                    client_timeout=self.options.client_timeout, attach_timeout=self.options.timeout,
+                    client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
                     on_state=self._on_state,
                 )
                 supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,

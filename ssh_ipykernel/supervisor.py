@@ -22,11 +22,13 @@ it is told to stop. See docs/architecture.md.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import re
 import selectors
 import signal
+import socket
 import sys
 import time
 from typing import Callable, Dict, List, Optional
@@ -57,6 +59,10 @@ BACKOFF_CAP_OTHER = 30.0
 REPORT_EVERY = 30.0
 #: A jump of the wall clock against the monotonic one this large means we were suspended.
 SUSPEND_JUMP = 5.0
+#: While the host is unreachable a TCP connect is tried this often (each one a fresh SYN) ...
+PROBE_INTERVAL = 0.25
+#: ... and a real attempt is made at least this often anyway (the address may have changed).
+PROBE_MAX_WAIT = 10.0
 
 
 class State(enum.Enum):
@@ -107,6 +113,8 @@ class Supervisor:
         self.shutdown_deadline: Optional[float] = None
         self._lost_at = 0.0  # monotonic
         self._lost_wall = 0.0  # wall clock: counts a suspended laptop's sleep, as the remote does
+        # Found out now, while connected: name resolution may not work once the network is gone.
+        self.probe_target = transport.probe_address()
 
     # -- states -------------------------------------------------------------------------------------
     def _enter(self, state: State, message: str, *args: object, level: int = logging.INFO) -> None:
@@ -297,6 +305,10 @@ class Supervisor:
                 code = self._wait(delay)
                 if code is not None:
                     return code
+            if self.probe_target is not None:
+                code = self._wait_reachable(self.probe_target)
+                if code is not None:
+                    return code
             give_up = self._give_up_at()
             if give_up is not None and time.time() > give_up:
                 self._enter(State.STOPPED, "no connection to %s for %.0f s, longer than the kernel's grace "
@@ -336,14 +348,16 @@ class Supervisor:
             return None
 
     def _attempt(self) -> None:
-        """One try: connect, attach to the keeper, forward. Stop signals abort it (Cancelled)."""
+        """One try: connect, forward, attach to the keeper. Stop signals abort it (Cancelled)."""
         self.signals.raise_on_stop = True
         try:
             self.transport = self.new_transport(RECONNECT_CONNECT_TIMEOUT)
             self.transport.connect()
-            self.kernel.attach(self.transport, self.attach_timeout)
+            # Forwards first: the kernel's remote ports have not changed, so the clients can talk
+            # to it again while the attach session is still starting the remote python.
             self.tunnels = Tunnels(self.transport, self.forwards)
-            self.tunnels.open()
+            self.tunnels.open(iopub_first=True)
+            self.kernel.attach(self.transport, self.attach_timeout)
         finally:
             self.signals.raise_on_stop = False
 
@@ -352,6 +366,59 @@ class Supervisor:
         self.tunnels.close()
         # A shared connection that let this attempt time out must not be joined again.
         self.transport.close(lost=True)
+
+    def _wait_reachable(self, target: "tuple[str, int]") -> Optional[int]:
+        """Until a TCP connect to the host succeeds (or is refused: the host is there), a new
+        SYN every PROBE_INTERVAL, so an attempt starts within a fraction of a second of the
+        network coming back instead of waiting out ssh's own SYN retransmission schedule."""
+        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        deadline = time.monotonic() + PROBE_MAX_WAIT
+        next_probe = time.monotonic()
+        sel = selectors.DefaultSelector()
+        sel.register(self.signals.fileno(), selectors.EVENT_READ, None)
+        try:
+            while time.monotonic() < deadline:
+                now = time.monotonic()
+                if now >= next_probe:
+                    next_probe = now + PROBE_INTERVAL
+                    probe = socket.socket(family, socket.SOCK_STREAM)
+                    probe.setblocking(False)
+                    if probe.connect_ex(target) in (errno.EINPROGRESS, 0, errno.ECONNREFUSED):
+                        sel.register(probe, selectors.EVENT_WRITE, (probe, now))
+                    else:
+                        probe.close()  # unreachable at once: try again next interval
+                for key, _ in sel.select(max(0.0, next_probe - time.monotonic())):
+                    if key.data is None:
+                        code = self._stop_while_reconnecting(self.signals.pending())
+                        if code is not None:
+                            return code
+                        continue
+                    probe, _ = key.data
+                    err = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    sel.unregister(probe)
+                    probe.close()
+                    if err in (0, errno.ECONNREFUSED):
+                        return None
+                for key in list(sel.get_map().values()):  # give up on SYNs older than 3 s
+                    if key.data is not None and time.monotonic() - key.data[1] > 3.0:
+                        sel.unregister(key.fileobj)
+                        key.data[0].close()
+            return None
+        finally:
+            for key in list(sel.get_map().values()):
+                if key.data is not None:
+                    key.data[0].close()
+            sel.close()
+
+    def _stop_while_reconnecting(self, signums: List[int]) -> Optional[int]:
+        for signum in signums:
+            if signum == signal.SIGINT:
+                self.log.warning("cannot interrupt the kernel while reconnecting")
+            else:
+                self._enter(State.STOPPED, "%s while reconnecting; the remote kernel is shut down "
+                            "by its keeper when the grace period ends", signal.Signals(signum).name)
+                return 0
+        return None
 
     def _wait(self, delay: float) -> Optional[int]:
         """Sleep between attempts, still answering signals."""
@@ -362,13 +429,9 @@ class Supervisor:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not sel.select(remaining):
                     return None
-                for signum in self.signals.pending():
-                    if signum == signal.SIGINT:
-                        self.log.warning("cannot interrupt the kernel while reconnecting")
-                    else:
-                        self._enter(State.STOPPED, "%s while reconnecting; the remote kernel is shut down "
-                                    "by its keeper when the grace period ends", signal.Signals(signum).name)
-                        return 0
+                code = self._stop_while_reconnecting(self.signals.pending())
+                if code is not None:
+                    return code
 
     # -- output ---------------------------------------------------------------------------------------
     def _log_ssh_output(self, text: str) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import sys
+import time
 from typing import Dict, Iterable, List, Sequence, Tuple
 
 from .connection import CHANNELS, ConnectionInfo
@@ -47,6 +49,46 @@ def busy_ports(addresses: Iterable[Tuple[str, int]]) -> List[int]:
     return busy
 
 
+#: How long a reconnect waits for the client's iopub socket to come back before the other
+#: channels open (ZeroMQ clients retry a refused connect every 100 ms).
+IOPUB_WAIT = 0.5
+#: Then this much more, for its subscription to cross the tunnel ahead of any request.
+IOPUB_SETTLE = 0.1
+
+
+def established(port: int) -> bool:
+    """Whether a TCP connection to local ``port`` is established (Linux /proc; False elsewhere)."""
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 3 and fields[1].endswith(want) and fields[3] == "01":
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def wait_for_subscriber(port: int, timeout: float = IOPUB_WAIT) -> bool:
+    """Until a client is connected to the forwarded iopub ``port``, then IOPUB_SETTLE more.
+
+    Where /proc is missing (macOS), a fixed wait that covers ZeroMQ's retry interval instead.
+    """
+    if not sys.platform.startswith("linux"):
+        time.sleep(IOPUB_SETTLE + 0.15)
+        return False
+    deadline = time.monotonic() + timeout
+    while not established(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    time.sleep(IOPUB_SETTLE)
+    return True
+
+
 class Tunnels:
     """Forwards owned as a unit: ``open()`` adds all five, ``close()`` removes them (idempotent)."""
 
@@ -55,9 +97,21 @@ class Tunnels:
         self.forwards = list(forwards)
         self.opened = False
 
-    def open(self) -> None:
-        self.transport.forward(self.forwards)
-        self.opened = True
+    def open(self, iopub_first: bool = False) -> None:
+        """Add the forwards. ``iopub_first`` (on a reconnect): the iopub forward alone, until the
+        clients' SUB socket has reconnected, then the rest. Otherwise a request queued in a client
+        while the link was down reaches the kernel before the subscription does, and its output
+        (ZeroMQ PUB drops what has no subscriber yet) is lost."""
+        if iopub_first and len(self.forwards) == len(CHANNELS):
+            iopub = self.forwards[CHANNELS.index("iopub_port")]
+            self.transport.forward([iopub])
+            self.opened = True
+            came_back = wait_for_subscriber(iopub.local_port)
+            log.debug("iopub forward first; subscriber %s", "back" if came_back else "not seen")
+            self.transport.forward([f for f in self.forwards if f is not iopub])
+        else:
+            self.transport.forward(self.forwards)
+            self.opened = True
         log.debug("forwards: %s", ", ".join(f.spec() for f in self.forwards))
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the tests, the demo and the benchmark need on a fresh Debian/Ubuntu machine:
 # the OpenSSH server and iproute2 (for the network-namespace test hosts), Debian's python3-venv
-# (the test hosts' remote environment is built from /usr/bin/python3), and a virtualenv .venv
-# with this package and its test extras. Run as root (or with sudo available).
+# (the test hosts' remote environment is built from /usr/bin/python3), Chromium and its driver
+# (the JupyterLab browser test, tests/frontends), and a virtualenv .venv with this package and its
+# test and frontend extras. Run as root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +15,11 @@ command -v ssh >/dev/null || missing+=(openssh-client)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v pgrep >/dev/null || missing+=(procps)
+command -v zsh >/dev/null || missing+=(zsh)     # the remote start command is tested under zsh too (macOS login shell)
 command -v sudo >/dev/null || missing+=(sudo)   # the test host's user gets passwordless sudo (--sudo tests)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v chromium >/dev/null || missing+=(chromium)              # headless, for tests/frontends
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     "${SUDO[@]}" apt-get update -qq
@@ -27,6 +31,6 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-echo "setup: installing ssh_ipykernel[test] into .venv"
-.venv/bin/python -m pip install -q -e '.[test]'
+echo "setup: installing ssh_ipykernel[test,frontend] into .venv"
+.venv/bin/python -m pip install -q -e '.[test,frontend]'
 echo "setup: done"

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 
+from .kernelcmd import check_requirements, kernel_command  # local-only
 from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir  # local-only
 
 
@@ -74,27 +75,25 @@ class Agent:
         self.connection_file = ""
         self.log_file = ""
         self.socket_file = ""
-        self.cwd = os.getcwd()  # the login directory: where the kernel starts
+        self.cwd = os.getcwd()  # the login directory: where the kernel starts (unless --workdir)
+        self.command = {}  # type: dict
         self.ports = {}  # type: dict
+        self.ports_from_kernel = False
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
-    def check_imports(self) -> None:
-        import importlib.util
-
-        for module, code in (("ipykernel", "no_ipykernel"), ("jupyter_client", "no_jupyter_client")):
-            if importlib.util.find_spec(module) is None:
-                raise BootstrapError(code, "%s is not installed for %s" % (module, sys.executable))
-
     def write_connection_file(self) -> None:
-        """Free remote ports and a 0600 connection file holding the local session key.
+        """A 0600 connection file holding the local session key.
 
-        The same file jupyter_client.write_connection_file writes (five ports bound at once on
-        127.0.0.1 so that they differ, then released for the kernel), but without importing
-        jupyter_client here: that import costs the remote python 0.2-0.3 s, more on a busy host,
-        before the kernel can even be started, on every start. The kernel imports it anyway.
+        ipykernel gets ports 0 and binds free ports itself, then rewrites the file
+        (wait_for_ports): picking ports here and binding them later in another process races
+        with every other kernel starting on the host and with sshd's outgoing connections
+        (EADDRINUSE). Other kernels may not take port 0, so they get ports picked here, under
+        a lock and skipping ports in other kernels' files. jupyter_client is not imported: that
+        costs the remote python 0.2-0.3 s before the kernel can even be started.
         """
+        self.ports_from_kernel = not (self.params.get("remote_kernel") or self.params.get("kernel_cmd"))
         try:
             directory = runtime_dir()
             # A random tag: two machines may well use the same kernel id on one account.
@@ -103,38 +102,78 @@ class Agent:
             self.connection_file = fname
             self.log_file = fname[: -len(".json")] + ".log"
             self.socket_file = fname[: -len(".json")] + ".sock"
-            # A port is free when picked and bound by the kernel only once it has booted, so
-            # kernels starting at once could pick the same one (and the later one would die).
-            # Under a lock, ports already in another kernel's connection file are skipped.
-            lock = os.open(os.path.join(directory, ".kernel-ssh-ports.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                ports = free_ports("127.0.0.1", len(PORT_NAMES), reserved_ports(directory))
-                if len(ports) < len(PORT_NAMES):
-                    raise OSError("no free ports on 127.0.0.1")
-                info = dict(zip(PORT_NAMES, ports))  # type: dict
-                info.update(
-                    ip="127.0.0.1",
-                    key=self.params["key"],
-                    transport="tcp",
-                    signature_scheme=self.params.get("signature_scheme") or "hmac-sha256",
-                    kernel_name=self.params.get("kernel_name") or "",
-                )
+            info = {
+                "ip": "127.0.0.1",
+                "key": self.params["key"],
+                "transport": "tcp",
+                "signature_scheme": self.params.get("signature_scheme") or "hmac-sha256",
+                "kernel_name": self.params.get("kernel_name") or "",
+            }  # type: dict
+            if self.ports_from_kernel:
+                info.update({name: 0 for name in PORT_NAMES})
                 fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
-                    json.dump(info, f, indent=1)
-            finally:
-                os.close(lock)
+                    json.dump(info, f)
+            else:
+                # A port picked here is bound by the kernel only once it has booted, so kernels
+                # starting at once could pick the same one (and the later one would die). Under
+                # a lock, ports already in another kernel's connection file are skipped.
+                lock = os.open(os.path.join(directory, ".kernel-ssh-ports.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    ports = free_ports("127.0.0.1", len(PORT_NAMES), reserved_ports(directory))
+                    if len(ports) < len(PORT_NAMES):
+                        raise OSError("no free ports on 127.0.0.1")
+                    info.update(zip(PORT_NAMES, ports))
+                    fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        json.dump(info, f, indent=1)
+                finally:
+                    os.close(lock)
         except OSError as e:
             raise BootstrapError(
                 "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
             ) from e
         self.ports = {name: info[name] for name in PORT_NAMES}
 
+    def wait_for_ports(self, timeout: float) -> None:
+        """In the keeper, after launch(): the ports ipykernel bound, once it wrote them back."""
+        deadline = time.monotonic() + timeout
+        while not self.ports or not all(self.ports.values()):
+            try:
+                with open(self.connection_file) as f:
+                    info = json.load(f)
+                self.ports = {k: int(v) for k, v in info.items() if k.endswith("_port")}
+            except (OSError, ValueError, TypeError, AttributeError):
+                pass  # not there yet, or half written
+            if self.ports and all(self.ports.values()):
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BootstrapError("kernel_start", "the kernel exited (code %s) while starting: %s"
+                                     % (self.proc.returncode, self.log_tail()))
+            if time.monotonic() > deadline:
+                raise BootstrapError("kernel_start", "the kernel did not bind its ports within %.0f s: %s"
+                                     % (timeout, self.log_tail()))
+            time.sleep(0.02)
+
+    def log_tail(self, size: int = 1500) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - size))
+                return f.read().decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+
     def prepare(self) -> None:
-        """In the SSH session: check the remote python, write the connection and log files."""
-        self.check_imports()
+        """In the SSH session: check the remote python, write the connection and log files,
+        work out the kernel's command (kernelcmd.py). Errors here reach the proxy directly."""
+        check_requirements(self.params)
         self.write_connection_file()
+        try:
+            self.command = kernel_command(self.params, self.connection_file, sys.executable)
+        except BootstrapError:
+            self.remove_files()
+            raise
         try:
             # O_APPEND: the kernel and the keeper (its own notes) both write to it.
             os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600))
@@ -143,8 +182,8 @@ class Agent:
             raise BootstrapError("connection_file", "cannot create %s: %s" % (self.log_file, e)) from e
 
     def launch(self) -> None:
-        """In the keeper: start ipykernel in its own session, bound to 127.0.0.1."""
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", self.connection_file]
+        """In the keeper: start the kernel in its own session, bound to 127.0.0.1."""
+        argv = self.command["argv"]
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
@@ -157,8 +196,8 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                cwd=self.cwd,
-                env=kernel_environment(os.environ, self.params.get("env") or {}, os.getpid()),
+                cwd=self.command["cwd"] or self.cwd,
+                env=kernel_environment(os.environ, self.command["env"], os.getpid()),
                 start_new_session=True,
                 close_fds=True,
             )
@@ -197,7 +236,27 @@ class Agent:
                 pass
 
     def interrupt(self) -> None:
-        self.signal_kernel(signal.SIGINT)
+        """SIGINT to the kernel's group, or an interrupt_request for kernels that want messages."""
+        if self.command.get("interrupt_mode") == "message":
+            threading.Thread(target=self._request_interrupt, daemon=True).start()
+        else:
+            self.signal_kernel(signal.SIGINT)
+
+    def _request_interrupt(self) -> None:
+        try:
+            from jupyter_client.blocking.client import BlockingKernelClient
+
+            client = BlockingKernelClient()
+            client.load_connection_file(self.connection_file)
+            client.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+            try:
+                msg = client.session.msg("interrupt_request", {})
+                client.control_channel.send(msg)
+                client.control_channel.get_msg(timeout=SHUTDOWN_REPLY_WAIT)
+            finally:
+                client.stop_channels()
+        except Exception as e:  # noqa: BLE001 - nothing else to try; say so in the log
+            self.log("interrupt_request failed: %s" % e)
 
     def _request_shutdown(self) -> bool:
         """Ask the kernel to shut down over its control channel (runs its cleanup, saves history).

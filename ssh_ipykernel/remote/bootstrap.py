@@ -61,22 +61,27 @@ def start_keeper(params: dict) -> socket.socket:
     retire_predecessors(agent)
     directory, name = os.path.split(agent.socket_file)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    temporary = ".%s.%d" % (name, os.getpid())
     try:
         # A relative name: the absolute path may pass the ~100-byte limit of socket addresses.
         os.chdir(directory)
         old_umask = os.umask(0o177)
         try:
-            # Bound under a temporary name and moved into place once it listens: another
-            # kernel starting at the same moment (remove_stale) must never find a bound socket
-            # that refuses connections under the real name, and delete this kernel's files.
-            listener.bind(name + ".new")
+            # Bound under a temporary name and renamed once it listens: a kernel starting at the
+            # same moment would otherwise find the name refusing connections, take it for the
+            # socket of a dead keeper and remove this kernel's files (remove_stale).
+            listener.bind(temporary)
+            listener.listen(16)
+            os.rename(temporary, name)
         finally:
             os.umask(old_umask)
-        listener.listen(16)
-        os.rename(name + ".new", name)
     except OSError as e:
         listener.close()
         agent.remove_files()
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
         raise BootstrapError("connection_file", "cannot create %s: %s" % (agent.socket_file, e)) from e
     grace = params.get("grace")
     client_timeout = params.get("client_timeout") or DEFAULT_CLIENT_TIMEOUT
@@ -232,10 +237,10 @@ def retire_predecessors(agent: Agent) -> None:
             try:
                 sock.connect(name)
                 sock.sendall(note)
-                # Half-close and read until the keeper hangs up: it does so only after it has
-                # read our note (and then our end-of-file). Closing any earlier makes one of its
-                # sends to us fail, and it drops us without reading the note.
                 sock.shutdown(socket.SHUT_WR)
+                # Read until the keeper hangs up (it has read the note by then): a unix socket
+                # closed with unread data makes the peer's read fail with ECONNRESET, and the
+                # keeper would lose the note along with its greeting to us.
                 while sock.recv(65536):
                     pass
             except OSError:

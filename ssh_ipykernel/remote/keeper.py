@@ -32,6 +32,7 @@ TICK = 0.1  # how often the log is tailed and the kernel polled; also bounds exi
 MAX_BACKLOG = 4 << 20  # bytes queued for a client that reads nothing: it is dropped
 MAX_LOG_REPLAY = 1 << 20  # log text kept for a proxy that comes back after an outage
 FIRST_CLIENT_WAIT = 30.0  # for the session that started us to connect and hear a start error
+PORTS_WAIT = 120.0  # for ipykernel to bind its ports (imports on a slow, busy host)
 
 
 class Client:
@@ -43,6 +44,7 @@ class Client:
         self.inbuf = b""
         self.outbuf = bytearray()
         self.last_heard = now
+        self.heard = False  # has it said anything yet
 
 
 class Keeper:
@@ -68,7 +70,10 @@ class Keeper:
         signal.signal(signal.SIGTERM, lambda *_: self._stop_signal.set())
         try:
             self.agent.launch()
+            if self.agent.ports_from_kernel:
+                self.agent.wait_for_ports(PORTS_WAIT)
         except BootstrapError as e:
+            self.agent.signal_kernel(signal.SIGKILL)
             self._report_start_error(e)
             return
         self.agent.log("kernel pid %d started; keeper pid %d; grace period %s" % (
@@ -132,8 +137,6 @@ class Keeper:
         client = Client(sock, time.monotonic(), self.accepted)
         self.clients[sock.fileno()] = client
         self.sel.register(sock, selectors.EVENT_READ, client)
-        if self.accepted > 1:
-            self.agent.log("proxy %d attached" % client.number)
         self._send(client, "ready", **self.agent.ready_event())
 
     def _service(self, client: Client, mask: int) -> None:
@@ -151,6 +154,9 @@ class Keeper:
             self._drop(client)
             return
         client.last_heard = time.monotonic()
+        if not client.heard and client.number > 1:  # not the probes of a starting session
+            self.agent.log("proxy %d attached" % client.number)
+        client.heard = True
         client.inbuf += data
         *lines, client.inbuf = client.inbuf.split(b"\n")
         for line in lines:

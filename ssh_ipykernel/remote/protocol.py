@@ -24,6 +24,9 @@ EXIT_NO_JUPYTER_CLIENT = 94
 EXIT_CONNECTION_FILE = 95
 EXIT_KERNEL_START = 96
 EXIT_NO_KERNEL = 97  # attach: no keeper answers at that socket (the kernel has ended)
+EXIT_PRE_COMMAND = 89  # emitted by the sh wrapper when --pre-command fails
+EXIT_KERNELSPEC = 98  # --remote-kernel: no such kernelspec on the remote, or unusable
+EXIT_WORKDIR = 99  # --workdir does not exist there (or is not a directory we may enter)
 
 ERROR_EXIT_CODES = {
     "bad_params": EXIT_BAD_PARAMS,
@@ -32,10 +35,16 @@ ERROR_EXIT_CODES = {
     "connection_file": EXIT_CONNECTION_FILE,
     "kernel_start": EXIT_KERNEL_START,
     "no_kernel": EXIT_NO_KERNEL,
+    "kernelspec": EXIT_KERNELSPEC,
+    "workdir": EXIT_WORKDIR,
 }
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _KERNEL_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+# jupyter_client's rule for kernelspec names.
+KERNEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+#: Where a kernel command takes the path of its connection file.
+CONNECTION_FILE_FIELD = "{connection_file}"
 # Grace periods of the shutdown ladder: shutdown_request, then SIGTERM, then SIGKILL.
 SHUTDOWN_REQUEST_WAIT = 5.0
 SHUTDOWN_REPLY_WAIT = 1.0
@@ -99,7 +108,27 @@ def validate_params(params: object) -> dict:
             raise BootstrapError("bad_params", "environment variable name %r is not valid" % (name,))
         if not isinstance(value, str) or "\0" in value:
             raise BootstrapError("bad_params", "value of %s is not a string" % name)
+    _validate_kernel_choice(params)
     return params
+
+
+def _validate_kernel_choice(params: dict) -> None:
+    """remote_kernel (a kernelspec name), kernel_cmd (an argv list) and workdir (a path)."""
+    remote_kernel = params.get("remote_kernel")
+    kernel_cmd = params.get("kernel_cmd")
+    workdir = params.get("workdir")
+    if remote_kernel is not None and (not isinstance(remote_kernel, str) or not KERNEL_NAME_RE.match(remote_kernel)):
+        raise BootstrapError("bad_params", "remote_kernel %r is not a kernelspec name" % (remote_kernel,))
+    if kernel_cmd is not None:
+        if (not isinstance(kernel_cmd, list) or not kernel_cmd
+                or not all(isinstance(arg, str) and "\0" not in arg for arg in kernel_cmd)):
+            raise BootstrapError("bad_params", "kernel_cmd is not a non-empty list of strings")
+        if not any(CONNECTION_FILE_FIELD in arg for arg in kernel_cmd):
+            raise BootstrapError("bad_params", "kernel_cmd does not take %s" % CONNECTION_FILE_FIELD)
+    if remote_kernel is not None and kernel_cmd is not None:
+        raise BootstrapError("bad_params", "remote_kernel and kernel_cmd exclude each other")
+    if workdir is not None and (not isinstance(workdir, str) or not workdir or "\0" in workdir):
+        raise BootstrapError("bad_params", "workdir %r is not a path" % (workdir,))
 
 
 def kernel_environment(base: dict, extra: dict, keeper_pid: int) -> dict:

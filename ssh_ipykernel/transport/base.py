@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import subprocess
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 from ..hosts import HostSpec
 
@@ -102,6 +102,13 @@ class Transport(abc.ABC):
     def drain(self) -> str:
         """Read what the connection has to say (non-blocking); '' if nothing."""
         return ""
+
+    def probe_address(self) -> Optional[Tuple[str, int]]:
+        """The (IP address, port) the connection goes to, if a plain TCP connect there tells
+        whether a new connection could succeed; None when that is unknown (a proxy or jump host
+        in between). The supervisor probes it cheaply while the network is down. Called while
+        connected (it may need name resolution)."""
+        return None
 
     @abc.abstractmethod
     def close(self, *, lost: bool = False) -> None:

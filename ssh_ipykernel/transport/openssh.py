@@ -13,10 +13,12 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
@@ -248,6 +250,23 @@ class OpenSSHTransport(Transport):
     def cancel(self, forwards: Sequence[Forward]) -> None:
         if self._forwarder is not None:
             self._forwarder.remove(forwards)
+
+    def probe_address(self) -> Optional[Tuple[str, int]]:
+        argv = [self.ssh] + (["-F", self.options.ssh_config] if self.options.ssh_config else [])
+        argv += self.host.ssh_args() + ["-G", "--", self.host.host]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        conf = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        if conf.get("proxyjump", "none") != "none" or conf.get("proxycommand", "none") != "none":
+            return None
+        try:
+            port = int(conf.get("port", "22"))
+            infos = socket.getaddrinfo(conf.get("hostname", self.host.host), port, type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            return None
+        return (str(infos[0][4][0]), port) if infos else None
 
     def alive(self) -> bool:
         return self.mux is not None and not self.mux.poll_eof()

@@ -10,11 +10,32 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import pytest
 from jupyter_client import KernelManager
 from jupyter_client.kernelspec import KernelSpecManager
 
+
+def proxy_passes_launch_options() -> bool:
+    """Whether proxy.py hands ProxyOptions.launch (--remote-kernel, --kernel-cmd, --workdir,
+    --pre-command) to RemoteKernel: one line the lead adds to proxy.py (issue 4)."""
+    import inspect
+
+    from ssh_ipykernel import proxy
+
+    return "launch=self.options.launch" in inspect.getsource(proxy)
+
+
+#: Tests whose kernel must be started with those options: strictly expected to fail until
+#: proxy.py passes them on, and run normally from then on (strict: an XPASS fails the run, so
+#: a wiring spelled differently is noticed).
+needs_launch_wiring = pytest.mark.xfail(
+    not proxy_passes_launch_options(), strict=True,
+    reason="proxy.py does not pass ProxyOptions.launch to RemoteKernel yet (issue 4 report)")
+
+
 AGENT_PATTERN = "ssh_ipykernel-agent"
-KERNEL_PATTERN = "ipykernel_launcher -f .*kernel-ssh-"
+# Any kernel started with its connection file (ipykernel, a remote kernelspec, --kernel-cmd).
+KERNEL_PATTERN = r" -f \S*/kernel-ssh-"
 
 
 def manage(host, prefix: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -147,6 +168,14 @@ def wait_remote_clean(host, kernel_pid: Optional[int] = None, timeout: float = 2
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.3)
+
+
+def wait_for(log: Path, text: str, timeout: float = 30) -> None:
+    """Poll a log file until ``text`` appears in it."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
+        time.sleep(0.1)
 
 
 def _control_path_users(runtime_dir: str) -> List[str]:

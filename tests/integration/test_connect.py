@@ -18,7 +18,7 @@ import pexpect
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from kernels import local_ssh_children, wait_remote_clean
+from kernels import local_ssh_children, wait_for, wait_remote_clean
 
 REMOTE_FILE = "/tmp/by-hand/kernel-fixed.json"
 FIXED_PORTS = {"shell": 50101, "iopub": 50102, "stdin": 50103, "control": 50104, "hb": 50105}
@@ -29,8 +29,8 @@ def by_hand_kernel(ssh_host):
     """A kernel started on the remote the way a user would, outside ssh_ipykernel."""
     ports = " ".join(f"--{name}={port}" for name, port in FIXED_PORTS.items())
     r = ssh_host.run(
-        f"mkdir -p /tmp/by-hand && nohup {ssh_host.env_python} -m ipykernel_launcher -f {REMOTE_FILE} "
-        f"{ports} --ip=127.0.0.1 >/tmp/by-hand/log 2>&1 & echo $!"
+        f"mkdir -p /tmp/by-hand; nohup {ssh_host.env_python} -m ipykernel_launcher -f {REMOTE_FILE} "
+        f"{ports} --ip=127.0.0.1 </dev/null >/tmp/by-hand/log 2>&1 & echo $!"
     )
     assert r.returncode == 0, r.stderr
     pid = int(r.stdout.split()[-1])
@@ -48,13 +48,6 @@ def start_connect(host, remote_file: str, local: Path, log: Path, *args: str) ->
             "--ssh-config", str(host.ssh_config), "--python", host.env_python, "--local-file", str(local),
             *args, remote_file]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_for(log: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
-        time.sleep(0.1)
 
 
 def client(local: Path) -> BlockingKernelClient:
@@ -98,6 +91,9 @@ def test_connect_to_a_kernel_started_by_hand(ssh_host, by_hand_kernel, tmp_path,
             kc.stop_channels()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0, log.read_text()
+    except BaseException:
+        print(f"--- connect log ---\n{log.read_text()}")  # shown by pytest with the failure
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -120,7 +116,7 @@ def test_jupyter_console_existing_through_connect(ssh_host, by_hand_kernel, tmp_
             console.expect(r"In \[\d+\]")
             console.sendline("import socket; print('host=' + socket.gethostname())")
             console.expect(f"host={ssh_host.hostname}")
-            console.sendline("exit")
+            console.sendline("exit(keep_kernel=True)")  # plain exit would shut the kernel down
             console.expect(pexpect.EOF)
         finally:
             console.close(force=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import Kernel, local_ssh_children, manage, wait_remote_clean
+from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, wait_remote_clean
 
 
 @pytest.fixture
@@ -133,3 +133,38 @@ def test_error_reaches_the_jupyter_log(ssh_host, tmp_path, nothing_left):
     assert "remote python /opt/no/such/env not found on btest" in k.log()
     assert k.proxy.returncode == 31
     k.km.cleanup_resources()
+
+
+def test_remote_connection_file_not_writable(ssh_host, connection_file, nothing_left):
+    ssh_host.run(f"mkdir -p {ssh_host.runtime_dir} && chmod 500 {ssh_host.runtime_dir}")
+    try:
+        r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--python", ssh_host.env_prefix)
+    finally:
+        ssh_host.run(f"chmod 700 {ssh_host.runtime_dir}")
+    check(r, 34, "could not write the kernel's connection file on btest", "Permission denied",
+          "JUPYTER_RUNTIME_DIR")
+
+
+@needs_launch_wiring
+def test_pre_command_that_fails(ssh_host, connection_file, nothing_left):
+    r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--pre-command", "module load python/3.11", timeout=40)
+    check(r, 37, "the --pre-command failed on btest", "ssh btest 'module load python/3.11'", "module")
+
+
+@needs_launch_wiring
+def test_workdir_that_does_not_exist_runs_nothing(ssh_host, connection_file, nothing_left):
+    marker = "/tmp/sik-workdir-marker"
+    r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--workdir", f"~/$(touch {marker})", timeout=40)
+    check(r, 39, f"the working directory {ssh_host.home}/$(touch {marker}) does not exist", "mkdir -p")
+    assert ssh_host.run(f"test -e {marker}").returncode != 0
+
+
+@needs_launch_wiring
+def test_remote_kernelspec_not_found(ssh_host, connection_file, nothing_left):
+    r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--remote-kernel", "julia-1.10", timeout=40)
+    check(r, 38, "no kernelspec 'julia-1.10'", "installed there: python3", "jupyter kernelspec list")
+
+
+def test_kernel_command_without_the_connection_file(ssh_host, connection_file, nothing_left):
+    r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--kernel-cmd", "python3 -m ipykernel_launcher")
+    check(r, 2, "does not say where the connection file goes", "{connection_file}")

@@ -23,7 +23,7 @@ from jupyter_client.connect import write_connection_file
 
 from kernels import (
     AGENT_PATTERN, KERNEL_PATTERN, Kernel, local_ssh_children, manage, remote_leftovers, ssh_masters,
-    wait_remote_clean,
+    wait_for, wait_remote_clean,
 )
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,26 @@ def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> flo
     raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
 
 
+def reconnected_after(kernel: Kernel, wall: float) -> float:
+    """Seconds from the wall-clock time ``wall`` to the proxy's last "reconnected" log line.
+
+    The line comes once the attach session is up, which may be after the kernel answers (the
+    forwards are restored first)."""
+    import datetime
+
+    deadline = time.monotonic() + 15
+    while True:
+        log = kernel.log()
+        stamps = re.findall(r"^(\d\d:\d\d:\d\d\.\d{3}) INFO .* up: reconnected", log, re.M)
+        if stamps or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert stamps, log
+    day = datetime.datetime.fromtimestamp(wall)
+    at = datetime.datetime.combine(day.date(), datetime.time.fromisoformat(stamps[-1]))
+    return at.timestamp() - wall
+
+
 def drain_shell(kernel: Kernel) -> None:
     while True:
         try:
@@ -105,7 +125,7 @@ def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
             t_down = time.monotonic()
         if t_down and not t_up and time.monotonic() - t_down >= 20:
             ssh_host.link_up()
-            t_up = time.monotonic()
+            t_up, wall_up = time.monotonic(), time.time()
         try:
             msg = kernel.kc.get_iopub_msg(timeout=0.1)
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
@@ -130,7 +150,8 @@ def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
     after = [(t, n) for t, n in lines if t > t_up]
     assert after, "no output after the link came back"
     resumed = after[0][0] - t_up
-    print(f"\n20 s cut: output resumed {resumed:.2f} s after the link came back; "
+    print(f"\n20 s cut: reconnected {reconnected_after(kernel, wall_up):.2f} s and output resumed "
+          f"{resumed:.2f} s after the link came back (a line is printed every second); "
           f"{len(got_during)} of the {len(during)} lines printed during the cut reached the client "
           f"({len(received)} of 40 in all)")
     assert resumed < 5, kernel.log()
@@ -140,21 +161,23 @@ def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
     assert re.search(r"reconnected after [\d.]+ s \(attempt \d+, reconnect #1\)", kernel.log())
 
 
-def test_a_cut_longer_than_every_keepalive(kernel, ssh_host):
-    """90 s: past ssh's ServerAlive (45 s) and our own detection; the kernel is kept."""
+@pytest.mark.parametrize("seconds", [20, 90])
+def test_an_idle_kernel_survives_a_cut(seconds, kernel, ssh_host):
+    """Polled like a restarter and a client would; 90 s is past ssh's ServerAlive (45 s)."""
     pid = remote_pid(kernel)
     kernel.execute("y = 'kept'")
     watcher = Watcher(kernel)
     ssh_host.link_down()
     try:
-        time.sleep(90)
+        time.sleep(seconds)
         assert pid in ssh_host.remote_pids("ipykernel_launcher"), "the kernel died during the cut"
     finally:
         ssh_host.link_up()
-    t_up = time.monotonic()
+    t_up, wall_up = time.monotonic(), time.time()
     answered = first_answer_after(kernel, t_up)
     watcher.stop()
-    print(f"\n90 s cut: kernel answered {answered:.2f} s after the link came back")
+    print(f"\n{seconds} s cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s and the kernel answered "
+          f"{answered:.2f} s after the link came back")
     assert answered < 4, kernel.log()
     drain_shell(kernel)
     assert remote_pid(kernel) == pid and kernel.value("y") == "kept"
@@ -198,13 +221,6 @@ def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
             "--python", host.env_prefix, *args, "-f", str(conn)]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_for(log: Path, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
-        time.sleep(0.1)
 
 
 def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, conn, tmp_path, jupyter_env):
@@ -276,6 +292,7 @@ def test_a_kernel_that_ended_during_the_outage_makes_the_proxy_exit(ssh_host, co
     assert code == 1, log.read_text()
     assert "the remote kernel on btest is gone" in log.read_text()
     assert time.monotonic() - with_cut < 60
+    assert not wait_remote_clean(ssh_host, timeout=10)  # its files went with it
     assert not local_ssh_children(str(jupyter_env.runtime))
 
 

@@ -59,6 +59,7 @@ class AgentRun:
         self.proc = subprocess.Popen(
             ["/bin/sh", "-c", build_remote_command(sys.executable)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            bufsize=0,  # unbuffered: select() on the pipe must see every line readline() has not read
         )
         self.proc.stdin.write(agent_stdin(p))
         self.proc.stdin.flush()
@@ -259,10 +260,10 @@ def test_a_silent_session_counts_as_gone(agent):
 
 @pytest.mark.timeout(60)
 def test_pings_keep_the_session(agent):
-    run = agent(grace=0, client_timeout=3)
+    run = agent(grace=0, client_timeout=5)
     ready = run.event()
     t0 = time.monotonic()
-    while time.monotonic() - t0 < 5:  # longer than client_timeout
+    while time.monotonic() - t0 < 8:  # longer than client_timeout
         run.send("ping")
         assert run.event(skip=("log",)) == {"event": "pong"}
         time.sleep(0.5)
@@ -366,7 +367,7 @@ def test_a_restarted_kernel_retires_its_predecessor_but_not_a_namesake(agent):
     first.proc.stdin.close()  # the old proxy is gone (killed): its session ends
     restarted = agent(kernel_id="same")
     restarted_ready = restarted.event()
-    assert wait_gone(first_ready["pid"]) and wait_gone(first_ready["keeper_pid"])
+    assert wait_gone(first_ready["pid"], timeout=40) and wait_gone(first_ready["keeper_pid"])
     assert not os.path.exists(first_ready["connection_file"])
     assert alive(namesake_ready["pid"]) and alive(restarted_ready["pid"])
     for run in (namesake, restarted):

@@ -10,7 +10,8 @@ from ssh_ipykernel import exceptions as exc
 from ssh_ipykernel.launcher import LOADER, agent_stdin, build_remote_command, error_for_exit
 from ssh_ipykernel.remote import protocol
 
-SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash") if os.path.exists(s)]
+# zsh: the login shell of macOS users (tools/setup.sh installs it).
+SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash", "/usr/bin/zsh") if os.path.exists(s)]
 
 
 @pytest.fixture
@@ -152,3 +153,104 @@ def test_only_imports_are_local_only():
         for line in path.read_text().splitlines():
             if line.rstrip().endswith(LOCAL_ONLY):
                 assert line.startswith("from ."), (path.name, line)
+
+
+# --- --pre-command -------------------------------------------------------------------------------
+
+@pytest.fixture
+def env_reporter(tmp_path):
+    """An environment prefix whose python reports its environment and what is left on stdin."""
+    prefix = tmp_path / "env"
+    (prefix / "bin").mkdir(parents=True)
+    python = prefix / "bin" / "python"
+    python.write_text('#!/bin/sh\nprintf "PRE=%s|ARG=%s|STDIN=%s\\n" "$SIK_PRE" "$SIK_ARG" "$(head -c 9)"\n')
+    python.chmod(0o755)
+    return prefix
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_pre_command_prepares_the_environment_python_starts_in(env_reporter, shell, tmp_path):
+    # It may also be what puts python on PATH (conda activate, module load).
+    pre = f'export SIK_PRE="a b"; PATH={env_reporter}/bin:$PATH; echo chatter; read -r line || true'
+    r = subprocess.run([shell, "-c", build_remote_command("python", pre_command=pre)], input="AGENTSRC\nrest",
+                       capture_output=True, text=True, timeout=10, env=dict(os.environ, PATH="/usr/bin:/bin"))
+    assert r.returncode == 0, r.stderr
+    # stdout stays the agent's (the pre-command's output goes to stderr); stdin is untouched.
+    assert r.stdout == "PRE=a b|ARG=|STDIN=AGENTSRC\n"
+    assert "chatter" in r.stderr
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_failing_pre_command_stops_before_python(fake_env, shell):
+    r = run(build_remote_command(str(fake_env), pre_command=". /no/such/activate"), shell)
+    assert r.returncode == protocol.EXIT_PRE_COMMAND
+    assert "the pre-command failed" in r.stderr and "RAN" not in r.stdout
+    e = error_for_exit(r.returncode, r.stderr, host="btest", python=None, pre_command=". /no/such/activate")
+    assert isinstance(e, exc.PreCommandError)
+    assert "ssh btest '. /no/such/activate'" in e.message
+
+
+def test_pre_command_with_a_syntax_error_is_reported_as_such(fake_env):
+    pre = "echo 'unterminated"
+    for shell in SHELLS:
+        r = run(build_remote_command(str(fake_env), pre_command=pre), shell)
+        assert "RAN" not in r.stdout, shell
+        e = error_for_exit(r.returncode, r.stderr, host="btest", python=None, pre_command=pre)
+        assert isinstance(e, exc.PreCommandError), (shell, r.returncode, r.stderr)
+
+
+HOSTILE = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=30) | \
+    st.sampled_from(["$(touch MARK)", "`touch MARK`", "';touch MARK;'", '";touch MARK;"', "x;touch MARK",
+                     "a\ntouch MARK", "|touch MARK", "&& touch MARK", "$((1))$(touch MARK)", "\\';touch MARK"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arg=HOSTILE, python=HOSTILE)
+def test_pre_command_arguments_and_python_path_never_become_commands(tmp_path, env_reporter, arg, python):
+    """A quoted argument in the pre-command stays one argument; --python stays one path."""
+    import shlex
+
+    pre = f"export SIK_ARG={shlex.quote(arg)}"
+    for shell in SHELLS:
+        r = subprocess.run([shell, "-c", build_remote_command(python, pre_command=pre)], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=10, env=dict(os.environ, PATH="/nonexistent", HOME=str(tmp_path)))
+        assert not (tmp_path / "MARK").exists(), (arg, python, shell)
+        assert r.returncode == protocol.EXIT_PYTHON_NOT_FOUND, (arg, python, shell, r.stderr)
+    r = subprocess.run(["/bin/sh", "-c", build_remote_command(str(env_reporter), pre_command=pre)],
+                       capture_output=True, cwd=tmp_path, timeout=10)  # bytes: no newline translation
+    assert r.stdout.startswith(f"PRE=|ARG={arg}|".encode()), (arg, r.stdout)
+    assert not (tmp_path / "MARK").exists()
+
+
+@pytest.mark.parametrize(
+    "code, cls, words",
+    [
+        ("kernelspec", exc.RemoteKernelSpecError, "jupyter kernelspec list"),
+        ("workdir", exc.WorkdirError, "mkdir -p"),
+        ("connection_file", exc.RemoteConnectionFileError, "JUPYTER_RUNTIME_DIR"),
+    ],
+)
+def test_new_remote_errors_become_advice(code, cls, words):
+    e = error_for_exit(protocol.ERROR_EXIT_CODES[code], "", host="btest", python=None,
+                       event={"code": code, "message": "the detail"})
+    assert type(e) is cls and words in e.message and "the detail" in e.message
+    assert e.exit_code not in {c.exit_code for c in (exc.RemotePythonNotFoundError, exc.IPyKernelMissingError,
+                                                     exc.SudoError, exc.TunnelError)}
+
+
+def test_remote_modules_ship_kernelcmd_before_the_agent():
+    from ssh_ipykernel.launcher import REMOTE_MODULES, agent_source
+
+    assert REMOTE_MODULES.index("kernelcmd") < REMOTE_MODULES.index("agent")
+    assert b"def kernel_command(" in agent_source()
+
+
+def test_probe_bundle_is_self_contained():
+    import ast
+
+    from ssh_ipykernel.launcher import bundle_source
+    from ssh_ipykernel.remoteinfo import PROBE_MODULES
+
+    tree = ast.parse(bundle_source(PROBE_MODULES))
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("ssh_ipykernel"))]
+    assert {"probe", "kernel_command", "validate_params"} <= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}

@@ -1,0 +1,179 @@
+"""Turning raw benchmark runs into medians, targets (issue 7, part 5), a table and a plot.
+
+Raw results are ``{kind: {"ssh": bool, "link_rtt_ms": float, "runs": {metric: [per repeat]}}}``
+with ``runs["rt"]`` a list of per-repeat lists of round-trip seconds. "local" is the reference
+every target is computed from.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+Raw = Dict[str, dict]
+Summary = Dict[str, Dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    unit: str
+    scale: float  # stored value * scale = shown value
+    digits: int
+    #: (comparison, bound in stored units) from the local reference summary and the link RTT (s).
+    target: Optional[Callable[[Dict[str, float], float], Tuple[str, float]]] = None
+    target_text: str = ""
+    #: How repeats combine: the median, or the sum (counts of failures: one is one too many).
+    total: bool = False
+
+
+ROWS: Sequence[Row] = (
+    Row("start", "cold start", "s", 1, 2, lambda loc, rtt: ("<=", loc["start"] + 0.6), "local + 0.6 s"),
+    Row("warm_start", "start with a connection up", "s", 1, 2),
+    Row("restart", "restart", "s", 1, 2, lambda loc, rtt: ("<=", loc["restart"] + 2 * rtt), "local + 2 RTT"),
+    Row("rt_p50", "execute round trip p50", "ms", 1000, 1,
+        lambda loc, rtt: ("<=", rtt + loc["rt_p50"] + 0.0005), "RTT + local + 0.5 ms"),
+    Row("rt_p99", "execute round trip p99", "ms", 1000, 1,
+        lambda loc, rtt: ("<=", rtt + loc["rt_p99"] + 0.0005), "RTT + local + 0.5 ms"),
+    Row("stream", "20 MB stream throughput", "MB/s", 1, 1, lambda loc, rtt: (">=", 0.95 * loc["stream"]),
+        ">= 95% of local"),
+    Row("interrupt", "interrupt", "ms", 1000, 1, lambda loc, rtt: ("<=", 2 * rtt + 0.020), "2 RTT + 20 ms"),
+    Row("shutdown", "shutdown", "s", 1, 2),
+    Row("rss", "proxy RSS (local: the kernel)", "MB", 1, 1, lambda loc, rtt: ("<=", 25.0), "25 MB"),
+    Row("rss_tree", "proxy + its ssh processes RSS", "MB", 1, 1),
+    Row("many", "N kernels at once, all ready", "s", 1, 2, lambda loc, rtt: ("<=", 1.3 * loc["many"]),
+        "1.3 x local"),
+    Row("many_failed", "of those, failed to start (all repeats)", "", 1, 0, lambda loc, rtt: ("<=", 0.0), "0",
+        total=True),
+    Row("connections", "SSH connections for N kernels", "", 1, 0, lambda loc, rtt: ("<=", 1.0), "1"),
+)
+ROW = {row.key: row for row in ROWS}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def per_repeat(runs: Dict[str, list], key: str) -> List[float]:
+    """One value per repeat for a row (round-trip percentiles are taken within each repeat)."""
+    if key in ("rt_p50", "rt_p99"):
+        q = 0.5 if key == "rt_p50" else 0.99
+        return [percentile(trips, q) for trips in runs.get("rt", []) if trips]
+    return list(runs.get(key, []))
+
+
+def summarize(raw: Raw) -> Summary:
+    """Medians over repeats; the round-trip percentiles over all round trips of all repeats."""
+    out: Summary = {}
+    for kind, data in raw.items():
+        runs, summary = data["runs"], {}
+        pooled = [t for trips in runs.get("rt", []) for t in trips]
+        if pooled:
+            summary["rt_p50"], summary["rt_p99"] = percentile(pooled, 0.5), percentile(pooled, 0.99)
+        for row in ROWS:
+            values = per_repeat(runs, row.key)
+            if row.key not in summary and values:
+                summary[row.key] = sum(values) if row.total else statistics.median(values)
+        out[kind] = summary
+    return out
+
+
+def check(raw: Raw, summary: Summary, kind: str, key: str) -> Optional[Tuple[str, float, bool]]:
+    """(comparison, bound, passed) for an SSH kind's row, or None where the row has no target."""
+    row, local = ROW[key], summary.get("local", {})
+    if not raw[kind]["ssh"] or row.target is None or key not in summary[kind]:
+        return None
+    try:
+        op, bound = row.target(local, raw[kind]["link_rtt_ms"] / 1000)
+    except KeyError:  # the local reference was not measured
+        return None
+    value = summary[kind][key]
+    return op, bound, value <= bound if op == "<=" else value >= bound
+
+
+def _fmt(row: Row, value: Optional[float]) -> str:
+    return "-" if value is None else f"{value * row.scale:.{row.digits}f}"
+
+
+def table(raw: Raw, *, markdown: bool = False, many: int = 20) -> str:
+    """One line per measured row: the local reference, then per SSH kind value, target, pass/fail."""
+    summary = summarize(raw)
+    kinds = list(raw)
+    header = ["metric"]
+    for kind in kinds:
+        header += [kind, "target", "ok"] if raw[kind]["ssh"] else [kind]
+    lines = []
+    for row in ROWS:
+        if not any(row.key in summary[k] for k in kinds):
+            continue
+        unit = f" ({row.unit})" if row.unit else ""
+        cells = [row.label.replace("N ", f"{many} ") + unit]
+        for kind in kinds:
+            cells.append(_fmt(row, summary[kind].get(row.key)))
+            if raw[kind]["ssh"]:
+                verdict = check(raw, summary, kind, row.key)
+                if verdict is None:
+                    cells += ["", ""]
+                else:
+                    op, bound, ok = verdict
+                    cells += [f"{op} {_fmt(row, bound)}", "pass" if ok else "FAIL"]
+        lines.append(cells)
+    if markdown:
+        align = ["---"] + ["---:" if h not in ("ok", "target") else ":---" for h in header[1:]]
+        out = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+        out += ["| " + " | ".join(cells) + " |" for cells in lines]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
+    fmt = [f"{{:<{widths[0]}}}"] + [f"{{:>{w}}}" for w in widths[1:]]
+    return "\n".join("  ".join(f.format(c) for f, c in zip(fmt, r)) for r in [header, *lines])
+
+
+def targets_text(raw: Raw) -> str:
+    """How each target was computed, with the link RTT it used."""
+    rtts = ", ".join(f"{k}: {d['link_rtt_ms']:.2f} ms" for k, d in raw.items() if d["ssh"])
+    return ("targets from the local reference medians; link RTT (TCP connect to sshd, plus the added "
+            f"delay) {rtts}; " + "; ".join(f"{r.key}: {r.target_text}" for r in ROWS if r.target_text))
+
+
+def plot(raw: Raw, path: str, title: str, many: int = 20) -> None:
+    """One small bar chart per row: median per kind, min-max over repeats, targets as red/green ticks."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarize(raw)
+    rows = [row for row in ROWS if any(row.key in s for s in summary.values())]
+    cols = 4
+    fig, axes = plt.subplots((len(rows) + cols - 1) // cols, cols, figsize=(4 * cols, 3 * ((len(rows) + 3) // cols)),
+                             squeeze=False)
+    kinds = list(raw)
+    colors = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"]
+    for ax, row in zip(axes.flat, rows):
+        for i, kind in enumerate(kinds):
+            value = summary[kind].get(row.key)
+            if value is None:
+                continue
+            values = [value] if row.total else per_repeat(raw[kind]["runs"], row.key) or [value]
+            low, high = min(values) * row.scale, max(values) * row.scale
+            shown = value * row.scale
+            ax.bar(i, shown, color=colors[i % len(colors)],
+                   yerr=[[max(0.0, shown - low)], [max(0.0, high - shown)]], capsize=3)
+            verdict = check(raw, summary, kind, row.key)
+            if verdict:
+                _, bound, ok = verdict
+                ax.hlines(bound * row.scale, i - 0.45, i + 0.45, colors="green" if ok else "red",
+                          linestyles="--", linewidth=2)
+        ax.set_title(row.label.replace("N ", f"{many} ") + (f" ({row.unit})" if row.unit else ""), fontsize=9)
+        ax.set_xticks(range(len(kinds)))
+        ax.set_xticklabels(kinds, fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.axis("off")
+    fig.suptitle(title + "\nbars: median, whiskers: min-max over repeats; dashed: target (green met, red missed)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

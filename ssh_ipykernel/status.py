@@ -1,0 +1,57 @@
+"""``ssh-ipykernel status``: the SSH kernels running from this machine, from the proxies' state files.
+
+The proxies write the files (state.py); this only reads them. Files of proxies that are gone
+(killed with SIGKILL, so they could not remove their own) are pruned on the way.
+"""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional
+
+from . import state
+
+
+def running_kernels(directory: Optional[str] = None, now: Optional[float] = None) -> List[Dict[str, object]]:
+    """One dict per running proxy (state.py's fields), plus ``uptime`` and ``in_state`` seconds."""
+    state.prune(directory)
+    now = time.time() if now is None else now
+    kernels = []
+    for fields in state.read_states(directory):
+        entry = dict(fields)
+        started, since = fields.get("started"), fields.get("since")
+        entry["uptime"] = now - started if isinstance(started, (int, float)) else None
+        entry["in_state"] = now - since if isinstance(since, (int, float)) else None
+        kernels.append(entry)
+    return kernels
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """3 s, 12 min, 1 h 02 min, 2 d 03 h."""
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600:02d} h"
+
+
+def table_rows(kernels: List[Dict[str, object]]) -> List[List[str]]:
+    """Rows for the status table: host, kernel id, remote pid, uptime, tunnel, reconnects, proxy pid."""
+    rows = []
+    for k in kernels:
+        host = str(k.get("host") or "?")
+        remote_host = k.get("remote_hostname")
+        if remote_host and remote_host != host:
+            host += f" ({remote_host})"
+        tunnel = str(k.get("state") or "?")
+        if tunnel != "up" and k.get("in_state") is not None:
+            tunnel += f" for {format_duration(k['in_state'])}"  # type: ignore[arg-type]
+        remote_pid = k.get("remote_pid")
+        rows.append([host, str(k.get("kernel_id") or "?"), str(remote_pid) if remote_pid else "-",
+                     format_duration(k.get("uptime")), tunnel,  # type: ignore[arg-type]
+                     str(k.get("reconnects") or 0), str(k.get("pid"))])
+    return rows

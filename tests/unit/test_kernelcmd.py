@@ -1,0 +1,134 @@
+"""What the remote agent starts (remote/kernelcmd.py), run locally against real kernelspecs."""
+import json
+import os
+import sys
+
+import pytest
+
+from ssh_ipykernel.remote import kernelcmd
+from ssh_ipykernel.remote.kernelcmd import check_requirements, kernel_command, resolve_workdir
+from ssh_ipykernel.remote.protocol import PROTOCOL, BootstrapError, validate_params
+
+CF = "/run/user/1/kernel-ssh-x.json"
+
+
+def params(**over):
+    p = {"protocol": PROTOCOL, "kernel_id": "k1", "key": "", "env": {}}
+    p.update(over)
+    return p
+
+
+@pytest.fixture
+def kernels(tmp_path, monkeypatch):
+    """A private Jupyter path holding kernelspecs written by the test."""
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jp"))
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+
+    def install(name, spec):
+        d = tmp_path / "jp" / "kernels" / name
+        d.mkdir(parents=True)
+        (d / "kernel.json").write_text(json.dumps(spec))
+        return d
+
+    return install
+
+
+def test_default_is_ipykernel_with_the_agents_python():
+    cmd = kernel_command(params(env={"A": "1"}), CF, "/env/bin/python")
+    assert cmd["argv"] == ["/env/bin/python", "-m", "ipykernel_launcher", "-f", CF]
+    assert cmd["env"] == {"A": "1"}
+    assert cmd["cwd"] is None
+    assert (cmd["interrupt_mode"], cmd["language"]) == ("signal", "python")
+
+
+def test_remote_kernelspec_is_substituted_as_jupyter_does(kernels, monkeypatch, tmp_path):
+    d = kernels("echo", {
+        "argv": ["python", "{resource_dir}/echo.py", "-f", "{connection_file}", "{prefix}", "{unknown}"],
+        "display_name": "Echo", "language": "echo", "interrupt_mode": "message",
+        "env": {"ECHO_HOME": "${HOME}/echo", "KEEP": "$$literal", "A": "from-spec"},
+        "metadata": {"debugger": False},
+    })
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cmd = kernel_command(params(remote_kernel="echo", env={"A": "from-user"}), CF, "/env/bin/python")
+    assert cmd["argv"] == ["/env/bin/python", f"{d}/echo.py", "-f", CF, sys.prefix, "{unknown}"]
+    assert cmd["env"] == {"ECHO_HOME": f"{tmp_path}/echo", "KEEP": "$literal", "A": "from-user"}
+    assert (cmd["interrupt_mode"], cmd["language"], cmd["display_name"]) == ("message", "echo", "Echo")
+    assert cmd["metadata"] == {"debugger": False}
+    assert cmd["resource_dir"] == str(d)
+
+
+def test_missing_remote_kernelspec_names_the_installed_ones(kernels):
+    kernels("julia-1.10", {"argv": ["julia", "{connection_file}"], "display_name": "Julia", "language": "julia"})
+    with pytest.raises(BootstrapError) as e:
+        kernel_command(params(remote_kernel="ir"), CF, sys.executable)
+    assert e.value.code == "kernelspec"
+    assert "no kernelspec 'ir'" in e.value.message and "julia-1.10" in e.value.message
+
+
+def test_kernelspec_that_cannot_take_the_connection_file_is_refused(kernels):
+    kernels("odd", {"argv": ["odd-kernel"], "display_name": "Odd", "language": "odd"})
+    with pytest.raises(BootstrapError, match="no {connection_file}") as e:
+        kernel_command(params(remote_kernel="odd"), CF, sys.executable)
+    assert e.value.code == "kernelspec"
+
+
+def test_explicit_command_gets_only_the_connection_file():
+    cmd = kernel_command(params(kernel_cmd=["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}",
+                                            "$(touch x) {prefix}"]), CF, "/p")
+    assert cmd["argv"] == ["R", "--slave", "-e", "IRkernel::main()", "--args", CF, "$(touch x) {prefix}"]
+    assert cmd["interrupt_mode"] == "signal" and cmd["language"] == ""
+
+
+def test_workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "work dir").mkdir()
+    (tmp_path / "file").write_text("")
+    assert resolve_workdir("~") == str(tmp_path)
+    assert resolve_workdir("~/work dir") == str(tmp_path / "work dir")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_workdir("work dir") == str(tmp_path / "work dir")  # relative to the login dir
+    assert resolve_workdir(None) is None
+    for bad, words in (("~/nope", "does not exist"), ("~/file", "not a directory")):
+        with pytest.raises(BootstrapError, match=words) as e:
+            resolve_workdir(bad)
+        assert e.value.code == "workdir"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root enters any directory")
+def test_workdir_without_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o600)
+    with pytest.raises(BootstrapError, match="permission denied"):
+        resolve_workdir(str(locked))
+
+
+def test_only_the_default_kernel_needs_ipykernel_here(monkeypatch):
+    real = kernelcmd.importlib.util.find_spec
+    monkeypatch.setattr(kernelcmd.importlib.util, "find_spec", lambda m: None if m == "ipykernel" else real(m))
+    with pytest.raises(BootstrapError) as e:
+        check_requirements(params())
+    assert e.value.code == "no_ipykernel"
+    check_requirements(params(remote_kernel="ir"))
+    check_requirements(params(kernel_cmd=["x", "{connection_file}"]))
+
+
+@pytest.mark.parametrize("over, words", [
+    ({"remote_kernel": "a b"}, "not a kernelspec name"),
+    ({"remote_kernel": 3}, "not a kernelspec name"),
+    ({"kernel_cmd": "R {connection_file}"}, "list of strings"),
+    ({"kernel_cmd": []}, "list of strings"),
+    ({"kernel_cmd": ["R", "x\0y", "{connection_file}"]}, "list of strings"),
+    ({"kernel_cmd": ["R", "--args"]}, "{connection_file}"),
+    ({"kernel_cmd": ["R", "{connection_file}"], "remote_kernel": "ir"}, "exclude"),
+    ({"workdir": ""}, "not a path"),
+    ({"workdir": ["~"]}, "not a path"),
+])
+def test_new_params_are_validated(over, words):
+    with pytest.raises(BootstrapError, match=words) as e:
+        validate_params(params(**over))
+    assert e.value.code == "bad_params"
+
+
+def test_valid_new_params_pass():
+    p = params(remote_kernel="julia-1.10", workdir="~/w", kernel_cmd=None)
+    assert validate_params(p) is p
