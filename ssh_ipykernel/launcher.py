@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import selectors
-import shlex
 import subprocess
 import time
 from dataclasses import dataclass
@@ -59,23 +58,29 @@ _PRE = (
 ) % protocol.EXIT_PRE_COMMAND
 
 
+def sh_quote(text: str) -> str:
+    """One single-quoted word for any POSIX shell and zsh, always quoted: ``shlex.quote`` leaves
+    words like ``=0`` bare, and zsh expands a leading ``=`` (``=cmd`` is the path of cmd)."""
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
 def quote_remote_path(path: str) -> str:
     """Quote a path for the remote sh, keeping a leading ``~/`` meaning the remote home."""
     if path == "~":
         return '"$HOME"'
     if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
+        return '"$HOME"/' + sh_quote(path[2:])
+    return sh_quote(path)
 
 
 def build_remote_command(python: Optional[str], *, sudo: bool = False, pre_command: Optional[str] = None) -> str:
     """The command string the remote login shell runs (see module docstring for what it holds)."""
     return _WRAPPER.format(
-        pre=_PRE.format(command=shlex.quote(pre_command)) if pre_command else "",
+        pre=_PRE.format(command=sh_quote(pre_command)) if pre_command else "",
         python=quote_remote_path(python or "python3"),
         notfound=_NOT_FOUND,
         sudo=SUDO_PREFIX if sudo else "",
-        loader=shlex.quote(LOADER),
+        loader=sh_quote(LOADER),
     )
 
 
