@@ -197,21 +197,9 @@ def ssh_masters(runtime_dir: str) -> List[int]:
 
 def end_masters(runtime_dir: str) -> None:
     """End the shared masters under ``runtime_dir`` now (as ``ssh -O exit`` would)."""
-    from ssh_ipykernel.transport.mux import MuxClient, MuxError
+    from ssh_ipykernel.transport.openssh import end_shared_connections
 
-    directory = os.path.join(runtime_dir, "ssh_ipykernel")
-    for name in os.listdir(directory) if os.path.isdir(directory) else []:
-        if name.startswith("cm-") and "." not in name:
-            try:
-                client = MuxClient(os.path.join(directory, name), timeout=5)
-            except MuxError:
-                continue
-            try:
-                client.terminate()
-            except MuxError:
-                pass
-            finally:
-                client.close()
+    end_shared_connections(os.path.join(runtime_dir, "ssh_ipykernel"))
     deadline = time.monotonic() + 5
     while ssh_masters(runtime_dir) and time.monotonic() < deadline:
         time.sleep(0.05)
