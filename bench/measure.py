@@ -11,6 +11,7 @@ import asyncio
 import os
 import queue
 import sys
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional
@@ -89,6 +90,31 @@ def tree_rss_mb(pid: int) -> float:
             continue
         total += rss_mb(child)
     return total
+
+
+def link_rtt(samples: int = 21) -> Optional[float]:
+    """Median round trip (s) of a request through the host's shared SSH connection (the master
+    asks the server for a forward it refuses: one round trip), or None without one."""
+    from ssh_ipykernel.transport.mux import MuxClient, MuxError
+    from ssh_ipykernel.transport.openssh import control_dir
+
+    directory = control_dir()
+    sockets = [n for n in os.listdir(directory) if n.startswith("cm-") and "." not in n]
+    if len(sockets) != 1:
+        return None
+    try:
+        client = MuxClient(os.path.join(directory, sockets[0]), timeout=5)
+    except MuxError:
+        return None
+    times = []
+    try:
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            if client.probe(5.0):
+                times.append(time.perf_counter() - t0)
+    finally:
+        client.close()
+    return statistics.median(times) if times else None
 
 
 class Kernel:
@@ -235,6 +261,9 @@ def single_kernel(ksm: KernelSpecManager, name: str, logs: Path, only: Iterable[
         out["start"] = [kernel.start()]
         if "rt" in only:
             out["rt"] = kernel.round_trips(round_trips)
+            rtt = link_rtt()
+            if rtt is not None:
+                out["link_rtt"] = [rtt]
         if "stream" in only:
             out["stream"] = [kernel.stream(stream_bytes)]
         if "interrupt" in only:
@@ -256,7 +285,7 @@ def single_kernel(ksm: KernelSpecManager, name: str, logs: Path, only: Iterable[
         for k in (second, kernel):
             if k is not None:
                 k.kill()
-    return {k: v for k, v in out.items() if k in only or k == "rss_tree" and "rss" in only}
+    return {k: v for k, v in out.items() if k in only or k == "rss_tree" and "rss" in only or k == "link_rtt"}
 
 
 async def _many(ksm: KernelSpecManager, name: str, count: int, logs: Path, timeout: float,

@@ -133,7 +133,7 @@ def test_sigterm_to_the_proxy_shuts_the_kernel_down(kernel, ssh_host, jupyter_en
     t0 = time.monotonic()
     k.proxy.send_signal(signal.SIGTERM)
     assert k.proxy.wait(15) == 0, k.log()
-    assert time.monotonic() - t0 < 4, "shutdown waited for the busy cell or a timeout"
+    assert time.monotonic() - t0 < 4, f"shutdown waited for the busy cell or a timeout:\n{k.log()}"
     assert "SIGTERM: shutting the kernel down" in k.log()
     assert not wait_remote_clean(ssh_host, pid, timeout=10)
     assert not local_ssh_children(str(jupyter_env.runtime))
