@@ -13,7 +13,7 @@ import click
 
 from . import __version__
 from .exceptions import SSHKernelError
-from .options import check_common, check_launch, common_options, grace_option, launch_options
+from .options import check_common, check_launch, common_options, grace_option, launch_options, persist_option
 
 
 def report_errors(func: Callable[[], int]) -> None:
@@ -39,9 +39,7 @@ def report_errors(func: Callable[[], int]) -> None:
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
 @click.option("--client-timeout", type=click.FloatRange(min=1), default=30.0, hidden=True,
               help="Seconds of silence after which the remote keeper counts a proxy as gone.")
-@click.option("--persist", type=click.FloatRange(min=1), default=60.0, show_default=True, metavar="SECONDS",
-              help="How long the SSH connection to HOST, shared by its kernels, stays open after the "
-                   "last one ended (a restart or the next kernel then needs no new login).")
+@persist_option
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(
     host: str,

@@ -42,6 +42,7 @@ class KernelSpecOptions:
     #: logo files (name -> bytes) copied from a remote kernelspec, shown by JupyterLab's launcher
     resources: Dict[str, bytes] = field(default_factory=dict)
     grace: Optional[str] = None  # as given to --grace; None: the proxy's default
+    persist: Optional[float] = None  # --persist seconds; None: the proxy's default
 
 
 def default_display_name(host: str) -> str:
@@ -88,6 +89,8 @@ def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = No
         argv += ["--env", f"{name}={value}"]
     if options.sudo:
         argv.append("--sudo")
+    if options.persist is not None:
+        argv += ["--persist", f"{options.persist:g}"]
     for option, value in (("--remote-kernel", options.remote_kernel), ("--kernel-cmd", options.kernel_cmd),
                           ("--workdir", options.workdir), ("--pre-command", options.pre_command),
                           ("--grace", options.grace)):
@@ -120,6 +123,7 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
                 "workdir": options.workdir,
                 "pre_command": options.pre_command,
                 "grace": options.grace,
+                "persist": options.persist,
             },
         },
     }

@@ -71,6 +71,19 @@ def grace_option(func: F) -> F:
     )(func)
 
 
+#: Seconds the shared SSH connection to a host stays open after its last kernel ended.
+DEFAULT_PERSIST = 60.0
+
+
+def persist_option(func: F) -> F:
+    """``--persist``, shared by the proxy and manage (which records it in the kernelspec)."""
+    return click.option(
+        "--persist", type=click.FloatRange(min=1), default=DEFAULT_PERSIST, show_default=True, metavar="SECONDS",
+        help="How long the SSH connection to HOST, shared by its kernels, stays open after the "
+             "last one ended (a restart or the next kernel then needs no new login).",
+    )(func)
+
+
 def check_python(python: Optional[str]) -> Optional[str]:
     """The remote interpreter or prefix: any path, but one line of printable text."""
     if python is None:

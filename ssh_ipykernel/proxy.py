@@ -25,6 +25,7 @@ from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
 from .launcher import LaunchOptions, RemoteKernel
 from .log import KernelLogAdapter, redact
+from .options import DEFAULT_PERSIST
 from .remote.protocol import DEFAULT_CLIENT_TIMEOUT
 from .signals import SignalRelay
 from .state import prune, remove_state, write_state
@@ -37,9 +38,6 @@ logger = logging.getLogger(__name__)
 
 #: How long the remote kernel outlives a lost connection by default: a laptop's lunch break.
 DEFAULT_GRACE = 3600.0
-#: How long the shared SSH connection to a host stays up after its last kernel ended: long
-#: enough for a restart or the next notebook to start without a handshake.
-DEFAULT_PERSIST = 60.0
 
 
 @dataclass

@@ -124,3 +124,16 @@ def test_grace_is_recorded_in_the_kernelspec_only_when_given(tmp_path):
     CliRunner().invoke(add_command, ["--host", "other", "--prefix", str(tmp_path)])
     spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_other/kernel.json").read_text())
     assert "--grace" not in spec["argv"]
+
+
+def test_persist_is_recorded_in_the_kernelspec_only_when_given(tmp_path):
+    result = CliRunner().invoke(add_command, ["--host", "btest", "--prefix", str(tmp_path), "--persist", "600"])
+    assert result.exit_code == 0, result.output
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_btest/kernel.json").read_text())
+    assert spec["argv"][spec["argv"].index("--persist") + 1] == "600"
+    assert spec["metadata"]["ssh_ipykernel"]["persist"] == 600
+    CliRunner().invoke(add_command, ["--host", "other", "--prefix", str(tmp_path)])
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_other/kernel.json").read_text())
+    assert "--persist" not in spec["argv"]
+    result = CliRunner().invoke(add_command, ["--host", "third", "--prefix", str(tmp_path), "--persist", "0"])
+    assert result.exit_code != 0 and "--persist" in result.output
