@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
                 print(f"repeat {repeat + 1}/{args.repeat}: {label}", file=sys.stderr, flush=True)
                 results = {}
                 if args.only & SINGLE:
-                    results.update(single_kernel(ksm, info["kernel"], logs, args.only,
+                    results.update(single_kernel(ksm, info["kernel"], logs, args.only, ssh=info["ssh"],
                                                  round_trips=args.round_trips,
                                                  stream_bytes=int(args.stream_mb * 1e6)))
                 if "many" in args.only:

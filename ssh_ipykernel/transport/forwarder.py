@@ -212,4 +212,11 @@ def _accept_all(listener: socket.socket) -> List[socket.socket]:
             log.debug("accept: %s", e)
             return accepted
         conn.setblocking(True)
+        # As ssh does for the connections its own -L listeners accept: without it, Nagle holds
+        # back a small write (a ZeroMQ message) until the previous one is acknowledged, and the
+        # client's delayed ACK makes that ~40 ms: a third of all execute round trips took 44 ms.
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (never here), or already closed by the client
         accepted.append(conn)

@@ -55,3 +55,23 @@ def test_remove_and_close_release_the_ports(tmp_path):
     forwarder.close()
     forwarder.close()
     assert refused(ports[1])
+
+
+def test_accepted_connections_have_nagle_off():
+    """What the master relays must not wait for ACKs: Nagle plus the client's delayed ACK held
+    ~1 in 3 ZeroMQ messages back by ~40 ms (execute round trip p90 46 ms instead of 9 ms)."""
+    from ssh_ipykernel.transport.forwarder import _accept_all
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    client = socket.create_connection(listener.getsockname())
+    try:
+        accepted = _accept_all(listener)  # the loopback handshake is complete: it is in the backlog
+        assert len(accepted) == 1
+        assert accepted[0].getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        accepted[0].close()
+    finally:
+        client.close()
+        listener.close()
