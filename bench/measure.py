@@ -136,7 +136,19 @@ class Kernel:
         self._ready(timeout)
         return time.perf_counter() - t0
 
+    def _drain(self) -> None:
+        """Drop queued replies and iopub messages. wait_for_ready sends a kernel_info request
+        every second and takes the first reply: the others arrive later and stay queued, and the
+        next wait_for_ready (after a restart) would take one of those for the new kernel's."""
+        for channel in (self.kc.shell_channel, self.kc.iopub_channel):
+            while True:
+                try:
+                    channel.get_msg(timeout=0)
+                except queue.Empty:
+                    break
+
     def _ready(self, timeout: float) -> None:
+        self._drain()
         try:
             self.kc.wait_for_ready(timeout=timeout)
         except (RuntimeError, zmq.Again) as e:
