@@ -13,7 +13,9 @@ import click
 
 from . import __version__
 from .exceptions import SSHKernelError
-from .options import check_common, check_launch, common_options, grace_option, launch_options, persist_option
+from .options import (
+    check_common, check_launch, common_options, grace_option, launch_options, persist_option, transport_option,
+)
 
 
 def report_errors(func: Callable[[], int]) -> None:
@@ -32,8 +34,7 @@ def report_errors(func: Callable[[], int]) -> None:
 @launch_options
 @click.option("-f", "--connection-file", "connection_file", required=True, metavar="FILE",
               help="The connection file Jupyter wrote ({connection_file} in a kernelspec).")
-@click.option("--transport", type=click.Choice(["openssh"]), default="openssh", show_default=True,
-              help="How to talk SSH.")
+@transport_option
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
@@ -74,12 +75,13 @@ def proxy_command(
     def run() -> int:
         from .options import parse_grace
         from .proxy import Proxy, ProxyOptions
+        from .transport import resolve_kind
 
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
         launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
         options = ProxyOptions(
             host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
-            timeout=timeout, env=env_dict, sudo=sudo, transport=transport,
+            timeout=timeout, env=env_dict, sudo=sudo, transport=resolve_kind(transport),
             grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
         )
         proxy = Proxy(options)

@@ -43,6 +43,7 @@ class KernelSpecOptions:
     resources: Dict[str, bytes] = field(default_factory=dict)
     grace: Optional[str] = None  # as given to --grace; None: the proxy's default
     persist: Optional[float] = None  # --persist seconds; None: the proxy's default
+    transport: Optional[str] = None  # --transport; None: the proxy's default (auto)
 
 
 def default_display_name(host: str) -> str:
@@ -91,6 +92,8 @@ def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = No
         argv.append("--sudo")
     if options.persist is not None:
         argv += ["--persist", f"{options.persist:g}"]
+    if options.transport is not None:
+        argv += ["--transport", options.transport]
     for option, value in (("--remote-kernel", options.remote_kernel), ("--kernel-cmd", options.kernel_cmd),
                           ("--workdir", options.workdir), ("--pre-command", options.pre_command),
                           ("--grace", options.grace)):
@@ -124,6 +127,7 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
                 "pre_command": options.pre_command,
                 "grace": options.grace,
                 "persist": options.persist,
+                "transport": options.transport,
             },
         },
     }

@@ -15,7 +15,9 @@ from typing import Any, List, Optional, Tuple
 import click
 
 from . import __version__
-from .options import check_common, check_launch, common_options, grace_option, launch_options, persist_option
+from .options import (
+    check_common, check_launch, common_options, grace_option, launch_options, persist_option, transport_option,
+)
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 PREFIX_HELP = "Also look under DIR/share/jupyter/kernels (where `add --prefix DIR` writes), first."
@@ -55,6 +57,7 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
 @common_options
 @grace_option
 @persist_option
+@transport_option
 @launch_options
 @click.option("--display-name", metavar="TEXT",
               help='Name shown in kernel pickers. Default: "SSH <host>" (plus the remote kernel\'s name).')
@@ -71,7 +74,7 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
               help="Install under DIR/share/jupyter/kernels.")
 def add_command(
     host: str, python: Optional[str], ssh_config: Optional[str], timeout: float, env: Tuple[str, ...],
-    sudo: bool, grace: str, persist: float, remote_kernel: Optional[str], kernel_cmd: Optional[str],
+    sudo: bool, grace: str, persist: float, transport: str, remote_kernel: Optional[str], kernel_cmd: Optional[str],
     workdir: Optional[str], pre_command: Optional[str], display_name: Optional[str], name: Optional[str], language: Optional[str],
     check_first: bool, location: str, prefix: Optional[str],
 ) -> None:
@@ -84,7 +87,7 @@ def add_command(
     from .cli import report_errors
     from .kernelspec import (KernelSpecOptions, build_kernelspec, check_kernel_name, default_kernel_name,
                              install_kernelspec, kernelspec_exists)
-    from .options import DEFAULT_GRACE, DEFAULT_PERSIST, DEFAULT_TIMEOUT, parse_grace
+    from .options import DEFAULT_GRACE, DEFAULT_PERSIST, DEFAULT_TIMEOUT, DEFAULT_TRANSPORT, parse_grace
 
     def run() -> int:
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
@@ -98,6 +101,7 @@ def add_command(
             workdir=workdir, pre_command=pre_command, language=language or "python",
             debugger=kernel_cmd is None, grace=None if grace == DEFAULT_GRACE else grace.strip(),
             persist=None if persist == DEFAULT_PERSIST else persist,
+            transport=None if transport == DEFAULT_TRANSPORT else transport,
         )
         target = Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout,
                         env=env_dict, sudo=sudo, launch=launch)

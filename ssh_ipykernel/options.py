@@ -84,6 +84,21 @@ def persist_option(func: F) -> F:
     )(func)
 
 
+#: --transport when not given: OpenSSH if an ssh client is on PATH, else paramiko.
+DEFAULT_TRANSPORT = "auto"
+
+
+def transport_option(func: F) -> F:
+    """``--transport``, shared by the proxy and manage (which records it in the kernelspec)."""
+    from .transport import CHOICES
+
+    return click.option(
+        "--transport", type=click.Choice(list(CHOICES)), default=DEFAULT_TRANSPORT, show_default=True,
+        help="How to talk SSH: openssh (the ssh client; one shared connection per host), paramiko "
+             "(pure Python, for machines without an ssh client), or auto (openssh if ssh is on PATH).",
+    )(func)
+
+
 def check_python(python: Optional[str]) -> Optional[str]:
     """The remote interpreter or prefix: any path, but one line of printable text."""
     if python is None:

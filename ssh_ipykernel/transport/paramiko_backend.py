@@ -1,0 +1,277 @@
+"""The paramiko backend: SSH in this Python process, for machines without an OpenSSH client.
+
+One connection per proxy (nothing to share it with: there is no ControlMaster), made from the
+user's ssh config as far as paramiko can follow it (pmconfig.py): HostName, User, Port,
+IdentityFile, ProxyJump (nested paramiko transports) and ProxyCommand. Keys come from the agent
+and the identity files; there is never a prompt (a kernel has no terminal), and host keys are
+checked strictly against known_hosts. Remote commands and forwards are channels
+(pmchannel.py); the forwards' listeners live in this process, so they end with it.
+
+paramiko is imported only when this backend is chosen: the default proxy must not pay for it.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+from typing import List, Optional, Sequence, Tuple
+
+from .. import exceptions as exc
+from ..hosts import HostSpec
+from ..log import KernelLogAdapter
+from .base import Forward, Transport, TransportOptions
+from .forwarder import BindError
+from .messages import classify_ssh_failure
+
+try:
+    import paramiko
+except ImportError as e:  # pragma: no cover - paramiko is a dependency of the package
+    raise exc.UsageError("the paramiko transport needs paramiko: pip install paramiko, "
+                         "or use --transport openssh") from e
+
+from . import pmconfig
+from .pmchannel import ChannelForwarder, ChannelProcess
+
+log = logging.getLogger(__name__)
+
+#: Receive window of every channel. OpenSSH uses 2 MB; a larger one lets a large output cross a
+#: high-latency link in fewer round trips. paramiko buffers at most this much per channel.
+WINDOW_SIZE = 8 * 1024 * 1024
+MAX_PACKET = 32768
+
+
+class ParamikoTransport(Transport):
+    """This proxy's own paramiko connection to its host."""
+
+    def __init__(self, host: HostSpec, options: TransportOptions, *, name: str = "") -> None:
+        super().__init__(host, options, name=name)
+        self.log = KernelLogAdapter(log, {"host": host.label, "kernel": name or "-"})
+        self.config = pmconfig.load_config(options.ssh_config)
+        self.settings = pmconfig.resolve(host, self.config, config_path=options.ssh_config)
+        self.transport: Optional[paramiko.Transport] = None
+        self._hops: List[paramiko.Transport] = []  # ProxyJump connections, nearest first
+        self._sessions: List[ChannelProcess] = []
+        self._forwarder: Optional[ChannelForwarder] = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._closed = False
+
+    # -- connecting ---------------------------------------------------------------------------------
+    def connect(self) -> None:
+        try:
+            self.transport = self._login(self.settings, self._socket_for(self.settings))
+        except BaseException:
+            self._close_connections()
+            raise
+        self.transport.set_keepalive(self.options.server_alive_interval)
+        # The supervisor selects on our descriptor: it becomes readable when the connection ends.
+        threading.Thread(target=self._watch, args=(self.transport,), daemon=True, name="sik-pm-watch").start()
+        self.log.debug("paramiko connection to %s@%s:%d up", self.settings.user, self.settings.hostname,
+                       self.settings.port)
+
+    def _socket_for(self, settings: pmconfig.HostSettings):  # -> a socket-like object for paramiko
+        timeout = self.options.connect_timeout
+        if settings.proxy_jump:
+            first = pmconfig.resolve_hop(settings.proxy_jump[0], self.config, config_path=self.options.ssh_config)
+            hop = self._login(first, self._socket_for(first))
+            self._hops.append(hop)
+            for spec in settings.proxy_jump[1:]:
+                nxt = pmconfig.resolve_hop(spec, self.config, config_path=self.options.ssh_config)
+                hop = self._login(nxt, self._channel_to(hop, nxt))
+                self._hops.append(hop)
+            return self._channel_to(hop, settings)
+        if settings.proxy_command:
+            try:
+                return paramiko.ProxyCommand(settings.proxy_command)
+            except (paramiko.SSHException, OSError) as e:
+                msg = f"the ProxyCommand for {settings.alias} could not be started: {e}"
+                raise exc.SSHConnectionError(msg, host=settings.alias) from e
+        try:
+            sock = socket.create_connection((settings.hostname, settings.port), timeout=timeout)
+        except socket.gaierror as e:
+            raise self._network_error(settings, f"Could not resolve hostname {settings.hostname}: {e}") from None
+        except socket.timeout:
+            raise self._network_error(settings, "Connection timed out") from None
+        except OSError as e:
+            text = {errno.ECONNREFUSED: "Connection refused", errno.EHOSTUNREACH: "No route to host",
+                    errno.ENETUNREACH: "Network is unreachable"}.get(e.errno or 0, str(e))
+            raise self._network_error(settings, text) from None
+        # Interactive traffic: a ZeroMQ message must not wait for the previous one's ACK.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def _network_error(self, settings: pmconfig.HostSettings, text: str) -> exc.SSHConnectionError:
+        """The same typed errors (and sentences) as the OpenSSH backend's for the same failure."""
+        return classify_ssh_failure(f"ssh: connect to host {settings.hostname} port {settings.port}: {text}",
+                                    host=settings.alias, spec=settings.alias, ssh_config=self.options.ssh_config,
+                                    timeout=self.options.connect_timeout)
+
+    def _channel_to(self, hop: paramiko.Transport, settings: pmconfig.HostSettings) -> paramiko.Channel:
+        try:
+            return hop.open_channel("direct-tcpip", (settings.hostname, settings.port), ("127.0.0.1", 0),
+                                    timeout=self.options.connect_timeout)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            msg = (f"the jump host could not connect to {settings.hostname}:{settings.port} "
+                   f"for {settings.alias}: {e}")
+            raise exc.SSHConnectionError(msg, host=settings.alias) from e
+
+    def _login(self, settings: pmconfig.HostSettings, sock) -> paramiko.Transport:
+        """Handshake, host key check and authentication over ``sock``."""
+        timeout = self.options.connect_timeout
+        t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET)
+        t.banner_timeout = t.handshake_timeout = t.auth_timeout = timeout
+        known = pmconfig.load_known_hosts(settings.known_hosts)
+        opts = t.get_security_options()
+        opts.key_types = pmconfig.preferred_key_types(known.lookup(settings.known_hosts_name), opts.key_types)
+        try:
+            t.start_client(timeout=timeout)
+            pmconfig.check_host_key(settings, t.get_remote_server_key(), known)
+            self._authenticate(t, settings)
+        except exc.SSHKernelError:
+            t.close()
+            raise
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            t.close()
+            text = str(e) or type(e).__name__
+            if "timeout" in text.lower() or isinstance(e, socket.timeout):
+                text = f"Connection timed out during login: {text}"
+            else:
+                text = f"Connection closed by {settings.hostname} during login (kex_exchange): {text}"
+            raise classify_ssh_failure(text, host=settings.alias, spec=settings.alias,
+                                       ssh_config=self.options.ssh_config, timeout=timeout) from None
+        return t
+
+    def _authenticate(self, t: paramiko.Transport, settings: pmconfig.HostSettings) -> None:
+        keys, notes = self._keys(settings)
+        for key in keys:
+            try:
+                t.auth_publickey(settings.user, key)
+            except paramiko.BadAuthenticationType as e:
+                notes.append(f"the server does not take keys (it allows: {', '.join(e.allowed_types)})")
+                break
+            except paramiko.AuthenticationException:
+                continue
+            if t.is_authenticated():
+                return
+        tried = f"{len(keys)} key(s) tried" if keys else "no usable key found (agent, IdentityFile, ~/.ssh/id_*)"
+        raise exc.AuthenticationError(
+            f"{settings.alias} refused authentication as {settings.user}: {tried}. Check the user "
+            f"name (user@host or User in ssh config) and that your public key is in "
+            f"~/.ssh/authorized_keys there; a key with a passphrase must be loaded into your agent "
+            f"with ssh-add (a kernel cannot ask for it)",
+            host=settings.alias, detail="\n".join(notes),
+        )
+
+    def _keys(self, settings: pmconfig.HostSettings) -> Tuple[list, List[str]]:
+        import os
+
+        keys: list = []
+        notes: List[str] = []
+        if not settings.identities_only:
+            try:
+                keys += list(paramiko.Agent().get_keys())
+            except (paramiko.SSHException, OSError) as e:
+                notes.append(f"ssh agent: {e}")
+        files = settings.identity_files or [os.path.expanduser(p) for p in pmconfig.DEFAULT_IDENTITIES]
+        for path in files:
+            if not os.path.isfile(path):
+                continue
+            try:
+                keys.append(paramiko.PKey.from_path(path))
+            except paramiko.PasswordRequiredException:
+                notes.append(f"{path} has a passphrase: load it with ssh-add")
+            except (paramiko.SSHException, ValueError, OSError) as e:
+                notes.append(f"{path}: cannot use it ({e})")
+        return keys, notes
+
+    def _watch(self, transport: paramiko.Transport) -> None:
+        transport.join()
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass  # closed: nobody is watching any more
+
+    # -- Transport ----------------------------------------------------------------------------------
+    def start_command(self, command: str) -> ChannelProcess:  # type: ignore[override]
+        if self.transport is None or not self.transport.is_active():
+            raise exc.ConnectionLostError(f"not connected to {self.host.label}", host=self.host.label)
+        try:
+            channel = self.transport.open_session(window_size=WINDOW_SIZE, timeout=self.options.connect_timeout)
+            proc = ChannelProcess(channel, command)
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            msg = f"the connection to {self.host.label} refused a new session: {e}"
+            raise exc.ConnectionLostError(msg, host=self.host.label) from e
+        self._sessions = [p for p in self._sessions if p.poll() is None] + [proc]
+        return proc
+
+    def forward(self, forwards: Sequence[Forward]) -> None:
+        if self.transport is None:
+            raise exc.TunnelError(f"not connected to {self.host.label}", host=self.host.label)
+        if self._forwarder is None:
+            self._forwarder = ChannelForwarder(self.transport, window_size=WINDOW_SIZE)
+        try:
+            self._forwarder.add(forwards)
+        except BindError as e:
+            if e.busy:
+                ports = ", ".join(str(p) for p in e.busy)
+                msg = (
+                    f"local port {ports} is already in use, so the kernel's channel cannot be forwarded "
+                    f"there. Another program (or a kernel that did not shut down) holds it; restart the "
+                    f"kernel to get new ports, or find the holder with `ss -ltnp | grep {e.busy[0]}`"
+                )
+                raise exc.TunnelError(msg, host=self.host.label) from None
+            msg = f"could not listen for the kernel's channels of {self.host.label}"
+            raise exc.TunnelError(msg, host=self.host.label, detail=str(e)) from None
+
+    def cancel(self, forwards: Sequence[Forward]) -> None:
+        if self._forwarder is not None:
+            self._forwarder.remove(forwards)
+
+    def alive(self) -> bool:
+        return self.transport is not None and self.transport.is_active()
+
+    def fileno(self) -> Optional[int]:
+        return None if self._closed else self._wake_r.fileno()
+
+    def drain(self) -> str:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except OSError:
+            pass
+        return ""
+
+    def probe_address(self) -> Optional[Tuple[str, int]]:
+        s = self.settings
+        if s.proxy_jump or s.proxy_command:
+            return None
+        try:
+            infos = socket.getaddrinfo(s.hostname, s.port, type=socket.SOCK_STREAM)
+        except OSError:
+            return None
+        return (str(infos[0][4][0]), s.port) if infos else None
+
+    def close(self, *, lost: bool = False) -> None:
+        """Nothing is shared: ``lost`` changes nothing, the connection is always ended."""
+        if self._closed:
+            return
+        self._closed = True
+        forwarder, self._forwarder = self._forwarder, None
+        if forwarder is not None:
+            forwarder.close()
+        for proc in self._sessions:
+            proc.terminate()
+        self._sessions = []
+        self._close_connections()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+
+    def _close_connections(self) -> None:
+        transport, self.transport = self.transport, None
+        for t in ([transport] if transport else []) + self._hops[::-1]:
+            try:
+                t.close()
+            except (OSError, EOFError, paramiko.SSHException):
+                pass
+        self._hops = []
