@@ -102,8 +102,9 @@ class Proxy:
                     self.log.info("connecting to %s", self.hostspec.spec)
                     transport.connect()
                     t1 = time.monotonic()
-                    self.log.info("connected in %.2f s (%s)", t1 - t0,
-                                  "shared connection" if transport.reused else "new connection")
+                    self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
+                                  "shared connection" if transport.reused else "new connection",
+                                  self.options.transport)
                     kernel = RemoteKernel(
                         transport,
                         kernel_id=self.kernel_id,

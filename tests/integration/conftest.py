@@ -63,6 +63,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.docker)
 
 
+# ----------------------------------------------------------------- transports
+#: Tests marked ``both_transports`` run once per backend; the others with the default one.
+TRANSPORTS = ("openssh", "paramiko")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "transport" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_transports"):
+        metafunc.parametrize("transport", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The --transport of this test's kernels (kernels.manage and kernels.transport_args add it)."""
+    import kernels
+
+    kind = getattr(request, "param", None)
+    monkeypatch.setattr(kernels, "TRANSPORT", kind)
+    return kind or "openssh"
+
+
 # --------------------------------------------------------------------- netns
 def _built(what: str, make: Callable[[], T]) -> T:
     """``make()``, turning a HostSetupError into a test failure that says what failed.

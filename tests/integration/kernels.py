@@ -38,10 +38,21 @@ AGENT_PATTERN = "ssh_ipykernel-agent"
 KERNEL_PATTERN = r" -f \S*/kernel-ssh-"
 
 
+#: The --transport of the kernels a test registers or starts; set per test by the ``transport``
+#: fixture (tests/integration/conftest.py), None: the proxy's default.
+TRANSPORT: Optional[str] = None
+
+
+def transport_args() -> List[str]:
+    """``--transport`` for the current test's transport (see TRANSPORT), for manage and the proxy."""
+    return ["--transport", TRANSPORT] if TRANSPORT else []
+
+
 def manage(host, prefix: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m ssh_ipykernel.manage`` as a user would, into a private prefix."""
+    extra = transport_args() if args[:1] == ("--host",) else []  # `add`, the default command
     argv = [sys.executable, "-m", "ssh_ipykernel.manage", "--ssh-config", str(host.ssh_config),
-            "--prefix", str(prefix), *args]
+            "--prefix", str(prefix), *extra, *args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
