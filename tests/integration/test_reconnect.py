@@ -23,7 +23,7 @@ from jupyter_client.connect import write_connection_file
 
 from kernels import (
     AGENT_PATTERN, KERNEL_PATTERN, Kernel, local_ssh_children, manage, remote_leftovers, ssh_masters,
-    wait_for, wait_remote_clean,
+    transport_args, wait_for, wait_remote_clean,
 )
 
 pytestmark = pytest.mark.slow
@@ -109,6 +109,7 @@ def remote_pid(kernel: Kernel) -> int:
     return int(kernel.value("__import__('os').getpid()"))
 
 
+@pytest.mark.both_transports
 def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
     """The cell's reply arrives, the same kernel answers with its state, output resumes quickly."""
     pid = remote_pid(kernel)
@@ -161,6 +162,7 @@ def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
     assert re.search(r"reconnected after [\d.]+ s \(attempt \d+, reconnect #1\)", kernel.log())
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("seconds", [20, 90])
 def test_an_idle_kernel_survives_a_cut(seconds, kernel, ssh_host):
     """Polled like a restarter and a client would; 90 s is past ssh's ServerAlive (45 s)."""
@@ -183,8 +185,11 @@ def test_an_idle_kernel_survives_a_cut(seconds, kernel, ssh_host):
     assert remote_pid(kernel) == pid and kernel.value("y") == "kept"
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("fault", ["kill -9 of the ssh master", "sshd restart dropping connections"])
-def test_recovers_from(fault, kernel, ssh_host, jupyter_env):
+def test_recovers_from(fault, kernel, ssh_host, jupyter_env, transport):
+    if transport == "paramiko" and fault.startswith("kill"):
+        pytest.skip("the paramiko transport has no ssh master process")
     pid = remote_pid(kernel)
     kernel.execute("z = [1, 2, 3]")
     watcher = Watcher(kernel)
@@ -203,6 +208,7 @@ def test_recovers_from(fault, kernel, ssh_host, jupyter_env):
     assert remote_pid(kernel) == pid and kernel.value("z") == "[1, 2, 3]"
 
 
+@pytest.mark.both_transports
 def test_sshd_restart_keeping_connections_is_harmless(kernel, ssh_host):
     pid = remote_pid(kernel)
     ssh_host.restart_sshd()
@@ -219,7 +225,7 @@ def conn(tmp_path: Path) -> Path:
 
 def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
-            "--python", host.env_prefix, *args, "-f", str(conn)]
+            "--python", host.env_prefix, *transport_args(), *args, "-f", str(conn)]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
