@@ -35,8 +35,6 @@ UNSUPPORTED = {
 }
 #: Values of these options that change how to connect, which we cannot honour.
 UNSUPPORTED_VALUES = {
-    ("canonicalizehostname", "yes"): "CanonicalizeHostname yes",
-    ("canonicalizehostname", "always"): "CanonicalizeHostname always",
     ("gssapiauthentication", "yes"): "GSSAPIAuthentication yes (Kerberos)",
 }
 DEFAULT_IDENTITIES = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
@@ -87,8 +85,13 @@ def _words(value: str) -> List[str]:
 
 def resolve(host: HostSpec, config: paramiko.SSHConfig, *, config_path: Optional[str] = None) -> HostSettings:
     """The settings for ``host`` from ``config``; UsageError for options we cannot honour."""
-    conf: Dict[str, object] = dict(config.lookup(host.host))
     where = config_path or "~/.ssh/config"
+    try:
+        conf: Dict[str, object] = dict(config.lookup(host.host))
+    except Exception as e:  # paramiko's own limits (e.g. CanonicalizeHostname without CanonicalDomains)
+        msg = (f"paramiko cannot read the ssh config ({where}) for {host.host}: {type(e).__name__} {e}; "
+               f"fix the config, or use --transport openssh")
+        raise exc.UsageError(msg) from e
     for key, value in conf.items():
         what = UNSUPPORTED.get(key) or UNSUPPORTED_VALUES.get((key, str(value).lower()))
         if what:

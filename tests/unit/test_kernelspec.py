@@ -137,3 +137,16 @@ def test_persist_is_recorded_in_the_kernelspec_only_when_given(tmp_path):
     assert "--persist" not in spec["argv"]
     result = CliRunner().invoke(add_command, ["--host", "third", "--prefix", str(tmp_path), "--persist", "0"])
     assert result.exit_code != 0 and "--persist" in result.output
+
+
+def test_transport_is_recorded_in_the_kernelspec_only_when_given(tmp_path):
+    result = CliRunner().invoke(add_command, ["--host", "btest", "--prefix", str(tmp_path), "--transport", "paramiko"])
+    assert result.exit_code == 0, result.output
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_btest/kernel.json").read_text())
+    assert spec["argv"][spec["argv"].index("--transport") + 1] == "paramiko"
+    assert spec["metadata"]["ssh_ipykernel"]["transport"] == "paramiko"
+    CliRunner().invoke(add_command, ["--host", "other", "--prefix", str(tmp_path)])
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_other/kernel.json").read_text())
+    assert "--transport" not in spec["argv"]
+    result = CliRunner().invoke(add_command, ["--host", "third", "--prefix", str(tmp_path), "--transport", "putty"])
+    assert result.exit_code != 0 and "--transport" in result.output

@@ -1,0 +1,159 @@
+"""The paramiko backend's reading of the ssh config, and its host key check (no network)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import paramiko
+import pytest
+
+from ssh_ipykernel import exceptions as exc
+from ssh_ipykernel.hosts import parse_host
+from ssh_ipykernel.transport import pmconfig
+
+
+def config(tmp_path, text: str):
+    path = tmp_path / "ssh_config"
+    path.write_text(text)
+    return pmconfig.load_config(str(path)), str(path)
+
+
+def test_the_options_it_honours(tmp_path):
+    cfg, path = config(tmp_path, """
+Host btest
+  HostName 10.1.2.3
+  Port 2222
+  User sik
+  IdentityFile "/keys/with space"
+  IdentityFile ~/.ssh/id_other
+  IdentitiesOnly yes
+  UserKnownHostsFile "/kh/one file" /kh/two
+  GlobalKnownHostsFile /dev/null
+  HostKeyAlias btest-key
+""")
+    s = pmconfig.resolve(parse_host("btest"), cfg, config_path=path)
+    assert (s.hostname, s.port, s.user) == ("10.1.2.3", 2222, "sik")
+    assert s.identity_files[0] == "/keys/with space" and s.identity_files[1].endswith("/.ssh/id_other")
+    assert s.identities_only
+    assert s.known_hosts == ["/kh/one file", "/kh/two", "/dev/null"]
+    assert s.known_hosts_name == "[btest-key]:2222"
+    assert not s.proxy_jump and s.proxy_command is None
+
+
+def test_the_host_spec_wins_over_the_config(tmp_path):
+    cfg, path = config(tmp_path, "Host btest\n  HostName 10.1.2.3\n  Port 2222\n  User sik\n")
+    s = pmconfig.resolve(parse_host("other@btest:2200"), cfg, config_path=path)
+    assert (s.hostname, s.port, s.user) == ("10.1.2.3", 2200, "other")
+
+
+def test_defaults_without_a_config(tmp_path):
+    s = pmconfig.resolve(parse_host("plain.example"), paramiko.SSHConfig())
+    assert (s.hostname, s.port) == ("plain.example", 22)
+    assert s.known_hosts_name == "plain.example"
+    assert s.known_hosts[0].endswith("/.ssh/known_hosts")
+
+
+def test_proxy_jump_and_proxy_command(tmp_path):
+    cfg, path = config(tmp_path, """
+Host inner
+  HostName 10.9.9.9
+  ProxyJump bastion,user@second:2022
+Host piped
+  HostName 10.9.9.8
+  ProxyCommand nc %h %p
+""")
+    assert pmconfig.resolve(parse_host("inner"), cfg).proxy_jump == ["bastion", "user@second:2022"]
+    assert pmconfig.resolve(parse_host("piped"), cfg).proxy_command == "nc 10.9.9.8 22"
+    hop = pmconfig.resolve_hop("user@second:2022", cfg)
+    assert (hop.user, hop.hostname, hop.port) == ("user", "second", 2022)
+
+
+@pytest.mark.parametrize("line, named", [
+    ("Include other.conf", "Include"),
+    ("PKCS11Provider /usr/lib/opensc.so", "PKCS11Provider"),
+    ("CertificateFile ~/.ssh/id_cert.pub", "CertificateFile"),
+    ("GSSAPIAuthentication yes", "GSSAPIAuthentication"),
+    ("CanonicalizeHostname yes", "canonicaldomains"),  # paramiko's parser fails without CanonicalDomains
+])
+def test_options_it_cannot_honour_are_refused_naming_the_alternative(tmp_path, line, named):
+    cfg, path = config(tmp_path, f"Host btest\n  HostName 10.1.2.3\n  {line}\n")
+    with pytest.raises(exc.UsageError) as info:
+        pmconfig.resolve(parse_host("btest"), cfg, config_path=path)
+    assert named in str(info.value) and "--transport openssh" in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_harmless_values_are_accepted(tmp_path):
+    cfg, path = config(tmp_path, "Host btest\n  GSSAPIAuthentication no\n  ControlMaster auto\n")
+    assert pmconfig.resolve(parse_host("btest"), cfg).hostname == "btest"
+
+
+# -- host keys ------------------------------------------------------------------------------------
+def _ed25519(seed: int) -> paramiko.PKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    raw = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32).public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    kind, data = raw.decode().split()[:2]
+    return paramiko.PKey.from_type_string(kind, base64.b64decode(data))
+
+
+def _settings(known, port=22):
+    return pmconfig.HostSettings(alias="btest", hostname="10.1.2.3", port=port, user="u", known_hosts=[str(known)])
+
+
+def _line(name: str, key: paramiko.PKey, hashed: bool = False) -> str:
+    if hashed:
+        salt = b"0123456789abcdefghij"
+        digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+        name = f"|1|{base64.b64encode(salt).decode()}|{base64.b64encode(digest).decode()}"
+    return f"{name} {key.get_name()} {key.get_base64()}\n"
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+@pytest.mark.parametrize("port", [22, 2222])
+def test_a_known_key_passes(tmp_path, hashed, port):
+    key = _ed25519(1)
+    s = _settings(tmp_path / "known_hosts", port)
+    (tmp_path / "known_hosts").write_text(_line(s.known_hosts_name, key, hashed))
+    pmconfig.check_host_key(s, key, pmconfig.load_known_hosts(s.known_hosts))
+
+
+def test_an_unknown_key_is_an_error_with_its_fingerprint(tmp_path):
+    (tmp_path / "known_hosts").write_text(_line("10.1.2.4", _ed25519(1)))
+    s = _settings(tmp_path / "known_hosts")
+    key = _ed25519(2)
+    with pytest.raises(exc.HostKeyError) as info:
+        pmconfig.check_host_key(s, key, pmconfig.load_known_hosts(s.known_hosts))
+    text = str(info.value)
+    assert "not in known_hosts" in text and pmconfig.fingerprint(key) in text and "ssh-keyscan" in text
+    assert info.value.exit_code == 24
+
+
+def test_a_changed_key_is_an_error(tmp_path):
+    s = _settings(tmp_path / "known_hosts", 2222)
+    (tmp_path / "known_hosts").write_text(_line(s.known_hosts_name, _ed25519(1), hashed=True))
+    with pytest.raises(exc.HostKeyError) as info:
+        pmconfig.check_host_key(s, _ed25519(2), pmconfig.load_known_hosts(s.known_hosts))
+    assert "CHANGED" in str(info.value) and "-R '[10.1.2.3]:2222'" in str(info.value)
+
+
+def test_a_missing_known_hosts_file_means_unknown(tmp_path):
+    s = _settings(tmp_path / "nope")
+    with pytest.raises(exc.HostKeyError, match="not in known_hosts"):
+        pmconfig.check_host_key(s, _ed25519(1), pmconfig.load_known_hosts(s.known_hosts))
+
+
+def test_fingerprint_is_openssh_sha256():
+    key = _ed25519(1)
+    digest = hashlib.sha256(base64.b64decode(key.get_base64())).digest()
+    assert pmconfig.fingerprint(key) == "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def test_known_key_types_are_offered_first():
+    available = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256")
+    assert pmconfig.preferred_key_types(None, available) == available
+    assert pmconfig.preferred_key_types({"ssh-rsa": None}, available)[:2] == ("rsa-sha2-512", "rsa-sha2-256")
+    assert pmconfig.preferred_key_types({"ecdsa-sha2-nistp256": None}, available)[0] == "ecdsa-sha2-nistp256"
