@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, wait_remote_clean
+from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, transport_args, wait_remote_clean
+
+pytestmark = pytest.mark.both_transports
 
 
 @pytest.fixture
@@ -35,8 +37,8 @@ def connection_file(tmp_path: Path) -> Path:
 
 def proxy(host, connection_file: Path, *args: str, timeout: float = 60, offline: bool = False) -> subprocess.CompletedProcess:
     """Run the proxy by hand; ``offline`` runs it in an empty network namespace (no DNS traffic)."""
-    argv = [sys.executable, "-m", "ssh_ipykernel", "--ssh-config", str(host.ssh_config), *args,
-            "--timeout", "10", "-f", str(connection_file)]
+    argv = [sys.executable, "-m", "ssh_ipykernel", "--ssh-config", str(host.ssh_config), *transport_args(),
+            *args, "--timeout", "10", "-f", str(connection_file)]
     if offline:
         argv = ["unshare", "--net", "--"] + argv
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
@@ -62,9 +64,10 @@ def test_name_does_not_resolve(ssh_host, connection_file, nothing_left):
     check(r, 21, "cannot resolve the host name of 'nosuchhost.invalid'", "ssh config")
 
 
-def test_authentication_refused(ssh_host, connection_file, nothing_left):
+def test_authentication_refused(ssh_host, connection_file, nothing_left, transport):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.aliases["badkey"])
-    check(r, 25, "refused authentication", "authorized_keys", "Permission denied")
+    said = "Permission denied" if transport == "openssh" else "1 key(s) tried"
+    check(r, 25, "refused authentication", "authorized_keys", said)
 
 
 def test_changed_host_key_is_never_bypassed(ssh_host, connection_file, nothing_left):
@@ -72,9 +75,12 @@ def test_changed_host_key_is_never_bypassed(ssh_host, connection_file, nothing_l
     check(r, 24, "has CHANGED", "ssh-keygen", "never bypasses")
 
 
-def test_unknown_host_key_says_how_to_accept_it(ssh_host, connection_file, nothing_left):
+def test_unknown_host_key_says_how_to_accept_it(ssh_host, connection_file, nothing_left, transport):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.aliases["unknownkey"])
-    check(r, 24, "not in known_hosts", f"ssh -F {ssh_host.ssh_config} {ssh_host.aliases['unknownkey']}")
+    if transport == "openssh":
+        check(r, 24, "not in known_hosts", f"ssh -F {ssh_host.ssh_config} {ssh_host.aliases['unknownkey']}")
+    else:  # there may be no ssh client to accept it with: the fingerprint, and where to add it
+        check(r, 24, "not in known_hosts", "ssh-ed25519 key SHA256:", "ssh-keyscan -p 22")
 
 
 def test_connection_refused(ssh_host, connection_file, nothing_left):
