@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import exceptions as exc
 from .hosts import parse_host
 from .launcher import LaunchOptions
-from .transport import TransportOptions, create_transport
+from .transport import TransportOptions, create_transport, resolve_kind
 from .transport.messages import classify_ssh_failure
 
 STEPS = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
@@ -44,6 +44,7 @@ class Target:
     launch: LaunchOptions = field(default_factory=LaunchOptions)
     kernelspec: Dict[str, Any] = field(default_factory=dict)  # kernel.json to start
     resource_dir: Optional[str] = None  # an installed kernelspec's dir (check NAME)
+    transport: str = "auto"  # --transport: openssh, paramiko or auto
 
 
 @dataclass
@@ -123,7 +124,24 @@ class Checker:
         return {"host": self.hostspec.label, "spec": self.hostspec.spec, "ssh_config": self.target.ssh_config,
                 "timeout": self.target.timeout}
 
+    def _resolve_with_paramiko(self) -> None:
+        """What ``ssh -G`` would say, from the paramiko backend's reading of the config."""
+        from .transport import pmconfig
+
+        settings = pmconfig.resolve(self.hostspec, pmconfig.load_config(self.target.ssh_config),
+                                    config_path=self.target.ssh_config)
+        self.ssh.update(hostname=settings.hostname, port=str(settings.port), user=settings.user,
+                        proxyjump=",".join(settings.proxy_jump) or "none",
+                        proxycommand=settings.proxy_command or "none")
+
     def step_resolve(self) -> str:
+        if resolve_kind(self.target.transport) == "paramiko":
+            self._resolve_with_paramiko()
+        else:
+            self._resolve_with_ssh()
+        return self._resolved()
+
+    def _resolve_with_ssh(self) -> None:
         argv = ["ssh", "-G", *(["-F", self.target.ssh_config] if self.target.ssh_config else []),
                 *self.hostspec.ssh_args(), "--", self.hostspec.host]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
@@ -132,6 +150,8 @@ class Checker:
         for line in result.stdout.splitlines():
             key, _, value = line.partition(" ")
             self.ssh.setdefault(key.lower(), value)
+
+    def _resolved(self) -> str:
         hostname, port, user = self.ssh.get("hostname", ""), self.ssh.get("port", "22"), self.ssh.get("user", "")
         via = self._via()
         if via:
@@ -178,7 +198,7 @@ class Checker:
 
     def step_authenticate(self) -> str:
         options = TransportOptions(ssh_config=self.target.ssh_config, connect_timeout=self.target.timeout)
-        self.transport = create_transport("openssh", self.hostspec, options, name=f"check-{os.getpid()}")
+        self.transport = create_transport(self.target.transport, self.hostspec, options, name=f"check-{os.getpid()}")
         self.transport.connect()
         return f"logged in as {self.ssh.get('user', '?')} (host key known, key accepted, no prompt)"
 

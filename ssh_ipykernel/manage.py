@@ -16,7 +16,8 @@ import click
 
 from . import __version__
 from .options import (
-    check_common, check_launch, common_options, grace_option, launch_options, persist_option, transport_option,
+    DEFAULT_TRANSPORT, check_common, check_launch, common_options, grace_option, launch_options, persist_option,
+    transport_option,
 )
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -87,7 +88,7 @@ def add_command(
     from .cli import report_errors
     from .kernelspec import (KernelSpecOptions, build_kernelspec, check_kernel_name, default_kernel_name,
                              install_kernelspec, kernelspec_exists)
-    from .options import DEFAULT_GRACE, DEFAULT_PERSIST, DEFAULT_TIMEOUT, DEFAULT_TRANSPORT, parse_grace
+    from .options import DEFAULT_GRACE, DEFAULT_PERSIST, DEFAULT_TIMEOUT, parse_grace
 
     def run() -> int:
         env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
@@ -104,7 +105,7 @@ def add_command(
             transport=None if transport == DEFAULT_TRANSPORT else transport,
         )
         target = Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout,
-                        env=env_dict, sudo=sudo, launch=launch)
+                        env=env_dict, sudo=sudo, launch=launch, transport=transport)
         checker = Checker(target, on_step=print_step if check_first else lambda step: None)
         if check_first:
             click.echo(f"Checking {host} before writing the kernelspec {kernel_name}")
@@ -229,11 +230,12 @@ def remove_command(name: str, prefix: Optional[str]) -> None:
 @manage.command(name="check", context_settings=CONTEXT)
 @click.argument("name", required=False)
 @common_options
+@transport_option
 @launch_options
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
 def check_command(
     name: Optional[str], host: Optional[str], python: Optional[str], ssh_config: Optional[str], timeout: float,
-    env: Tuple[str, ...], sudo: bool, remote_kernel: Optional[str], kernel_cmd: Optional[str],
+    env: Tuple[str, ...], sudo: bool, transport: str, remote_kernel: Optional[str], kernel_cmd: Optional[str],
     workdir: Optional[str], pre_command: Optional[str], prefix: Optional[str],
 ) -> None:
     """Check that a kernel works, step by step, with timings: the kernelspec NAME, or --host
@@ -256,7 +258,7 @@ def check_command(
             if not host:
                 raise UsageError("check needs a kernelspec NAME (see `list`) or --host HOST")
             target = _target_from_options(host, python, ssh_config, timeout, env, sudo, remote_kernel,
-                                          kernel_cmd, workdir, pre_command)
+                                          kernel_cmd, workdir, pre_command, transport=transport)
         what = f"kernelspec {name}" if name else "a kernel"
         click.echo(f"Checking {what} on {target.host}")
         checker = Checker(target, on_step=print_step)
@@ -286,12 +288,13 @@ def _target_from_spec(name: str, prefix: Optional[str], timeout: float) -> Any:
     launch = check_launch(o.get("remote_kernel"), o.get("kernel_cmd"), o.get("workdir"), o.get("pre_command"))
     return Target(host=o["host"], python=o.get("python"), ssh_config=o.get("ssh_config"),
                   timeout=o.get("timeout") or timeout, env=parse_env(o.get("env") or ()), sudo=bool(o.get("sudo")),
-                  launch=launch, kernelspec=spec.spec, resource_dir=spec.resource_dir)
+                  launch=launch, kernelspec=spec.spec, resource_dir=spec.resource_dir,
+                  transport=o.get("transport") or DEFAULT_TRANSPORT)
 
 
 def _target_from_options(host: str, python: Optional[str], ssh_config: Optional[str], timeout: float,
                          env: Tuple[str, ...], sudo: bool, remote_kernel: Optional[str], kernel_cmd: Optional[str],
-                         workdir: Optional[str], pre_command: Optional[str]) -> Any:
+                         workdir: Optional[str], pre_command: Optional[str], *, transport: str = "auto") -> Any:
     from .check import Target
     from .kernelspec import KernelSpecOptions, build_kernelspec
 
@@ -299,9 +302,10 @@ def _target_from_options(host: str, python: Optional[str], ssh_config: Optional[
     launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command)
     spec = build_kernelspec(KernelSpecOptions(
         host=host, python=python, env=env_dict, sudo=sudo, timeout=timeout, ssh_config=ssh_config_path,
-        remote_kernel=remote_kernel, kernel_cmd=kernel_cmd, workdir=workdir, pre_command=pre_command))
+        remote_kernel=remote_kernel, kernel_cmd=kernel_cmd, workdir=workdir, pre_command=pre_command,
+        transport=None if transport == DEFAULT_TRANSPORT else transport))
     return Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout, env=env_dict,
-                  sudo=sudo, launch=launch, kernelspec=spec)
+                  sudo=sudo, launch=launch, kernelspec=spec, transport=transport)
 
 
 MARKS = {True: "ok", False: "FAIL", None: "--"}
