@@ -44,6 +44,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--host", help="an existing SSH host alias (default: build a netns test host; root)")
     parser.add_argument("--python", help="remote python or environment prefix (with --host)")
     parser.add_argument("--ssh-config", help="ssh config for --host (default ~/.ssh/config)")
+    parser.add_argument("--transport", default="openssh",
+                        help="SSH transport(s) to measure, comma-separated: openssh,paramiko (default openssh)")
     parser.add_argument("--rtt", default="0", help="added round-trip time(s) in ms, comma-separated: 0,50")
     parser.add_argument("--repeat", type=int, default=3, help="repeats of every measurement (default 3)")
     parser.add_argument("--only", help=f"comma-separated subset of: {','.join(METRICS)}")
@@ -61,6 +63,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if unknown:
         parser.error(f"--only: unknown {', '.join(sorted(unknown))}; choose from {', '.join(METRICS)}")
     args.rtts = [float(x) for x in args.rtt.split(",")]
+    args.transports = args.transport.split(",")
+    if set(args.transports) - {"openssh", "paramiko"}:
+        parser.error("--transport: choose from openssh, paramiko")
     if args.repeat < 1 or args.many < 1 or args.round_trips < 1:
         parser.error("--repeat, --many and --round-trips must be at least 1")
     return args
@@ -84,12 +89,16 @@ def run(args: argparse.Namespace) -> dict:
         base = base_rtt(host)
         kinds: Dict[str, dict] = {} if args.no_local else {"local": {"ssh": False, "kernel": "local"}}
         links = []
-        for rtt in args.rtts:
-            label = "ssh" if rtt == 0 else f"ssh+{rtt:g}ms"
-            name = "bench_ssh" if rtt == 0 else f"bench_ssh_rtt{rtt:g}"
-            config = host.ssh_config if rtt == 0 else delayed_config(host, tmp, rtt)
-            links.append((name, config))
-            kinds[label] = {"ssh": True, "kernel": name, "added_rtt_ms": rtt, "link_rtt_ms": rtt + 1000 * base}
+        for transport in args.transports:
+            for rtt in args.rtts:
+                # "ssh" is the OpenSSH transport (the labels of earlier results), "paramiko" the other.
+                kind = "ssh" if transport == "openssh" else transport
+                label = kind if rtt == 0 else f"{kind}+{rtt:g}ms"
+                name = f"bench_{kind}" if rtt == 0 else f"bench_{kind}_rtt{rtt:g}"
+                config = host.ssh_config if rtt == 0 else delayed_config(host, tmp, rtt)
+                links.append((name, config, transport))
+                kinds[label] = {"ssh": True, "kernel": name, "added_rtt_ms": rtt, "link_rtt_ms": rtt + 1000 * base,
+                                "transport": transport}
         prefix, logs = tmp / "prefix", tmp / "logs"
         logs.mkdir()
         install_kernelspecs(host, prefix, links)

@@ -80,22 +80,24 @@ def base_rtt(host: BenchHost, samples: int = 15) -> float:
 def delayed_config(host: BenchHost, directory: Path, rtt_ms: float) -> str:
     """An ssh config that reaches ``host`` through bench/delay_relay.py, adding ``rtt_ms`` per round
     trip, and otherwise reads the host's own config. Overrides a ProxyJump (first value wins)."""
-    base = host.ssh_config or "~/.ssh/config"
+    base = Path(os.path.expanduser(host.ssh_config or "~/.ssh/config"))
     relay = f"{shlex.quote(sys.executable)} -I -S {shlex.quote(str(RELAY))} --delay-ms {rtt_ms / 2:g} %h %p"
     path = directory / f"ssh_config_rtt{rtt_ms:g}"
+    # The host's config copied in, not Included: the paramiko transport refuses Include.
+    own = base.read_text() if base.is_file() else ""
     path.write_text(f"# bench: +{rtt_ms:g} ms RTT through delay_relay.py\n"
-                    f"Host *\n    ProxyCommand {relay}\n    Include {base}\n")
+                    f"Host *\n    ProxyCommand {relay}\n\n{own}")
     os.chmod(path, 0o600)
     return str(path)
 
 
-def install_kernelspecs(host: BenchHost, prefix: Path, links: List[Tuple[str, Optional[str]]]) -> None:
-    """A local ipykernel spec "local" and one SSH kernelspec per (name, ssh config) in ``links``."""
+def install_kernelspecs(host: BenchHost, prefix: Path, links: List[Tuple[str, Optional[str], str]]) -> None:
+    """A local ipykernel spec "local" and one SSH kernelspec per (name, ssh config, transport)."""
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "local"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for name, config in links:
+    for name, config, transport in links:
         cmd = [sys.executable, "-m", "ssh_ipykernel.manage", "--host", host.alias, "--name", name,
-               "--prefix", str(prefix)]
+               "--prefix", str(prefix), "--transport", transport]
         cmd += ["--python", host.python] if host.python else []
         cmd += ["--ssh-config", config] if config else []
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -135,6 +135,7 @@ def jump_host(host_factory, ssh_host):
         yield host
 
 
+@pytest.mark.both_transports
 def test_kernel_through_a_jump_host(jump_host, tmp_path, jupyter_env):
     prefix = tmp_path / "prefix"
     manage(jump_host, prefix, "--host", jump_host.alias, "--python", jump_host.env_prefix)
@@ -152,6 +153,25 @@ def test_kernel_through_a_jump_host(jump_host, tmp_path, jupyter_env):
     assert f"printed '{jump_host.hostname}'" in r.stdout
     assert not wait_remote_clean(jump_host)
     assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+def test_without_an_ssh_client_auto_uses_paramiko(ssh_host, tmp_path, monkeypatch, jupyter_env):
+    """As on a Windows machine or a minimal container: no ssh anywhere on the proxy's PATH."""
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    k = Kernel(prefix, "ssh_btest", tmp_path / "proxy.log")
+    try:
+        with monkeypatch.context() as m:
+            m.setenv("PATH", str(empty))  # the proxy inherits it from the KernelManager
+            k.start()
+        assert "with paramiko" in k.log()
+        assert k.value("6 * 7") == "42"
+        assert not local_ssh_children(str(jupyter_env.runtime))
+    finally:
+        k.shutdown()
+    assert not wait_remote_clean(ssh_host)
 
 
 @needs_launch_wiring
