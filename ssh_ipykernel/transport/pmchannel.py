@@ -17,7 +17,8 @@ import selectors
 import socket
 import subprocess
 import threading
-from typing import IO, Dict, List, Optional, Sequence, Set
+import time
+from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
 
 import paramiko
 
@@ -95,6 +96,38 @@ class ChannelProcess:
             self.poll()
         assert self.returncode is not None
         return self.returncode
+
+    def communicate(self, input: Optional[bytes] = None, timeout: Optional[float] = None) -> Tuple[bytes, bytes]:
+        """As Popen.communicate: send ``input``, close stdin, read both streams to their end."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def feed() -> None:
+            try:
+                if input:
+                    self.stdin.write(input)
+                self.stdin.close()
+            except (OSError, ValueError):
+                pass
+
+        writer = threading.Thread(target=feed, daemon=True, name="sik-communicate")
+        writer.start()
+        chunks: Dict[int, List[bytes]] = {self.stdout.fileno(): [], self.stderr.fileno(): []}
+        with selectors.DefaultSelector() as sel:
+            for fd in chunks:
+                sel.register(fd, selectors.EVENT_READ)
+            while sel.get_map():
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+                for key, _ in sel.select(remaining):
+                    data = os.read(key.fd, CHUNK)
+                    if data:
+                        chunks[key.fd].append(data)
+                    else:
+                        sel.unregister(key.fd)
+        writer.join(1)
+        self.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+        return b"".join(chunks[self.stdout.fileno()]), b"".join(chunks[self.stderr.fileno()])
 
     def terminate(self) -> None:
         """Close the channel (sshd then hangs up the remote command, as when ssh is killed)."""

@@ -94,6 +94,12 @@ def test_pipes_are_real_descriptors_and_carry_the_streams():
     assert proc.wait(5) == 3 and proc.poll() == 3 and proc.returncode == 3
 
 
+def test_communicate_like_popen():
+    proc = ChannelProcess(FakeChannel(), "cmd")
+    assert proc.communicate(b"abc", timeout=5) == (b"ABC", b"err\n")
+    assert proc.returncode == 3
+
+
 def test_wait_times_out_like_popen():
     proc = ChannelProcess(FakeChannel(), "cmd")
     with pytest.raises(subprocess.TimeoutExpired):
