@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from typing import List, Optional, Sequence, Tuple
 
@@ -22,6 +26,7 @@ from ..hosts import HostSpec
 from ..log import KernelLogAdapter
 from .base import Forward, Transport, TransportOptions
 from .forwarder import BindError
+from .master import die_with_parent
 from .messages import classify_ssh_failure
 
 try:
@@ -83,7 +88,7 @@ class ParamikoTransport(Transport):
             return self._channel_to(hop, settings)
         if settings.proxy_command:
             try:
-                return paramiko.ProxyCommand(settings.proxy_command)
+                return _ProxyCommand(settings.proxy_command)
             except (paramiko.SSHException, OSError) as e:
                 msg = f"the ProxyCommand for {settings.alias} could not be started: {e}"
                 raise exc.SSHConnectionError(msg, host=settings.alias) from e
@@ -164,8 +169,6 @@ class ParamikoTransport(Transport):
         )
 
     def _keys(self, settings: pmconfig.HostSettings) -> Tuple[list, List[str]]:
-        import os
-
         keys: list = []
         notes: List[str] = []
         if not settings.identities_only:
@@ -275,3 +278,37 @@ class ParamikoTransport(Transport):
             except (OSError, EOFError, paramiko.SSHException):
                 pass
         self._hops = []
+
+
+class _ProxyCommand(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand, started as ssh starts one and as our other children run.
+
+    Through ``sh -c 'exec ...'`` (ssh runs it with the user's shell: pipes and quotes in the
+    config work), in its own session so that Jupyter's killpg for an interrupt does not end the
+    connection, and ending with the proxy even when the proxy is killed with SIGKILL. Its stderr
+    goes to the proxy's (Jupyter's log), as ssh passes it on.
+    """
+
+    def __init__(self, command_line: str) -> None:  # no super().__init__(): it starts the process
+        posix = sys.platform != "win32"
+        self.cmd = ["/bin/sh", "-c", "exec " + command_line] if posix else command_line.split()
+        self.process = subprocess.Popen(
+            self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, bufsize=0,
+            start_new_session=posix, preexec_fn=die_with_parent if posix else None,
+        )
+        self.timeout = None
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                os.kill(self.process.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        try:
+            self.process.wait(2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream:
+                stream.close()

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,6 +97,28 @@ def test_interrupt_raises_keyboardinterrupt_and_keeps_state(kernel, ssh_host):
     assert k.value("x") == "42"
     assert k.value("os.getpid()") == pid
     assert k.proxy.poll() is None
+
+
+RELAY = Path(__file__).resolve().parents[2] / "bench" / "delay_relay.py"
+
+
+def test_through_a_proxycommand_an_interrupt_keeps_the_connection(kernel, ssh_host, tmp_path):
+    """Jupyter interrupts with killpg on the proxy's group: a ProxyCommand must not be in it."""
+    config = tmp_path / "ssh_config_proxied"
+    config.write_text(f"Host {ssh_host.alias}\n  ProxyCommand {sys.executable} -I -S {RELAY} --delay-ms 0 %h %p\n\n"
+                      + ssh_host.ssh_config.read_text())
+    config.chmod(0o600)
+    k = kernel("--python", ssh_host.env_prefix, "--ssh-config", str(config))
+    k.execute("import time")
+    msg_id = k.kc.execute("time.sleep(60)")
+    k.wait_busy(msg_id)
+    time.sleep(0.5)
+    k.km.interrupt_kernel()
+    reply = k.wait_reply(msg_id, timeout=15)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    time.sleep(1)
+    assert k.value("6 * 7") == "42"
+    assert "reconnect" not in k.log(), k.log()
 
 
 def test_restart_gives_a_fresh_kernel_and_ends_the_old_one(kernel, ssh_host):
