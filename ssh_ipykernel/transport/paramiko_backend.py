@@ -40,8 +40,9 @@ from .pmchannel import ChannelForwarder, ChannelProcess
 
 log = logging.getLogger(__name__)
 
-#: Receive window of every channel. OpenSSH uses 2 MB; a larger one lets a large output cross a
-#: high-latency link in fewer round trips. paramiko buffers at most this much per channel.
+#: Receive window of every channel. OpenSSH uses 2 MB, which caps one channel at 2 MB per round
+#: trip. Measured (20 MB printed by a cell, +50 ms RTT): 2 MB 26.8 MB/s, 8 MB 47.5, 16 MB 52.2.
+#: paramiko buffers at most this much per channel, and our relay threads keep reading.
 WINDOW_SIZE = 8 * 1024 * 1024
 MAX_PACKET = 32768
 
