@@ -107,11 +107,13 @@ def proxy_command(
               help="ssh config file to use instead of ~/.ssh/config (ssh -F).")
 @click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
               help="Seconds allowed to connect.")
+@transport_option
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
 @click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
 def connect_command(host: str, remote_file: str, local_file: Optional[str], python: Optional[str],
-                    ssh_config: Optional[str], timeout: float, log_level: str, log_file: Optional[str]) -> None:
+                    ssh_config: Optional[str], timeout: float, transport: str, log_level: str,
+                    log_file: Optional[str]) -> None:
     """Forward a kernel already running on HOST (its REMOTE_CONNECTION_FILE) to local ports.
 
     Writes a local connection file for `jupyter console --existing FILE` (or any Jupyter client)
@@ -124,10 +126,12 @@ def connect_command(host: str, remote_file: str, local_file: Optional[str], pyth
 
     def run() -> int:
         from .connect import ConnectOptions, Connector
+        from .transport import resolve_kind
 
         _, ssh_config_path = check_common(host, python, (), ssh_config)
         connector = Connector(ConnectOptions(host=host, remote_file=remote_file, local_file=local_file,
-                                             python=python, ssh_config=ssh_config_path, timeout=timeout))
+                                             python=python, ssh_config=ssh_config_path, timeout=timeout,
+                                             transport=resolve_kind(transport)))
 
         def ready(path: str, kernel: object) -> None:
             click.echo(f"Connected. Local connection file: {path}")

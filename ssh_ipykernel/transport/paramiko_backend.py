@@ -86,6 +86,8 @@ class ParamikoTransport(Transport):
                 nxt = pmconfig.resolve_hop(spec, self.config, config_path=self.options.ssh_config)
                 hop = self._login(nxt, self._channel_to(hop, nxt))
                 self._hops.append(hop)
+            for t in self._hops:
+                t.set_keepalive(self.options.server_alive_interval)
             return self._channel_to(hop, settings)
         if settings.proxy_command:
             try:
@@ -149,7 +151,16 @@ class ParamikoTransport(Transport):
         return t
 
     def _authenticate(self, t: paramiko.Transport, settings: pmconfig.HostSettings) -> None:
-        keys, notes = self._keys(settings)
+        agent = None if settings.identities_only else paramiko.Agent()
+        try:
+            self._try_keys(t, settings, agent)
+        finally:
+            if agent is not None:
+                agent.close()  # one per login: a reconnecting proxy must not pile up agent sockets
+
+    def _try_keys(self, t: paramiko.Transport, settings: pmconfig.HostSettings,
+                  agent: Optional["paramiko.Agent"]) -> None:
+        keys, notes = self._keys(settings, agent)
         for key in keys:
             try:
                 t.auth_publickey(settings.user, key)
@@ -169,12 +180,12 @@ class ParamikoTransport(Transport):
             host=settings.alias, detail="\n".join(notes),
         )
 
-    def _keys(self, settings: pmconfig.HostSettings) -> Tuple[list, List[str]]:
+    def _keys(self, settings: pmconfig.HostSettings, agent: Optional["paramiko.Agent"]) -> Tuple[list, List[str]]:
         keys: list = []
         notes: List[str] = []
-        if not settings.identities_only:
+        if agent is not None:
             try:
-                keys += list(paramiko.Agent().get_keys())
+                keys += list(agent.get_keys())
             except (paramiko.SSHException, OSError) as e:
                 notes.append(f"ssh agent: {e}")
         files = settings.identity_files or [os.path.expanduser(p) for p in pmconfig.DEFAULT_IDENTITIES]

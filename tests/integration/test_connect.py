@@ -18,7 +18,7 @@ import pexpect
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from kernels import local_ssh_children, wait_for, wait_remote_clean
+from kernels import local_ssh_children, transport_args, wait_for, wait_remote_clean
 
 REMOTE_FILE = "/tmp/by-hand/kernel-fixed.json"
 FIXED_PORTS = {"shell": 50101, "iopub": 50102, "stdin": 50103, "control": 50104, "hb": 50105}
@@ -46,7 +46,7 @@ def start_connect(host, remote_file: str, local: Path, log: Path, *args: str) ->
     # What the ssh-ipykernel console script runs.
     argv = [sys.executable, "-c", "from ssh_ipykernel.cli import main; main()", "connect", "--host", host.alias,
             "--ssh-config", str(host.ssh_config), "--python", host.env_python, "--local-file", str(local),
-            *args, remote_file]
+            *transport_args(), *args, remote_file]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -66,6 +66,7 @@ def output_of(kc: BlockingKernelClient, code: str, timeout: float = 30) -> str:
     return "".join(out).strip()
 
 
+@pytest.mark.both_transports
 def test_connect_to_a_kernel_started_by_hand(ssh_host, by_hand_kernel, tmp_path, jupyter_env):
     local, log = tmp_path / "local.json", tmp_path / "connect.log"
     proc = start_connect(ssh_host, REMOTE_FILE, local, log)

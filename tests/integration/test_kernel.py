@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -362,3 +363,34 @@ def test_notebook_path_reaches_the_remote_kernel(ssh_host, tmp_path):
     finally:
         k.shutdown()
         log.close()
+
+
+def test_the_key_can_come_from_an_agent(kernel, ssh_host, tmp_path, monkeypatch):
+    """No usable IdentityFile: the login needs the key loaded in ssh-agent (SSH_AUTH_SOCK)."""
+    block = ssh_host.ssh_config.read_text().split(f"Host {ssh_host.alias}\n", 1)[1].split("\nHost ", 1)[0]
+    identity = next(line.split(None, 1)[1].strip('"') for line in block.splitlines()
+                    if line.strip().startswith("IdentityFile"))
+    kept = [line for line in block.splitlines() if line.strip() and not line.strip().startswith(("IdentityFile",
+                                                                                                  "IdentitiesOnly"))]
+    config = tmp_path / "ssh_config_agent"
+    # A missing IdentityFile, so that neither client falls back to ~/.ssh/id_* of whoever runs this.
+    config.write_text("Host btest-agent\n" + "\n".join(kept) + f"\n  IdentityFile {tmp_path}/none\n"
+                      "  IdentitiesOnly no\n")
+    config.chmod(0o600)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if sock.exists():
+                break
+            time.sleep(0.1)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+        subprocess.run(["ssh-add", identity], env=env, check=True, capture_output=True, timeout=10)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))  # the proxy inherits it
+        k = kernel("--host", "btest-agent", "--ssh-config", str(config), "--python", ssh_host.env_prefix,
+                   name="ssh_btest-agent")
+        assert k.value("6 * 7") == "42"
+        k.shutdown()
+    finally:
+        agent.terminate()
+        agent.wait(5)
