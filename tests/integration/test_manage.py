@@ -6,6 +6,7 @@ import json
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,7 +168,14 @@ def test_without_an_ssh_client_auto_uses_paramiko(ssh_host, tmp_path, monkeypatc
             m.setenv("PATH", str(empty))  # the proxy inherits it from the KernelManager
             k.start()
         assert "with paramiko" in k.log()
-        assert k.value("6 * 7") == "42"
+        k.execute("kept = 6 * 7")
+        ssh_host.link_down()  # and reconnecting needs no ssh either
+        try:
+            time.sleep(10)
+        finally:
+            ssh_host.link_up()
+        assert k.value("kept", timeout=30) == "42"
+        assert "up: reconnected" in k.log(), k.log()
         assert not local_ssh_children(str(jupyter_env.runtime))
     finally:
         k.shutdown()
