@@ -199,7 +199,7 @@ class Supervisor:
                             sel.unregister(key.fd)
                             if self.state is State.STOPPING:
                                 return 0
-                            return self._lost("the ssh master connection exited")
+                            return self._lost("the SSH connection ended")  # the master exited, or paramiko's transport
                     elif key.data == "events":
                         eof = reader.read()
                         last_heard = time.monotonic()

@@ -111,9 +111,11 @@ class ParamikoTransport(Transport):
 
     def _network_error(self, settings: pmconfig.HostSettings, text: str) -> exc.SSHConnectionError:
         """The same typed errors (and sentences) as the OpenSSH backend's for the same failure."""
-        return classify_ssh_failure(f"ssh: connect to host {settings.hostname} port {settings.port}: {text}",
-                                    host=settings.alias, spec=settings.alias, ssh_config=self.options.ssh_config,
-                                    timeout=self.options.connect_timeout)
+        what = f"connect to host {settings.hostname} port {settings.port}: {text}"
+        error = classify_ssh_failure(f"ssh: {what}", host=settings.alias, spec=settings.alias,
+                                     ssh_config=self.options.ssh_config, timeout=self.options.connect_timeout)
+        error.detail = what  # not "ssh: ...": no ssh client was involved
+        return error
 
     def _channel_to(self, hop: paramiko.Transport, settings: pmconfig.HostSettings) -> paramiko.Channel:
         try:
