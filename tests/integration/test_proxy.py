@@ -13,7 +13,9 @@ import pytest
 from jupyter_client import BlockingKernelClient
 from jupyter_client.connect import write_connection_file
 
-from kernels import local_ssh_children, wait_remote_clean
+from kernels import local_ssh_children, transport_args, wait_remote_clean
+
+pytestmark = pytest.mark.both_transports
 
 
 @contextlib.contextmanager
@@ -37,7 +39,7 @@ def conn(tmp_path: Path) -> Path:
 
 def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config",
-            str(host.ssh_config), *args, "-f", str(conn)]
+            str(host.ssh_config), *transport_args(), *args, "-f", str(conn)]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
