@@ -175,6 +175,31 @@ def status_command(as_json: bool) -> None:
     report_errors(run)
 
 
+@click.command(name="disconnect", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", metavar="HOST", help="Only the connection to HOST (as written in the kernelspec). Default: all.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The ssh config file the kernels of HOST use (ssh -F), if not ~/.ssh/config.")
+def disconnect_command(host: Optional[str], ssh_config: Optional[str]) -> None:
+    """End the SSH connections shared by the kernels of a host (or of all hosts) now, instead of
+    --persist seconds after their last kernel. Running kernels keep running: their proxies
+    reconnect over a new connection (after a change to the ssh config, say)."""
+    from .hosts import parse_host
+    from .options import check_ssh_config
+    from .transport.openssh import end_shared_connections
+
+    def run() -> int:
+        spec = parse_host(host) if host else None
+        ended = end_shared_connections(host=spec, ssh_config=check_ssh_config(ssh_config))
+        if not ended:
+            click.echo(f"No shared SSH connection {f'to {host}' if host else 'to any host'} is open.")
+        for pid in ended:
+            which = f"the shared SSH connection to {host}" if host else "a shared SSH connection"
+            click.echo(f"Ended {which} (ssh master pid {pid}); its kernels reconnect by themselves.")
+        return 0
+
+    report_errors(run)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ssh-ipykernel")
 def main() -> None:
@@ -182,8 +207,9 @@ def main() -> None:
 
     `add` registers a host as a kernel (same as `python -m ssh_ipykernel.manage`), `list`,
     `show`, `check` and `remove` manage those kernelspecs, `status` shows the running kernels,
-    `connect` forwards a kernel already running on a host, and `kernel` is the proxy a
-    kernelspec runs (`python -m ssh_ipykernel`).
+    `connect` forwards a kernel already running on a host, `disconnect` ends the SSH connection
+    the kernels of a host share, and `kernel` is the proxy a kernelspec runs
+    (`python -m ssh_ipykernel`).
     """
 
 
@@ -193,7 +219,7 @@ def _register() -> None:
     main.add_command(proxy_command, "kernel")
     for name, command in (("add", add_command), ("list", list_command), ("show", show_command),
                           ("check", check_command), ("remove", remove_command), ("status", status_command),
-                          ("connect", connect_command)):
+                          ("connect", connect_command), ("disconnect", disconnect_command)):
         main.add_command(command, name)
 
 

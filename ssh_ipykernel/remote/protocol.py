@@ -46,7 +46,7 @@ KERNEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 #: Where a kernel command takes the path of its connection file.
 CONNECTION_FILE_FIELD = "{connection_file}"
 # Grace periods of the shutdown ladder: shutdown_request, then SIGTERM, then SIGKILL.
-SHUTDOWN_REQUEST_WAIT = 5.0
+SHUTDOWN_REQUEST_WAIT = 2.5  # as jupyter_client: SIGTERM after half its shutdown_wait_time (5 s)
 SHUTDOWN_REPLY_WAIT = 1.0
 SIGTERM_WAIT = 2.0
 #: The keeper forgets a client (a proxy's session) silent for this long: a cut link gives no EOF.

@@ -75,12 +75,18 @@ def connection_key(host: HostSpec, ssh_config: Optional[str]) -> str:
     return "%08x%08x" % (zlib.crc32(data), zlib.crc32(data[::-1], 0x5EED))
 
 
-def end_shared_connections(directory: Optional[str] = None) -> int:
-    """End every shared connection (ControlMaster) of this user now, as ``ssh -O exit`` would;
-    kernels using one reconnect over a new connection. Returns how many were ended."""
+def end_shared_connections(directory: Optional[str] = None, *, host: Optional[HostSpec] = None,
+                           ssh_config: Optional[str] = None) -> List[int]:
+    """End the shared connections (ControlMasters) of this user now, as ``ssh -O exit`` would:
+    all of them, or with ``host`` the one for that host (as written) and ssh config. Kernels
+    using one reconnect over a new connection. Returns the pids of the masters ended."""
     directory = directory or control_dir()
-    ended = 0
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    if host is not None:
+        names = [f"cm-{connection_key(host, ssh_config)}"]
+    else:
+        names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    ended = []
+    for name in names:
         if not name.startswith("cm-") or "." in name:
             continue
         try:
@@ -88,8 +94,9 @@ def end_shared_connections(directory: Optional[str] = None) -> int:
         except MuxError:
             continue
         try:
+            pid = client.alive_check()
             client.terminate()
-            ended += 1
+            ended.append(pid)
         except MuxError:
             pass
         finally:

@@ -338,3 +338,35 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
     finally:
         os.kill(session[0], signal.SIGCONT)
     assert not wait_remote_clean(ssh_host, timeout=20)
+
+
+def test_disconnect_ends_the_shared_connection_and_kernels_reconnect(kernels, ssh_host, jupyter_env):
+    k = kernels()
+    k.start()
+    pid = remote_pid(k)
+    masters = ssh_masters(str(jupyter_env.runtime))
+    assert len(masters) == 1
+
+    def disconnect(*args: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-c", "from ssh_ipykernel.cli import main; main()", "disconnect", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+    other = disconnect("--host", "elsewhere", "--ssh-config", str(ssh_host.ssh_config))
+    assert other.returncode == 0 and "No shared SSH connection to elsewhere is open" in other.stdout
+    assert ssh_masters(str(jupyter_env.runtime)) == masters  # another host's name ends nothing
+
+    r = disconnect("--host", ssh_host.alias, "--ssh-config", str(ssh_host.ssh_config))
+    assert r.returncode == 0, r.stderr
+    assert f"ssh master pid {masters[0]}" in r.stdout
+    deadline = time.monotonic() + 5
+    while masters[0] in ssh_masters(str(jupyter_env.runtime)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert masters[0] not in ssh_masters(str(jupyter_env.runtime))
+    # The proxy notices at once (the control connection ends) and reconnects to the same kernel.
+    assert remote_pid(k) == pid
+    deadline = time.monotonic() + 10  # the forwards come back before the keeper's re-attach
+    while "reconnected" not in k.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "reconnected" in k.log()
+    new = ssh_masters(str(jupyter_env.runtime))
+    assert len(new) == 1 and new != masters
