@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 from . import exceptions as exc
 from .remote import protocol
 from .remote_errors import error_for_exit
-from .transport.base import Transport
+from .transport.base import Transport, end_process
 
 log = logging.getLogger(__name__)
 
@@ -365,13 +365,7 @@ class RemoteKernel:
                     stream.close()
             except OSError:
                 pass
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_process(proc)
 
 
 class EventReader:

@@ -6,6 +6,7 @@ it anyway should it ever appear in a message (e.g. inside a relayed remote trace
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, MutableMapping, Optional, Tuple
 
@@ -63,3 +64,27 @@ def redact(secret: str) -> None:
     """Install the redaction filter for ``secret`` on every handler of the package logger."""
     for handler in logging.getLogger(LOGGER_NAME).handlers:
         handler.addFilter(RedactFilter(secret))
+
+
+_OPEN_FAILED_RE = re.compile(r"channel \d+: open failed: connect failed")
+
+
+def log_ssh_output(log: "logging.LoggerAdapter[Any]", text: str) -> None:
+    """What ssh printed, one log line per line."""
+    for line in text.replace("\r", "").splitlines():
+        if not line.strip():
+            continue
+        # Clients connect before the remote kernel has bound its ports; ZMQ retries, so
+        # these refusals during boot are expected and only worth a debug line.
+        level = logging.DEBUG if _OPEN_FAILED_RE.search(line) else logging.INFO
+        log.log(level, "ssh: %s", line.strip())
+
+
+def relay_remote_output(text: str, secret: str) -> None:
+    """The kernel's own log goes to our stderr, which Jupyter logs; never the key."""
+    text = redact_text(text, secret)
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
-from . import exceptions as exc
 from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
 from .launcher import LaunchOptions, RemoteKernel

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 from . import exceptions as exc
 from .remote import protocol
 
+_CODE_FOR_EXIT = {exit_code: code for code, exit_code in protocol.ERROR_EXIT_CODES.items()}
+
 
 def error_for_exit(
     returncode: Optional[int],
@@ -25,7 +27,8 @@ def error_for_exit(
     """Translate how the agent's session ended into an error that tells the user what to do."""
     shown = python or "python3 (from the remote PATH)"
     message = str(event.get("message", "")) if event else ""
-    code = event.get("code") if event else None
+    # The error event's code and the one the exit code stands for: either may say what failed.
+    codes = {event.get("code") if event else None, _CODE_FOR_EXIT.get(returncode)}
     if pre_command and (returncode == protocol.EXIT_PRE_COMMAND or (
             returncode == 2 and re.search(r"(?i)syntax error|unexpected|unterminated", stderr))):
         return exc.PreCommandError(
@@ -52,46 +55,46 @@ def error_for_exit(
             f"interpreter or environment",
             host=host, detail=stderr,
         )
-    if code == "no_ipykernel" or returncode == protocol.EXIT_NO_IPYKERNEL:
+    if "no_ipykernel" in codes:
         return exc.IPyKernelMissingError(
             f"ipykernel is not installed for the remote python {shown} on {host}. Install it "
             f"there (e.g. ssh {host} '<python> -m pip install ipykernel') or point --python at an "
             f"environment that has it",
             host=host,
         )
-    if code == "no_jupyter_client" or returncode == protocol.EXIT_NO_JUPYTER_CLIENT:
+    if "no_jupyter_client" in codes:
         return exc.IPyKernelMissingError(
             f"jupyter_client is missing for the remote python {shown} on {host} ({message}); "
             f"reinstall ipykernel there, which brings it",
             host=host,
         )
-    if code == "connection_file" or returncode == protocol.EXIT_CONNECTION_FILE:
+    if "connection_file" in codes:
         return exc.RemoteConnectionFileError(
             f"could not write the kernel's connection file on {host}: {message}. Check free disk "
             f"space and permissions of the Jupyter runtime dir there, or choose another one with "
             f"--pre-command 'export JUPYTER_RUNTIME_DIR=/a/writable/dir'",
             host=host, detail=stderr,
         )
-    if code == "kernelspec" or returncode == protocol.EXIT_KERNELSPEC:
+    if "kernelspec" in codes:
         return exc.RemoteKernelSpecError(
             f"cannot use the remote kernel on {host}: {message}. Give --remote-kernel one of "
             f"the kernelspecs installed there (`jupyter kernelspec list` on {host}), or point "
             f"--python at the environment that has it",
             host=host, detail=stderr,
         )
-    if code == "workdir" or returncode == protocol.EXIT_WORKDIR:
+    if "workdir" in codes:
         return exc.WorkdirError(
             f"cannot start the kernel in the --workdir on {host}: {message}. Create it there "
             f"(ssh {host} mkdir -p <dir>) or give an existing directory; ~ means your remote home",
             host=host, detail=stderr,
         )
-    if code == "no_kernel" or returncode == protocol.EXIT_NO_KERNEL:
+    if "no_kernel" in codes:
         return exc.KernelGoneError(
             f"the remote kernel on {host} is gone: {message or 'its keeper does not answer'}. It was "
             f"shut down after the grace period without a proxy, or the host restarted",
             host=host,
         )
-    if code == "bad_params" or returncode == protocol.EXIT_BAD_PARAMS:
+    if "bad_params" in codes:
         return exc.KernelStartError(f"the remote agent rejected its parameters: {message}", host=host)
     if returncode == 255:
         return exc.ConnectionLostError(

@@ -22,27 +22,23 @@ it is told to stop. See docs/architecture.md.
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import os
-import re
 import selectors
 import signal
-import socket
-import sys
 import time
 from typing import Callable, Dict, List, Optional
 
 from . import exceptions as exc
 from .launcher import RemoteKernel
-from .log import redact_text
+from .log import log_ssh_output, relay_remote_output
+from .reachability import wait_reachable
 from .signals import SignalRelay
 from .transport.base import Forward, Transport
 from .tunnels import Tunnels
 
 logger = logging.getLogger(__name__)
 
-_OPEN_FAILED_RE = re.compile(r"channel \d+: open failed: connect failed")
 #: How long the keeper gets to shut the kernel down after SIGTERM before we cut the session.
 SHUTDOWN_TIMEOUT = 10.0
 #: The proxy pings the keeper this often ...
@@ -59,10 +55,6 @@ BACKOFF_CAP_OTHER = 30.0
 REPORT_EVERY = 30.0
 #: A jump of the wall clock against the monotonic one this large means we were suspended.
 SUSPEND_JUMP = 5.0
-#: While the host is unreachable a TCP connect is tried this often (each one a fresh SYN) ...
-PROBE_INTERVAL = 0.25
-#: ... and a real attempt is made at least this often anyway (the address may have changed).
-PROBE_MAX_WAIT = 10.0
 
 
 class State(enum.Enum):
@@ -190,11 +182,11 @@ class Supervisor:
                         data = os.read(key.fd, 65536)
                         if data:
                             kernel._keep_stderr(data)
-                            _relay_remote_output(data.decode("utf-8", "replace"), self.secret)
+                            relay_remote_output(data.decode("utf-8", "replace"), self.secret)
                         else:
                             sel.unregister(key.fd)
                     elif key.data == "master":
-                        self._log_ssh_output(self.transport.drain())
+                        log_ssh_output(self.log, self.transport.drain())
                         if not self.transport.alive():
                             sel.unregister(key.fd)
                             if self.state is State.STOPPING:
@@ -253,7 +245,7 @@ class Supervisor:
             event: Dict[str, object] = pending.pop(0)
             kind = event.get("event")
             if kind == "log":
-                _relay_remote_output(str(event.get("text", "")), self.secret)
+                relay_remote_output(str(event.get("text", "")), self.secret)
             elif kind == "exited":
                 return self._exited(event)
             elif kind != "pong":
@@ -368,47 +360,10 @@ class Supervisor:
         self.transport.close(lost=True)
 
     def _wait_reachable(self, target: "tuple[str, int]") -> Optional[int]:
-        """Until a TCP connect to the host succeeds (or is refused: the host is there), a new
-        SYN every PROBE_INTERVAL, so an attempt starts within a fraction of a second of the
-        network coming back instead of waiting out ssh's own SYN retransmission schedule."""
-        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
-        deadline = time.monotonic() + PROBE_MAX_WAIT
-        next_probe = time.monotonic()
-        sel = selectors.DefaultSelector()
-        sel.register(self.signals.fileno(), selectors.EVENT_READ, None)
-        try:
-            while time.monotonic() < deadline:
-                now = time.monotonic()
-                if now >= next_probe:
-                    next_probe = now + PROBE_INTERVAL
-                    probe = socket.socket(family, socket.SOCK_STREAM)
-                    probe.setblocking(False)
-                    if probe.connect_ex(target) in (errno.EINPROGRESS, 0, errno.ECONNREFUSED):
-                        sel.register(probe, selectors.EVENT_WRITE, (probe, now))
-                    else:
-                        probe.close()  # unreachable at once: try again next interval
-                for key, _ in sel.select(max(0.0, next_probe - time.monotonic())):
-                    if key.data is None:
-                        code = self._stop_while_reconnecting(self.signals.pending())
-                        if code is not None:
-                            return code
-                        continue
-                    probe, _ = key.data
-                    err = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    sel.unregister(probe)
-                    probe.close()
-                    if err in (0, errno.ECONNREFUSED):
-                        return None
-                for key in list(sel.get_map().values()):  # give up on SYNs older than 3 s
-                    if key.data is not None and time.monotonic() - key.data[1] > 3.0:
-                        sel.unregister(key.fileobj)
-                        key.data[0].close()
-            return None
-        finally:
-            for key in list(sel.get_map().values()):
-                if key.data is not None:
-                    key.data[0].close()
-            sel.close()
+        """Until the host answers a TCP connect (reachability.py); a stop signal meanwhile
+        ends the wait with the exit code it calls for."""
+        return wait_reachable(target, self.signals.fileno(),
+                              lambda: self._stop_while_reconnecting(self.signals.pending()))
 
     def _stop_while_reconnecting(self, signums: List[int]) -> Optional[int]:
         for signum in signums:
@@ -432,23 +387,3 @@ class Supervisor:
                 code = self._stop_while_reconnecting(self.signals.pending())
                 if code is not None:
                     return code
-
-    # -- output ---------------------------------------------------------------------------------------
-    def _log_ssh_output(self, text: str) -> None:
-        for line in text.replace("\r", "").splitlines():
-            if not line.strip():
-                continue
-            # Clients connect before the remote kernel has bound its ports; ZMQ retries, so
-            # these refusals during boot are expected and only worth a debug line.
-            level = logging.DEBUG if _OPEN_FAILED_RE.search(line) else logging.INFO
-            self.log.log(level, "ssh: %s", line.strip())
-
-
-def _relay_remote_output(text: str, secret: str) -> None:
-    """The kernel's own log goes to our stderr, which Jupyter logs; never the key."""
-    text = redact_text(text, secret)
-    try:
-        sys.stderr.write(text)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass

@@ -48,6 +48,19 @@ class TransportOptions:
     persist: float = 60.0  # seconds a shared connection stays up after its last user left
 
 
+def end_process(proc: subprocess.Popen, timeout: float = 3.0) -> None:  # type: ignore[type-arg]
+    """End a session process (what ``start_command`` returned): SIGTERM, SIGKILL after
+    ``timeout`` seconds. Nothing if it has already exited."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Transport(abc.ABC):
     """One proxy's connection to one host (possibly shared with other proxies; see above)."""
 

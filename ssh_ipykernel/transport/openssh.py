@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -25,7 +24,7 @@ from ..hosts import HostSpec
 from ..log import KernelLogAdapter
 from . import master as shared
 from .master import die_with_parent
-from .base import Forward, Transport, TransportOptions
+from .base import Forward, Transport, TransportOptions, end_process
 from .forwarder import BindError, Forwarder
 from .messages import classify_ssh_failure
 from .mux import MuxClient, MuxError
@@ -320,7 +319,7 @@ class OpenSSHTransport(Transport):
         if forwarder is not None:
             forwarder.close()
         for proc in self._sessions:
-            _end_session(proc)
+            end_process(proc)
         self._sessions = []
         mux, self.mux = self.mux, None
         if mux is None:
@@ -342,14 +341,3 @@ class OpenSSHTransport(Transport):
                 return f"ControlPath={self.control_path}".encode() in f.read()
         except OSError:
             return False
-
-
-def _end_session(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(3)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

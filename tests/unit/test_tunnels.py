@@ -65,10 +65,19 @@ def test_established_sees_a_connection_only_while_it_exists():
     assert not established(port)
 
 
-def test_reconnect_opens_iopub_then_waits_for_its_client():
+@pytest.fixture
+def tunnels():
+    """(local ports, the recording transport, Tunnels over them); closed at the end."""
     ports = free_ports(len(CHANNELS))
-    iopub = ports[CHANNELS.index("iopub_port")]
     transport = RecordingTransport()
+    tunnels = Tunnels(transport, forwards_for(ports))  # type: ignore[arg-type]
+    yield ports, transport, tunnels
+    tunnels.close()
+
+
+def test_reconnect_opens_iopub_then_waits_for_its_client(tunnels):
+    ports, transport, tunnels = tunnels
+    iopub = ports[CHANNELS.index("iopub_port")]
     connected_at = []
 
     def subscriber() -> None:  # a ZeroMQ SUB retrying every 100 ms until the port listens
@@ -83,37 +92,22 @@ def test_reconnect_opens_iopub_then_waits_for_its_client():
             c.close()
             return
 
-    t = threading.Thread(target=subscriber, daemon=True)
-    t.start()
-    tunnels = Tunnels(transport, forwards_for(ports))  # type: ignore[arg-type]
-    try:
-        tunnels.open(iopub_first=True)
-        assert transport.calls[0][1] == [iopub]
-        assert sorted(transport.calls[1][1]) == sorted(p for p in ports if p != iopub)
-        assert connected_at and transport.calls[1][0] > connected_at[0]
-    finally:
-        tunnels.close()
+    threading.Thread(target=subscriber, daemon=True).start()
+    tunnels.open(iopub_first=True)
+    assert transport.calls[0][1] == [iopub]
+    assert sorted(transport.calls[1][1]) == sorted(p for p in ports if p != iopub)
+    assert connected_at and transport.calls[1][0] > connected_at[0]
 
 
-def test_first_start_opens_all_at_once():
-    ports = free_ports(len(CHANNELS))
-    transport = RecordingTransport()
-    tunnels = Tunnels(transport, forwards_for(ports))  # type: ignore[arg-type]
-    try:
-        tunnels.open()
-        assert [c[1] for c in transport.calls] == [ports]
-    finally:
-        tunnels.close()
+def test_first_start_opens_all_at_once(tunnels):
+    ports, transport, tunnels = tunnels
+    tunnels.open()
+    assert [c[1] for c in transport.calls] == [ports]
 
 
-def test_reconnect_does_not_wait_forever_without_a_client():
-    ports = free_ports(len(CHANNELS))
-    transport = RecordingTransport()
-    tunnels = Tunnels(transport, forwards_for(ports))  # type: ignore[arg-type]
-    try:
-        started = time.monotonic()
-        tunnels.open(iopub_first=True)
-        assert len(transport.calls) == 2
-        assert time.monotonic() - started < 2.0
-    finally:
-        tunnels.close()
+def test_reconnect_does_not_wait_forever_without_a_client(tunnels):
+    _, transport, tunnels = tunnels
+    started = time.monotonic()
+    tunnels.open(iopub_first=True)
+    assert len(transport.calls) == 2
+    assert time.monotonic() - started < 2.0
