@@ -16,6 +16,8 @@ class SSHKernelError(Exception):
     """
 
     exit_code = 10
+    #: What introduces ``detail``: set to "detail" where no ssh client said it (paramiko).
+    detail_label = "ssh said"
 
     def __init__(self, message: str, *, host: Optional[str] = None, detail: str = "") -> None:
         super().__init__(message)
@@ -25,7 +27,7 @@ class SSHKernelError(Exception):
 
     def __str__(self) -> str:
         if self.detail:
-            return f"{self.message}\n  ssh said: " + "\n  ".join(self.detail.splitlines()[-6:])
+            return f"{self.message}\n  {self.detail_label}: " + "\n  ".join(self.detail.splitlines()[-6:])
         return self.message
 
 

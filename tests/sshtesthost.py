@@ -9,7 +9,7 @@ bench and demo scripts import it (through nshosts).
 """
 from __future__ import annotations
 
-import shlex, subprocess  # noqa: E401
+import shlex, shutil, subprocess  # noqa: E401
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,6 +17,9 @@ REMOTE_USER = "sikuser"
 REMOTE_ENV_PREFIX = "/mnt/remote/envs/py3"
 REMOTE_PATH = f"{REMOTE_ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python, without ipykernel
+#: The ssh client the tests themselves use, found once: tests of the paramiko transport take
+#: every ssh client off PATH (tests/integration/conftest.py), but still look at the hosts with it.
+SSH = shutil.which("ssh") or "ssh"
 
 
 class HostSetupError(RuntimeError):
@@ -117,7 +120,7 @@ class SSHTestHost:
 
     def ssh_argv(self, *args: str, alias: Optional[str] = None, options: Sequence[str] = ()) -> list[str]:
         """``ssh -F <config> [options] <alias> [args]``."""
-        return ["ssh", "-F", str(self.ssh_config), *options, alias or self.alias, *args]
+        return [SSH, "-F", str(self.ssh_config), *options, alias or self.alias, *args]
 
     def run(self, cmd: str, timeout: float = 30.0, alias: Optional[str] = None,
             options: Sequence[str] = ()) -> subprocess.CompletedProcess:

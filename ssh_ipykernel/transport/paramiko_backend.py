@@ -11,6 +11,7 @@ paramiko is imported only when this backend is chosen: the default proxy must no
 """
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import os
@@ -19,7 +20,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, TypeVar
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
@@ -115,7 +116,7 @@ class ParamikoTransport(Transport):
         error = classify_ssh_failure(f"ssh: {what}", host=settings.alias, spec=settings.alias,
                                      ssh_config=self.options.ssh_config, timeout=self.options.connect_timeout)
         error.detail = what  # not "ssh: ...": no ssh client was involved
-        return error
+        return _not_from_ssh(error)
 
     def _channel_to(self, hop: paramiko.Transport, settings: pmconfig.HostSettings) -> paramiko.Channel:
         try:
@@ -133,7 +134,7 @@ class ParamikoTransport(Transport):
         t.banner_timeout = t.handshake_timeout = t.auth_timeout = timeout
         known = pmconfig.load_known_hosts(settings.known_hosts)
         opts = t.get_security_options()
-        opts.key_types = pmconfig.preferred_key_types(known.lookup(settings.known_hosts_name), opts.key_types)
+        opts.key_types = pmconfig.preferred_key_types(known.types_for(settings.known_hosts_name), opts.key_types)
         try:
             t.start_client(timeout=timeout)
             pmconfig.check_host_key(settings, t.get_remote_server_key(), known)
@@ -148,21 +149,18 @@ class ParamikoTransport(Transport):
                 text = f"Connection timed out during login: {text}"
             else:
                 text = f"Connection closed by {settings.hostname} during login (kex_exchange): {text}"
-            raise classify_ssh_failure(text, host=settings.alias, spec=settings.alias,
-                                       ssh_config=self.options.ssh_config, timeout=timeout) from None
+            raise _not_from_ssh(classify_ssh_failure(text, host=settings.alias, spec=settings.alias,
+                                                     ssh_config=self.options.ssh_config, timeout=timeout)) from None
         return t
 
     def _authenticate(self, t: paramiko.Transport, settings: pmconfig.HostSettings) -> None:
-        agent = None if settings.identities_only else paramiko.Agent()
+        agent = paramiko.Agent()  # no keys if there is no SSH_AUTH_SOCK
         try:
-            self._try_keys(t, settings, agent)
+            self._try_keys(t, settings, *keys_to_offer(settings, agent))
         finally:
-            if agent is not None:
-                agent.close()  # one per login: a reconnecting proxy must not pile up agent sockets
+            agent.close()  # one per login: a reconnecting proxy must not pile up agent sockets
 
-    def _try_keys(self, t: paramiko.Transport, settings: pmconfig.HostSettings,
-                  agent: Optional["paramiko.Agent"]) -> None:
-        keys, notes = self._keys(settings, agent)
+    def _try_keys(self, t: paramiko.Transport, settings: pmconfig.HostSettings, keys: list, notes: List[str]) -> None:
         for key in keys:
             try:
                 t.auth_publickey(settings.user, key)
@@ -174,33 +172,13 @@ class ParamikoTransport(Transport):
             if t.is_authenticated():
                 return
         tried = f"{len(keys)} key(s) tried" if keys else "no usable key found (agent, IdentityFile, ~/.ssh/id_*)"
-        raise exc.AuthenticationError(
+        raise _not_from_ssh(exc.AuthenticationError(
             f"{settings.alias} refused authentication as {settings.user}: {tried}. Check the user "
             f"name (user@host or User in ssh config) and that your public key is in "
             f"~/.ssh/authorized_keys there; a key with a passphrase must be loaded into your agent "
             f"with ssh-add (a kernel cannot ask for it)",
             host=settings.alias, detail="\n".join(notes),
-        )
-
-    def _keys(self, settings: pmconfig.HostSettings, agent: Optional["paramiko.Agent"]) -> Tuple[list, List[str]]:
-        keys: list = []
-        notes: List[str] = []
-        if agent is not None:
-            try:
-                keys += list(agent.get_keys())
-            except (paramiko.SSHException, OSError) as e:
-                notes.append(f"ssh agent: {e}")
-        files = settings.identity_files or [os.path.expanduser(p) for p in pmconfig.DEFAULT_IDENTITIES]
-        for path in files:
-            if not os.path.isfile(path):
-                continue
-            try:
-                keys.append(paramiko.PKey.from_path(path))
-            except paramiko.PasswordRequiredException:
-                notes.append(f"{path} has a passphrase: load it with ssh-add")
-            except (paramiko.SSHException, ValueError, OSError) as e:
-                notes.append(f"{path}: cannot use it ({e})")
-        return keys, notes
+        ))
 
     def _watch(self, transport: paramiko.Transport) -> None:
         transport.join()
@@ -239,7 +217,7 @@ class ParamikoTransport(Transport):
                 )
                 raise exc.TunnelError(msg, host=self.host.label) from None
             msg = f"could not listen for the kernel's channels of {self.host.label}"
-            raise exc.TunnelError(msg, host=self.host.label, detail=str(e)) from None
+            raise _not_from_ssh(exc.TunnelError(msg, host=self.host.label, detail=str(e))) from None
 
     def cancel(self, forwards: Sequence[Forward]) -> None:
         if self._forwarder is not None:
@@ -292,6 +270,88 @@ class ParamikoTransport(Transport):
             except (OSError, EOFError, paramiko.SSHException):
                 pass
         self._hops = []
+
+
+E = TypeVar("E", bound=exc.SSHKernelError)
+
+
+def _not_from_ssh(error: E) -> E:
+    """``error`` with its detail introduced as "detail", not "ssh said": no ssh client said it."""
+    error.detail_label = "detail"
+    return error
+
+
+def keys_to_offer(settings: pmconfig.HostSettings, agent: Optional["paramiko.Agent"]) -> Tuple[list, List[str]]:
+    """The keys to offer, in ssh's order: the agent's, then the identity files'.
+
+    With IdentitiesOnly, as with ssh, only the agent's keys that are one of the identity
+    files (a key with a passphrase is usable that way: loaded with ssh-add, named by
+    IdentityFile, its public key in a .pub file beside it or, in OpenSSH's format, in the file)."""
+    notes: List[str] = []
+    files = settings.identity_files or [os.path.expanduser(p) for p in pmconfig.DEFAULT_IDENTITIES]
+    from_files: list = []
+    public: set = set()  # the identity files' public keys, as the agent lists them
+    for path in files:
+        pub = _public_blob(path)
+        if pub:
+            public.add(pub)
+        if not os.path.isfile(path):
+            continue
+        try:
+            key = paramiko.PKey.from_path(path)
+        except (paramiko.PasswordRequiredException, TypeError):
+            # TypeError: what cryptography raises for an OpenSSH-format key with a passphrase.
+            notes.append(f"{path} has a passphrase: load it with ssh-add")
+            continue
+        except (paramiko.SSHException, ValueError, OSError) as e:
+            notes.append(f"{path}: cannot use it ({e})")
+            continue
+        from_files.append(key)
+        public.add(key.asbytes())
+    from_agent: list = []
+    try:
+        from_agent = list(agent.get_keys()) if agent is not None else []
+    except (paramiko.SSHException, OSError) as e:
+        notes.append(f"ssh agent: {e}")
+    if settings.identities_only:
+        from_agent = [key for key in from_agent if key.asbytes() in public]
+    agent_blobs = {key.asbytes() for key in from_agent}
+    return from_agent + [k for k in from_files if k.asbytes() not in agent_blobs], notes
+
+
+def _public_blob(path: str) -> Optional[bytes]:
+    """The public key of the identity file ``path``, without its passphrase, as the agent lists
+    it: from ``path.pub`` (``type base64 [comment]``), else from the private key file itself
+    when it is in OpenSSH's format, which keeps the public key in clear. None if neither."""
+    try:
+        with open(path + ".pub", encoding="ascii", errors="replace") as f:
+            fields = f.read(16384).split()
+        if len(fields) >= 2:
+            return base64.b64decode(fields[1], validate=True)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            text = f.read(65536)
+        body = text.split("-----BEGIN OPENSSH PRIVATE KEY-----", 1)[1].split("-----END", 1)[0]
+        data = base64.b64decode("".join(body.split()), validate=True)
+    except (OSError, ValueError, IndexError):
+        return None
+    # openssh-key-v1: magic, then the strings cipher, kdf, kdf options, uint32 key count, then
+    # the first public key as a string.
+    magic = b"openssh-key-v1\0"
+    if not data.startswith(magic):
+        return None
+    at = len(magic)
+    try:
+        for _ in range(3):
+            at += 4 + int.from_bytes(data[at:at + 4], "big")
+        at += 4
+        size = int.from_bytes(data[at:at + 4], "big")
+        blob = data[at + 4:at + 4 + size]
+    except ValueError:
+        return None
+    return blob if size and len(blob) == size else None
 
 
 class _ProxyCommand(paramiko.ProxyCommand):

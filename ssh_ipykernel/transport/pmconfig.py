@@ -2,9 +2,10 @@
 
 paramiko's SSHConfig parses the file (Host and Match blocks, tokens such as %h); this module
 picks the options the backend honours (HostName, User, Port, IdentityFile, IdentitiesOnly,
-ProxyJump, ProxyCommand, UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias) and refuses,
-with the option to use instead, the ones whose meaning it cannot keep: silently ignoring an
-``Include`` or a ``PKCS11Provider`` would log in differently from ``ssh``, or not at all.
+ProxyJump, ProxyCommand, UserKnownHostsFile, GlobalKnownHostsFile, HostKeyAlias; Include is
+expanded here, paramiko does not read included files) and refuses, with the option to use
+instead, the ones whose meaning it cannot keep: silently ignoring a ``PKCS11Provider`` would
+log in differently from ``ssh``, or not at all.
 
 The host key check is strict whatever the config says: an unknown or changed key is an error
 that names the fingerprint and the file, never accepted on the user's behalf.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import base64
 import getpass
+import glob
 import hashlib
+import hmac
 import os
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -27,7 +31,6 @@ from ..hosts import HostSpec, parse_host
 #: Options whose meaning this backend cannot keep, and why; the user is told to use
 #: --transport openssh (or to drop the option for this host).
 UNSUPPORTED = {
-    "include": "Include (paramiko's config parser does not read included files)",
     "pkcs11provider": "PKCS11Provider (smart-card keys)",
     "securitykeyprovider": "SecurityKeyProvider (FIDO keys)",
     "certificatefile": "CertificateFile (OpenSSH certificates)",
@@ -65,15 +68,76 @@ class HostSettings:
 
 
 def load_config(path: Optional[str]) -> paramiko.SSHConfig:
-    """The ssh config file (``--ssh-config``, else ~/.ssh/config if there is one)."""
+    """The ssh config file (``--ssh-config``, else ~/.ssh/config if there is one), with the files
+    it includes (paramiko's parser does not read them; see ``expand_includes``)."""
     path = path or os.path.expanduser("~/.ssh/config")
     if not os.path.isfile(path):
         return paramiko.SSHConfig()
+    text = "\n".join(expand_includes(path))
     try:
-        return paramiko.SSHConfig.from_path(path)
+        return paramiko.SSHConfig.from_text(text)
     except Exception as e:  # paramiko raises ConfigParseError, but also ValueError on odd lines
         msg = f"paramiko cannot parse the ssh config {path}: {e}; fix it, or use --transport openssh"
         raise exc.UsageError(msg) from e
+
+
+#: How deep Includes may nest, as in ssh (readconf.c READCONF_MAX_DEPTH).
+MAX_INCLUDE_DEPTH = 16
+
+
+def _keyword(line: str) -> Tuple[str, str]:
+    """(lower-case keyword, rest) of a config line; ('', '') for blanks and comments."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return "", ""
+    word = re.split(r"[\s=]", stripped, maxsplit=1)[0]
+    return word.lower(), stripped[len(word):].lstrip(" \t=").strip()
+
+
+def expand_includes(path: str, depth: int = 0) -> List[str]:
+    """The lines of the config ``path`` with every ``Include`` replaced by the included files'
+    lines, as ssh reads them: globs in lexical order, ``~`` expanded, relative paths in ~/.ssh
+    (ssh treats a ``-F`` file as a user config too), files that do not exist skipped.
+
+    An Include inside a ``Host``/``Match`` block applies only when that block does; that is kept
+    for included files made of options (they land in the block, which is restated after them).
+    An included file with Host or Match blocks of its own inside a conditional block has no
+    faithful text form, and is refused naming --transport openssh.
+    """
+    if depth > MAX_INCLUDE_DEPTH:
+        raise exc.UsageError(f"the ssh config {path} nests Include more than {MAX_INCLUDE_DEPTH} "
+                             f"deep (a loop?); fix it, or use --transport openssh")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise exc.UsageError(f"cannot read the ssh config {path}: {e.strerror}") from e
+    out: List[str] = []
+    header: Optional[str] = None  # the Host/Match line of the block we are in, None: global
+    for line in lines:
+        keyword, rest = _keyword(line)
+        if keyword in ("host", "match"):
+            header = None if keyword == "host" and rest.split() == ["*"] else line
+        if keyword != "include":
+            out.append(line)
+            continue
+        for pattern in _words(rest):
+            pattern = os.path.expanduser(pattern)
+            if not os.path.isabs(pattern):
+                pattern = os.path.join(os.path.expanduser("~/.ssh"), pattern)
+            for included in sorted(glob.glob(pattern)):
+                if not os.path.isfile(included):
+                    continue
+                sub = expand_includes(included, depth + 1)
+                if header is not None and any(_keyword(x)[0] in ("host", "match") for x in sub):
+                    raise exc.UsageError(
+                        f"the ssh config {path} includes {included} inside the block "
+                        f"'{header.strip()}', and that file has Host or Match blocks of its own: the "
+                        f"paramiko transport cannot read that as ssh does. Move the Include out of "
+                        f"the block, or use --transport openssh")
+                out += sub
+                out.append(header if header is not None else "Host *")  # back in the enclosing block
+    return out
 
 
 def _words(value: str) -> List[str]:
@@ -137,18 +201,92 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
-def load_known_hosts(paths: Sequence[str]) -> paramiko.HostKeys:
-    keys = paramiko.HostKeys()
-    for path in paths:
-        if os.path.isfile(path):
-            try:
-                keys.load(path)
-            except OSError:
+@dataclass
+class KnownKey:
+    """One line of a known_hosts file."""
+
+    patterns: List[str]  # host patterns, hashed (|1|salt|hash) or not, "!" for negation
+    key_type: str
+    blob: bytes
+    marker: str = ""  # "@revoked", "@cert-authority" or ""
+
+    def matches(self, name: str) -> bool:
+        """As ssh matches a line: some pattern matches ``name`` and no negated one does."""
+        name = name.lower()
+        found = False
+        for pattern in self.patterns:
+            negated = pattern.startswith("!")
+            pattern = pattern[1:] if negated else pattern
+            if pattern.startswith("|1|"):
+                hit = _hashed_matches(pattern, name)
+            else:
+                hit = _wildcard_matches(pattern.lower(), name)
+            if hit and negated:
+                return False
+            found = found or hit
+        return found
+
+
+def _wildcard_matches(pattern: str, name: str) -> bool:
+    """ssh's host patterns: ``*`` and ``?`` only (``[host]:port`` brackets are literal)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, name, re.DOTALL) is not None
+
+
+def _hashed_matches(pattern: str, name: str) -> bool:
+    try:
+        salt, digest = (base64.b64decode(part) for part in pattern[3:].split("|", 1))
+    except ValueError:
+        return False
+    return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
+
+
+class KnownHosts:
+    """The known_hosts files, read as ssh reads them. paramiko's HostKeys keeps one key per
+    host and type, so a host listed twice (an old key left above a new one) would look changed
+    to it; and it ignores @revoked lines. Here every matching line counts, as with ssh, and a
+    revoked key is refused wherever it is listed."""
+
+    def __init__(self, paths: Sequence[str] = ()) -> None:
+        self.keys: List[KnownKey] = []
+        for path in paths:
+            self.load(path)
+
+    def load(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return
+        for line in lines:
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
                 continue
-    return keys
+            marker = fields.pop(0) if fields[0].startswith("@") else ""
+            if len(fields) < 3:
+                continue
+            try:
+                blob = base64.b64decode(fields[2], validate=True)
+            except ValueError:
+                continue
+            self.keys.append(KnownKey(fields[0].split(","), fields[1], blob, marker))
+
+    def for_host(self, name: str) -> List[KnownKey]:
+        """The plain (unmarked) keys recorded for ``name``, in file order."""
+        return [k for k in self.keys if not k.marker and k.matches(name)]
+
+    def types_for(self, name: str) -> List[str]:
+        return list(dict.fromkeys(k.key_type for k in self.for_host(name)))
+
+    def revoked(self, blob: bytes) -> bool:
+        return any(k.marker == "@revoked" and k.blob == blob for k in self.keys)
 
 
-def preferred_key_types(known: Optional[Dict[str, paramiko.PKey]], available: Sequence[str]) -> Tuple[str, ...]:
+def load_known_hosts(paths: Sequence[str]) -> KnownHosts:
+    return KnownHosts(paths)
+
+
+def preferred_key_types(known: Optional[Sequence[str]], available: Sequence[str]) -> Tuple[str, ...]:
     """Host key algorithms in the order to offer: those of keys already known first (as ssh
     does), so that a server with several keys shows the one we can check."""
     if not known:
@@ -160,15 +298,21 @@ def preferred_key_types(known: Optional[Dict[str, paramiko.PKey]], available: Se
     return tuple(first + [n for n in available if n not in first])
 
 
-def check_host_key(settings: HostSettings, key: paramiko.PKey, known: paramiko.HostKeys) -> None:
-    """Raise HostKeyError unless ``key`` is the one known_hosts records for this host."""
-    entry = known.lookup(settings.known_hosts_name)
+def check_host_key(settings: HostSettings, key: paramiko.PKey, known: KnownHosts) -> None:
+    """Raise HostKeyError unless ``key`` is one known_hosts records for this host (and not revoked)."""
+    entries = known.for_host(settings.known_hosts_name)
     files = ", ".join(settings.known_hosts[:1]) or "known_hosts"
     kind = key.get_name()
-    if entry is not None and kind in entry and entry[kind] == key:
-        return
     print_fp = f"{kind} key {fingerprint(key)}"
-    if entry:
+    blob = key.asbytes()
+    if known.revoked(blob):
+        raise exc.HostKeyError(
+            f"the host key of {settings.alias} ({print_fp}) is marked @revoked in known_hosts: "
+            f"ssh_ipykernel will not connect with it. Ask the server's administrator for its "
+            f"current key.", host=settings.alias)
+    if any(entry.blob == blob for entry in entries):
+        return
+    if entries:
         raise exc.HostKeyError(
             f"the host key of {settings.alias} has CHANGED since it was recorded in known_hosts "
             f"({files}): the server now shows {print_fp}. Someone may be intercepting the "

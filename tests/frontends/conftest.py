@@ -42,6 +42,10 @@ host_factory = _integration.host_factory
 ssh_host = _integration.ssh_host
 jupyter_env = _integration.jupyter_env  # autouse there, and so here
 docker_compose_file = _integration.docker_compose_file
+# Tests marked both_transports run on OpenSSH and on paramiko (with no ssh client on PATH).
+transport = _integration.transport  # autouse there, and so here
+path_without_ssh = _integration.path_without_ssh
+pytest_generate_tests = _integration.pytest_generate_tests
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark everything under tests/frontends ``frontend`` and ``integration`` (it needs the hosts)."""

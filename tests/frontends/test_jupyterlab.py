@@ -67,6 +67,7 @@ class Steps:
             raise AssertionError(msg) from e
 
 
+@pytest.mark.both_transports
 @pytest.mark.timeout(240)
 def test_jupyterlab_runs_interrupts_and_restarts_an_ssh_kernel(lab, ssh_host, ssh_kernelspec, artifacts_dir):
     server, page = lab

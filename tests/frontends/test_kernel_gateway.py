@@ -160,6 +160,7 @@ def agent_kernelspec(ssh_host, ssh_kernelspec, jupyter_env, monkeypatch: pytest.
 
 
 
+@pytest.mark.both_transports
 @pytest.mark.timeout(240)
 def test_kernel_gateway_creates_runs_and_deletes_an_ssh_kernel(gateway_modules, ssh_host, ssh_kernelspec,
                                                                agent_kernelspec, tmp_path):
@@ -195,6 +196,7 @@ def test_kernel_gateway_creates_runs_and_deletes_an_ssh_kernel(gateway_modules, 
         delete_kernel(gateway, kernel_id)
 
 
+@pytest.mark.both_transports
 @pytest.mark.timeout(240)
 def test_kernel_gateway_passes_ssh_auth_sock_when_allowed(gateway_modules, ssh_host, agent_kernelspec, tmp_path):
     with start_kernel_gateway(tmp_path / "gateway.log", env_process_whitelist=[RUNTIME, "SSH_AUTH_SOCK"]) as gateway:

@@ -24,6 +24,7 @@ Image(data=b'\\x89PNG\\r\\n\\x1a\\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', 3,
       + chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))"""
 
 
+@pytest.mark.both_transports
 @pytest.mark.timeout(120)
 def test_nbclient_runs_a_notebook_on_the_remote_host(ssh_host, ssh_kernelspec, tmp_path):
     require_modules("nbclient", "nbformat")

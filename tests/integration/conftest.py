@@ -73,13 +73,43 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("transport", TRANSPORTS, indirect=True)
 
 
+#: Client programs that must not be on PATH when the paramiko transport is tested.
+SSH_CLIENTS = frozenset({"ssh", "scp", "sftp", "slogin"})
+
+
+@pytest.fixture(scope="session")
+def path_without_ssh(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PATH like this one with no ssh client on it (as on a machine without OpenSSH): one
+    directory of links to every other program on PATH, first one of a name wins."""
+    bin_dir = tmp_path_factory.mktemp("no-ssh-bin")
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for name in os.listdir(directory):
+            target = os.path.join(directory, name)
+            link = bin_dir / name
+            if name in SSH_CLIENTS or link.exists() or link.is_symlink() or not os.access(target, os.X_OK):
+                continue
+            link.symlink_to(target)
+    return str(bin_dir)
+
+
 @pytest.fixture(autouse=True)
 def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The --transport of this test's kernels (kernels.manage and kernels.transport_args add it)."""
+    """The --transport of this test's kernels (kernels.manage and kernels.transport_args add it).
+
+    Tests of the paramiko transport run with no ssh client on PATH, as on the machines it is
+    for: manage, the proxy and everything they start inherit that PATH, so nothing of the
+    product can fall back on ssh unnoticed. (The tests' own look at the hosts uses
+    sshtesthost.SSH, found before.)
+    """
     import kernels
 
     kind = getattr(request, "param", None)
     monkeypatch.setattr(kernels, "TRANSPORT", kind)
+    if kind == "paramiko":
+        monkeypatch.setenv("PATH", request.getfixturevalue("path_without_ssh"))
+        assert shutil.which("ssh") is None
     return kind or "openssh"
 
 

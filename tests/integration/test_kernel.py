@@ -365,28 +365,50 @@ def test_notebook_path_reaches_the_remote_kernel(ssh_host, tmp_path):
         log.close()
 
 
-def test_the_key_can_come_from_an_agent(kernel, ssh_host, tmp_path, monkeypatch):
-    """No usable IdentityFile: the login needs the key loaded in ssh-agent (SSH_AUTH_SOCK)."""
+@pytest.mark.parametrize("how", ["no IdentityFile", "IdentitiesOnly with a passphrase"])
+def test_the_key_can_come_from_an_agent(kernel, ssh_host, tmp_path, monkeypatch, how):
+    """The login needs the key loaded in ssh-agent (SSH_AUTH_SOCK): either there is no usable
+    IdentityFile, or the IdentityFile (IdentitiesOnly yes) has a passphrase, as users' keys do,
+    and no .pub file beside it (the agent also holds an unauthorised key, listed first)."""
     block = ssh_host.ssh_config.read_text().split(f"Host {ssh_host.alias}\n", 1)[1].split("\nHost ", 1)[0]
     identity = next(line.split(None, 1)[1].strip('"') for line in block.splitlines()
                     if line.strip().startswith("IdentityFile"))
     kept = [line for line in block.splitlines() if line.strip() and not line.strip().startswith(("IdentityFile",
                                                                                                   "IdentitiesOnly"))]
+    agent_env = {"SSH_AUTH_SOCK": str(tmp_path / "agent.sock")}
+    if how == "no IdentityFile":
+        # A missing IdentityFile, so that neither client falls back to ~/.ssh/id_* of whoever runs this.
+        ids = f"  IdentityFile {tmp_path}/none\n  IdentitiesOnly no\n"
+        to_add = [identity]
+    else:
+        key = tmp_path / "id_locked"
+        key.write_bytes(Path(identity).read_bytes())
+        key.chmod(0o600)
+        subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "sekret", "-f", str(key)], check=True,
+                       capture_output=True, timeout=30)
+        askpass = tmp_path / "askpass"
+        askpass.write_text("#!/bin/sh\necho sekret\n")
+        askpass.chmod(0o700)
+        agent_env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+        decoy = tmp_path / "id_decoy"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(decoy)], check=True,
+                       capture_output=True, timeout=30)
+        ids = f'  IdentityFile "{key}"\n  IdentitiesOnly yes\n'
+        to_add = [str(decoy), str(key)]
     config = tmp_path / "ssh_config_agent"
-    # A missing IdentityFile, so that neither client falls back to ~/.ssh/id_* of whoever runs this.
-    config.write_text("Host btest-agent\n" + "\n".join(kept) + f"\n  IdentityFile {tmp_path}/none\n"
-                      "  IdentitiesOnly no\n")
+    config.write_text("Host btest-agent\n" + "\n".join(kept) + "\n" + ids)
     config.chmod(0o600)
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", agent_env["SSH_AUTH_SOCK"]], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         for _ in range(50):
-            if sock.exists():
+            if os.path.exists(agent_env["SSH_AUTH_SOCK"]):
                 break
             time.sleep(0.1)
-        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
-        subprocess.run(["ssh-add", identity], env=env, check=True, capture_output=True, timeout=10)
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))  # the proxy inherits it
+        for path in to_add:
+            subprocess.run(["ssh-add", path], env=dict(os.environ, **agent_env), check=True, capture_output=True,
+                           timeout=10, stdin=subprocess.DEVNULL)
+        monkeypatch.setenv("SSH_AUTH_SOCK", agent_env["SSH_AUTH_SOCK"])  # the proxy inherits it
         k = kernel("--host", "btest-agent", "--ssh-config", str(config), "--python", ssh_host.env_prefix,
                    name="ssh_btest-agent")
         assert k.value("6 * 7") == "42"

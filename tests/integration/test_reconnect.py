@@ -249,7 +249,7 @@ def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, con
     assert not read_states()  # the dead proxy's state file is not reported ...
     other = start_proxy(ssh_host, conn, tmp_path / "other.log", "--grace", "5")
     wait_for(tmp_path / "other.log", "tunnels up")
-    assert [f for f in os.listdir(state_dir()) if f.startswith("proxy-")] == [f"proxy-byhand.json"]  # ... and pruned
+    assert [f for f in os.listdir(state_dir()) if f.startswith("proxy-")] == ["proxy-byhand.json"]  # ... and pruned
     other.send_signal(signal.SIGTERM)
     assert other.wait(15) == 0
     assert not wait_remote_clean(ssh_host, timeout=15)

@@ -70,7 +70,6 @@ Host piped
 
 
 @pytest.mark.parametrize("line, named", [
-    ("Include other.conf", "Include"),
     ("PKCS11Provider /usr/lib/opensc.so", "PKCS11Provider"),
     ("CertificateFile ~/.ssh/id_cert.pub", "CertificateFile"),
     ("GSSAPIAuthentication yes", "GSSAPIAuthentication"),
@@ -82,6 +81,49 @@ def test_options_it_cannot_honour_are_refused_naming_the_alternative(tmp_path, l
         pmconfig.resolve(parse_host("btest"), cfg, config_path=path)
     assert named in str(info.value) and "--transport openssh" in str(info.value)
     assert info.value.exit_code == 2
+
+
+def test_included_files_are_read_as_ssh_reads_them(tmp_path, monkeypatch):
+    """Include at the top (globs in lexical order, relative to ~/.ssh, missing files skipped),
+    and inside a Host block for a file of options (which then apply to that block only)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dot_ssh = tmp_path / ".ssh"
+    (dot_ssh / "conf.d").mkdir(parents=True)
+    (dot_ssh / "conf.d" / "20-second").write_text("Host second\n  HostName 10.0.0.2\n  User two\n")
+    (dot_ssh / "conf.d" / "10-first").write_text("Host second\n  Port 2022\nHost first\n  HostName 10.0.0.1\n")
+    (tmp_path / "opts").write_text("  User optuser\n  Port 2200\n")
+    cfg, path = config(tmp_path, f"""
+Include conf.d/* missing.conf
+Host btest
+  Include {tmp_path}/opts
+  HostName 10.1.2.3
+Host other
+  HostName 10.4.5.6
+""")
+    first, second = (pmconfig.resolve(parse_host(h), cfg) for h in ("first", "second"))
+    assert (first.hostname, first.port) == ("10.0.0.1", 22)
+    assert (second.hostname, second.port, second.user) == ("10.0.0.2", 2022, "two")  # 10-first read first
+    btest = pmconfig.resolve(parse_host("btest"), cfg)
+    assert (btest.hostname, btest.port, btest.user) == ("10.1.2.3", 2200, "optuser")
+    other = pmconfig.resolve(parse_host("other"), cfg)
+    assert (other.hostname, other.port) == ("10.4.5.6", 22) and other.user != "optuser"
+
+
+def test_an_include_of_host_blocks_inside_a_block_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "blocks").write_text("Host inner\n  HostName 10.0.0.9\n")
+    path = tmp_path / "ssh_config"
+    path.write_text(f"Host btest\n  Include {tmp_path}/blocks\n")
+    with pytest.raises(exc.UsageError) as info:
+        pmconfig.load_config(str(path))
+    assert "Host or Match blocks" in str(info.value) and "--transport openssh" in str(info.value)
+
+
+def test_an_include_loop_is_an_error_not_a_hang(tmp_path):
+    path = tmp_path / "ssh_config"
+    path.write_text(f"Include {path}\n")
+    with pytest.raises(exc.UsageError, match="nests Include more than 16 deep"):
+        pmconfig.load_config(str(path))
 
 
 def test_harmless_values_are_accepted(tmp_path):
@@ -155,5 +197,44 @@ def test_fingerprint_is_openssh_sha256():
 def test_known_key_types_are_offered_first():
     available = ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512", "rsa-sha2-256")
     assert pmconfig.preferred_key_types(None, available) == available
-    assert pmconfig.preferred_key_types({"ssh-rsa": None}, available)[:2] == ("rsa-sha2-512", "rsa-sha2-256")
-    assert pmconfig.preferred_key_types({"ecdsa-sha2-nistp256": None}, available)[0] == "ecdsa-sha2-nistp256"
+    assert pmconfig.preferred_key_types(["ssh-rsa"], available)[:2] == ("rsa-sha2-512", "rsa-sha2-256")
+    assert pmconfig.preferred_key_types(["ecdsa-sha2-nistp256"], available)[0] == "ecdsa-sha2-nistp256"
+
+
+def test_a_host_listed_twice_passes_with_either_key(tmp_path):
+    """An old key left above the new one: ssh accepts the new key (every matching line counts)."""
+    s = _settings(tmp_path / "known_hosts")
+    (tmp_path / "known_hosts").write_text(_line(s.known_hosts_name, _ed25519(1))
+                                          + _line(s.known_hosts_name, _ed25519(2), hashed=True))
+    known = pmconfig.load_known_hosts(s.known_hosts)
+    pmconfig.check_host_key(s, _ed25519(2), known)
+    pmconfig.check_host_key(s, _ed25519(1), known)
+    with pytest.raises(exc.HostKeyError, match="CHANGED"):
+        pmconfig.check_host_key(s, _ed25519(3), known)
+
+
+def test_patterns_negations_and_markers(tmp_path):
+    s = _settings(tmp_path / "known_hosts")  # 10.1.2.3
+    key, other = _ed25519(1), _ed25519(2)
+    (tmp_path / "known_hosts").write_text(
+        "# comment\n\n"
+        + _line("10.1.2.*,!10.1.2.3", other)  # negated: not for 10.1.2.3
+        + _line("10.1.?.3", key) + _line("[10.1.2.3]:2222", other)  # brackets are literal
+        + f"@cert-authority *.example {other.get_name()} {other.get_base64()}\n"
+        + "10.1.2.3 ssh-ed25519 not-base64!\n")
+    known = pmconfig.load_known_hosts(s.known_hosts)
+    assert [k.blob for k in known.for_host("10.1.2.3")] == [key.asbytes()]
+    assert known.types_for("10.1.2.3") == ["ssh-ed25519"]
+    pmconfig.check_host_key(s, key, known)
+    with pytest.raises(exc.HostKeyError, match="CHANGED"):
+        pmconfig.check_host_key(s, other, known)
+
+
+def test_a_revoked_key_is_refused_even_if_listed(tmp_path):
+    s = _settings(tmp_path / "known_hosts")
+    key = _ed25519(1)
+    (tmp_path / "known_hosts").write_text(_line(s.known_hosts_name, key)
+                                          + f"@revoked * {key.get_name()} {key.get_base64()}\n")
+    with pytest.raises(exc.HostKeyError, match="@revoked") as info:
+        pmconfig.check_host_key(s, key, pmconfig.load_known_hosts(s.known_hosts))
+    assert info.value.exit_code == 24

@@ -48,7 +48,7 @@ def test_the_proxy_exits_2_naming_the_option(tmp_path):
     import sys
 
     config = tmp_path / "config"
-    config.write_text("Host btest\n  Include other\n")
+    config.write_text("Host btest\n  PKCS11Provider /usr/lib/opensc-pkcs11.so\n")
     conn = tmp_path / "kernel-1.json"
     conn.write_text('{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5, '
                     '"ip": "127.0.0.1", "key": "k", "transport": "tcp", "signature_scheme": "hmac-sha256", '
@@ -56,4 +56,4 @@ def test_the_proxy_exits_2_naming_the_option(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ssh_ipykernel", "--host", "btest", "--ssh-config", str(config),
                         "--transport", "paramiko", "-f", str(conn)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
-    assert "Include" in r.stderr and "--transport openssh" in r.stderr and "Traceback" not in r.stderr
+    assert "PKCS11Provider" in r.stderr and "--transport openssh" in r.stderr and "Traceback" not in r.stderr
