@@ -32,7 +32,7 @@ from nssetup import (
 )
 from sshtesthost import (
     REMOTE_ENV_PREFIX, REMOTE_PATH, REMOTE_USER, SYSTEM_PYTHON, ClientFiles, HostSetupError, SSHTestHost,
-    keygen,
+    host_env, keygen,
 )
 
 __all__ = [
@@ -159,7 +159,7 @@ class NetnsHost(SSHTestHost):
         with open(self.log_path, "a") as out:
             # Own session: a Ctrl-C aimed at pytest must not kill sshd mid-test.
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                          start_new_session=True)
+                                          start_new_session=True, env=host_env())
         deadline = time.monotonic() + timeout
         while True:
             if self._proc.poll() is not None:

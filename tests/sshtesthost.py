@@ -9,7 +9,7 @@ bench and demo scripts import it (through nshosts).
 """
 from __future__ import annotations
 
-import shlex, shutil, subprocess  # noqa: E401
+import os, shlex, shutil, subprocess  # noqa: E401
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -17,9 +17,16 @@ REMOTE_USER = "sikuser"
 REMOTE_ENV_PREFIX = "/mnt/remote/envs/py3"
 REMOTE_PATH = f"{REMOTE_ENV_PREFIX}/bin:/usr/local/bin:/usr/bin:/bin"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python, without ipykernel
-#: The ssh client the tests themselves use, found once: tests of the paramiko transport take
-#: every ssh client off PATH (tests/integration/conftest.py), but still look at the hosts with it.
-SSH = shutil.which("ssh") or "ssh"
+#: The PATH this test run started with. Tests of the paramiko transport take every ssh client
+#: off PATH (tests/integration/conftest.py) for what they start; what builds, restarts and looks
+#: at the hosts keeps this one (``host_env()``), and its ssh client (SSH).
+ORIGINAL_PATH = os.environ.get("PATH", os.defpath)
+SSH = shutil.which("ssh", path=ORIGINAL_PATH) or "ssh"
+
+
+def host_env() -> dict:
+    """The environment for the test hosts' own commands (ip, sshd, mount, ssh): PATH as at start."""
+    return {**os.environ, "PATH": ORIGINAL_PATH}
 
 
 class HostSetupError(RuntimeError):
@@ -27,7 +34,7 @@ class HostSetupError(RuntimeError):
 
 
 def _run(argv: Sequence[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=host_env())
     if check and proc.returncode:
         raise HostSetupError(f"{shlex.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -126,7 +133,8 @@ class SSHTestHost:
             options: Sequence[str] = ()) -> subprocess.CompletedProcess:
         """Run shell command ``cmd`` on the remote as the user; never prompts."""
         argv = self.ssh_argv(cmd, alias=alias, options=["-o", "BatchMode=yes", *options])
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              env=host_env())
 
     def remote_pids(self, pattern: str) -> list[int]:
         raise NotImplementedError
