@@ -174,7 +174,7 @@ class Kernel:
         """MB/s of a cell writing ``total`` bytes to stdout in ``chunk``-sized writes, from
         execute_request until the idle status with every stream byte received on iopub."""
         count = total // chunk
-        code = (f"_c = 'x' * {chunk - 1} + '\\n'\nfor _ in range({count}):\n    sys.stdout.write(_c)\n"
+        code = (f"import sys\n_c = 'x' * {chunk - 1} + '\\n'\nfor _ in range({count}):\n    sys.stdout.write(_c)\n"
                 "sys.stdout.flush()")
         t0 = time.perf_counter()
         msg_id = self.kc.execute(code)
@@ -196,7 +196,7 @@ class Kernel:
         """Seconds from interrupt_kernel() until the interrupted cell's reply. The cell catches
         KeyboardInterrupt, so this is the signal's way there and the reply's way back, not
         IPython formatting a traceback."""
-        msg_id = self.kc.execute("try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass")
+        msg_id = self.kc.execute("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n    pass")
         while True:
             msg = self._iopub(30)
             if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "status"
