@@ -4,6 +4,9 @@ Builds a host in a network namespace (own address and hostname, real sshd, non-r
 Python env that exists only there), registers it with ``python -m ssh_ipykernel.manage`` exactly
 as a user would, then drives the kernel through jupyter_client's KernelManager: run code, interrupt
 a sleeping cell, restart, shut down. Everything is removed at the end.
+
+Arguments are passed on to ``manage``: ``tools/demo.py --transport paramiko`` tries the
+pure-Python transport, ``tools/demo.py --env GREETING=hello`` a remote environment variable.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ def run_cell(kc, code: str, timeout: float = 60) -> dict:
 
 
 def main() -> int:
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(__doc__.strip())
+        return 0
     if os.geteuid() != 0:
         print("demo.py builds a network-namespace SSH host and needs root", file=sys.stderr)
         return 2
@@ -53,7 +59,7 @@ def main() -> int:
         step("registering it: python -m ssh_ipykernel.manage")
         prefix = Path(tmp) / "prefix"
         cmd = [sys.executable, "-m", "ssh_ipykernel.manage", "--host", host.alias, "--python",
-               host.env_prefix, "--ssh-config", str(host.ssh_config), "--prefix", str(prefix)]
+               host.env_prefix, "--ssh-config", str(host.ssh_config), "--prefix", str(prefix), *sys.argv[1:]]
         print("   $ python " + " ".join(cmd[1:]))
         subprocess.run(cmd, check=True)
 
