@@ -31,13 +31,14 @@ from .master import die_with_parent
 from .messages import classify_ssh_failure
 
 try:
-    import paramiko
+    from . import pmconfig  # imports paramiko (see pmconfig._import_paramiko)
 except ImportError as e:  # pragma: no cover - paramiko is a dependency of the package
     raise exc.UsageError("the paramiko transport needs paramiko: pip install paramiko, "
                          "or use --transport openssh") from e
 
-from . import pmconfig
-from .pmchannel import ChannelForwarder, ChannelProcess
+import paramiko  # noqa: E402 - already imported by pmconfig, without invoke
+
+from .pmchannel import ChannelForwarder, ChannelProcess  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,50 @@ import hmac
 import os
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
-
-import paramiko
 
 from .. import exceptions as exc
 from ..hosts import HostSpec, parse_host
+
+class _MatchExec:
+    """What paramiko's config module uses ``invoke`` for, ``run(command).ok`` for ``Match exec``,
+    done as ssh does it: the command through the user's shell with stdin and stdout on
+    /dev/null. invoke would mirror the proxy's stdin into it, and costs every paramiko proxy
+    57 ms and 7 MB of imports (46 -> 39 MB resident)."""
+
+    @staticmethod
+    def run(command: str, hide: object = None, warn: bool = True) -> SimpleNamespace:
+        shell = os.environ.get("SHELL") or "/bin/sh"
+        try:
+            code = subprocess.run([shell, "-c", command], stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL).returncode
+        except OSError:
+            code = 127
+        return SimpleNamespace(ok=code == 0)
+
+
+def _import_paramiko():
+    """paramiko, with _MatchExec in place of invoke (which it is kept from importing)."""
+    if "paramiko" in sys.modules or "invoke" in sys.modules:
+        import paramiko
+    else:
+        sys.modules["invoke"] = None  # type: ignore[assignment]  # "import invoke" fails, paramiko goes on
+        try:
+            import paramiko
+        finally:
+            del sys.modules["invoke"]
+    import paramiko.config
+
+    paramiko.config.invoke = _MatchExec
+    return paramiko
+
+
+paramiko = _import_paramiko()
+
 
 #: Options whose meaning this backend cannot keep, and why; the user is told to use
 #: --transport openssh (or to drop the option for this host).

@@ -238,3 +238,25 @@ def test_a_revoked_key_is_refused_even_if_listed(tmp_path):
     with pytest.raises(exc.HostKeyError, match="@revoked") as info:
         pmconfig.check_host_key(s, key, pmconfig.load_known_hosts(s.known_hosts))
     assert info.value.exit_code == 24
+
+
+def test_match_exec_works_without_invoke(tmp_path):
+    """pmconfig keeps invoke out of paramiko (7 MB, 57 ms) and runs Match exec itself, as ssh does."""
+    cfg, path = config(tmp_path, """
+Match host btest exec "test -d /"
+  HostName 10.7.7.7
+Match host btest exec "test -d /no/such/dir"
+  Port 2222
+""")
+    s = pmconfig.resolve(parse_host("btest"), cfg, config_path=path)
+    assert (s.hostname, s.port) == ("10.7.7.7", 22)
+
+
+def test_the_paramiko_transport_loads_without_invoke():
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom ssh_ipykernel.transport import paramiko_backend, pmconfig\n"
+             "pmconfig.load_config('/dev/null')\nprint('invoke' in sys.modules, 'paramiko' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "True"], out.stderr
