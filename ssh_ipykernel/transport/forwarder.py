@@ -17,8 +17,9 @@ import logging
 import selectors
 import socket
 import threading
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from .. import exceptions as exc
 from .base import Forward
 from .mux import MuxClient, MuxError
 
@@ -31,6 +32,18 @@ class BindError(Exception):
     def __init__(self, message: str, busy: List[int]) -> None:
         super().__init__(message)
         self.busy = busy
+
+    def tunnel_error(self, host: str) -> exc.TunnelError:
+        """The error the user sees: the busy port and how to find its holder, if that is why."""
+        if self.busy:
+            ports = ", ".join(str(p) for p in self.busy)
+            msg = (
+                f"local port {ports} is already in use, so the kernel's channel cannot be forwarded "
+                f"there. Another program (or a kernel that did not shut down) holds it; restart the "
+                f"kernel to get new ports, or find the holder with `ss -ltnp | grep {self.busy[0]}`"
+            )
+            return exc.TunnelError(msg, host=host)
+        return exc.TunnelError(f"could not listen for the kernel's channels of {host}", host=host, detail=str(self))
 
 
 def _listen(fwd: Forward) -> socket.socket:
@@ -50,15 +63,20 @@ def _listen(fwd: Forward) -> socket.socket:
     return sock
 
 
-class Forwarder:
-    """Listeners for forwards, served by one thread until ``close()`` (safe to call twice)."""
+class Listeners:
+    """Listeners for forwards, served by one thread until ``close()`` (safe to call twice).
 
-    def __init__(self, control_path: str) -> None:
-        self.control_path = control_path
+    What becomes of an accepted connection is the subclass's: ``_take`` (called by the thread,
+    without the lock) and ``_cut`` (the connections some forwards carry; with the lock held).
+    Other objects a subclass registers with ``_sel`` come back to its ``_service``.
+    """
+
+    thread_name = "ssh_ipykernel-forwarder"
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
         self._listeners: Dict[Forward, socket.socket] = {}
-        self._carried: Dict[MuxClient, Forward] = {}  # one control connection per relayed connection
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -85,7 +103,7 @@ class Forwarder:
                 self._listeners[fwd] = sock
                 self._sel.register(sock, selectors.EVENT_READ, fwd)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="ssh_ipykernel-forwarder", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
                 self._thread.start()
         self._wake()
 
@@ -97,9 +115,7 @@ class Forwarder:
                 sock = self._listeners.pop(fwd, None)
                 if sock is not None:
                     self._unregister(sock)
-            for mux, fwd in list(self._carried.items()):
-                if fwd in wanted:
-                    self._drop(mux)
+            self._cut(wanted)
         self._wake()
 
     def listening(self) -> List[Forward]:
@@ -108,12 +124,13 @@ class Forwarder:
 
     def close(self) -> None:
         with self._lock:
+            if self._stopping:
+                return
             self._stopping = True
             for sock in self._listeners.values():
                 self._unregister(sock)
             self._listeners.clear()
-            for mux in list(self._carried):
-                self._drop(mux)
+            self._cut(None)
         self._wake()
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
@@ -121,6 +138,22 @@ class Forwarder:
         for sock in (self._wake_r, self._wake_w):
             sock.close()
         self._sel.close()
+
+    # -- for subclasses ------------------------------------------------------------------------
+    def _take(self, conn: socket.socket, fwd: Forward) -> None:
+        """Carry a connection just accepted on ``fwd``'s port (the thread, without the lock)."""
+        raise NotImplementedError
+
+    def _cut(self, forwards: Optional[Set[Forward]]) -> None:
+        """Cut the connections these forwards carry (None: all); the lock is held."""
+        raise NotImplementedError
+
+    def _service(self, data: object) -> None:
+        """Something a subclass registered with ``_sel`` is readable; the lock is held."""
+
+    def _wanted(self, fwd: Forward) -> bool:
+        """Whether ``fwd`` is still listened on (not removed or closed meanwhile); lock held."""
+        return not self._stopping and fwd in self._listeners
 
     # -- the thread --------------------------------------------------------------------------------
     def _wake(self) -> None:
@@ -135,12 +168,6 @@ class Forwarder:
         except (KeyError, ValueError):
             pass
         sock.close()
-
-    def _drop(self, mux: MuxClient) -> None:
-        self._carried.pop(mux, None)
-        if mux.sock is not None:
-            self._unregister(mux.sock)
-        mux.close()
 
     def _run(self) -> None:
         while True:
@@ -161,20 +188,43 @@ class Forwarder:
                             accepted += [(conn, key.data) for conn in _accept_all(key.fileobj)]  # type: ignore[arg-type]
                     else:
                         self._service(key.data)
-            # Handed over without the lock: a master that is slow to answer must not hold up
-            # remove() and close() in the proxy's main thread.
+            # Without the lock: a slow hand-over must not hold up remove() and close() in the
+            # proxy's main thread.
             for conn, fwd in accepted:
-                mux = self._hand_over(conn, fwd)
-                if mux is None:
-                    continue
-                with self._lock:
-                    if self._stopping or fwd not in self._listeners:
-                        mux.close()  # cancelled meanwhile: cut it, as remove() would have
-                        continue
-                    assert mux.sock is not None
-                    mux.sock.setblocking(False)
-                    self._carried[mux] = fwd
-                    self._sel.register(mux.sock, selectors.EVENT_READ, mux)
+                self._take(conn, fwd)
+
+
+class Forwarder(Listeners):
+    """Each accepted connection handed to the shared master (see the module's docstring)."""
+
+    def __init__(self, control_path: str) -> None:
+        super().__init__()
+        self.control_path = control_path
+        self._carried: Dict[MuxClient, Forward] = {}  # one control connection per relayed connection
+
+    def _take(self, conn: socket.socket, fwd: Forward) -> None:
+        mux = self._hand_over(conn, fwd)
+        if mux is None:
+            return
+        with self._lock:
+            if not self._wanted(fwd):
+                mux.close()  # cancelled meanwhile: cut it, as remove() would have
+                return
+            assert mux.sock is not None
+            mux.sock.setblocking(False)
+            self._carried[mux] = fwd
+            self._sel.register(mux.sock, selectors.EVENT_READ, mux)
+
+    def _cut(self, forwards: Optional[Set[Forward]]) -> None:
+        for mux, fwd in list(self._carried.items()):
+            if forwards is None or fwd in forwards:
+                self._drop(mux)
+
+    def _drop(self, mux: MuxClient) -> None:
+        self._carried.pop(mux, None)
+        if mux.sock is not None:
+            self._unregister(mux.sock)
+        mux.close()
 
     def _hand_over(self, conn: socket.socket, fwd: Forward) -> Optional[MuxClient]:
         """Pass an accepted connection to the master; None if it could not be (it is closed)."""
@@ -194,7 +244,7 @@ class Forwarder:
             conn.close()  # the master has its own copy now (or nobody needs it)
         return mux
 
-    def _service(self, mux: MuxClient) -> None:  # with the lock held
+    def _service(self, mux: MuxClient) -> None:  # type: ignore[override]  # with the lock held
         """The master's answer (opened, or refused by the server) or its end-of-file (the
         relayed connection ended, or the master did): only the end matters."""
         if mux.poll_eof():

@@ -267,16 +267,7 @@ class OpenSSHTransport(Transport):
         try:
             self._forwarder.add(forwards)
         except BindError as e:
-            if e.busy:
-                ports = ", ".join(str(p) for p in e.busy)
-                msg = (
-                    f"local port {ports} is already in use, so the kernel's channel cannot be forwarded "
-                    f"there. Another program (or a kernel that did not shut down) holds it; restart the "
-                    f"kernel to get new ports, or find the holder with `ss -ltnp | grep {e.busy[0]}`"
-                )
-                raise exc.TunnelError(msg, host=self.host.label) from None
-            msg = f"could not listen for the kernel's channels of {self.host.label}"
-            raise exc.TunnelError(msg, host=self.host.label, detail=str(e)) from None
+            raise e.tunnel_error(self.host.label) from None
 
     def cancel(self, forwards: Sequence[Forward]) -> None:
         if self._forwarder is not None:

@@ -10,7 +10,6 @@ proxy killed with SIGKILL leaves no port bound.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import selectors
@@ -18,12 +17,12 @@ import socket
 import subprocess
 import threading
 import time
-from typing import IO, Dict, List, Optional, Sequence, Set, Tuple
+from typing import IO, Dict, List, Optional, Set, Tuple
 
 import paramiko
 
 from .base import Forward
-from .forwarder import BindError, _accept_all, _listen
+from .forwarder import Listeners
 
 log = logging.getLogger(__name__)
 
@@ -141,109 +140,26 @@ class ChannelProcess:
         self.terminate()
 
 
-class ChannelForwarder:
-    """Listeners for forwards; each accepted connection relayed over a direct-tcpip channel."""
+class ChannelForwarder(Listeners):
+    """Each accepted connection relayed over a direct-tcpip channel (see the module's docstring)."""
+
+    thread_name = "sik-pm-forwarder"
 
     def __init__(self, transport: paramiko.Transport, *, window_size: Optional[int] = None) -> None:
+        super().__init__()
         self.transport = transport
         self.window_size = window_size
-        self._lock = threading.Lock()
-        self._sel = selectors.DefaultSelector()
-        self._listeners: Dict[Forward, socket.socket] = {}
         self._relays: Dict[Forward, Set["_Relay"]] = {}
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread: Optional[threading.Thread] = None
-        self._stopping = False
 
-    def add(self, forwards: Sequence[Forward]) -> None:
-        """Listen on the forwards' local ports (all or none); BindError if one cannot be."""
-        opened: List[tuple] = []
-        for fwd in forwards:
-            try:
-                opened.append((fwd, _listen(fwd)))
-            except OSError as e:
-                for _, sock in opened:
-                    sock.close()
-                busy = [fwd.local_port] if e.errno in (errno.EADDRINUSE, errno.EACCES) else []
-                raise BindError(f"cannot listen on {fwd.local_host}:{fwd.local_port}: {e.strerror}", busy) from e
-        with self._lock:
-            for fwd, sock in opened:
-                old = self._listeners.pop(fwd, None)
-                if old is not None:
-                    self._unregister(old)
-                self._listeners[fwd] = sock
-                self._sel.register(sock, selectors.EVENT_READ, fwd)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="sik-pm-forwarder", daemon=True)
-                self._thread.start()
-        self._wake()
+    def _take(self, conn: socket.socket, fwd: Forward) -> None:
+        # Opening a channel is a round trip: not in the listeners' thread, so one slow open
+        # does not hold up the other ports.
+        threading.Thread(target=self._open, args=(conn, fwd), daemon=True, name="sik-pm-open").start()
 
-    def remove(self, forwards: Sequence[Forward]) -> None:
-        """Stop listening on these forwards and cut the connections they carry."""
-        with self._lock:
-            for fwd in forwards:
-                sock = self._listeners.pop(fwd, None)
-                if sock is not None:
-                    self._unregister(sock)
-                for relay in self._relays.pop(fwd, set()):
-                    relay.close()
-        self._wake()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._stopping:
-                return
-            self._stopping = True
-            for sock in self._listeners.values():
-                self._unregister(sock)
-            self._listeners.clear()
-            for relays in self._relays.values():
-                for relay in relays:
-                    relay.close()
-            self._relays.clear()
-        self._wake()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5)
-        for sock in (self._wake_r, self._wake_w):
-            sock.close()
-        self._sel.close()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
-
-    def _unregister(self, sock: socket.socket) -> None:
-        try:
-            self._sel.unregister(sock)
-        except (KeyError, ValueError):
-            pass
-        sock.close()
-
-    def _run(self) -> None:
-        while True:
-            events = self._sel.select()
-            with self._lock:
-                if self._stopping:
-                    return
-                accepted = []
-                for key, _ in events:
-                    if key.data is None:
-                        try:
-                            while self._wake_r.recv(4096):
-                                pass
-                        except OSError:
-                            pass
-                    elif self._listeners.get(key.data) is key.fileobj:
-                        accepted += [(conn, key.data) for conn in _accept_all(key.fileobj)]  # type: ignore[arg-type]
-            for conn, fwd in accepted:
-                # Opening a channel is a round trip: not in this loop, so one slow open does
-                # not hold up the other ports.
-                threading.Thread(target=self._open, args=(conn, fwd), daemon=True, name="sik-pm-open").start()
+    def _cut(self, forwards: Optional[Set[Forward]]) -> None:
+        for fwd in list(self._relays) if forwards is None else forwards:
+            for relay in self._relays.pop(fwd, set()):
+                relay.close()
 
     def _open(self, conn: socket.socket, fwd: Forward) -> None:
         try:
@@ -259,7 +175,7 @@ class ChannelForwarder:
             return
         relay = _Relay(conn, channel, self._forget, fwd)
         with self._lock:
-            if self._stopping or fwd not in self._listeners:
+            if not self._wanted(fwd):
                 relay.close()
                 return
             self._relays.setdefault(fwd, set()).add(relay)
