@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from frontend_support import require_modules
 from jupyter_servers import JupyterServer, start_kernel_gateway
-from kernels import KERNEL_PATTERN, manage, wait_remote_clean
+from kernels import KERNEL_PATTERN, manage, passphrase_copy, ssh_agent, wait_remote_clean
 
 #: Ours to keep the proxy's control sockets in the test's runtime dir; not needed otherwise.
 RUNTIME = "JUPYTER_RUNTIME_DIR"
@@ -124,24 +123,8 @@ def agent_kernelspec(ssh_host, ssh_kernelspec, jupyter_env, monkeypatch: pytest.
     keys = jupyter_env.data.parent / "agent"  # short: the agent's socket path must fit 108 bytes
     keys.mkdir(mode=0o700)
     client = Path(ssh_host.ssh_config).parent
-    key = keys / "id_in_agent"
-    key.write_bytes((client / "id_ed25519").read_bytes())
-    key.chmod(0o600)
-    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "sekret", "-f", str(key)], check=True,
-                   capture_output=True, timeout=30)
-    askpass = keys / "askpass"
-    askpass.write_text("#!/bin/sh\necho sekret\n")
-    askpass.chmod(0o700)
-    sock = keys / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        subprocess.run(["ssh-add", str(key)], check=True, capture_output=True, timeout=30, stdin=subprocess.DEVNULL,
-                       env={**os.environ, "SSH_AUTH_SOCK": str(sock), "SSH_ASKPASS": str(askpass),
-                            "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"})
+    key = passphrase_copy(client / "id_ed25519", keys / "id_in_agent")
+    with ssh_agent(keys / "agent.sock", key) as sock:
         alias = f"{ssh_host.alias}-agent"
         config = keys / "ssh_config"
         config.write_text("\n".join([
@@ -152,12 +135,8 @@ def agent_kernelspec(ssh_host, ssh_kernelspec, jupyter_env, monkeypatch: pytest.
         name = f"ssh_{alias}"
         manage(ssh_host, ssh_kernelspec.jupyter_path.parents[1], "--host", alias, "--python",
                ssh_host.env_prefix, "--ssh-config", str(config), "--name", name)
-        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         yield name
-    finally:
-        agent.terminate()
-        agent.wait(timeout=10)
-
 
 
 @pytest.mark.both_transports

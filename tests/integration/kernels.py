@@ -1,6 +1,7 @@
 """Helpers for driving SSH kernels the way users do: manage -> kernelspec -> KernelManager."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -8,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from jupyter_client import KernelManager
@@ -238,3 +239,39 @@ def all_cmdlines() -> bytes:
             except OSError:
                 pass
     return b"\n".join(data)
+
+
+PASSPHRASE = "sekret"
+
+
+def passphrase_copy(identity: Path, key: Path) -> Path:
+    """A copy of the private key ``identity`` at ``key``, with PASSPHRASE (no .pub beside it)."""
+    key.write_bytes(identity.read_bytes())
+    key.chmod(0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", PASSPHRASE, "-f", str(key)], check=True,
+                   capture_output=True, timeout=30)
+    return key
+
+
+@contextlib.contextmanager
+def ssh_agent(sock: Path, *keys: Path) -> Iterator[str]:
+    """An ssh-agent listening on ``sock`` (keep it short: 108 bytes at most) with ``keys`` loaded
+    in that order (PASSPHRASE given through SSH_ASKPASS); yields the socket path, then ends it."""
+    askpass = sock.parent / "askpass"
+    askpass.write_text(f"#!/bin/sh\necho {PASSPHRASE}\n")
+    askpass.chmod(0o700)
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock), "SSH_ASKPASS": str(askpass),
+               "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+        for key in keys:
+            subprocess.run(["ssh-add", str(key)], check=True, capture_output=True, timeout=30,
+                           stdin=subprocess.DEVNULL, env=env)
+        yield str(sock)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)

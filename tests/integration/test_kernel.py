@@ -15,7 +15,9 @@ from kernels import (
     all_cmdlines,
     local_ssh_children,
     manage,
+    passphrase_copy,
     remote_connection_info,
+    ssh_agent,
     wait_remote_clean,
 )
 
@@ -375,44 +377,23 @@ def test_the_key_can_come_from_an_agent(kernel, ssh_host, tmp_path, monkeypatch,
                     if line.strip().startswith("IdentityFile"))
     kept = [line for line in block.splitlines() if line.strip() and not line.strip().startswith(("IdentityFile",
                                                                                                   "IdentitiesOnly"))]
-    agent_env = {"SSH_AUTH_SOCK": str(tmp_path / "agent.sock")}
     if how == "no IdentityFile":
         # A missing IdentityFile, so that neither client falls back to ~/.ssh/id_* of whoever runs this.
         ids = f"  IdentityFile {tmp_path}/none\n  IdentitiesOnly no\n"
-        to_add = [identity]
+        to_add = [Path(identity)]
     else:
-        key = tmp_path / "id_locked"
-        key.write_bytes(Path(identity).read_bytes())
-        key.chmod(0o600)
-        subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "sekret", "-f", str(key)], check=True,
-                       capture_output=True, timeout=30)
-        askpass = tmp_path / "askpass"
-        askpass.write_text("#!/bin/sh\necho sekret\n")
-        askpass.chmod(0o700)
-        agent_env.update(SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+        key = passphrase_copy(Path(identity), tmp_path / "id_locked")
         decoy = tmp_path / "id_decoy"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(decoy)], check=True,
                        capture_output=True, timeout=30)
         ids = f'  IdentityFile "{key}"\n  IdentitiesOnly yes\n'
-        to_add = [str(decoy), str(key)]
+        to_add = [decoy, key]
     config = tmp_path / "ssh_config_agent"
     config.write_text("Host btest-agent\n" + "\n".join(kept) + "\n" + ids)
     config.chmod(0o600)
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", agent_env["SSH_AUTH_SOCK"]], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        for _ in range(50):
-            if os.path.exists(agent_env["SSH_AUTH_SOCK"]):
-                break
-            time.sleep(0.1)
-        for path in to_add:
-            subprocess.run(["ssh-add", path], env=dict(os.environ, **agent_env), check=True, capture_output=True,
-                           timeout=10, stdin=subprocess.DEVNULL)
-        monkeypatch.setenv("SSH_AUTH_SOCK", agent_env["SSH_AUTH_SOCK"])  # the proxy inherits it
+    with ssh_agent(tmp_path / "agent.sock", *to_add) as sock:
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)  # the proxy inherits it
         k = kernel("--host", "btest-agent", "--ssh-config", str(config), "--python", ssh_host.env_prefix,
                    name="ssh_btest-agent")
         assert k.value("6 * 7") == "42"
         k.shutdown()
-    finally:
-        agent.terminate()
-        agent.wait(5)
