@@ -15,7 +15,6 @@ import base64
 import errno
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple, TypeVar
 from .. import exceptions as exc
 from ..hosts import HostSpec
 from ..log import KernelLogAdapter
-from .base import Forward, Transport, TransportOptions
+from .base import Forward, Transport, TransportOptions, end_process
 from .forwarder import BindError
 from .master import die_with_parent
 from .messages import classify_ssh_failure
@@ -277,7 +276,7 @@ def _not_from_ssh(error: E) -> E:
     return error
 
 
-def keys_to_offer(settings: pmconfig.HostSettings, agent: Optional["paramiko.Agent"]) -> Tuple[list, List[str]]:
+def keys_to_offer(settings: pmconfig.HostSettings, agent: "paramiko.Agent") -> Tuple[list, List[str]]:
     """The keys to offer, in ssh's order: the agent's, then the identity files'.
 
     With IdentitiesOnly, as with ssh, only the agent's keys that are one of the identity
@@ -306,7 +305,7 @@ def keys_to_offer(settings: pmconfig.HostSettings, agent: Optional["paramiko.Age
         public.add(key.asbytes())
     from_agent: list = []
     try:
-        from_agent = list(agent.get_keys()) if agent is not None else []
+        from_agent = list(agent.get_keys())
     except (paramiko.SSHException, OSError) as e:
         notes.append(f"ssh agent: {e}")
     if settings.identities_only:
@@ -369,16 +368,7 @@ class _ProxyCommand(paramiko.ProxyCommand):
         self.timeout = None
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.kill(self.process.pid, signal.SIGTERM)
-            except OSError:
-                pass
-        try:
-            self.process.wait(2)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process, 2.0)
         for stream in (self.process.stdin, self.process.stdout):
             if stream:
                 stream.close()
