@@ -6,13 +6,13 @@ from click.testing import CliRunner
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ssh_ipykernel.exceptions import UsageError
+from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.kernelspec import (
     KernelSpecOptions,
     build_kernelspec,
     check_kernel_name,
     default_kernel_name,
 )
-from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.manage import add_command
 from ssh_ipykernel.options import ConnectionOptions, ProxyOptions, parse_env, parse_grace
 
