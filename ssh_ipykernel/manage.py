@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import click
 
 from . import __version__
 from .proxycli import common_options, grace_option, launch_options, persist_option, transport_option
 from .report import format_table, report_errors
+
+if TYPE_CHECKING:
+    from .check import Target
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 PREFIX_HELP = "Also look under DIR/share/jupyter/kernels (where `add --prefix DIR` writes), first."
@@ -250,7 +253,7 @@ for _param in check_command.params:
         _param.required = False
 
 
-def _target_from_spec(name: str, prefix: Optional[str]) -> Any:
+def _target_from_spec(name: str, prefix: Optional[str]) -> "Target":
     """check NAME: the installed kernelspec, and the options its argv gives the proxy (with its
     --timeout, or the default, whatever check itself was given)."""
     from .check import Target
@@ -260,7 +263,7 @@ def _target_from_spec(name: str, prefix: Optional[str]) -> Any:
     return Target(spec.proxy_options(), kernelspec=spec.spec, resource_dir=spec.resource_dir)
 
 
-def _target_from_options(params: Dict[str, Any]) -> Any:
+def _target_from_options(params: Dict[str, Any]) -> "Target":
     """check --host: the options `add` would take, in a kernelspec of their own."""
     from .check import Target
     from .kernelspec import KernelSpecOptions, build_kernelspec

@@ -198,11 +198,11 @@ class LaunchOptions:
 
 
 def check_launch(
-    remote_kernel: Optional[str],
-    kernel_cmd: Optional[str],
-    workdir: Optional[str],
-    pre_command: Optional[str],
     *,
+    remote_kernel: Optional[str] = None,
+    kernel_cmd: Optional[str] = None,
+    workdir: Optional[str] = None,
+    pre_command: Optional[str] = None,
     connection_file: Optional[str] = None,
 ) -> LaunchOptions:
     """Validate which kernel to start and how; see LaunchOptions."""
@@ -292,9 +292,9 @@ class ProxyOptions:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], *, vet_ssh_config: bool = True) -> "ProxyOptions":
-        """Parse the click values of the proxy (or of ``add``/``check``, which take a subset;
-        the rest are the defaults) into the model; raise HostSpecError/UsageError, checked in
-        the order the options' help lists them.
+        """Parse the proxy's click values (ProxyParams; ``add`` and ``check`` pass the subset
+        they take, the rest are the defaults) into the model; raise HostSpecError/UsageError,
+        checked in the order the options' help lists them.
 
         ``vet_ssh_config=False`` takes --ssh-config as written, without requiring the file (a
         kernelspec read back for ``check NAME``, where ssh itself reports a missing file).
@@ -304,8 +304,9 @@ class ProxyOptions:
         env = parse_env(params.get("env") or ())
         ssh_config = check_ssh_config(params.get("ssh_config")) if vet_ssh_config else params.get("ssh_config")
         connection_file = params.get("connection_file")
-        launch = check_launch(params.get("remote_kernel"), params.get("kernel_cmd"), params.get("workdir"),
-                              params.get("pre_command"), connection_file=connection_file)
+        launch = check_launch(remote_kernel=params.get("remote_kernel"), kernel_cmd=params.get("kernel_cmd"),
+                              workdir=params.get("workdir"), pre_command=params.get("pre_command"),
+                              connection_file=connection_file)
         grace_text = params.get("grace")
         lifetime = Lifetime(
             grace=parse_grace(grace_text) if grace_text is not None else DEFAULT_GRACE,

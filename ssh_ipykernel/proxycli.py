@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Any, Callable, Dict, List, Optional, TypeVar
+from typing import Any, Callable, List, Optional, TypeVar, cast
 
 import click
 
 from . import __version__
 from .exceptions import SSHKernelError, UsageError
-from .options import DEFAULT_CLIENT_TIMEOUT, DEFAULT_GRACE_TEXT, DEFAULT_PERSIST, DEFAULT_TIMEOUT, DEFAULT_TRANSPORT
+from .options import (
+    DEFAULT_CLIENT_TIMEOUT,
+    DEFAULT_GRACE_TEXT,
+    DEFAULT_PERSIST,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TRANSPORT,
+    ProxyParams,
+)
 from .report import report_errors
 from .transport import CHOICES
 
@@ -145,11 +152,11 @@ def proxy_command(log_level: str, log_file: Optional[str], **params: Any) -> Non
     report_errors(run)
 
 
-def parse_proxy_argv(argv: List[str]) -> Dict[str, Any]:
+def parse_proxy_argv(argv: List[str]) -> ProxyParams:
     """The values a kernelspec's argv (``<python> -m ssh_ipykernel ...``) gives the proxy, parsed
     by the proxy's own command (nothing runs); UsageError if it would not accept them."""
     try:
         ctx = proxy_command.make_context("ssh_ipykernel", list(argv[3:]))
     except click.ClickException as e:
         raise UsageError(f"its argv is not a valid ssh_ipykernel command line: {e.format_message()}") from None
-    return dict(ctx.params)
+    return cast(ProxyParams, dict(ctx.params))

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from .exceptions import KernelSpecNotFoundError, UsageError
 from .kernelspec import check_kernel_name
-from .options import ProxyOptions
+from .options import ProxyOptions, ProxyParams
 from .proxycli import parse_proxy_argv
 
 
@@ -25,7 +25,7 @@ class InstalledSpec:
     name: str
     resource_dir: str
     spec: Dict[str, Any]  # kernel.json as installed
-    options: Dict[str, Any]  # the proxy options its argv holds, as click parses them (options.ProxyParams)
+    options: ProxyParams  # the proxy options its argv holds, as click parses them ({} if it would not)
 
     @property
     def display_name(self) -> str:
@@ -87,7 +87,7 @@ def _load(name: str, resource_dir: str, manager) -> Optional[InstalledSpec]:  # 
     try:
         options = parse_proxy_argv(spec["argv"])
     except UsageError:
-        options = {}
+        options = ProxyParams()
     return InstalledSpec(name=name, resource_dir=resource_dir, spec=spec, options=options)
 
 
