@@ -1,5 +1,5 @@
 """``python -m ssh_ipykernel``: the local proxy a kernelspec runs."""
-from .cli import proxy_command
+from .proxycli import proxy_command
 
 if __name__ == "__main__":
     proxy_command(prog_name="python -m ssh_ipykernel")

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import exceptions as exc
-from .hosts import parse_host
-from .launcher import LaunchOptions
-from .transport import TransportOptions, create_transport, resolve_kind
+from .hosts import HostSpec
+from .options import LaunchOptions, ProxyOptions
+from .transport import build_transport, resolve_kind
 from .transport.messages import classify_ssh_failure
 
 STEPS = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
@@ -35,16 +35,48 @@ PYTHON_PROBE = "import socket; print(socket.gethostname())"
 class Target:
     """What to check: the options a kernelspec gives the proxy, and the kernelspec itself."""
 
-    host: str
-    python: Optional[str] = None
-    ssh_config: Optional[str] = None
-    timeout: float = 30.0
-    env: Dict[str, str] = field(default_factory=dict)
-    sudo: bool = False
-    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    options: ProxyOptions
     kernelspec: Dict[str, Any] = field(default_factory=dict)  # kernel.json to start
     resource_dir: Optional[str] = None  # an installed kernelspec's dir (check NAME)
-    transport: str = "auto"  # --transport: openssh, paramiko or auto
+
+    # The steps' view of the options.
+    @property
+    def hostspec(self) -> HostSpec:
+        return self.options.host
+
+    @property
+    def host(self) -> str:
+        """The host as written (``--host``)."""
+        return self.options.host.spec
+
+    @property
+    def python(self) -> Optional[str]:
+        return self.options.python
+
+    @property
+    def ssh_config(self) -> Optional[str]:
+        return self.options.connection.ssh_config
+
+    @property
+    def timeout(self) -> float:
+        return self.options.connection.timeout
+
+    @property
+    def env(self) -> Dict[str, str]:
+        return dict(self.options.env)
+
+    @property
+    def sudo(self) -> bool:
+        return self.options.sudo
+
+    @property
+    def launch(self) -> LaunchOptions:
+        return self.options.launch
+
+    @property
+    def transport(self) -> str:
+        """--transport: openssh, paramiko or auto."""
+        return self.options.connection.transport
 
 
 @dataclass
@@ -62,7 +94,7 @@ class Checker:
     def __init__(self, target: Target, on_step: Callable[[Step], None] = lambda step: None) -> None:
         self.target = target
         self.on_step = on_step
-        self.hostspec = parse_host(target.host)
+        self.hostspec = target.hostspec
         self.steps: List[Step] = []
         self.ssh: Dict[str, str] = {}
         self.address: Optional[str] = None
@@ -197,8 +229,8 @@ class Checker:
         return f"{self.address} port {port} answers: {banner.splitlines()[0][:60]}"
 
     def step_authenticate(self) -> str:
-        options = TransportOptions(ssh_config=self.target.ssh_config, connect_timeout=self.target.timeout)
-        self.transport = create_transport(self.target.transport, self.hostspec, options, name=f"check-{os.getpid()}")
+        self.transport = build_transport(self.target.options.connection, connect_timeout=self.target.timeout,
+                                         name=f"check-{os.getpid()}")
         self.transport.connect()
         return f"logged in as {self.ssh.get('user', '?')} (host key known, key accepted, no prompt)"
 

@@ -1,119 +1,40 @@
-"""Command-line entry points. Only this layer prints errors and picks exit codes.
+"""The ``ssh-ipykernel`` console script: one group over every command, plus connect, status and
+disconnect. Only the command layer (this, proxycli.py, manage.py, with report.py) prints errors
+and picks exit codes.
 
-* ``python -m ssh_ipykernel ...``           -> :func:`proxy_command` (what kernelspecs run)
+* ``python -m ssh_ipykernel ...``           -> proxycli.proxy_command (what kernelspecs run)
 * ``python -m ssh_ipykernel.manage ...``    -> ssh_ipykernel.manage (writes kernelspecs)
 * ``ssh-ipykernel kernel|add ...``          -> :func:`main`, grouping both
 """
 from __future__ import annotations
 
-import sys
-from typing import Callable, Optional, Sequence, Tuple
+import dataclasses
+from typing import Any, Optional
 
 import click
 
 from . import __version__
-from .exceptions import SSHKernelError
-from .options import (
-    check_common, check_launch, common_options, grace_option, launch_options, persist_option, transport_option,
-)
+from .manage import add_command, check_command, list_command, remove_command, show_command
+from .options import DEFAULT_TIMEOUT
+from .proxycli import HOST_HELP, SSH_CONFIG_HELP, log_options, proxy_command, transport_option
+from .report import format_table, report_errors
 
-
-def report_errors(func: Callable[[], int]) -> None:
-    """Run ``func``; print an SSHKernelError as one readable message and exit with its code."""
-    try:
-        code = func()
-    except SSHKernelError as e:
-        click.echo(f"ssh_ipykernel: error: {e}", err=True)
-        sys.exit(e.exit_code)
-    sys.exit(code or 0)
-
-
-@click.command(name="kernel", context_settings={"help_option_names": ["-h", "--help"]})
-@common_options
-@grace_option
-@launch_options
-@click.option("-f", "--connection-file", "connection_file", required=True, metavar="FILE",
-              help="The connection file Jupyter wrote ({connection_file} in a kernelspec).")
-@transport_option
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
-@click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
-@click.option("--client-timeout", type=click.FloatRange(min=1), default=30.0, hidden=True,
-              help="Seconds of silence after which the remote keeper counts a proxy as gone.")
-@persist_option
-@click.version_option(__version__, prog_name="ssh_ipykernel")
-def proxy_command(
-    host: str,
-    python: Optional[str],
-    ssh_config: Optional[str],
-    timeout: float,
-    env: Tuple[str, ...],
-    sudo: bool,
-    grace: str,
-    remote_kernel: Optional[str],
-    kernel_cmd: Optional[str],
-    workdir: Optional[str],
-    pre_command: Optional[str],
-    connection_file: str,
-    transport: str,
-    log_level: str,
-    log_file: Optional[str],
-    client_timeout: float,
-    persist: float,
-) -> None:
-    """Start a kernel on HOST over SSH and forward it to the ports in the connection file.
-
-    Jupyter runs this from a kernelspec written by `python -m ssh_ipykernel.manage`; it can also
-    be run by hand. It lives as long as the remote kernel and reconnects when the network drops:
-    SIGINT interrupts the kernel, SIGTERM and SIGHUP shut it down, SIGQUIT detaches (the kernel
-    keeps running for the grace period).
-    """
-    from .log import setup_logging
-
-    setup_logging(log_level, log_file)
-
-    def run() -> int:
-        from .options import parse_grace
-        from .proxy import Proxy, ProxyOptions
-        from .transport import resolve_kind
-
-        env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
-        launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
-        options = ProxyOptions(
-            host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
-            timeout=timeout, env=env_dict, sudo=sudo, transport=resolve_kind(transport),
-            grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
-        )
-        proxy = Proxy(options)
-        try:
-            return proxy.run()
-        except SSHKernelError as e:
-            # Through the logger, so that it carries host and kernel id and lands in --log-file.
-            proxy.log.error("%s", e)
-            sys.exit(e.exit_code)
-
-    report_errors(run)
+__all__ = ["main", "proxy_command", "connect_command", "status_command", "disconnect_command"]
 
 
 @click.command(name="connect", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--host", required=True, metavar="HOST",
-              help="Where the kernel runs: an ~/.ssh/config alias, user@host, host:port or ssh://user@host:port.")
+@click.option("--host", required=True, metavar="HOST", help=HOST_HELP)
 @click.argument("remote_file", metavar="REMOTE_CONNECTION_FILE")
 @click.option("--local-file", type=click.Path(dir_okay=False), metavar="PATH",
               help="Where to write the local connection file (default: in Jupyter's runtime dir).")
 @click.option("--python", metavar="PATH",
               help="Remote python used to read the connection file (any Python >= 3.8). Default: python3.")
-@click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
-              help="ssh config file to use instead of ~/.ssh/config (ssh -F).")
-@click.option("--timeout", type=click.FloatRange(min=1), default=30.0, show_default=True,
+@click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE", help=SSH_CONFIG_HELP)
+@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
               help="Seconds allowed to connect.")
 @transport_option
-@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-              default="INFO", show_default=True, help="Detail of the progress lines on stderr.")
-@click.option("--log-file", type=click.Path(dir_okay=False), help="Also write the log to this file.")
-def connect_command(host: str, remote_file: str, local_file: Optional[str], python: Optional[str],
-                    ssh_config: Optional[str], timeout: float, transport: str, log_level: str,
-                    log_file: Optional[str]) -> None:
+@log_options
+def connect_command(log_level: str, log_file: Optional[str], **params: Any) -> None:
     """Forward a kernel already running on HOST (its REMOTE_CONNECTION_FILE) to local ports.
 
     Writes a local connection file for `jupyter console --existing FILE` (or any Jupyter client)
@@ -125,13 +46,12 @@ def connect_command(host: str, remote_file: str, local_file: Optional[str], pyth
     setup_logging(log_level, log_file)
 
     def run() -> int:
-        from .connect import ConnectOptions, Connector
-        from .transport import resolve_kind
+        from .connect import Connector
+        from .options import ConnectOptions
+        from .transport import resolved
 
-        _, ssh_config_path = check_common(host, python, (), ssh_config)
-        connector = Connector(ConnectOptions(host=host, remote_file=remote_file, local_file=local_file,
-                                             python=python, ssh_config=ssh_config_path, timeout=timeout,
-                                             transport=resolve_kind(transport)))
+        options = ConnectOptions.from_params(params)
+        connector = Connector(dataclasses.replace(options, connection=resolved(options.connection)))
 
         def ready(path: str, kernel: object) -> None:
             click.echo(f"Connected. Local connection file: {path}")
@@ -140,16 +60,6 @@ def connect_command(host: str, remote_file: str, local_file: Optional[str], pyth
         return connector.run(on_ready=ready)
 
     report_errors(run)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns, two spaces apart, the last one unpadded."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row[:-1], widths)] + [str(row[-1])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 @click.command(name="status", context_settings={"help_option_names": ["-h", "--help"]})
@@ -214,8 +124,6 @@ def main() -> None:
 
 
 def _register() -> None:
-    from .manage import add_command, check_command, list_command, remove_command, show_command
-
     main.add_command(proxy_command, "kernel")
     for name, command in (("add", add_command), ("list", list_command), ("show", show_command),
                           ("check", check_command), ("remove", remove_command), ("status", status_command),

@@ -14,32 +14,20 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable
 
 from . import exceptions as exc
 from .connection import CHANNELS
-from .hosts import parse_host
 from .launcher import RemoteKernel
 from .log import KernelLogAdapter, redact
+from .options import DEFAULT_CLIENT_TIMEOUT, ConnectOptions
 from .signals import SignalRelay
 from .supervisor import State, Supervisor
-from .transport import TransportOptions, create_transport
+from .transport import build_transport
 from .transport.base import Forward, Transport
 from .tunnels import Tunnels
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class ConnectOptions:
-    host: str
-    remote_file: str
-    local_file: Optional[str] = None
-    python: Optional[str] = None
-    ssh_config: Optional[str] = None
-    timeout: float = 30.0
-    transport: str = "openssh"
 
 
 def default_local_file(host: str, remote_file: str) -> str:
@@ -58,16 +46,16 @@ class Connector:
     """Connect to one existing remote kernel until stopped or until the kernel ends."""
 
     def __init__(self, options: ConnectOptions) -> None:
+        """``options`` as parsed by the CLI, with the transport kind resolved (transport.resolved)."""
         self.options = options
-        self.hostspec = parse_host(options.host)
+        self.hostspec = options.connection.host
+        self.timeout = options.connection.timeout
         self.local_file = options.local_file or default_local_file(self.hostspec.label, options.remote_file)
         self.log = KernelLogAdapter(logger, {"host": self.hostspec.label, "kernel": "existing"})
 
     def new_transport(self, connect_timeout: float) -> Transport:
-        options = TransportOptions(ssh_config=self.options.ssh_config, connect_timeout=connect_timeout,
-                                   verbose=logger.isEnabledFor(logging.DEBUG))
-        return create_transport(self.options.transport, self.hostspec, options,
-                                name=f"connect-{os.getpid()}")
+        return build_transport(self.options.connection, connect_timeout=connect_timeout,
+                               name=f"connect-{os.getpid()}", verbose=logger.isEnabledFor(logging.DEBUG))
 
     def run(self, on_ready: Callable[[str, RemoteKernel], None] = lambda path, kernel: None) -> int:
         from jupyter_client.connect import write_connection_file
@@ -77,14 +65,14 @@ class Connector:
             raise exc.UsageError(msg)
         written = False
         with SignalRelay() as signals:
-            transport = self.new_transport(self.options.timeout)
+            transport = self.new_transport(self.timeout)
             kernel = RemoteKernel(transport, kernel_id="existing", key="", signature_scheme="",
                                   python=self.options.python)
             try:
                 t0 = time.monotonic()
                 transport.connect()
                 try:
-                    event = kernel.watch(self.options.remote_file, self.options.timeout)
+                    event = kernel.watch(self.options.remote_file, self.timeout)
                 except exc.KernelGoneError as e:
                     msg = (
                         f"no kernel to connect to at {self.options.remote_file} on {self.hostspec.label} "
@@ -97,7 +85,7 @@ class Connector:
                     redact(key)
                 assert kernel.info is not None
                 if kernel.info.socket:  # ours: attach to its keeper (interrupts, exit reports)
-                    kernel.attach(transport, self.options.timeout)
+                    kernel.attach(transport, self.timeout)
                 fname, local = write_connection_file(
                     fname=self.local_file, ip="127.0.0.1", key=key.encode(), transport="tcp",
                     signature_scheme=str(event.get("signature_scheme") or "hmac-sha256"),
@@ -116,8 +104,8 @@ class Connector:
                 on_ready(fname, kernel)
                 supervisor = Supervisor(
                     kernel=kernel, transport=transport, tunnels=tunnels, new_transport=self.new_transport,
-                    signals=signals, log=self.log, secret=key, grace=None, client_timeout=30.0,
-                    attach_timeout=self.options.timeout, owns_kernel=False,
+                    signals=signals, log=self.log, secret=key, grace=None, client_timeout=DEFAULT_CLIENT_TIMEOUT,
+                    attach_timeout=self.timeout, owns_kernel=False,
                 )
                 supervisor.log.debug("%s", State.UP.value)
                 return supervisor.run()

@@ -1,5 +1,7 @@
 """Kernelspecs for SSH kernels: their name, their kernel.json, and installing them.
 
+The argv is the kernel's ProxyOptions written out (options.py); this adds what Jupyter shows.
+
 Installing goes through jupyter_client's KernelSpecManager, so --user/--sys-prefix/--prefix
 land where every Jupyter front end looks.
 """
@@ -8,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .exceptions import UsageError
+from .options import ProxyOptions
 
 # jupyter_client's rule for kernelspec directory names (case-insensitive there; we lowercase).
 _VALID_NAME_RE = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
@@ -22,28 +24,16 @@ _VALID_NAME_RE = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
 
 @dataclass
 class KernelSpecOptions:
-    """What a kernelspec for an SSH kernel records (it is replayed as proxy options)."""
+    """A kernelspec for an SSH kernel: the proxy options its argv records, and how Jupyter shows it."""
 
-    host: str
-    python: Optional[str] = None
+    proxy: ProxyOptions  # replayed to the proxy by the argv (ProxyOptions.argv)
     display_name: Optional[str] = None
     name: Optional[str] = None
-    env: Dict[str, str] = field(default_factory=dict)
-    sudo: bool = False
-    timeout: Optional[float] = None
-    ssh_config: Optional[str] = None
     language: str = "python"
-    remote_kernel: Optional[str] = None
-    kernel_cmd: Optional[str] = None  # as the user typed it (split by the proxy)
-    workdir: Optional[str] = None
-    pre_command: Optional[str] = None
     interrupt_mode: str = "signal"
     debugger: bool = True  # ipykernel answers debug_request; other kernels say so in their spec
     #: logo files (name -> bytes) copied from a remote kernelspec, shown by JupyterLab's launcher
     resources: Dict[str, bytes] = field(default_factory=dict)
-    grace: Optional[str] = None  # as given to --grace; None: the proxy's default
-    persist: Optional[float] = None  # --persist seconds; None: the proxy's default
-    transport: Optional[str] = None  # --transport; None: the proxy's default (auto)
 
 
 def default_display_name(host: str) -> str:
@@ -70,44 +60,17 @@ def check_kernel_name(name: str) -> str:
     return name.lower()
 
 
-def _option(name: str, value: str) -> List[str]:
-    """``[name, value]``, or ``[name=value]`` for a value starting with ``~``: jupyter_client's
-    launch_kernel runs os.path.expanduser on every argv element, which would turn a remote
-    ``~/env`` into the LOCAL home; it leaves ``--python=~/env`` alone."""
-    return [f"{name}={value}"] if value.startswith("~") else [name, value]
-
-
 def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = None) -> List[str]:
     """The argv Jupyter runs: this python, -m ssh_ipykernel, our options, -f {connection_file}."""
-    argv = [python_executable or sys.executable, "-m", "ssh_ipykernel", "--host", options.host]
-    if options.python:
-        argv += _option("--python", options.python)
-    if options.ssh_config:
-        argv += ["--ssh-config", options.ssh_config]
-    if options.timeout is not None:
-        argv += ["--timeout", f"{options.timeout:g}"]
-    for name, value in options.env.items():
-        argv += ["--env", f"{name}={value}"]
-    if options.sudo:
-        argv.append("--sudo")
-    if options.persist is not None:
-        argv += ["--persist", f"{options.persist:g}"]
-    if options.transport is not None:
-        argv += ["--transport", options.transport]
-    for option, value in (("--remote-kernel", options.remote_kernel), ("--kernel-cmd", options.kernel_cmd),
-                          ("--workdir", options.workdir), ("--pre-command", options.pre_command),
-                          ("--grace", options.grace)):
-        if value is not None:
-            argv += _option(option, value)
-    argv += ["-f", "{connection_file}"]
-    return argv
+    return options.proxy.argv(python_executable)
 
 
 def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str] = None) -> Dict[str, Any]:
     """The kernel.json content."""
+    proxy = options.proxy
     return {
         "argv": proxy_argv(options, python_executable),
-        "display_name": options.display_name or default_display_name(options.host),
+        "display_name": options.display_name or default_display_name(proxy.host.spec),
         "language": options.language,
         # A kernel that wants interrupt_request messages gets them straight through the tunnel.
         "interrupt_mode": options.interrupt_mode,
@@ -118,16 +81,16 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
             "debugger": options.debugger and options.language == "python",
             "ssh_ipykernel": {
                 "version": __version__,
-                "host": options.host,
-                "python": options.python,
-                "sudo": options.sudo,
-                "remote_kernel": options.remote_kernel,
-                "kernel_cmd": options.kernel_cmd,
-                "workdir": options.workdir,
-                "pre_command": options.pre_command,
-                "grace": options.grace,
-                "persist": options.persist,
-                "transport": options.transport,
+                "host": proxy.host.spec,
+                "python": proxy.python,
+                "sudo": proxy.sudo,
+                "remote_kernel": proxy.launch.remote_kernel,
+                "kernel_cmd": proxy.launch.written_kernel_cmd(),
+                "workdir": proxy.launch.workdir,
+                "pre_command": proxy.launch.pre_command,
+                "grace": proxy.lifetime.written_grace(),
+                "persist": proxy.written_persist(),
+                "transport": proxy.written_transport(),
             },
         },
     }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from . import exceptions as exc
+from .options import LaunchOptions
 from .remote import protocol
 from .remote_errors import error_for_exit
 from .transport.base import Transport, end_process
@@ -115,25 +116,6 @@ def agent_stdin(params: Dict[str, object], source: Optional[bytes] = None) -> by
     """What we write to the session's stdin before any command: length, source, parameters."""
     source = agent_source() if source is None else source
     return b"%d\n" % len(source) + source + (json.dumps(params) + "\n").encode("utf-8")
-
-
-@dataclass(frozen=True)
-class LaunchOptions:
-    """Which kernel the remote agent starts and how (--remote-kernel, --kernel-cmd, --workdir,
-    --pre-command); the default is ipykernel with the --python interpreter."""
-
-    remote_kernel: Optional[str] = None
-    kernel_cmd: Optional[Tuple[str, ...]] = None  # argv, ``{connection_file}`` where it goes
-    workdir: Optional[str] = None
-    pre_command: Optional[str] = None  # one command line for the remote login shell
-
-    def params(self) -> Dict[str, object]:
-        """The agent parameters these add (data, never part of a command line)."""
-        return {
-            "remote_kernel": self.remote_kernel,
-            "kernel_cmd": list(self.kernel_cmd) if self.kernel_cmd is not None else None,
-            "workdir": self.workdir,
-        }
 
 
 @dataclass

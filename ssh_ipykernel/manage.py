@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import click
 
 from . import __version__
-from .options import (
-    DEFAULT_TRANSPORT, check_common, check_launch, common_options, grace_option, launch_options, persist_option,
-    transport_option,
-)
+from .proxycli import common_options, grace_option, launch_options, persist_option, transport_option
+from .report import format_table, report_errors
+
+if TYPE_CHECKING:
+    from .check import Target
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 PREFIX_HELP = "Also look under DIR/share/jupyter/kernels (where `add --prefix DIR` writes), first."
@@ -74,10 +75,8 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False),
               help="Install under DIR/share/jupyter/kernels.")
 def add_command(
-    host: str, python: Optional[str], ssh_config: Optional[str], timeout: float, env: Tuple[str, ...],
-    sudo: bool, grace: str, persist: float, transport: str, remote_kernel: Optional[str], kernel_cmd: Optional[str],
-    workdir: Optional[str], pre_command: Optional[str], display_name: Optional[str], name: Optional[str], language: Optional[str],
-    check_first: bool, location: str, prefix: Optional[str],
+    display_name: Optional[str], name: Optional[str], language: Optional[str], check_first: bool, location: str,
+    prefix: Optional[str], **params: Any,
 ) -> None:
     """Write and install a kernelspec that runs a kernel on HOST over SSH.
 
@@ -85,28 +84,17 @@ def add_command(
     name, interrupt mode and logos, which the local kernelspec takes over.
     """
     from .check import Checker, Target
-    from .cli import report_errors
     from .kernelspec import (KernelSpecOptions, build_kernelspec, check_kernel_name, default_kernel_name,
                              install_kernelspec, kernelspec_exists)
-    from .options import DEFAULT_GRACE, DEFAULT_PERSIST, DEFAULT_TIMEOUT, parse_grace
+    from .options import ProxyOptions
 
     def run() -> int:
-        env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
-        launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command)
-        parse_grace(grace)
+        proxy = ProxyOptions.from_params(params)
+        host, remote_kernel = proxy.host.spec, proxy.launch.remote_kernel
         kernel_name = check_kernel_name(name) if name else default_kernel_name(host, remote_kernel)
-        options = KernelSpecOptions(
-            host=host, python=python, display_name=display_name, name=kernel_name, env=env_dict,
-            sudo=sudo, timeout=None if timeout == DEFAULT_TIMEOUT else timeout,
-            ssh_config=ssh_config_path, remote_kernel=remote_kernel, kernel_cmd=kernel_cmd,
-            workdir=workdir, pre_command=pre_command, language=language or "python",
-            debugger=kernel_cmd is None, grace=None if grace == DEFAULT_GRACE else grace.strip(),
-            persist=None if persist == DEFAULT_PERSIST else persist,
-            transport=None if transport == DEFAULT_TRANSPORT else transport,
-        )
-        target = Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout,
-                        env=env_dict, sudo=sudo, launch=launch, transport=transport)
-        checker = Checker(target, on_step=print_step if check_first else lambda step: None)
+        options = KernelSpecOptions(proxy=proxy, display_name=display_name, name=kernel_name,
+                                    language=language or "python", debugger=proxy.launch.kernel_cmd is None)
+        checker = Checker(Target(proxy), on_step=print_step if check_first else lambda step: None)
         if check_first:
             click.echo(f"Checking {host} before writing the kernelspec {kernel_name}")
         if remote_kernel and not check_first:
@@ -139,8 +127,8 @@ def take_over_remote_kernelspec(options: Any, probe: Any, display_name: Optional
     """Language, display name, interrupt mode, debugger flag and logos from the remote kernelspec."""
     kernel = probe.part("kernel")
     options.language = language or str(kernel.get("language") or "")
-    remote_name = kernel.get("display_name") or options.remote_kernel
-    options.display_name = display_name or f"SSH {options.host} ({remote_name})"
+    remote_name = kernel.get("display_name") or options.proxy.launch.remote_kernel
+    options.display_name = display_name or f"SSH {options.proxy.host.spec} ({remote_name})"
     options.interrupt_mode = kernel.get("interrupt_mode") or "signal"
     options.debugger = bool((kernel.get("metadata") or {}).get("debugger"))
     options.resources = dict(probe.resources)
@@ -154,7 +142,6 @@ def take_over_remote_kernelspec(options: Any, probe: Any, display_name: Optional
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(prefix: Optional[str], as_json: bool) -> None:
     """List the SSH kernelspecs Jupyter sees: name, host, what runs remotely, where it is."""
-    from .cli import format_table, report_errors
     from .specs import list_specs
 
     def run() -> int:
@@ -177,7 +164,6 @@ def list_command(prefix: Optional[str], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (kernel.json and the parsed options).")
 def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
     """Show what the SSH kernelspec NAME runs, option by option."""
-    from .cli import report_errors
     from .specs import get_spec
 
     def run() -> int:
@@ -212,7 +198,6 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
 def remove_command(name: str, prefix: Optional[str]) -> None:
     """Remove the SSH kernelspec NAME (only SSH kernelspecs; running kernels are not touched)."""
-    from .cli import report_errors
     from .specs import get_spec, remove_spec
 
     def run() -> int:
@@ -233,11 +218,7 @@ def remove_command(name: str, prefix: Optional[str]) -> None:
 @transport_option
 @launch_options
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
-def check_command(
-    name: Optional[str], host: Optional[str], python: Optional[str], ssh_config: Optional[str], timeout: float,
-    env: Tuple[str, ...], sudo: bool, transport: str, remote_kernel: Optional[str], kernel_cmd: Optional[str],
-    workdir: Optional[str], pre_command: Optional[str], prefix: Optional[str],
-) -> None:
+def check_command(name: Optional[str], prefix: Optional[str], **params: Any) -> None:
     """Check that a kernel works, step by step, with timings: the kernelspec NAME, or --host
     HOST with the options `add` would take.
 
@@ -247,18 +228,16 @@ def check_command(
     kernel itself would fail with (see the README's error table).
     """
     from .check import Checker
-    from .cli import report_errors
     from .exceptions import UsageError
 
     def run() -> int:
-        if name and host:
+        if name and params["host"]:
             raise UsageError("check takes a kernelspec NAME or --host HOST with options, not both")
-        target = _target_from_spec(name, prefix, timeout) if name else None
+        target = _target_from_spec(name, prefix) if name else None
         if target is None:
-            if not host:
+            if not params["host"]:
                 raise UsageError("check needs a kernelspec NAME (see `list`) or --host HOST")
-            target = _target_from_options(host, python, ssh_config, timeout, env, sudo, remote_kernel,
-                                          kernel_cmd, workdir, pre_command, transport=transport)
+            target = _target_from_options(params)
         what = f"kernelspec {name}" if name else "a kernel"
         click.echo(f"Checking {what} on {target.host}")
         checker = Checker(target, on_step=print_step)
@@ -274,38 +253,24 @@ for _param in check_command.params:
         _param.required = False
 
 
-def _target_from_spec(name: str, prefix: Optional[str], timeout: float) -> Any:
+def _target_from_spec(name: str, prefix: Optional[str]) -> "Target":
+    """check NAME: the installed kernelspec, and the options its argv gives the proxy (with its
+    --timeout, or the default, whatever check itself was given)."""
     from .check import Target
-    from .options import parse_env
     from .specs import get_spec
 
     spec = get_spec(name, prefix)
-    o = spec.options
-    if not o:
-        from .exceptions import UsageError
-
-        raise UsageError(f"the argv of kernelspec {name} cannot be read as ssh_ipykernel options: {spec.command_line()}")
-    launch = check_launch(o.get("remote_kernel"), o.get("kernel_cmd"), o.get("workdir"), o.get("pre_command"))
-    return Target(host=o["host"], python=o.get("python"), ssh_config=o.get("ssh_config"),
-                  timeout=o.get("timeout") or timeout, env=parse_env(o.get("env") or ()), sudo=bool(o.get("sudo")),
-                  launch=launch, kernelspec=spec.spec, resource_dir=spec.resource_dir,
-                  transport=o.get("transport") or DEFAULT_TRANSPORT)
+    return Target(spec.proxy_options(), kernelspec=spec.spec, resource_dir=spec.resource_dir)
 
 
-def _target_from_options(host: str, python: Optional[str], ssh_config: Optional[str], timeout: float,
-                         env: Tuple[str, ...], sudo: bool, remote_kernel: Optional[str], kernel_cmd: Optional[str],
-                         workdir: Optional[str], pre_command: Optional[str], *, transport: str = "auto") -> Any:
+def _target_from_options(params: Dict[str, Any]) -> "Target":
+    """check --host: the options `add` would take, in a kernelspec of their own."""
     from .check import Target
     from .kernelspec import KernelSpecOptions, build_kernelspec
+    from .options import ProxyOptions
 
-    env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
-    launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command)
-    spec = build_kernelspec(KernelSpecOptions(
-        host=host, python=python, env=env_dict, sudo=sudo, timeout=timeout, ssh_config=ssh_config_path,
-        remote_kernel=remote_kernel, kernel_cmd=kernel_cmd, workdir=workdir, pre_command=pre_command,
-        transport=None if transport == DEFAULT_TRANSPORT else transport))
-    return Target(host=host, python=python, ssh_config=ssh_config_path, timeout=timeout, env=env_dict,
-                  sudo=sudo, launch=launch, kernelspec=spec, transport=transport)
+    proxy = ProxyOptions.from_params(params)
+    return Target(proxy, kernelspec=build_kernelspec(KernelSpecOptions(proxy=proxy)))
 
 
 MARKS = {True: "ok", False: "FAIL", None: "--"}

@@ -1,34 +1,61 @@
-"""Options shared by the proxy and manage: one definition, one validation.
+"""The options model: what every command takes, parsed once into typed values, defaults defined once.
 
-manage copies them into the kernelspec argv, so both commands must accept exactly the same
-values; defining them once keeps the two from drifting apart.
+The proxy's command line is the one spelling of a kernel's options. ``manage add`` records a
+:class:`ProxyOptions` as the kernelspec argv Jupyter runs (:meth:`ProxyOptions.argv`), and the
+proxy, like ``manage list/show/check`` reading a kernelspec back (specs.py), parses that argv with
+the proxy's click command (proxycli.py) into the same :class:`ProxyOptions`
+(:meth:`ProxyOptions.from_params`). Below the CLI everything takes these typed values:
+
+* :class:`ConnectionOptions` -- how to reach the host; every transport is built from them
+  (transport.build_transport);
+* :class:`LaunchOptions` -- which kernel the remote agent starts and how;
+* :class:`Lifetime` -- how long the remote kernel outlives a lost connection;
+* :class:`ProxyOptions` -- one SSH kernel: those groups, the remote python, its environment,
+  sudo, and the local connection file;
+* :class:`ConnectOptions` -- ``ssh-ipykernel connect``.
+
+Nothing here imports click or the transports: both import this module.
 """
 from __future__ import annotations
 
 import os
 import re
 import shlex
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, Optional, Tuple, TypeVar
-
-import click
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, TypedDict
 
 from .exceptions import UsageError
-from .hosts import parse_host
+from .hosts import HostSpec, parse_host
+from .remote.protocol import CONNECTION_FILE_FIELD, DEFAULT_CLIENT_TIMEOUT, KERNEL_NAME_RE
 
-if TYPE_CHECKING:
-    from .launcher import LaunchOptions
+__all__ = [
+    "CONNECTION_FILE_FIELD", "DEFAULT_CLIENT_TIMEOUT", "DEFAULT_GRACE", "DEFAULT_GRACE_TEXT", "DEFAULT_PERSIST",
+    "DEFAULT_TIMEOUT", "DEFAULT_TRANSPORT", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
+    "ProxyOptions", "ProxyParams", "check_launch", "check_python", "check_ssh_config", "format_duration",
+    "parse_env", "parse_grace", "split_kernel_cmd",
+]
 
-F = TypeVar("F", bound=Callable[..., object])
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KERNEL_NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-CONNECTION_FILE_FIELD = "{connection_file}"
+# -- defaults: the only place they are written ----------------------------------------------------
+
+#: Seconds allowed to connect and to start the remote kernel (--timeout).
 DEFAULT_TIMEOUT = 30.0
-#: How long a remote kernel outlives a lost connection unless --grace says otherwise.
-DEFAULT_GRACE = "1h"
+#: How long a remote kernel outlives a lost connection (--grace): a laptop's lunch break.
+DEFAULT_GRACE: Optional[float] = 3600.0
+#: Seconds the shared SSH connection to a host stays open after its last kernel ended (--persist).
+DEFAULT_PERSIST = 60.0
+#: --transport when not given: OpenSSH if an ssh client is on PATH, else paramiko.
+DEFAULT_TRANSPORT = "auto"
+# DEFAULT_CLIENT_TIMEOUT (the keeper forgets a proxy silent this long) comes from remote/protocol.py:
+# the keeper, shipped stdlib-only, cannot import this package; the local side imports from it.
+
 NEVER = ("never", "forever", "inf", "infinite")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+
+# -- values -----------------------------------------------------------------------------------------
 
 def parse_env(items: Iterable[str]) -> Dict[str, str]:
     """``VAR=VALUE`` pairs into a dict; the value is kept byte for byte (spaces, quotes, $)."""
@@ -61,42 +88,18 @@ def parse_grace(value: str) -> Optional[float]:
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
-def grace_option(func: F) -> F:
-    """``--grace``, shared by the proxy and manage (which records it in the kernelspec)."""
-    return click.option(
-        "--grace", default=DEFAULT_GRACE, show_default=True, metavar="DURATION",
-        help="How long the remote kernel outlives a lost connection (network down, laptop asleep, "
-             "proxy killed) waiting for the proxy to come back: seconds or 30m, 2h, 1d; 'never' "
-             "keeps it until a proxy shuts it down. 0 ends it as soon as the connection is lost.",
-    )(func)
+def format_duration(seconds: Optional[float]) -> str:
+    """The shortest spelling parse_grace reads back as ``seconds`` (None: ``never``)."""
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}"
 
 
-#: Seconds the shared SSH connection to a host stays open after its last kernel ended.
-DEFAULT_PERSIST = 60.0
-
-
-def persist_option(func: F) -> F:
-    """``--persist``, shared by the proxy and manage (which records it in the kernelspec)."""
-    return click.option(
-        "--persist", type=click.FloatRange(min=1), default=DEFAULT_PERSIST, show_default=True, metavar="SECONDS",
-        help="How long the SSH connection to HOST, shared by its kernels, stays open after the "
-             "last one ended (a restart or the next kernel then needs no new login).",
-    )(func)
-
-
-#: --transport when not given: OpenSSH if an ssh client is on PATH, else paramiko.
-DEFAULT_TRANSPORT = "auto"
-
-
-def transport_option(func: F) -> F:
-    """``--transport``, shared by the proxy and manage (which records it in the kernelspec)."""
-    from .transport import CHOICES
-
-    return click.option(
-        "--transport", type=click.Choice(list(CHOICES)), default=DEFAULT_TRANSPORT, show_default=True,
-        help="How to talk SSH: openssh (the ssh client; one shared connection per host), paramiko "
-             "(pure Python, for machines without an ssh client), or auto (openssh if ssh is on PATH).",
-    )(func)
+#: --grace's default as the help shows it and as click hands it over when not given.
+DEFAULT_GRACE_TEXT = format_duration(DEFAULT_GRACE)
 
 
 def check_python(python: Optional[str]) -> Optional[str]:
@@ -115,38 +118,6 @@ def check_ssh_config(path: Optional[str]) -> Optional[str]:
     if not os.path.isfile(path):
         raise UsageError(f"--ssh-config {path}: no such file (give the path of an ssh_config file)")
     return os.path.abspath(path)
-
-
-def check_common(
-    host: str, python: Optional[str], env: Iterable[str], ssh_config: Optional[str]
-) -> Tuple[Dict[str, str], Optional[str]]:
-    """Validate the shared options early, before anything is started or written.
-
-    Returns the parsed environment and the absolute path of the ssh config file (if any).
-    """
-    parse_host(host)
-    check_python(python)
-    return parse_env(env), check_ssh_config(ssh_config)
-
-
-def common_options(func: F) -> F:
-    """The options both the proxy and manage take, with the same names and help."""
-    decorators = [
-        click.option("--host", required=True, metavar="HOST",
-                     help="Where the kernel runs: an ~/.ssh/config alias, user@host, host:port or ssh://user@host:port."),
-        click.option("--python", metavar="PATH",
-                     help="Remote interpreter path or environment prefix (PREFIX/bin/python). Default: python3 on the remote PATH."),
-        click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
-                     help="ssh config file to use instead of ~/.ssh/config (ssh -F)."),
-        click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
-                     help="Seconds allowed to connect and to start the remote kernel."),
-        click.option("--env", "env", multiple=True, metavar="VAR=VALUE",
-                     help="Environment variable for the remote kernel (repeatable)."),
-        click.option("--sudo", is_flag=True, help="Run the remote kernel with sudo -n (passwordless sudo only)."),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
 
 
 def _one_line(option: str, value: Optional[str]) -> Optional[str]:
@@ -186,20 +157,58 @@ def split_kernel_cmd(text: str, connection_file: Optional[str] = None) -> Tuple[
     return tuple(argv)
 
 
-def check_launch(
-    remote_kernel: Optional[str],
-    kernel_cmd: Optional[str],
-    workdir: Optional[str],
-    pre_command: Optional[str],
-    *,
-    connection_file: Optional[str] = None,
-) -> "LaunchOptions":
-    """Validate which kernel to start and how; see launcher.LaunchOptions."""
-    from .launcher import LaunchOptions
+# -- the groups -------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """How to reach the host: what every transport is built from (transport.build_transport)."""
+
+    host: HostSpec
+    ssh_config: Optional[str] = None  # ssh -F file (absolute); None: the user's ~/.ssh/config
+    timeout: float = DEFAULT_TIMEOUT  # seconds to connect (and, for the proxy, to start the kernel)
+    transport: str = DEFAULT_TRANSPORT  # openssh, paramiko or auto (transport.resolve_kind)
+    persist: float = DEFAULT_PERSIST  # seconds the host's shared connection outlives its last kernel
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Which kernel the remote agent starts and how (--remote-kernel, --kernel-cmd, --workdir,
+    --pre-command); the default is ipykernel with the --python interpreter."""
+
+    remote_kernel: Optional[str] = None
+    kernel_cmd: Optional[Tuple[str, ...]] = None  # argv, ``{connection_file}`` where it goes
+    workdir: Optional[str] = None
+    pre_command: Optional[str] = None  # one command line for the remote login shell
+    #: --kernel-cmd as the user wrote it: what a kernelspec records (its quoting is theirs).
+    kernel_cmd_text: Optional[str] = None
+
+    def params(self) -> Dict[str, object]:
+        """The agent parameters these add (data, never part of a command line)."""
+        return {
+            "remote_kernel": self.remote_kernel,
+            "kernel_cmd": list(self.kernel_cmd) if self.kernel_cmd is not None else None,
+            "workdir": self.workdir,
+        }
+
+    def written_kernel_cmd(self) -> Optional[str]:
+        """--kernel-cmd's value in a kernelspec: as written, else the argv shell-quoted."""
+        if self.kernel_cmd_text is not None or self.kernel_cmd is None:
+            return self.kernel_cmd_text
+        return shlex.join(self.kernel_cmd)
+
+
+def check_launch(
+    *,
+    remote_kernel: Optional[str] = None,
+    kernel_cmd: Optional[str] = None,
+    workdir: Optional[str] = None,
+    pre_command: Optional[str] = None,
+    connection_file: Optional[str] = None,
+) -> LaunchOptions:
+    """Validate which kernel to start and how; see LaunchOptions."""
     if remote_kernel is not None and kernel_cmd is not None:
         raise UsageError("--remote-kernel and --kernel-cmd exclude each other: give one of them")
-    if remote_kernel is not None and not _KERNEL_NAME_RE.match(remote_kernel):
+    if remote_kernel is not None and not KERNEL_NAME_RE.match(remote_kernel):
         msg = (
             f"--remote-kernel {remote_kernel!r} is not a kernelspec name (letters, digits, '.', "
             f"'_', '-'); `jupyter kernelspec list` on the remote shows the names"
@@ -212,28 +221,164 @@ def check_launch(
         kernel_cmd=split_kernel_cmd(kernel_cmd, connection_file) if kernel_cmd is not None else None,
         workdir=_one_line("--workdir", workdir),
         pre_command=pre_command,
+        kernel_cmd_text=kernel_cmd,
     )
 
 
-def launch_options(func: F) -> F:
-    """What runs on the remote and how (proxy, add and check take them)."""
-    decorators = [
-        click.option("--remote-kernel", metavar="NAME",
-                     help="Start this kernelspec installed on the remote (any language: see "
-                          "`jupyter kernelspec list` there) instead of ipykernel. --python names "
-                          "the Python (with jupyter_client) that finds and starts it."),
-        click.option("--kernel-cmd", metavar="'CMD ARGS'",
-                     help="Start this command on the remote instead of ipykernel, with "
-                          "{connection_file} where the kernel takes its connection file. Split "
-                          "like a shell would, but never run through one."),
-        click.option("--workdir", metavar="DIR",
-                     help="The kernel's working directory on the remote (~ is the remote home). "
-                          "Default: the remote home."),
-        click.option("--pre-command", metavar="'CMD'",
-                     help="One command line your remote login shell runs first, to prepare the "
-                          "environment, e.g. 'source /opt/conda/bin/activate py311' or 'module "
-                          "load python/3.11'. Kept exactly; the kernel does not start if it fails."),
-    ]
-    for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
+@dataclass(frozen=True)
+class Lifetime:
+    """How long the remote kernel outlives a lost connection (the keeper's parameters)."""
+
+    grace: Optional[float] = DEFAULT_GRACE  # seconds; None: never ends for want of a proxy
+    client_timeout: float = DEFAULT_CLIENT_TIMEOUT  # silence after which the keeper drops a proxy
+    #: --grace as the user wrote it: what a kernelspec records ("2h" stays "2h").
+    grace_text: Optional[str] = None
+
+    def written_grace(self) -> Optional[str]:
+        """--grace's value in a kernelspec; None when it is the default (nothing written)."""
+        if self.grace_text is not None:
+            return None if self.grace_text == DEFAULT_GRACE_TEXT else self.grace_text.strip()
+        return None if self.grace == DEFAULT_GRACE else format_duration(self.grace)
+
+
+# -- the proxy's command line -------------------------------------------------------------------------
+
+class ProxyParams(TypedDict, total=False):
+    """The proxy's options as its click command hands them over (proxycli.py); ``manage add`` and
+    ``check`` pass the subset they take. specs.py shows a kernelspec's options in this form."""
+
+    host: str
+    python: Optional[str]
+    ssh_config: Optional[str]
+    timeout: float
+    env: Tuple[str, ...]  # VAR=VALUE, as given
+    sudo: bool
+    grace: str  # as given: a duration or 'never'
+    persist: float
+    transport: str
+    client_timeout: float
+    remote_kernel: Optional[str]
+    kernel_cmd: Optional[str]  # as given: one shell-like line
+    workdir: Optional[str]
+    pre_command: Optional[str]
+    connection_file: str
+    log_level: str
+    log_file: Optional[str]
+
+
+def _option(name: str, value: str) -> List[str]:
+    """``[name, value]``, or ``[name=value]`` for a value starting with ``~``: jupyter_client's
+    launch_kernel runs os.path.expanduser on every argv element, which would turn a remote
+    ``~/env`` into the LOCAL home; it leaves ``--python=~/env`` alone."""
+    return [f"{name}={value}"] if value.startswith("~") else [name, value]
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """One SSH kernel's options: the proxy's command line, typed (what a kernelspec records)."""
+
+    connection: ConnectionOptions
+    python: Optional[str] = None  # remote interpreter or prefix; None: python3 on the remote PATH
+    env: Mapping[str, str] = field(default_factory=dict)  # --env, for the remote kernel
+    sudo: bool = False
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    lifetime: Lifetime = field(default_factory=Lifetime)
+    #: Jupyter's connection file (-f); in a kernelspec, the field Jupyter fills in.
+    connection_file: str = CONNECTION_FILE_FIELD
+
+    @property
+    def host(self) -> HostSpec:
+        return self.connection.host
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], *, vet_ssh_config: bool = True) -> "ProxyOptions":
+        """Parse the proxy's click values (ProxyParams; ``add`` and ``check`` pass the subset
+        they take, the rest are the defaults) into the model; raise HostSpecError/UsageError,
+        checked in the order the options' help lists them.
+
+        ``vet_ssh_config=False`` takes --ssh-config as written, without requiring the file (a
+        kernelspec read back for ``check NAME``, where ssh itself reports a missing file).
+        """
+        host = parse_host(params["host"])
+        python = check_python(params.get("python"))
+        env = parse_env(params.get("env") or ())
+        ssh_config = check_ssh_config(params.get("ssh_config")) if vet_ssh_config else params.get("ssh_config")
+        connection_file = params.get("connection_file")
+        launch = check_launch(remote_kernel=params.get("remote_kernel"), kernel_cmd=params.get("kernel_cmd"),
+                              workdir=params.get("workdir"), pre_command=params.get("pre_command"),
+                              connection_file=connection_file)
+        grace_text = params.get("grace")
+        lifetime = Lifetime(
+            grace=parse_grace(grace_text) if grace_text is not None else DEFAULT_GRACE,
+            client_timeout=params.get("client_timeout", DEFAULT_CLIENT_TIMEOUT),
+            grace_text=grace_text,
+        )
+        connection = ConnectionOptions(
+            host=host, ssh_config=ssh_config, timeout=params.get("timeout", DEFAULT_TIMEOUT),
+            transport=params.get("transport", DEFAULT_TRANSPORT), persist=params.get("persist", DEFAULT_PERSIST),
+        )
+        return cls(connection=connection, python=python, env=env, sudo=bool(params.get("sudo")), launch=launch,
+                   lifetime=lifetime, connection_file=connection_file or CONNECTION_FILE_FIELD)
+
+    def written_persist(self) -> Optional[float]:
+        """--persist in a kernelspec; None when it is the default."""
+        return None if self.connection.persist == DEFAULT_PERSIST else self.connection.persist
+
+    def written_transport(self) -> Optional[str]:
+        """--transport in a kernelspec; None when it is the default (auto)."""
+        return None if self.connection.transport == DEFAULT_TRANSPORT else self.connection.transport
+
+    def argv(self, python_executable: Optional[str] = None) -> List[str]:
+        """The command line Jupyter runs: this python, -m ssh_ipykernel, the options that differ
+        from their defaults, -f and the connection file. Parsed by the proxy's click command, it
+        gives these options back (from_params)."""
+        connection, launch = self.connection, self.launch
+        argv = [python_executable or sys.executable, "-m", "ssh_ipykernel", "--host", connection.host.spec]
+        if self.python:
+            argv += _option("--python", self.python)
+        if connection.ssh_config:
+            argv += ["--ssh-config", connection.ssh_config]
+        if connection.timeout != DEFAULT_TIMEOUT:
+            argv += ["--timeout", f"{connection.timeout:g}"]
+        for name, value in self.env.items():
+            argv += ["--env", f"{name}={value}"]
+        if self.sudo:
+            argv.append("--sudo")
+        persist, transport = self.written_persist(), self.written_transport()
+        if persist is not None:
+            argv += ["--persist", f"{persist:g}"]
+        if transport is not None:
+            argv += ["--transport", transport]
+        for option, value in (("--remote-kernel", launch.remote_kernel), ("--kernel-cmd", launch.written_kernel_cmd()),
+                              ("--workdir", launch.workdir), ("--pre-command", launch.pre_command),
+                              ("--grace", self.lifetime.written_grace())):
+            if value is not None:
+                argv += _option(option, value)
+        if self.lifetime.client_timeout != DEFAULT_CLIENT_TIMEOUT:
+            argv += ["--client-timeout", f"{self.lifetime.client_timeout:g}"]
+        argv += ["-f", self.connection_file]
+        return argv
+
+
+# -- ssh-ipykernel connect -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    """``ssh-ipykernel connect``: a kernel somebody else started, and where its tunnels end."""
+
+    connection: ConnectionOptions
+    remote_file: str  # the kernel's connection file on the remote
+    local_file: Optional[str] = None  # None: in Jupyter's runtime dir (connect.default_local_file)
+    python: Optional[str] = None  # the remote python that reads remote_file
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "ConnectOptions":
+        """Parse connect's click values (same checks, same order as the proxy's)."""
+        host = parse_host(params["host"])
+        python = check_python(params.get("python"))
+        connection = ConnectionOptions(
+            host=host, ssh_config=check_ssh_config(params.get("ssh_config")),
+            timeout=params.get("timeout", DEFAULT_TIMEOUT), transport=params.get("transport", DEFAULT_TRANSPORT),
+        )
+        return cls(connection=connection, remote_file=params["remote_file"], local_file=params.get("local_file"),
+                   python=python)

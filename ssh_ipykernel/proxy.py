@@ -17,65 +17,37 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
 from .connection import kernel_id_from_path, load_connection_file
-from .hosts import parse_host
-from .launcher import LaunchOptions, RemoteKernel
+from .launcher import RemoteKernel
 from .log import KernelLogAdapter, redact
-from .options import DEFAULT_PERSIST
-from .remote.protocol import DEFAULT_CLIENT_TIMEOUT
+from .options import ProxyOptions
 from .signals import SignalRelay
 from .state import prune, remove_state, write_state
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
-from .transport import TransportOptions, create_transport
+from .transport import build_transport
 from .transport.base import Transport
 from .tunnels import Tunnels, plan_forwards
 
 logger = logging.getLogger(__name__)
-
-#: How long the remote kernel outlives a lost connection by default: a laptop's lunch break.
-DEFAULT_GRACE = 3600.0
-
-
-@dataclass
-class ProxyOptions:
-    """Everything the proxy CLI accepts."""
-
-    host: str
-    connection_file: str
-    python: Optional[str] = None
-    ssh_config: Optional[str] = None
-    timeout: float = 30.0
-    env: Dict[str, str] = field(default_factory=dict)
-    sudo: bool = False
-    transport: str = "openssh"
-    grace: Optional[float] = DEFAULT_GRACE  # None: keep the kernel forever
-    client_timeout: float = DEFAULT_CLIENT_TIMEOUT
-    persist: float = DEFAULT_PERSIST  # seconds the host's shared connection outlives its last kernel
-    launch: LaunchOptions = field(default_factory=LaunchOptions)  # --remote-kernel, --workdir, ...
 
 
 class Proxy:
     """Run one remote kernel for one local connection file."""
 
     def __init__(self, options: ProxyOptions) -> None:
+        """``options`` as parsed by the CLI, with the transport kind resolved (transport.resolved)."""
         self.options = options
-        self.hostspec = parse_host(options.host)
+        self.hostspec = options.host
         self.kernel_id = kernel_id_from_path(options.connection_file)
         self.log = KernelLogAdapter(logger, {"host": self.hostspec.label, "kernel": self.kernel_id})
         self.started = time.time()
         self._state: Dict[str, object] = {}
 
     def new_transport(self, connect_timeout: float) -> Transport:
-        options = TransportOptions(
-            ssh_config=self.options.ssh_config,
-            connect_timeout=connect_timeout,
-            verbose=logger.isEnabledFor(logging.DEBUG),
-            persist=self.options.persist,
-        )
-        return create_transport(self.options.transport, self.hostspec, options, name=self.kernel_id)
+        return build_transport(self.options.connection, connect_timeout=connect_timeout, name=self.kernel_id,
+                               verbose=logger.isEnabledFor(logging.DEBUG))
 
     def run(self) -> int:
         """Start the kernel and serve it; return the process exit code."""
@@ -84,7 +56,7 @@ class Proxy:
         self._state = {
             "pid": os.getpid(), "host": self.hostspec.spec, "kernel_id": self.kernel_id,
             "connection_file": os.path.abspath(self.options.connection_file),
-            "transport": self.options.transport, "state": State.CONNECTING.value, "reconnects": 0,
+            "transport": self.options.connection.transport, "state": State.CONNECTING.value, "reconnects": 0,
             "started": self.started, "since": self.started,
         }
         try:
@@ -96,14 +68,14 @@ class Proxy:
         kernel: Optional[RemoteKernel] = None
         try:
             with SignalRelay() as signals:
-                transport = self.new_transport(self.options.timeout)
+                transport = self.new_transport(self.options.connection.timeout)
                 try:
                     self.log.info("connecting to %s", self.hostspec.spec)
                     transport.connect()
                     t1 = time.monotonic()
                     self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
                                   "shared connection" if transport.reused else "new connection",
-                                  self.options.transport)
+                                  self.options.connection.transport)
                     kernel = RemoteKernel(
                         transport,
                         kernel_id=self.kernel_id,
@@ -113,12 +85,12 @@ class Proxy:
                         python=self.options.python,
                         env=forwarded_env(os.environ, self.options.env),
                         sudo=self.options.sudo,
-                        grace=self.options.grace,
-                        client_timeout=self.options.client_timeout,
+                        grace=self.options.lifetime.grace,
+                        client_timeout=self.options.lifetime.client_timeout,
                         launch=self.options.launch,
                     )
                     self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
-                    ready = kernel.start(self.options.timeout)
+                    ready = kernel.start(self.options.connection.timeout)
                     t2 = time.monotonic()
                     self.log.info(
                         "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s",
@@ -143,8 +115,9 @@ class Proxy:
                 supervisor = Supervisor(
                     kernel=kernel, transport=transport, tunnels=tunnels,
                     new_transport=self.new_transport, signals=signals, log=self.log,
-                    secret=info["key"], grace=self.options.grace,
-                    client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
+                    secret=info["key"], grace=self.options.lifetime.grace,
+                    client_timeout=self.options.lifetime.client_timeout,
+                    attach_timeout=min(self.options.connection.timeout, 15.0),
                     on_state=self._on_state,
                 )
                 supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
@@ -170,7 +143,7 @@ class Proxy:
 FORWARDED_VARIABLES = ("JPY_SESSION_NAME",)
 
 
-def forwarded_env(local: Mapping[str, str], explicit: Dict[str, str]) -> Dict[str, str]:
+def forwarded_env(local: Mapping[str, str], explicit: Mapping[str, str]) -> Dict[str, str]:
     """The remote kernel's extra environment: --env values, plus the forwarded Jupyter ones."""
     env = {name: local[name] for name in FORWARDED_VARIABLES if name in local}
     env.update(explicit)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from . import exceptions as exc
-from .launcher import LaunchOptions, agent_stdin, build_remote_command, bundle_source, error_for_exit
+from .launcher import agent_stdin, build_remote_command, bundle_source, error_for_exit
+from .options import DEFAULT_TIMEOUT, LaunchOptions
 from .remote import protocol
 from .transport.base import Transport
 
@@ -48,7 +49,7 @@ def run_probe(
     sudo: bool = False,
     env: Optional[Dict[str, str]] = None,
     launch: Optional[LaunchOptions] = None,
-    timeout: float = 30.0,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> ProbeResult:
     """Run the probe over ``transport`` (connected); raise the proxy's error if it cannot run."""
     import base64

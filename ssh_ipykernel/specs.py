@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 
 from .exceptions import KernelSpecNotFoundError, UsageError
 from .kernelspec import check_kernel_name
+from .options import ProxyOptions, ProxyParams
+from .proxycli import parse_proxy_argv
 
 
 @dataclass
@@ -23,7 +25,7 @@ class InstalledSpec:
     name: str
     resource_dir: str
     spec: Dict[str, Any]  # kernel.json as installed
-    options: Dict[str, Any]  # the proxy options its argv holds (as click parses them)
+    options: ProxyParams  # the proxy options its argv holds, as click parses them ({} if it would not)
 
     @property
     def display_name(self) -> str:
@@ -46,6 +48,15 @@ class InstalledSpec:
         """The argv as one shell-quoted line (what Jupyter runs, before {connection_file})."""
         return shlex.join(str(a) for a in self.spec.get("argv", []))
 
+    def proxy_options(self) -> ProxyOptions:
+        """The typed options the proxy will run with (the same parse as the proxy's own);
+        UsageError (or HostSpecError) if the argv holds none it would accept."""
+        if not self.options:
+            msg = f"the argv of kernelspec {self.name} cannot be read as ssh_ipykernel options: {self.command_line()}"
+            raise UsageError(msg)
+        # A missing --ssh-config file is left to check's resolve step, which reports what ssh says.
+        return ProxyOptions.from_params(self.options, vet_ssh_config=False)
+
     def as_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "display_name": self.display_name, "host": self.host,
                 "language": self.spec.get("language"), "remote": self.remote(),
@@ -54,19 +65,6 @@ class InstalledSpec:
 
 def is_ssh_argv(argv: object) -> bool:
     return isinstance(argv, list) and len(argv) >= 3 and argv[1:3] == ["-m", "ssh_ipykernel"]
-
-
-def parse_proxy_argv(argv: List[str]) -> Dict[str, Any]:
-    """The options an SSH kernelspec's argv gives the proxy, parsed by the proxy's own CLI."""
-    import click
-
-    from .cli import proxy_command
-
-    try:
-        ctx = proxy_command.make_context("ssh_ipykernel", list(argv[3:]))
-    except click.ClickException as e:
-        raise UsageError(f"its argv is not a valid ssh_ipykernel command line: {e.format_message()}") from None
-    return dict(ctx.params)
 
 
 def spec_manager(prefix: Optional[str] = None):  # noqa: ANN201 - KernelSpecManager
@@ -89,7 +87,7 @@ def _load(name: str, resource_dir: str, manager) -> Optional[InstalledSpec]:  # 
     try:
         options = parse_proxy_argv(spec["argv"])
     except UsageError:
-        options = {}
+        options = ProxyParams()
     return InstalledSpec(name=name, resource_dir=resource_dir, spec=spec, options=options)
 
 

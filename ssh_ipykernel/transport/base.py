@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
 from ..hosts import HostSpec
+from ..options import DEFAULT_PERSIST, DEFAULT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,15 @@ class Forward:
 
 @dataclass
 class TransportOptions:
-    """Options every backend understands."""
+    """Options every backend understands: the backend's view of options.ConnectionOptions
+    (transport.build_transport makes it), with this attempt's connect timeout."""
 
     ssh_config: Optional[str] = None  # ssh -F file; None: the user's ~/.ssh/config
-    connect_timeout: float = 30.0
+    connect_timeout: float = DEFAULT_TIMEOUT
     server_alive_interval: int = 15
     server_alive_count_max: int = 3
     verbose: bool = False  # ssh -v output in the log (proxy --log-level DEBUG)
-    persist: float = 60.0  # seconds a shared connection stays up after its last user left
+    persist: float = DEFAULT_PERSIST  # seconds a shared connection stays up after its last user left
 
 
 def end_process(proc: subprocess.Popen, timeout: float = 3.0) -> None:  # type: ignore[type-arg]

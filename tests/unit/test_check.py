@@ -6,6 +6,8 @@ import pytest
 
 from ssh_ipykernel import exceptions as exc
 from ssh_ipykernel.check import STEPS, Checker, Target, proxy_error
+from ssh_ipykernel.hosts import parse_host
+from ssh_ipykernel.options import ConnectionOptions, ProxyOptions
 
 
 @pytest.fixture
@@ -39,7 +41,8 @@ def ssh_config(tmp_path):
 
 def walk(config, host, until):
     seen = []
-    checker = Checker(Target(host=host, ssh_config=config, timeout=5), on_step=seen.append)
+    options = ProxyOptions(ConnectionOptions(parse_host(host), ssh_config=config, timeout=5))
+    checker = Checker(Target(options), on_step=seen.append)
     steps = checker.run(until=until)
     assert steps == seen, "every step is reported as it happens"
     return checker

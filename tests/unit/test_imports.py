@@ -46,7 +46,7 @@ def proxy_modules(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_the_probe_ran_the_proxy_command(proxy_modules: dict) -> None:
     assert proxy_modules["exit"] == 2  # the missing connection file, i.e. the proxy really ran
-    for name in ("ssh_ipykernel.cli", "ssh_ipykernel.proxy", "ssh_ipykernel.transport.openssh"):
+    for name in ("ssh_ipykernel.proxycli", "ssh_ipykernel.proxy", "ssh_ipykernel.transport.openssh"):
         assert name in proxy_modules["modules"]
 
 

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ssh_ipykernel.exceptions import UsageError
+from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.kernelspec import (
     KernelSpecOptions,
     build_kernelspec,
@@ -13,7 +14,7 @@ from ssh_ipykernel.kernelspec import (
     default_kernel_name,
 )
 from ssh_ipykernel.manage import add_command
-from ssh_ipykernel.options import parse_env, parse_grace
+from ssh_ipykernel.options import ConnectionOptions, ProxyOptions, parse_env, parse_grace
 
 
 @pytest.mark.parametrize(
@@ -34,8 +35,8 @@ def test_invalid_name_is_refused_with_a_suggestion():
 
 def test_argv_replays_the_options_and_ends_with_the_connection_file():
     spec = build_kernelspec(
-        KernelSpecOptions(host="btest", python="/opt/env", env={"A": "x y", "B": "'q'"}, sudo=True,
-                          timeout=12.5, ssh_config="/cfg"),
+        KernelSpecOptions(ProxyOptions(ConnectionOptions(parse_host("btest"), ssh_config="/cfg", timeout=12.5),
+                                       python="/opt/env", env={"A": "x y", "B": "'q'"}, sudo=True)),
         python_executable="/usr/bin/python3",
     )
     assert spec["argv"] == [
