@@ -369,6 +369,6 @@ def proxy_error(log: str, code: Optional[int]) -> exc.ProxyExitedError:
         match = _ERROR_LINE_RE.search(lines[i])
         if match:
             detail = "\n".join(line.strip() for line in lines[i + 1:i + 8] if line.startswith("  "))
-            return exc.ProxyExitedError(match.group(1), exit_code, detail=re.sub(r"^(ssh said|detail): ", "", detail))
+            return exc.ProxyExitedError(match.group(1), exit_code=exit_code, detail=re.sub(r"^(ssh said|detail): ", "", detail))
     tail = "\n".join(lines[-8:])
-    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code, detail=tail)
+    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code=exit_code, detail=tail)
