@@ -24,6 +24,7 @@ from . import exceptions as exc
 from .hosts import parse_host
 from .launcher import LaunchOptions
 from .transport import TransportOptions, create_transport, resolve_kind
+from .transport import failures
 from .transport.messages import classify_ssh_failure
 
 STEPS = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
@@ -159,8 +160,8 @@ class Checker:
         try:
             infos = socket.getaddrinfo(hostname, int(port), type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
-            raise classify_ssh_failure(f"ssh: Could not resolve hostname {hostname}: {e}",
-                                       **self._ssh_config_hint()) from None
+            raise failures.not_resolved(self.hostspec.label, self.hostspec.spec, detail_label="detail",
+                                        detail=f"Could not resolve hostname {hostname}: {e}") from None
         self.address = str(infos[0][4][0])
         alias = "" if hostname == self.hostspec.host else f" (HostName {hostname})"
         return f"{self.hostspec.spec}{alias} -> {self.address} port {port}, user {user}"
@@ -184,10 +185,8 @@ class Checker:
                 sock.settimeout(min(10.0, self.target.timeout))
                 banner = sock.recv(256).decode("ascii", "replace").strip()
         except OSError as e:
-            text = f"ssh: connect to host {self.address} port {port}: {e.strerror or e}"
-            if isinstance(e, socket.timeout):
-                text = f"ssh: connect to host {self.address} port {port}: Connection timed out"
-            raise classify_ssh_failure(text, **self._ssh_config_hint()) from None
+            raise failures.socket_error(e, host=self.hostspec.label, spec=self.hostspec.spec, hostname=self.address,
+                                        port=port, timeout=self.target.timeout) from None
         if not banner.startswith("SSH-"):
             msg = (
                 f"something answers on {self.address} port {port}, but it is not an SSH server "

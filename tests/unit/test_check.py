@@ -4,6 +4,7 @@ import threading
 
 import pytest
 
+from ssh_ipykernel import check as check_module
 from ssh_ipykernel import exceptions as exc
 from ssh_ipykernel.check import STEPS, Checker, Target, proxy_error
 
@@ -51,7 +52,34 @@ def test_refused_connection_fails_at_connect_with_the_proxy_exit_code(ssh_config
     assert resolve.ok and "-> 127.0.0.1 port" in resolve.detail and resolve.seconds is not None
     assert connect.ok is False and isinstance(connect.error, exc.SSHConnectionRefusedError)
     assert connect.error.exit_code == 22 and "refused the connection" in connect.error.message
+    assert connect.error.detail_label == "detail" and connect.error.detail.endswith(": Connection refused")
     assert authenticate.ok is None and authenticate.detail == "not run"
+
+
+def test_a_name_that_does_not_resolve_fails_at_resolve(ssh_config, monkeypatch):
+    def getaddrinfo(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(check_module.socket, "getaddrinfo", getaddrinfo)
+    resolve = walk(ssh_config, "closed", "connect").steps[0]
+    assert resolve.ok is False and type(resolve.error) is exc.HostNotFoundError and resolve.error.exit_code == 21
+    assert resolve.error.message == ("cannot resolve the host name of 'closed': check the spelling, or add a Host "
+                                     "entry with a HostName for it to your ssh config")
+    # What the resolver said, not dressed up as something ssh said.
+    assert str(resolve.error).endswith(
+        "\n  detail: Could not resolve hostname 127.0.0.1: [Errno -2] Name or service not known")
+
+
+def test_a_host_that_does_not_answer_fails_at_connect(ssh_config, monkeypatch):
+    def create_connection(address, timeout=None):
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(check_module.socket, "create_connection", create_connection)
+    connect = walk(ssh_config, "closed", "connect").steps[1]
+    assert type(connect.error) is exc.ConnectionTimeoutError and connect.error.exit_code == 23
+    assert connect.error.message == ("closed did not answer within 5 s. Check that it is up and reachable (VPN?), "
+                                     "or raise --timeout for slow links")
+    assert connect.error.detail_label == "detail" and connect.error.detail.endswith(": Connection timed out")
 
 
 def test_something_else_on_the_port_is_named(ssh_config):
