@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import tempfile
@@ -276,12 +275,18 @@ class KernelRun:
         self.kc: Any = None
         self.language = ""
 
-    def _proxy_died(self) -> exc.ProxyExitedError:
+    def _proxy_failure(self, code: Optional[int]) -> exc.SSHKernelError:
+        """Why the proxy exited with ``code``: the error it recorded in its state file (the
+        same typed error, message and exit code it ended with), else ``proxy_exited``."""
+        from .connection import kernel_id_from_path
+        from .state import take_error
+
+        recorded = take_error(kernel_id_from_path(self.km.connection_file)) if self.km.connection_file else None
+        return recorded or proxy_exited(self._log(), code)
+
+    def _proxy_died(self) -> exc.SSHKernelError:
         process = getattr(self.km.provisioner, "process", None)
-        code = process.wait(10) if process is not None else None
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            log = f.read()
-        return proxy_error(log, code)
+        return self._proxy_failure(process.wait(10) if process is not None else None)
 
     def start(self) -> str:
         started = time.monotonic()
@@ -334,7 +339,7 @@ class KernelRun:
         process = getattr(self.km.provisioner, "process", None)
         code = process.returncode if process is not None else 0
         if code not in (0, None):
-            raise proxy_error(self._log(), code)
+            raise self._proxy_failure(code)
         return "the kernel and its proxy ended cleanly"
 
     def _log(self) -> str:
@@ -343,11 +348,16 @@ class KernelRun:
 
     def close(self) -> None:
         """Stop whatever is still running; safe to call twice."""
+        from .connection import kernel_id_from_path
+        from .state import take_error
+
         try:
             if self.kc is not None:
                 self.kc.stop_channels()
             if self.km.has_kernel:
                 self.km.shutdown_kernel(now=True)
+            if self.km.connection_file:  # a proxy ended with SIGKILL leaves its state file
+                take_error(kernel_id_from_path(self.km.connection_file))
             self.km.cleanup_resources()
         except Exception:  # noqa: BLE001 - cleanup after a failure must not hide that failure
             pass
@@ -357,17 +367,10 @@ class KernelRun:
         self.tmp.cleanup()
 
 
-_ERROR_LINE_RE = re.compile(r"(?:\bERROR ssh_ipykernel\S* (?:\[[^\]]*\] )?|ssh_ipykernel: error: )(.*)")
-
-
-def proxy_error(log: str, code: Optional[int]) -> exc.ProxyExitedError:
-    """The proxy's own error sentence (and what ssh said) from its log, with its exit code."""
-    lines = log.splitlines()
+def proxy_exited(log: str, code: Optional[int]) -> exc.ProxyExitedError:
+    """A proxy that exited with ``code`` and left no error of its own (killed by a signal, or a
+    crash): the code, and the end of its log to show what happened."""
     exit_code = code if code and code > 0 else 1  # killed by a signal: plain failure
-    for i in range(len(lines) - 1, -1, -1):
-        match = _ERROR_LINE_RE.search(lines[i])
-        if match:
-            detail = "\n".join(line.strip() for line in lines[i + 1:i + 8] if line.startswith("  "))
-            return exc.ProxyExitedError(match.group(1), exit_code=exit_code, detail=re.sub(r"^(ssh said|detail): ", "", detail))
-    tail = "\n".join(lines[-8:])
-    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code=exit_code, detail=tail)
+    tail = "\n".join(log.splitlines()[-8:])
+    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code=exit_code,
+                                detail=tail)

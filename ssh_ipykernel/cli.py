@@ -74,17 +74,21 @@ def proxy_command(
 
     def run() -> int:
         from .options import parse_grace
-        from .proxy import Proxy, ProxyOptions
+        from .proxy import Proxy, ProxyOptions, record_early_error
         from .transport import resolve_kind
 
-        env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
-        launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
-        options = ProxyOptions(
-            host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
-            timeout=timeout, env=env_dict, sudo=sudo, transport=resolve_kind(transport),
-            grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
-        )
-        proxy = Proxy(options)
+        try:
+            env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+            launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
+            options = ProxyOptions(
+                host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
+                timeout=timeout, env=env_dict, sudo=sudo, transport=resolve_kind(transport),
+                grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
+            )
+            proxy = Proxy(options)
+        except SSHKernelError as e:
+            record_early_error(connection_file, host, e)  # the proxy's own errors it records itself
+            raise
         try:
             return proxy.run()
         except SSHKernelError as e:

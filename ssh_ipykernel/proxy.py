@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
 from .connection import kernel_id_from_path, load_connection_file
+from .exceptions import SSHKernelError
 from .hosts import parse_host
 from .launcher import LaunchOptions, RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import DEFAULT_PERSIST
 from .remote.protocol import DEFAULT_CLIENT_TIMEOUT
 from .signals import SignalRelay
-from .state import prune, remove_state, write_state
+from .state import prune, record_error, remove_state, write_state
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import TransportOptions, create_transport
 from .transport.base import Transport
@@ -66,7 +67,14 @@ class Proxy:
         self.kernel_id = kernel_id_from_path(options.connection_file)
         self.log = KernelLogAdapter(logger, {"host": self.hostspec.label, "kernel": self.kernel_id})
         self.started = time.time()
-        self._state: Dict[str, object] = {}
+        self._state: Dict[str, object] = {
+            "pid": os.getpid(), "host": self.hostspec.spec, "kernel_id": self.kernel_id,
+            "connection_file": os.path.abspath(options.connection_file),
+            "transport": options.transport, "state": State.CONNECTING.value, "reconnects": 0,
+            "started": self.started, "since": self.started,
+        }
+        #: The error the proxy ends with, if any (also when the supervisor returns its exit code).
+        self.failure: Optional[SSHKernelError] = None
 
     def new_transport(self, connect_timeout: float) -> Transport:
         options = TransportOptions(
@@ -78,81 +86,97 @@ class Proxy:
         return create_transport(self.options.transport, self.hostspec, options, name=self.kernel_id)
 
     def run(self) -> int:
-        """Start the kernel and serve it; return the process exit code."""
+        """Start the kernel and serve it; return the process exit code.
+
+        Raises the SSHKernelError that ends start-up. Either way the state file ends with the
+        proxy: removed, or replaced by the final record of the error it ended with."""
+        try:
+            return self._run()
+        except SSHKernelError as e:
+            self.failure = e
+            raise
+        finally:
+            self._finish()
+
+    def _run(self) -> int:
         info = load_connection_file(self.options.connection_file)
         redact(info["key"])
-        self._state = {
-            "pid": os.getpid(), "host": self.hostspec.spec, "kernel_id": self.kernel_id,
-            "connection_file": os.path.abspath(self.options.connection_file),
-            "transport": self.options.transport, "state": State.CONNECTING.value, "reconnects": 0,
-            "started": self.started, "since": self.started,
-        }
         try:
-            prune()  # files of proxies killed with SIGKILL
+            prune()  # files of proxies killed with SIGKILL, old final records
         except OSError:
             pass
         self._write_state()
         t0 = time.monotonic()
         kernel: Optional[RemoteKernel] = None
-        try:
-            with SignalRelay() as signals:
-                transport = self.new_transport(self.options.timeout)
-                try:
-                    self.log.info("connecting to %s", self.hostspec.spec)
-                    transport.connect()
-                    t1 = time.monotonic()
-                    self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
-                                  "shared connection" if transport.reused else "new connection",
-                                  self.options.transport)
-                    kernel = RemoteKernel(
-                        transport,
-                        kernel_id=self.kernel_id,
-                        key=info["key"],
-                        signature_scheme=info["signature_scheme"],
-                        kernel_name=info["kernel_name"],
-                        python=self.options.python,
-                        env=forwarded_env(os.environ, self.options.env),
-                        sudo=self.options.sudo,
-                        grace=self.options.grace,
-                        client_timeout=self.options.client_timeout,
-                        launch=self.options.launch,
-                    )
-                    self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
-                    ready = kernel.start(self.options.timeout)
-                    t2 = time.monotonic()
-                    self.log.info(
-                        "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s",
-                        ready.pid, ready.hostname, ready.python, ready.python_version,
-                        ready.ipykernel_version, t2 - t1,
-                    )
-                    self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
-                                       remote_connection_file=ready.connection_file)
-                    tunnels = Tunnels(transport, plan_forwards(info, ready.ports))
-                    tunnels.open()
-                except BaseException:
-                    if kernel is not None:  # launched (or launching): it must not wait for nobody
-                        kernel.stop(SHUTDOWN_TIMEOUT)
-                    transport.close()
-                    raise
-                signals.raise_on_stop = False
-                # A SIGINT that came while the kernel was booting would kill it, not
-                # interrupt a cell; a stop that slipped in after start-up still counts.
-                early = signals.pending()
-                if signal.SIGINT in early:
-                    self.log.info("interrupt during start-up ignored")
-                supervisor = Supervisor(
-                    kernel=kernel, transport=transport, tunnels=tunnels,
-                    new_transport=self.new_transport, signals=signals, log=self.log,
-                    secret=info["key"], grace=self.options.grace,
-                    client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
-                    on_state=self._on_state,
+        with SignalRelay() as signals:
+            transport = self.new_transport(self.options.timeout)
+            try:
+                self.log.info("connecting to %s", self.hostspec.spec)
+                transport.connect()
+                t1 = time.monotonic()
+                self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
+                              "shared connection" if transport.reused else "new connection",
+                              self.options.transport)
+                kernel = RemoteKernel(
+                    transport,
+                    kernel_id=self.kernel_id,
+                    key=info["key"],
+                    signature_scheme=info["signature_scheme"],
+                    kernel_name=info["kernel_name"],
+                    python=self.options.python,
+                    env=forwarded_env(os.environ, self.options.env),
+                    sudo=self.options.sudo,
+                    grace=self.options.grace,
+                    client_timeout=self.options.client_timeout,
+                    launch=self.options.launch,
                 )
-                supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
-                                    time.monotonic() - t2, time.monotonic() - t0)
-                self._on_state(supervisor)
-                return supervisor.run(stop=any(s != signal.SIGINT for s in early))
-        finally:
-            remove_state(self.kernel_id)
+                self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
+                ready = kernel.start(self.options.timeout)
+                t2 = time.monotonic()
+                self.log.info(
+                    "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s",
+                    ready.pid, ready.hostname, ready.python, ready.python_version,
+                    ready.ipykernel_version, t2 - t1,
+                )
+                self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
+                                   remote_connection_file=ready.connection_file)
+                tunnels = Tunnels(transport, plan_forwards(info, ready.ports))
+                tunnels.open()
+            except BaseException:
+                if kernel is not None:  # launched (or launching): it must not wait for nobody
+                    kernel.stop(SHUTDOWN_TIMEOUT)
+                transport.close()
+                raise
+            signals.raise_on_stop = False
+            # A SIGINT that came while the kernel was booting would kill it, not
+            # interrupt a cell; a stop that slipped in after start-up still counts.
+            early = signals.pending()
+            if signal.SIGINT in early:
+                self.log.info("interrupt during start-up ignored")
+            supervisor = Supervisor(
+                kernel=kernel, transport=transport, tunnels=tunnels,
+                new_transport=self.new_transport, signals=signals, log=self.log,
+                secret=info["key"], grace=self.options.grace,
+                client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
+                on_state=self._on_state,
+            )
+            supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
+                                time.monotonic() - t2, time.monotonic() - t0)
+            self._on_state(supervisor)
+            code = supervisor.run(stop=any(s != signal.SIGINT for s in early))
+            self.failure = supervisor.error
+            return code
+
+    def _finish(self) -> None:
+        """The state file's end: the final record for whoever started us (``manage check``
+        reads the error from it), or nothing when the proxy ends without an error."""
+        try:
+            if self.failure is not None and self.failure.exit_code != 0:
+                record_error(self.kernel_id, self._state, self.failure)
+            else:
+                remove_state(self.kernel_id)
+        except OSError as e:
+            self.log.debug("cannot write the state file: %s", e)
 
     def _on_state(self, supervisor: Supervisor) -> None:
         self._state.update(state=supervisor.state.value, reconnects=supervisor.reconnects, since=time.time())
@@ -163,6 +187,19 @@ class Proxy:
             write_state(self.kernel_id, self._state)
         except OSError as e:  # status is a convenience; never a reason to fail the kernel
             self.log.debug("cannot write the state file: %s", e)
+
+
+def record_early_error(connection_file: str, host: str, error: SSHKernelError) -> None:
+    """The final record of a proxy that failed before it could start (a bad option), so that
+    whoever started it reads why as it would for any other failure (``state.take_error``)."""
+    if error.exit_code == 0:
+        return  # Cancelled: not a failure
+    fields: Dict[str, object] = {"pid": os.getpid(), "host": host, "kernel_id": kernel_id_from_path(connection_file),
+                                 "connection_file": os.path.abspath(connection_file), "started": time.time()}
+    try:
+        record_error(str(fields["kernel_id"]), fields, error)
+    except OSError as e:
+        logger.debug("cannot write the state file: %s", e)
 
 
 #: Variables Jupyter sets for a kernel that mean the same on the remote: the notebook's path
