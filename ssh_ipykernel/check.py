@@ -22,8 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import exceptions as exc
 from .hosts import parse_host
 from .launcher import LaunchOptions
-from .transport import TransportOptions, create_transport, resolve_kind
-from .transport import failures
+from .transport import TransportOptions, create_transport, failures, resolve_kind
 from .transport.messages import classify_ssh_failure
 
 STEPS = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",

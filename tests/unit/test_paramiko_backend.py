@@ -43,15 +43,15 @@ WHERE = "connect to host 10.9.8.7 port 2222"
 
 @pytest.mark.parametrize("raised, cls, code, message, detail", [
     (socket.gaierror(-2, "Name or service not known"), exc.HostNotFoundError, 21,
-     "cannot resolve the host name of 'target': check the spelling, or add a Host entry with a HostName "
-     "for it to your ssh config",
+     ("cannot resolve the host name of 'target': check the spelling, or add a Host entry with a HostName "
+      "for it to your ssh config"),
      f"{WHERE}: Could not resolve hostname 10.9.8.7: [Errno -2] Name or service not known"),
     (socket.timeout("timed out"), exc.ConnectionTimeoutError, 23,
      "target did not answer within 7 s. Check that it is up and reachable (VPN?), or raise --timeout for slow links",
      f"{WHERE}: Connection timed out"),
     (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), exc.SSHConnectionRefusedError, 22,
-     "target refused the connection: no SSH server listens on that address and port. Check that sshd runs "
-     "there and the port is right (host:port, or Port in ssh config)",
+     ("target refused the connection: no SSH server listens on that address and port. Check that sshd runs "
+      "there and the port is right (host:port, or Port in ssh config)"),
      f"{WHERE}: Connection refused"),
     (OSError(errno.EHOSTUNREACH, "No route to host"), exc.ConnectionTimeoutError, 23,
      "target is unreachable from here (no route). Check the network, VPN or the address",
@@ -115,7 +115,7 @@ def login_error(tmp_path, port, timeout) -> exc.SSHKernelError:
 
 
 def test_a_server_that_closes_during_login(tmp_path, server):
-    port, mode = server
+    port, _ = server
     e = login_error(tmp_path, port, 5)
     assert type(e) is exc.SSHConnectionError and e.exit_code == 20
     assert e.message == ("local closed the connection during login (too many connections at once, MaxStartups, "
