@@ -205,6 +205,8 @@ class ProxyExitedError(SSHKernelError):
     """A proxy started to check a kernel (manage check) exited without saying why (killed, or a
     crash): ``exit_code`` is given, the proxy's own or 1."""
 
+    detail_label = "the proxy's log ended"
+
 
 class Cancelled(SSHKernelError):
     """Start-up was cancelled by a signal (Jupyter gave up or the user pressed stop)."""

@@ -104,6 +104,7 @@ def test_a_proxy_that_left_no_error_is_described_by_its_exit_code_and_log():
     e = proxy_exited("17:00:01.000 INFO ssh_ipykernel [btest 1234] connecting\nTraceback (most recent call last):\nBoom\n", -9)
     assert type(e) is exc.ProxyExitedError and e.exit_code == 1
     assert e.message == "the proxy exited with code -9 before the kernel answered" and e.detail.endswith("Boom")
+    assert "\n  the proxy's log ended: " in str(e)  # not "ssh said"
     assert proxy_exited("", 3).exit_code == 3
 
 
