@@ -67,12 +67,7 @@ class Proxy:
         self.kernel_id = kernel_id_from_path(options.connection_file)
         self.log = KernelLogAdapter(logger, {"host": self.hostspec.label, "kernel": self.kernel_id})
         self.started = time.time()
-        self._state: Dict[str, object] = {
-            "pid": os.getpid(), "host": self.hostspec.spec, "kernel_id": self.kernel_id,
-            "connection_file": os.path.abspath(options.connection_file),
-            "transport": options.transport, "state": State.CONNECTING.value, "reconnects": 0,
-            "started": self.started, "since": self.started,
-        }
+        self._state: Dict[str, object] = {}
         #: The error the proxy ends with, if any (also when the supervisor returns its exit code).
         self.failure: Optional[SSHKernelError] = None
 
@@ -90,16 +85,18 @@ class Proxy:
 
         Raises the SSHKernelError that ends start-up. Either way the state file ends with the
         proxy: removed, or replaced by the final record of the error it ended with."""
+        self._state = {
+            "pid": os.getpid(), "host": self.hostspec.spec, "kernel_id": self.kernel_id,
+            "connection_file": os.path.abspath(self.options.connection_file),
+            "transport": self.options.transport, "state": State.CONNECTING.value, "reconnects": 0,
+            "started": self.started, "since": self.started,
+        }
         try:
-            return self._run()
+            info = load_connection_file(self.options.connection_file)
         except SSHKernelError as e:
             self.failure = e
-            raise
-        finally:
             self._finish()
-
-    def _run(self) -> int:
-        info = load_connection_file(self.options.connection_file)
+            raise
         redact(info["key"])
         try:
             prune()  # files of proxies killed with SIGKILL, old final records
@@ -108,64 +105,70 @@ class Proxy:
         self._write_state()
         t0 = time.monotonic()
         kernel: Optional[RemoteKernel] = None
-        with SignalRelay() as signals:
-            transport = self.new_transport(self.options.timeout)
-            try:
-                self.log.info("connecting to %s", self.hostspec.spec)
-                transport.connect()
-                t1 = time.monotonic()
-                self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
-                              "shared connection" if transport.reused else "new connection",
-                              self.options.transport)
-                kernel = RemoteKernel(
-                    transport,
-                    kernel_id=self.kernel_id,
-                    key=info["key"],
-                    signature_scheme=info["signature_scheme"],
-                    kernel_name=info["kernel_name"],
-                    python=self.options.python,
-                    env=forwarded_env(os.environ, self.options.env),
-                    sudo=self.options.sudo,
-                    grace=self.options.grace,
-                    client_timeout=self.options.client_timeout,
-                    launch=self.options.launch,
+        try:
+            with SignalRelay() as signals:
+                transport = self.new_transport(self.options.timeout)
+                try:
+                    self.log.info("connecting to %s", self.hostspec.spec)
+                    transport.connect()
+                    t1 = time.monotonic()
+                    self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
+                                  "shared connection" if transport.reused else "new connection",
+                                  self.options.transport)
+                    kernel = RemoteKernel(
+                        transport,
+                        kernel_id=self.kernel_id,
+                        key=info["key"],
+                        signature_scheme=info["signature_scheme"],
+                        kernel_name=info["kernel_name"],
+                        python=self.options.python,
+                        env=forwarded_env(os.environ, self.options.env),
+                        sudo=self.options.sudo,
+                        grace=self.options.grace,
+                        client_timeout=self.options.client_timeout,
+                        launch=self.options.launch,
+                    )
+                    self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
+                    ready = kernel.start(self.options.timeout)
+                    t2 = time.monotonic()
+                    self.log.info(
+                        "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s",
+                        ready.pid, ready.hostname, ready.python, ready.python_version,
+                        ready.ipykernel_version, t2 - t1,
+                    )
+                    self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
+                                       remote_connection_file=ready.connection_file)
+                    tunnels = Tunnels(transport, plan_forwards(info, ready.ports))
+                    tunnels.open()
+                except BaseException:
+                    if kernel is not None:  # launched (or launching): it must not wait for nobody
+                        kernel.stop(SHUTDOWN_TIMEOUT)
+                    transport.close()
+                    raise
+                signals.raise_on_stop = False
+                # A SIGINT that came while the kernel was booting would kill it, not
+                # interrupt a cell; a stop that slipped in after start-up still counts.
+                early = signals.pending()
+                if signal.SIGINT in early:
+                    self.log.info("interrupt during start-up ignored")
+                supervisor = Supervisor(
+                    kernel=kernel, transport=transport, tunnels=tunnels,
+                    new_transport=self.new_transport, signals=signals, log=self.log,
+                    secret=info["key"], grace=self.options.grace,
+                    client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
+                    on_state=self._on_state,
                 )
-                self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
-                ready = kernel.start(self.options.timeout)
-                t2 = time.monotonic()
-                self.log.info(
-                    "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s",
-                    ready.pid, ready.hostname, ready.python, ready.python_version,
-                    ready.ipykernel_version, t2 - t1,
-                )
-                self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
-                                   remote_connection_file=ready.connection_file)
-                tunnels = Tunnels(transport, plan_forwards(info, ready.ports))
-                tunnels.open()
-            except BaseException:
-                if kernel is not None:  # launched (or launching): it must not wait for nobody
-                    kernel.stop(SHUTDOWN_TIMEOUT)
-                transport.close()
-                raise
-            signals.raise_on_stop = False
-            # A SIGINT that came while the kernel was booting would kill it, not
-            # interrupt a cell; a stop that slipped in after start-up still counts.
-            early = signals.pending()
-            if signal.SIGINT in early:
-                self.log.info("interrupt during start-up ignored")
-            supervisor = Supervisor(
-                kernel=kernel, transport=transport, tunnels=tunnels,
-                new_transport=self.new_transport, signals=signals, log=self.log,
-                secret=info["key"], grace=self.options.grace,
-                client_timeout=self.options.client_timeout, attach_timeout=min(self.options.timeout, 15.0),
-                on_state=self._on_state,
-            )
-            supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
-                                time.monotonic() - t2, time.monotonic() - t0)
-            self._on_state(supervisor)
-            code = supervisor.run(stop=any(s != signal.SIGINT for s in early))
-            self.failure = supervisor.error
-            return code
+                supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
+                                    time.monotonic() - t2, time.monotonic() - t0)
+                self._on_state(supervisor)
+                code = supervisor.run(stop=any(s != signal.SIGINT for s in early))
+                self.failure = supervisor.error
+                return code
+        except SSHKernelError as e:
+            self.failure = e
+            raise
+        finally:
+            self._finish()
 
     def _finish(self) -> None:
         """The state file's end: the final record for whoever started us (``manage check``
