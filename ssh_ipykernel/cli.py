@@ -74,21 +74,17 @@ def proxy_command(
 
     def run() -> int:
         from .options import parse_grace
-        from .proxy import Proxy, ProxyOptions, record_early_error
+        from .proxy import Proxy, ProxyOptions
         from .transport import resolve_kind
 
-        try:
-            env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
-            launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
-            options = ProxyOptions(
-                host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
-                timeout=timeout, env=env_dict, sudo=sudo, transport=resolve_kind(transport),
-                grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
-            )
-            proxy = Proxy(options)
-        except SSHKernelError as e:
-            record_early_error(connection_file, host, e)  # the proxy's own errors it records itself
-            raise
+        env_dict, ssh_config_path = check_common(host, python, env, ssh_config)
+        launch = check_launch(remote_kernel, kernel_cmd, workdir, pre_command, connection_file=connection_file)
+        options = ProxyOptions(
+            host=host, connection_file=connection_file, python=python, ssh_config=ssh_config_path,
+            timeout=timeout, env=env_dict, sudo=sudo, transport=resolve_kind(transport),
+            grace=parse_grace(grace), client_timeout=client_timeout, persist=persist, launch=launch,
+        )
+        proxy = Proxy(options)
         try:
             return proxy.run()
         except SSHKernelError as e:
@@ -96,7 +92,17 @@ def proxy_command(
             proxy.log.error("%s", e)
             sys.exit(e.exit_code)
 
-    report_errors(run)
+    def run_recorded() -> int:
+        """``run``, and an error before the proxy runs (which records its own) kept as data."""
+        from .proxy import record_early_error
+
+        try:
+            return run()
+        except SSHKernelError as e:
+            record_early_error(connection_file, host, e)
+            raise
+
+    report_errors(run_recorded)
 
 
 @click.command(name="connect", context_settings={"help_option_names": ["-h", "--help"]})
