@@ -70,6 +70,7 @@ class Proxy:
         self._state: Dict[str, object] = {}
         #: The error the proxy ends with, if any (also when the supervisor returns its exit code).
         self.failure: Optional[SSHKernelError] = None
+        self._secret = ""  # the session key, once read: never written into the state file
 
     def new_transport(self, connect_timeout: float) -> Transport:
         options = TransportOptions(
@@ -98,6 +99,7 @@ class Proxy:
             self._finish()
             raise
         redact(info["key"])
+        self._secret = info["key"]
         try:
             prune()  # files of proxies killed with SIGKILL, old final records
         except OSError:
@@ -175,7 +177,7 @@ class Proxy:
         reads the error from it), or nothing when the proxy ends without an error."""
         try:
             if self.failure is not None and self.failure.exit_code != 0:
-                record_error(self.kernel_id, self._state, self.failure)
+                record_error(self.kernel_id, self._state, self.failure, secret=self._secret)
             else:
                 remove_state(self.kernel_id)
         except OSError as e:

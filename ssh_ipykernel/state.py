@@ -23,6 +23,7 @@ import time
 from typing import Dict, List, Optional
 
 from . import exceptions as exc
+from .log import redact_text
 
 PREFIX = "proxy-"
 #: How long a failed proxy's final record is kept for whoever started it (``manage check``
@@ -61,10 +62,12 @@ def write_state(kernel_id: str, fields: Dict[str, object], directory: Optional[s
 
 
 def record_error(kernel_id: str, fields: Dict[str, object], error: exc.SSHKernelError,
-                 directory: Optional[str] = None) -> str:
+                 directory: Optional[str] = None, *, secret: str = "") -> str:
     """Replace the state file of ``kernel_id`` with the proxy's final record: ``fields`` and
-    the error it ends with. Return its path."""
-    return write_state(kernel_id, {**fields, "ended": time.time(), "error": error.to_dict()}, directory)
+    the error it ends with, ``secret`` (the session key) replaced wherever the remote side's
+    text might have carried it. Return its path."""
+    data = {k: redact_text(v, secret) if isinstance(v, str) else v for k, v in error.to_dict().items()}
+    return write_state(kernel_id, {**fields, "ended": time.time(), "error": data}, directory)
 
 
 def take_error(kernel_id: str, directory: Optional[str] = None) -> Optional[exc.SSHKernelError]:

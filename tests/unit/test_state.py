@@ -69,3 +69,15 @@ def test_take_error_leaves_a_running_proxy_alone_and_clears_a_killed_ones(tmp_pa
     assert take_error("k-running", str(tmp_path)) is None and os.path.exists(state_path("k-running", str(tmp_path)))
     assert take_error("k-killed", str(tmp_path)) is None and not os.path.exists(state_path("k-killed", str(tmp_path)))
     assert take_error("k-never", str(tmp_path)) is None
+
+
+def test_the_session_key_never_reaches_a_final_record(tmp_path):
+    from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel.state import record_error, take_error
+
+    key = "a6c1f1b2-0000-4d1e-9f00-0f9e8d7c6b5a"
+    error = exc.KernelStartError("the kernel failed", detail=f"Traceback ...\nValueError: key={key}")
+    path = record_error("k-key", {"pid": 1}, error, str(tmp_path), secret=key)
+    with open(path) as f:
+        assert key not in f.read()
+    assert take_error("k-key", str(tmp_path)).detail.endswith("ValueError: key=<key>")
