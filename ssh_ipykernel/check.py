@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import exceptions as exc
 from .hosts import HostSpec
 from .options import LaunchOptions, ProxyOptions
-from .transport import build_transport, resolve_kind
+from .transport import build_transport, failures, resolve_kind
 from .transport.messages import classify_ssh_failure
 
 STEPS = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
@@ -191,8 +190,8 @@ class Checker:
         try:
             infos = socket.getaddrinfo(hostname, int(port), type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
-            raise classify_ssh_failure(f"ssh: Could not resolve hostname {hostname}: {e}",
-                                       **self._ssh_config_hint()) from None
+            raise failures.not_resolved(self.hostspec.label, self.hostspec.spec, detail_label="detail",
+                                        detail=f"Could not resolve hostname {hostname}: {e}") from None
         self.address = str(infos[0][4][0])
         alias = "" if hostname == self.hostspec.host else f" (HostName {hostname})"
         return f"{self.hostspec.spec}{alias} -> {self.address} port {port}, user {user}"
@@ -216,10 +215,8 @@ class Checker:
                 sock.settimeout(min(10.0, self.target.timeout))
                 banner = sock.recv(256).decode("ascii", "replace").strip()
         except OSError as e:
-            text = f"ssh: connect to host {self.address} port {port}: {e.strerror or e}"
-            if isinstance(e, socket.timeout):
-                text = f"ssh: connect to host {self.address} port {port}: Connection timed out"
-            raise classify_ssh_failure(text, **self._ssh_config_hint()) from None
+            raise failures.socket_error(e, host=self.hostspec.label, spec=self.hostspec.spec, hostname=self.address,
+                                        port=port, timeout=self.target.timeout) from None
         if not banner.startswith("SSH-"):
             msg = (
                 f"something answers on {self.address} port {port}, but it is not an SSH server "
@@ -309,12 +306,18 @@ class KernelRun:
         self.kc: Any = None
         self.language = ""
 
-    def _proxy_died(self) -> exc.ProxyExitedError:
+    def _proxy_failure(self, code: Optional[int]) -> exc.SSHKernelError:
+        """Why the proxy exited with ``code``: the error it recorded in its state file (the
+        same typed error, message and exit code it ended with), else ``proxy_exited``."""
+        from .connection import kernel_id_from_path
+        from .state import take_error
+
+        recorded = take_error(kernel_id_from_path(self.km.connection_file)) if self.km.connection_file else None
+        return recorded or proxy_exited(self._log(), code)
+
+    def _proxy_died(self) -> exc.SSHKernelError:
         process = getattr(self.km.provisioner, "process", None)
-        code = process.wait(10) if process is not None else None
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            log = f.read()
-        return proxy_error(log, code)
+        return self._proxy_failure(process.wait(10) if process is not None else None)
 
     def start(self) -> str:
         started = time.monotonic()
@@ -367,7 +370,7 @@ class KernelRun:
         process = getattr(self.km.provisioner, "process", None)
         code = process.returncode if process is not None else 0
         if code not in (0, None):
-            raise proxy_error(self._log(), code)
+            raise self._proxy_failure(code)
         return "the kernel and its proxy ended cleanly"
 
     def _log(self) -> str:
@@ -376,11 +379,16 @@ class KernelRun:
 
     def close(self) -> None:
         """Stop whatever is still running; safe to call twice."""
+        from .connection import kernel_id_from_path
+        from .state import take_error
+
         try:
             if self.kc is not None:
                 self.kc.stop_channels()
             if self.km.has_kernel:
                 self.km.shutdown_kernel(now=True)
+            if self.km.connection_file:  # a proxy ended with SIGKILL leaves its state file
+                take_error(kernel_id_from_path(self.km.connection_file))
             self.km.cleanup_resources()
         except Exception:  # noqa: BLE001 - cleanup after a failure must not hide that failure
             pass
@@ -390,17 +398,10 @@ class KernelRun:
         self.tmp.cleanup()
 
 
-_ERROR_LINE_RE = re.compile(r"(?:\bERROR ssh_ipykernel\S* (?:\[[^\]]*\] )?|ssh_ipykernel: error: )(.*)")
-
-
-def proxy_error(log: str, code: Optional[int]) -> exc.ProxyExitedError:
-    """The proxy's own error sentence (and what ssh said) from its log, with its exit code."""
-    lines = log.splitlines()
+def proxy_exited(log: str, code: Optional[int]) -> exc.ProxyExitedError:
+    """A proxy that exited with ``code`` and left no error of its own (killed by a signal, or a
+    crash): the code, and the end of its log to show what happened."""
     exit_code = code if code and code > 0 else 1  # killed by a signal: plain failure
-    for i in range(len(lines) - 1, -1, -1):
-        match = _ERROR_LINE_RE.search(lines[i])
-        if match:
-            detail = "\n".join(line.strip() for line in lines[i + 1:i + 8] if line.startswith("  "))
-            return exc.ProxyExitedError(match.group(1), exit_code, detail=re.sub(r"^(ssh said|detail): ", "", detail))
-    tail = "\n".join(lines[-8:])
-    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code, detail=tail)
+    tail = "\n".join(log.splitlines()[-8:])
+    return exc.ProxyExitedError(f"the proxy exited with code {code} before the kernel answered", exit_code=exit_code,
+                                detail=tail)

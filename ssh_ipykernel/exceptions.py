@@ -5,7 +5,7 @@ The library raises these; only the CLI layer prints them and turns them into exi
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Mapping, Optional, Type
 
 
 class SSHKernelError(Exception):
@@ -13,22 +13,58 @@ class SSHKernelError(Exception):
 
     ``host`` names the remote host when there is one; ``detail`` carries the tail of ssh's or the
     remote side's stderr, shown after the message so the user sees what the server said.
+    ``exit_code`` is the class's unless given (a proxy's error read back by ``manage check``).
     """
 
     exit_code = 10
-    #: What introduces ``detail``: set to "detail" where no ssh client said it (paramiko).
+    #: What introduces ``detail``: "detail" where no ssh client said it (paramiko, check's own
+    #: DNS and TCP tests).
     detail_label = "ssh said"
 
-    def __init__(self, message: str, *, host: Optional[str] = None, detail: str = "") -> None:
+    def __init__(self, message: str, *, host: Optional[str] = None, detail: str = "",
+                 exit_code: Optional[int] = None, detail_label: Optional[str] = None) -> None:
         super().__init__(message)
         self.message = message
         self.host = host
         self.detail = detail.strip()
+        if exit_code is not None:
+            self.exit_code = exit_code
+        if detail_label is not None:
+            self.detail_label = detail_label
 
     def __str__(self) -> str:
         if self.detail:
             return f"{self.message}\n  {self.detail_label}: " + "\n  ".join(self.detail.splitlines()[-6:])
         return self.message
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The error as JSON-able data (a proxy's state file keeps its final error so)."""
+        return {"kind": type(self).__name__, "exit_code": self.exit_code, "message": self.message,
+                "detail": self.detail, "detail_label": self.detail_label, "host": self.host}
+
+
+def error_classes() -> Dict[str, Type[SSHKernelError]]:
+    """Every SSHKernelError class of this module by name (the ``kind`` of ``to_dict``)."""
+    found: Dict[str, Type[SSHKernelError]] = {}
+    pending = [SSHKernelError]
+    while pending:
+        cls = pending.pop()
+        if cls.__module__ == __name__:
+            found[cls.__name__] = cls
+        pending += cls.__subclasses__()
+    return found
+
+
+def from_dict(data: Mapping[str, Any]) -> SSHKernelError:
+    """The error ``to_dict`` described. An unknown ``kind`` (a newer version wrote it) becomes the
+    nearest thing there is: an SSHKernelError with the same message and exit code."""
+    cls = error_classes().get(str(data.get("kind")), SSHKernelError)
+    code = data.get("exit_code")
+    label = data.get("detail_label")
+    host = data.get("host")
+    return cls(str(data.get("message", "")), host=str(host) if host is not None else None,
+               detail=str(data.get("detail") or ""), exit_code=code if isinstance(code, int) else None,
+               detail_label=str(label) if label else None)
 
 
 class UsageError(SSHKernelError):
@@ -163,12 +199,13 @@ class KernelGoneError(RemoteError):
     """The kernel's keeper is gone: its grace period ran out, or the remote host restarted."""
 
     exit_code = 1
-class ProxyExitedError(SSHKernelError):
-    """A proxy started to check a kernel (manage check) exited; carries the proxy's exit code."""
 
-    def __init__(self, message: str, exit_code: int, detail: str = "") -> None:
-        super().__init__(message, detail=detail)
-        self.exit_code = exit_code
+
+class ProxyExitedError(SSHKernelError):
+    """A proxy started to check a kernel (manage check) exited without saying why (killed, or a
+    crash): ``exit_code`` is given, the proxy's own or 1."""
+
+    detail_label = "the proxy's log ended"
 
 
 class Cancelled(SSHKernelError):

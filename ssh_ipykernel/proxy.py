@@ -20,11 +20,12 @@ import time
 from typing import Dict, Mapping, Optional
 
 from .connection import kernel_id_from_path, load_connection_file
+from .exceptions import SSHKernelError
 from .launcher import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay
-from .state import prune, remove_state, write_state
+from .state import prune, record_error, remove_state, write_state
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import build_transport
 from .transport.base import Transport
@@ -44,15 +45,19 @@ class Proxy:
         self.log = KernelLogAdapter(logger, {"host": self.hostspec.label, "kernel": self.kernel_id})
         self.started = time.time()
         self._state: Dict[str, object] = {}
+        #: The error the proxy ends with, if any (also when the supervisor returns its exit code).
+        self.failure: Optional[SSHKernelError] = None
+        self._secret = ""  # the session key, once read: never written into the state file
 
     def new_transport(self, connect_timeout: float) -> Transport:
         return build_transport(self.options.connection, connect_timeout=connect_timeout, name=self.kernel_id,
                                verbose=logger.isEnabledFor(logging.DEBUG))
 
     def run(self) -> int:
-        """Start the kernel and serve it; return the process exit code."""
-        info = load_connection_file(self.options.connection_file)
-        redact(info["key"])
+        """Start the kernel and serve it; return the process exit code.
+
+        Raises the SSHKernelError that ends start-up. Either way the state file ends with the
+        proxy: removed, or replaced by the final record of the error it ended with."""
         self._state = {
             "pid": os.getpid(), "host": self.hostspec.spec, "kernel_id": self.kernel_id,
             "connection_file": os.path.abspath(self.options.connection_file),
@@ -60,7 +65,15 @@ class Proxy:
             "started": self.started, "since": self.started,
         }
         try:
-            prune()  # files of proxies killed with SIGKILL
+            info = load_connection_file(self.options.connection_file)
+        except SSHKernelError as e:
+            self.failure = e
+            self._finish()
+            raise
+        redact(info["key"])
+        self._secret = info["key"]
+        try:
+            prune()  # files of proxies killed with SIGKILL, old final records
         except OSError:
             pass
         self._write_state()
@@ -123,9 +136,25 @@ class Proxy:
                 supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
                                     time.monotonic() - t2, time.monotonic() - t0)
                 self._on_state(supervisor)
-                return supervisor.run(stop=any(s != signal.SIGINT for s in early))
+                code = supervisor.run(stop=any(s != signal.SIGINT for s in early))
+                self.failure = supervisor.error
+                return code
+        except SSHKernelError as e:
+            self.failure = e
+            raise
         finally:
-            remove_state(self.kernel_id)
+            self._finish()
+
+    def _finish(self) -> None:
+        """The state file's end: the final record for whoever started us (``manage check``
+        reads the error from it), or nothing when the proxy ends without an error."""
+        try:
+            if self.failure is not None and self.failure.exit_code != 0:
+                record_error(self.kernel_id, self._state, self.failure, secret=self._secret)
+            else:
+                remove_state(self.kernel_id)
+        except OSError as e:
+            self.log.debug("cannot write the state file: %s", e)
 
     def _on_state(self, supervisor: Supervisor) -> None:
         self._state.update(state=supervisor.state.value, reconnects=supervisor.reconnects, since=time.time())
@@ -136,6 +165,19 @@ class Proxy:
             write_state(self.kernel_id, self._state)
         except OSError as e:  # status is a convenience; never a reason to fail the kernel
             self.log.debug("cannot write the state file: %s", e)
+
+
+def record_early_error(connection_file: str, host: str, error: SSHKernelError) -> None:
+    """The final record of a proxy that failed before it could start (a bad option), so that
+    whoever started it reads why as it would for any other failure (``state.take_error``)."""
+    if error.exit_code == 0:
+        return  # Cancelled: not a failure
+    fields: Dict[str, object] = {"pid": os.getpid(), "host": host, "kernel_id": kernel_id_from_path(connection_file),
+                                 "connection_file": os.path.abspath(connection_file), "started": time.time()}
+    try:
+        record_error(str(fields["kernel_id"]), fields, error)
+    except OSError as e:
+        logger.debug("cannot write the state file: %s", e)
 
 
 #: Variables Jupyter sets for a kernel that mean the same on the remote: the notebook's path

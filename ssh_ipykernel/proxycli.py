@@ -149,7 +149,17 @@ def proxy_command(log_level: str, log_file: Optional[str], **params: Any) -> Non
             proxy.log.error("%s", e)
             sys.exit(e.exit_code)
 
-    report_errors(run)
+    def run_recorded() -> int:
+        """``run``, and an error before the proxy runs (which records its own) kept as data."""
+        from .proxy import record_early_error
+
+        try:
+            return run()
+        except SSHKernelError as e:
+            record_early_error(params["connection_file"], params["host"], e)
+            raise
+
+    report_errors(run_recorded)
 
 
 def parse_proxy_argv(argv: List[str]) -> ProxyParams:

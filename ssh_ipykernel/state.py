@@ -1,21 +1,34 @@
-"""Local state files: one small JSON file per running proxy, for ``ssh-ipykernel status``.
+"""Local state files: one small JSON file per proxy, for ``ssh-ipykernel status`` and ``manage check``.
 
 Each proxy keeps ``<state dir>/proxy-<kernel id>.json`` up to date (written atomically on every
-tunnel state change) and removes it when it exits. A file whose ``pid`` is no longer running
+tunnel state change). A proxy that ends cleanly removes it; one that ends with an error
+replaces it with its final record (``record_error``): the same fields plus ``ended`` and
+``error``, so that whoever started it (``manage check``) reads why as data (``take_error``).
+Readers of running proxies ignore final records, and ``prune()`` removes them after
+``KEEP_ERRORS`` seconds. A file whose ``pid`` is no longer running and that has no ``ended``
 was left by a proxy killed with SIGKILL: readers ignore it and ``prune()`` removes it.
 
 Fields: pid, host, kernel_id, connection_file, transport, state (connecting, up, reconnecting,
 stopping, stopped), reconnects, started (epoch seconds), since (epoch of the last state change),
-and once the kernel runs: remote_pid, remote_hostname, remote_connection_file.
+and once the kernel runs: remote_pid, remote_hostname, remote_connection_file. A final record
+adds ended (epoch seconds) and error (``SSHKernelError.to_dict()``: kind, exit_code, message,
+detail, detail_label, host).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
 from typing import Dict, List, Optional
 
+from . import exceptions as exc
+from .log import redact_text
+
 PREFIX = "proxy-"
+#: How long a failed proxy's final record is kept for whoever started it (``manage check``
+#: takes it at once; nobody else reads it), before any proxy start or ``status`` prunes it.
+KEEP_ERRORS = 600.0
 
 
 def state_dir() -> str:
@@ -48,6 +61,44 @@ def write_state(kernel_id: str, fields: Dict[str, object], directory: Optional[s
     return path
 
 
+def record_error(kernel_id: str, fields: Dict[str, object], error: exc.SSHKernelError,
+                 directory: Optional[str] = None, *, secret: str = "") -> str:
+    """Replace the state file of ``kernel_id`` with the proxy's final record: ``fields`` and
+    the error it ends with, ``secret`` (the session key) replaced wherever the remote side's
+    text might have carried it. Return its path."""
+    data = {k: redact_text(v, secret) if isinstance(v, str) else v for k, v in error.to_dict().items()}
+    return write_state(kernel_id, {**fields, "ended": time.time(), "error": data}, directory)
+
+
+def take_error(kernel_id: str, directory: Optional[str] = None) -> Optional[exc.SSHKernelError]:
+    """The error the proxy of ``kernel_id`` ended with, its state file removed; None if it left
+    no final record (it was killed, or crashed; a file it left then is removed too) or still runs.
+
+    Whoever started the proxy knows the kernel id: it is the connection file's (Jupyter names
+    them ``kernel-<id>.json``, a fresh uuid for each kernel), which the proxy got with ``-f``."""
+    path = state_path(kernel_id, directory)
+    fields = _load(path)
+    if fields is None:
+        return None
+    error = fields.get("error")
+    if not isinstance(error, dict) and _running(fields.get("pid")):
+        return None  # still running: its file is not ours to remove
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    return exc.from_dict(error) if isinstance(error, dict) else None
+
+
+def _load(path: str) -> Optional[Dict[str, object]]:
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+    except (OSError, ValueError):
+        return None  # gone, being replaced, or garbage
+    return fields if isinstance(fields, dict) else None
+
+
 def remove_state(kernel_id: str, directory: Optional[str] = None) -> None:
     try:
         os.unlink(state_path(kernel_id, directory))
@@ -74,31 +125,31 @@ def read_states(directory: Optional[str] = None) -> List[Dict[str, object]]:
     for name in sorted(os.listdir(directory)):
         if not (name.startswith(PREFIX) and name.endswith(".json")):
             continue
-        try:
-            with open(os.path.join(directory, name)) as f:
-                fields = json.load(f)
-        except (OSError, ValueError):
-            continue  # being replaced, or garbage: not a running proxy we can describe
-        if isinstance(fields, dict) and _running(fields.get("pid")):
+        fields = _load(os.path.join(directory, name))
+        # A final record's pid may be running again as another process: its own end counts.
+        if fields is not None and "ended" not in fields and _running(fields.get("pid")):
             states.append(fields)
     states.sort(key=lambda s: s.get("started") or 0)
     return states
 
 
-def prune(directory: Optional[str] = None) -> List[str]:
-    """Remove the state files of proxies that are gone; return their paths."""
+def prune(directory: Optional[str] = None, now: Optional[float] = None) -> List[str]:
+    """Remove the state files of proxies that are gone (final records once older than
+    ``KEEP_ERRORS``); return their paths."""
     directory = directory or state_dir()
+    now = time.time() if now is None else now
     removed = []
     for name in os.listdir(directory):
         if not (name.startswith(PREFIX) and name.endswith(".json")):
             continue
         path = os.path.join(directory, name)
-        try:
-            with open(path) as f:
-                pid = json.load(f).get("pid")
-        except (OSError, ValueError, AttributeError):
-            pid = None
-        if not _running(pid):
+        fields = _load(path) or {}
+        ended = fields.get("ended")
+        if isinstance(ended, (int, float)):
+            gone = abs(now - ended) > KEEP_ERRORS  # abs: a clock set back must not keep it for ever
+        else:
+            gone = not _running(fields.get("pid"))
+        if gone:
             try:
                 os.unlink(path)
                 removed.append(path)

@@ -102,6 +102,8 @@ class Supervisor:
         self.state = State.UP
         self.since = time.monotonic()
         self.reconnects = 0
+        #: Why the kernel is being given up, once it is (the exit code is its exit_code).
+        self.error: Optional[exc.SSHKernelError] = None
         self.shutdown_deadline: Optional[float] = None
         self._lost_at = 0.0  # monotonic
         self._lost_wall = 0.0  # wall clock: counts a suspended laptop's sleep, as the remote does
@@ -265,9 +267,14 @@ class Supervisor:
             f"killed by signal {-returncode}" if isinstance(returncode, int) and returncode < 0
             else f"exit code {returncode}"
         )
-        self._enter(State.STOPPED, "the remote kernel died (%s); exiting so that Jupyter restarts it",
-                    how, level=logging.ERROR)
-        return exc.KernelDiedError.exit_code
+        return self._give_up(exc.KernelDiedError(
+            f"the remote kernel died ({how}); exiting so that Jupyter restarts it", host=self.kernel.host))
+
+    def _give_up(self, error: exc.SSHKernelError) -> int:
+        """Stop for ``error`` (logged, kept in ``self.error``); its exit code."""
+        self.error = error
+        self._enter(State.STOPPED, "%s", error, level=logging.ERROR)
+        return error.exit_code
 
     # -- RECONNECTING -------------------------------------------------------------------------------
     def _lost(self, why: str) -> Optional[int]:
@@ -303,9 +310,9 @@ class Supervisor:
                     return code
             give_up = self._give_up_at()
             if give_up is not None and time.time() > give_up:
-                self._enter(State.STOPPED, "no connection to %s for %.0f s, longer than the kernel's grace "
-                            "period; exiting", self.kernel.host, time.time() - self._lost_wall, level=logging.ERROR)
-                return exc.ConnectionLostError.exit_code
+                return self._give_up(exc.ConnectionLostError(
+                    f"no connection to {self.kernel.host} for {time.time() - self._lost_wall:.0f} s, longer than "
+                    f"the kernel's grace period; exiting", host=self.kernel.host))
             attempt += 1
             started = time.monotonic()
             try:
@@ -315,8 +322,8 @@ class Supervisor:
                             "its keeper when the grace period ends")
                 return 0
             except exc.KernelGoneError as e:
-                self._enter(State.STOPPED, "%s; exiting so that Jupyter starts a new kernel", e, level=logging.ERROR)
-                return exc.KernelDiedError.exit_code
+                return self._give_up(exc.KernelGoneError(f"{e.message}; exiting so that Jupyter starts a new kernel",
+                                                         host=e.host, detail=e.detail, detail_label=e.detail_label))
             except exc.SSHKernelError as e:
                 self._abandon_attempt()
                 network = isinstance(e, (exc.HostNotFoundError, exc.SSHConnectionRefusedError,

@@ -33,7 +33,7 @@ class BindError(Exception):
         super().__init__(message)
         self.busy = busy
 
-    def tunnel_error(self, host: str) -> exc.TunnelError:
+    def tunnel_error(self, host: str, *, detail_label: Optional[str] = None) -> exc.TunnelError:
         """The error the user sees: the busy port and how to find its holder, if that is why."""
         if self.busy:
             ports = ", ".join(str(p) for p in self.busy)
@@ -43,7 +43,8 @@ class BindError(Exception):
                 f"kernel to get new ports, or find the holder with `ss -ltnp | grep {self.busy[0]}`"
             )
             return exc.TunnelError(msg, host=host)
-        return exc.TunnelError(f"could not listen for the kernel's channels of {host}", host=host, detail=str(self))
+        return exc.TunnelError(f"could not listen for the kernel's channels of {host}", host=host, detail=str(self),
+                               detail_label=detail_label)
 
 
 def _listen(fwd: Forward) -> socket.socket:

@@ -1,6 +1,8 @@
 """Turn what the OpenSSH client printed into a typed error that says what to do.
 
-Pure text in, exception out, so every branch is unit tested with real ssh output.
+Pure text in, exception out, so every branch is unit tested with real ssh output. This reads
+ssh's own output only: the paramiko backend and ``manage check`` build the same errors from
+their exceptions (failures.py has the sentences all of them share).
 """
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import re
 from typing import Optional
 
 from .. import exceptions as exc
+from . import failures
 
 #: Prompts that mean ssh wants a person to type something. A kernel started by Jupyter has no
 #: one to type, so each of these ends the attempt with an error instead of hanging.
@@ -63,29 +66,13 @@ def classify_ssh_failure(
             host=host, detail=_tail(text),
         )
     if "Could not resolve hostname" in text or "Name or service not known" in text:
-        return exc.HostNotFoundError(
-            f"cannot resolve the host name of {spec!r}: check the spelling, or add a Host entry "
-            f"with a HostName for it to your ssh config",
-            host=host, detail=_tail(text),
-        )
+        return failures.not_resolved(host, spec, detail=_tail(text))
     if "Connection refused" in text:
-        return exc.SSHConnectionRefusedError(
-            f"{host} refused the connection: no SSH server listens on that address and port. "
-            f"Check that sshd runs there and the port is right (host:port, or Port in ssh config)",
-            host=host, detail=_tail(text),
-        )
+        return failures.refused(host, detail=_tail(text))
     if re.search(r"No route to host|Network is unreachable|Host is unreachable", text):
-        return exc.ConnectionTimeoutError(
-            f"{host} is unreachable from here (no route). Check the network, VPN or the address",
-            host=host, detail=_tail(text),
-        )
+        return failures.unreachable(host, detail=_tail(text))
     if re.search(r"(?i)timed out|timeout", text) and "Permission denied" not in text:
-        after = f" within {timeout:.0f} s" if timeout else ""
-        return exc.ConnectionTimeoutError(
-            f"{host} did not answer{after}. Check that it is up and reachable (VPN?), or raise "
-            f"--timeout for slow links",
-            host=host, detail=_tail(text),
-        )
+        return failures.timed_out(host, timeout, detail=_tail(text))
     if PROMPT_RE.search(text.encode("utf-8", "replace")):
         return exc.AuthenticationError(
             f"logging in to {host} needs a password, passphrase or code typed by hand, and a "
@@ -107,12 +94,8 @@ def classify_ssh_failure(
             host=host, detail=_tail(text),
         )
     if "Connection closed by" in text or "Connection reset" in text or "kex_exchange" in text:
-        return exc.SSHConnectionError(
-            f"{host} closed the connection during login (too many connections at once, "
-            f"MaxStartups, or a firewall?). Try again, and check the server's sshd log",
-            host=host, detail=_tail(text),
-        )
-    return exc.SSHConnectionError(f"could not connect to {host}", host=host, detail=_tail(text))
+        return failures.closed_during_login(host, detail=_tail(text))
+    return failures.could_not_connect(host, detail=_tail(text))
 
 
 def _tail(text: str, lines: int = 8) -> str:

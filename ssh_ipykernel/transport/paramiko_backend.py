@@ -12,22 +12,21 @@ paramiko is imported only when this backend is chosen: the default proxy must no
 from __future__ import annotations
 
 import base64
-import errno
 import logging
 import os
 import socket
 import subprocess
 import sys
 import threading
-from typing import List, Optional, Sequence, Tuple, TypeVar
+from typing import List, Optional, Sequence, Tuple
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
 from ..log import KernelLogAdapter
+from . import failures
 from .base import Forward, Transport, TransportOptions, end_process
 from .forwarder import BindError
 from .master import die_with_parent
-from .messages import classify_ssh_failure
 
 try:
     from . import pmconfig  # imports paramiko (see pmconfig._import_paramiko)
@@ -102,25 +101,12 @@ class ParamikoTransport(Transport):
                 raise exc.SSHConnectionError(msg, host=settings.alias) from e
         try:
             sock = socket.create_connection((settings.hostname, settings.port), timeout=timeout)
-        except socket.gaierror as e:
-            raise self._network_error(settings, f"Could not resolve hostname {settings.hostname}: {e}") from None
-        except socket.timeout:
-            raise self._network_error(settings, "Connection timed out") from None
         except OSError as e:
-            text = {errno.ECONNREFUSED: "Connection refused", errno.EHOSTUNREACH: "No route to host",
-                    errno.ENETUNREACH: "Network is unreachable"}.get(e.errno or 0, str(e))
-            raise self._network_error(settings, text) from None
+            raise failures.socket_error(e, host=settings.alias, spec=settings.alias, hostname=settings.hostname,
+                                        port=settings.port, timeout=timeout) from None
         # Interactive traffic: a ZeroMQ message must not wait for the previous one's ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
-
-    def _network_error(self, settings: pmconfig.HostSettings, text: str) -> exc.SSHConnectionError:
-        """The same typed errors (and sentences) as the OpenSSH backend's for the same failure."""
-        what = f"connect to host {settings.hostname} port {settings.port}: {text}"
-        error = classify_ssh_failure(f"ssh: {what}", host=settings.alias, spec=settings.alias,
-                                     ssh_config=self.options.ssh_config, timeout=self.options.connect_timeout)
-        error.detail = what  # not "ssh: ...": no ssh client was involved
-        return _not_from_ssh(error)
 
     def _channel_to(self, hop: paramiko.Transport, settings: pmconfig.HostSettings) -> paramiko.Channel:
         try:
@@ -148,13 +134,7 @@ class ParamikoTransport(Transport):
             raise
         except (paramiko.SSHException, OSError, EOFError) as e:
             t.close()
-            text = str(e) or type(e).__name__
-            if "timeout" in text.lower() or isinstance(e, socket.timeout):
-                text = f"Connection timed out during login: {text}"
-            else:
-                text = f"Connection closed by {settings.hostname} during login (kex_exchange): {text}"
-            raise _not_from_ssh(classify_ssh_failure(text, host=settings.alias, spec=settings.alias,
-                                                     ssh_config=self.options.ssh_config, timeout=timeout)) from None
+            raise failures.login_error(e, host=settings.alias, hostname=settings.hostname, timeout=timeout) from None
         return t
 
     def _authenticate(self, t: paramiko.Transport, settings: pmconfig.HostSettings) -> None:
@@ -176,13 +156,13 @@ class ParamikoTransport(Transport):
             if t.is_authenticated():
                 return
         tried = f"{len(keys)} key(s) tried" if keys else "no usable key found (agent, IdentityFile, ~/.ssh/id_*)"
-        raise _not_from_ssh(exc.AuthenticationError(
+        raise exc.AuthenticationError(
             f"{settings.alias} refused authentication as {settings.user}: {tried}. Check the user "
             f"name (user@host or User in ssh config) and that your public key is in "
             f"~/.ssh/authorized_keys there; a key with a passphrase must be loaded into your agent "
             f"with ssh-add (a kernel cannot ask for it)",
-            host=settings.alias, detail="\n".join(notes),
-        ))
+            host=settings.alias, detail="\n".join(notes), detail_label="detail",
+        )
 
     def _watch(self, transport: paramiko.Transport) -> None:
         transport.join()
@@ -212,7 +192,7 @@ class ParamikoTransport(Transport):
         try:
             self._forwarder.add(forwards)
         except BindError as e:
-            raise _not_from_ssh(e.tunnel_error(self.host.label)) from None
+            raise e.tunnel_error(self.host.label, detail_label="detail") from None
 
     def cancel(self, forwards: Sequence[Forward]) -> None:
         if self._forwarder is not None:
@@ -265,15 +245,6 @@ class ParamikoTransport(Transport):
             except (OSError, EOFError, paramiko.SSHException):
                 pass
         self._hops = []
-
-
-E = TypeVar("E", bound=exc.SSHKernelError)
-
-
-def _not_from_ssh(error: E) -> E:
-    """``error`` with its detail introduced as "detail", not "ssh said": no ssh client said it."""
-    error.detail_label = "detail"
-    return error
 
 
 def keys_to_offer(settings: pmconfig.HostSettings, agent: "paramiko.Agent") -> Tuple[list, List[str]]:

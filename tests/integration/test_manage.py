@@ -97,13 +97,17 @@ CASES = {
                                   ["no kernelspec 'ir'", "installed there: python3", "jupyter kernelspec list"]),
     "kernel program missing": (["btest", "--kernel-cmd", "julia -i {{connection_file}}"], False, 35, "kernel command",
                                ["program julia is not found"]),
+    # The first seven steps pass; the proxy (started by jupyter_client) ends with its own error,
+    # which check reads from the proxy's state file.
+    "kernel dies at once": (["btest", "--kernel-cmd", "sh -c 'exit 3' {{connection_file}}"], False, 1, "kernel start",
+                            ["the remote kernel died (exit code 3); exiting so that Jupyter restarts it"]),
     "runtime dir read-only": (["btest", "--pre-command", "export JUPYTER_RUNTIME_DIR={env}/runtime"], False, 34,
                               "connection file", ["could not write the kernel's connection file", "Read-only file system"]),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_check_answers_each_wrong_input(ssh_host, case, nothing_left):
+def test_check_answers_each_wrong_input(ssh_host, case, nothing_left, jupyter_env):
     args, offline, code, step, words = CASES[case]
     fill = {"config": ssh_host.ssh_config, "no_ipykernel": ssh_host.python_without_ipykernel,
             "env": ssh_host.env_prefix, **ssh_host.aliases}
@@ -116,6 +120,10 @@ def test_check_answers_each_wrong_input(ssh_host, case, nothing_left):
         assert " ".join(word.format(**fill).split()) in text, (word, r.stdout)
     assert f"failed at \"{step}\" (exit code {code})" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+    # A proxy that failed for check leaves no state file: check took its error from it (not
+    # "the proxy exited with code N", what check says of a proxy that left no error).
+    assert "the proxy exited with code" not in r.stdout
+    assert not list((jupyter_env.runtime / "ssh_ipykernel").glob("proxy-*.json"))
 
 
 def test_remote_connection_file_permission_denied(ssh_host, nothing_left):

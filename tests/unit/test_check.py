@@ -1,11 +1,14 @@
 """The first steps of ``manage check`` against local sockets, and reading the proxy's error."""
+import os
 import socket
+import sys
 import threading
 
 import pytest
 
+from ssh_ipykernel import check as check_module
 from ssh_ipykernel import exceptions as exc
-from ssh_ipykernel.check import STEPS, Checker, Target, proxy_error
+from ssh_ipykernel.check import STEPS, Checker, KernelRun, Target, proxy_exited
 from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.options import ConnectionOptions, ProxyOptions
 
@@ -54,7 +57,34 @@ def test_refused_connection_fails_at_connect_with_the_proxy_exit_code(ssh_config
     assert resolve.ok and "-> 127.0.0.1 port" in resolve.detail and resolve.seconds is not None
     assert connect.ok is False and isinstance(connect.error, exc.SSHConnectionRefusedError)
     assert connect.error.exit_code == 22 and "refused the connection" in connect.error.message
+    assert connect.error.detail_label == "detail" and connect.error.detail.endswith(": Connection refused")
     assert authenticate.ok is None and authenticate.detail == "not run"
+
+
+def test_a_name_that_does_not_resolve_fails_at_resolve(ssh_config, monkeypatch):
+    def getaddrinfo(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(check_module.socket, "getaddrinfo", getaddrinfo)
+    resolve = walk(ssh_config, "closed", "connect").steps[0]
+    assert resolve.ok is False and type(resolve.error) is exc.HostNotFoundError and resolve.error.exit_code == 21
+    assert resolve.error.message == ("cannot resolve the host name of 'closed': check the spelling, or add a Host "
+                                     "entry with a HostName for it to your ssh config")
+    # What the resolver said, not dressed up as something ssh said.
+    assert str(resolve.error).endswith(
+        "\n  detail: Could not resolve hostname 127.0.0.1: [Errno -2] Name or service not known")
+
+
+def test_a_host_that_does_not_answer_fails_at_connect(ssh_config, monkeypatch):
+    def create_connection(address, timeout=None):
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(check_module.socket, "create_connection", create_connection)
+    connect = walk(ssh_config, "closed", "connect").steps[1]
+    assert type(connect.error) is exc.ConnectionTimeoutError and connect.error.exit_code == 23
+    assert connect.error.message == ("closed did not answer within 5 s. Check that it is up and reachable (VPN?), "
+                                     "or raise --timeout for slow links")
+    assert connect.error.detail_label == "detail" and connect.error.detail.endswith(": Connection timed out")
 
 
 def test_something_else_on_the_port_is_named(ssh_config):
@@ -73,14 +103,44 @@ def test_steps_are_the_documented_ones():
                      "kernel command", "kernel start", "execute", "shutdown")
 
 
-def test_proxy_error_takes_the_proxys_own_sentence():
-    log = ("17:00:01.000 INFO ssh_ipykernel [btest 1234] connecting to btest\n"
-           "17:00:01.400 ERROR ssh_ipykernel [btest 1234] btest refused authentication. Check the user name\n"
-           "  ssh said: sikuser@10.0.0.2: Permission denied (publickey).\n")
-    e = proxy_error(log, 25)
-    assert e.exit_code == 25 and e.message == "btest refused authentication. Check the user name"
-    assert "Permission denied" in e.detail
-    e = proxy_error("ssh_ipykernel: error: --host 'x y' contains spaces\n", 2)
-    assert e.exit_code == 2 and e.message == "--host 'x y' contains spaces"
-    e = proxy_error("Traceback (most recent call last):\nBoom\n", -9)
-    assert e.exit_code == 1 and "exited with code -9" in e.message and "Boom" in e.detail
+def test_a_proxy_that_left_no_error_is_described_by_its_exit_code_and_log():
+    e = proxy_exited("17:00:01.000 INFO ssh_ipykernel [btest 1234] connecting\nTraceback (most recent call last):\nBoom\n", -9)
+    assert type(e) is exc.ProxyExitedError and e.exit_code == 1
+    assert e.message == "the proxy exited with code -9 before the kernel answered" and e.detail.endswith("Boom")
+    assert "\n  the proxy's log ended: " in str(e)  # not "ssh said"
+    assert proxy_exited("", 3).exit_code == 3
+
+
+@pytest.fixture
+def runtime_dir(tmp_path, monkeypatch):
+    """Jupyter's runtime dir (connection files, the proxies' state files), ours alone."""
+    path = tmp_path / "runtime"
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(path))  # the proxy inherits it
+    return path
+
+
+def start_proxy(ssh_config, *args):
+    argv = [sys.executable, "-m", "ssh_ipykernel", "--ssh-config", ssh_config, "--transport", "paramiko",
+            "--timeout", "5", *args, "-f", "{connection_file}"]
+    run = KernelRun(Target(ProxyOptions(ConnectionOptions(parse_host("closed"), timeout=5)), kernelspec={"argv": argv, "display_name": "t", "language": "python"}))
+    try:
+        with pytest.raises(exc.SSHKernelError) as info:
+            run.start()
+    finally:
+        run.close()
+    return info.value
+
+
+def test_kernel_start_reads_the_proxys_error_from_its_state_file(ssh_config, runtime_dir):
+    e = start_proxy(ssh_config, "--host", "closed")
+    # The typed error the proxy ended with, as data: class, exit code, message, detail, host.
+    assert type(e) is exc.SSHConnectionRefusedError and e.exit_code == 22 and e.host == "closed"
+    assert e.message.startswith("closed refused the connection: no SSH server listens")
+    assert e.detail_label == "detail" and e.detail.endswith(": Connection refused")
+    assert not [f for f in os.listdir(runtime_dir / "ssh_ipykernel") if f.startswith("proxy-")], "taken"
+
+
+def test_kernel_start_reads_an_option_error_too(ssh_config, runtime_dir):
+    e = start_proxy(ssh_config, "--host", "closed", "--env", "1BAD=x")
+    assert isinstance(e, exc.UsageError) and e.exit_code == 2 and "1BAD" in e.message
+    assert not [f for f in os.listdir(runtime_dir / "ssh_ipykernel") if f.startswith("proxy-")]

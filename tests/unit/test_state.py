@@ -26,3 +26,58 @@ def test_states_of_running_proxies_are_listed_and_dead_ones_pruned(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_failed_proxy_leaves_its_error_for_whoever_started_it(tmp_path):
+    from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel.state import record_error, take_error
+
+    fields = {"pid": os.getpid(), "host": "btest", "kernel_id": "k-failed", "state": "connecting", "started": 1.0}
+    error = exc.AuthenticationError("btest refused authentication", host="btest", detail="u@h: Permission denied")
+    record_error("k-failed", fields, error, str(tmp_path))
+    # Not a running proxy, even though its pid (ours here) runs: status does not list it ...
+    assert read_states(str(tmp_path)) == []
+    # ... nor does the next proxy prune it at once ...
+    assert prune(str(tmp_path)) == [] and os.path.exists(state_path("k-failed", str(tmp_path)))
+    # ... the one who started it takes it (once) ...
+    taken = take_error("k-failed", str(tmp_path))
+    assert type(taken) is exc.AuthenticationError and taken.exit_code == 25 and str(taken) == str(error)
+    assert not os.path.exists(state_path("k-failed", str(tmp_path)))
+    assert take_error("k-failed", str(tmp_path)) is None
+
+
+def test_final_records_nobody_took_are_pruned_later(tmp_path):
+    import time
+
+    from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel.state import KEEP_ERRORS, record_error
+
+    record_error("k-old", {"pid": os.getpid(), "kernel_id": "k-old"}, exc.KernelStartError("x"), str(tmp_path))
+    assert prune(str(tmp_path), now=time.time() + KEEP_ERRORS / 2) == []
+    assert [os.path.basename(p) for p in prune(str(tmp_path), now=time.time() + KEEP_ERRORS + 1)] == ["proxy-k-old.json"]
+    record_error("k-skew", {"pid": os.getpid(), "kernel_id": "k-skew"}, exc.KernelStartError("x"), str(tmp_path))
+    assert len(prune(str(tmp_path), now=time.time() - KEEP_ERRORS - 1)) == 1, "a clock set back keeps nothing for ever"
+
+
+def test_take_error_leaves_a_running_proxy_alone_and_clears_a_killed_ones(tmp_path):
+    from ssh_ipykernel.state import take_error
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_state("k-running", {"pid": os.getpid(), "kernel_id": "k-running"}, str(tmp_path))
+    write_state("k-killed", {"pid": dead.pid, "kernel_id": "k-killed"}, str(tmp_path))
+    assert take_error("k-running", str(tmp_path)) is None and os.path.exists(state_path("k-running", str(tmp_path)))
+    assert take_error("k-killed", str(tmp_path)) is None and not os.path.exists(state_path("k-killed", str(tmp_path)))
+    assert take_error("k-never", str(tmp_path)) is None
+
+
+def test_the_session_key_never_reaches_a_final_record(tmp_path):
+    from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel.state import record_error, take_error
+
+    key = "a6c1f1b2-0000-4d1e-9f00-0f9e8d7c6b5a"
+    error = exc.KernelStartError("the kernel failed", detail=f"Traceback ...\nValueError: key={key}")
+    path = record_error("k-key", {"pid": 1}, error, str(tmp_path), secret=key)
+    with open(path) as f:
+        assert key not in f.read()
+    assert take_error("k-key", str(tmp_path)).detail.endswith("ValueError: key=<key>")

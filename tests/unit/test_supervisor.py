@@ -37,3 +37,17 @@ def test_probe_returns_as_soon_as_the_host_answers_or_refuses():
         closed.close()
         assert s._wait_reachable(("127.0.0.1", closed_port)) is None  # refused: sshd down, host up
         assert time.monotonic() - t0 < 1.0
+
+
+def test_a_kernel_that_died_is_the_supervisors_error_and_exit_code(caplog):
+    from ssh_ipykernel import exceptions as exc
+
+    with SignalRelay() as signals:
+        s = supervisor(signals)
+        s.kernel.host = "btest"
+        assert s._exited({"event": "exited", "returncode": 0, "reason": None}) == 0 and s.error is None
+        with caplog.at_level(logging.ERROR, logger="t"):
+            assert s._exited({"event": "exited", "returncode": -9, "reason": "died"}) == 1
+    assert type(s.error) is exc.KernelDiedError and s.error.exit_code == 1 and s.error.host == "btest"
+    assert s.error.message == "the remote kernel died (killed by signal 9); exiting so that Jupyter restarts it"
+    assert caplog.messages[-1] == "stopped: " + s.error.message  # the log line is unchanged
