@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from . import exceptions as exc
 from .connection import CHANNELS
 from .hosts import parse_host
-from .launcher import RemoteKernel
+from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .signals import SignalRelay
 from .supervisor import State, Supervisor

@@ -22,7 +22,8 @@ from typing import Dict, Mapping, Optional
 
 from .connection import kernel_id_from_path, load_connection_file
 from .hosts import parse_host
-from .launcher import LaunchOptions, RemoteKernel
+from .launcher import LaunchOptions
+from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import DEFAULT_PERSIST
 from .remote.protocol import DEFAULT_CLIENT_TIMEOUT

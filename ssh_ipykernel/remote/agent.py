@@ -1,8 +1,7 @@
 """The kernel owner: writes the connection file, starts ipykernel detached, interrupts and ends it.
 
 Part of the remote agent (see bootstrap.py): shipped as source, standard library only at module
-level, Python >= 3.8. Lines ending in "# local-only" are dropped from the shipped bundle, where
-the three modules share one namespace.
+level, Python >= 3.8.
 """
 from __future__ import annotations
 
@@ -16,8 +15,9 @@ import sys
 import threading
 import time
 
-from .kernelcmd import check_requirements, kernel_command  # local-only
-from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir  # local-only
+from .kernelcmd import check_requirements, kernel_command
+from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
+                       kernel_environment, package_version, runtime_dir)
 
 
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -68,9 +68,9 @@ class Agent:
     in the keeper process (keeper.py), which must be the kernel's parent to wait for it.
     """
 
-    def __init__(self, params: dict) -> None:
+    def __init__(self, params: AgentParams) -> None:
         self.params = params
-        self.kernel_id = params["kernel_id"]
+        self.kernel_id = params.kernel_id
         self.proc = None  # type: subprocess.Popen | None
         self.connection_file = ""
         self.log_file = ""
@@ -93,7 +93,7 @@ class Agent:
         a lock and skipping ports in other kernels' files. jupyter_client is not imported: that
         costs the remote python 0.2-0.3 s before the kernel can even be started.
         """
-        self.ports_from_kernel = not (self.params.get("remote_kernel") or self.params.get("kernel_cmd"))
+        self.ports_from_kernel = self.params.default_kernel
         try:
             directory = runtime_dir()
             # A random tag: two machines may well use the same kernel id on one account.
@@ -104,10 +104,10 @@ class Agent:
             self.socket_file = fname[: -len(".json")] + ".sock"
             info = {
                 "ip": "127.0.0.1",
-                "key": self.params["key"],
+                "key": self.params.key,
                 "transport": "tcp",
-                "signature_scheme": self.params.get("signature_scheme") or "hmac-sha256",
-                "kernel_name": self.params.get("kernel_name") or "",
+                "signature_scheme": self.params.signature_scheme or "hmac-sha256",
+                "kernel_name": self.params.kernel_name or "",
             }  # type: dict
             if self.ports_from_kernel:
                 info.update({name: 0 for name in PORT_NAMES})

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from ssh_ipykernel.launcher import agent_stdin, build_remote_command
+from ssh_ipykernel.session.bundle import agent_stdin
+from ssh_ipykernel.session.startcmd import build_remote_command
 from ssh_ipykernel.remote import protocol
 from ssh_ipykernel.remote.protocol import BootstrapError, kernel_environment, validate_params
 
@@ -317,7 +318,7 @@ def test_a_crashing_keeper_takes_its_kernel_with_it(tmp_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    a = agent_module.Agent(params())
+    a = agent_module.Agent(validate_params(params()))
     a.prepare()
     listener = socket_module.socket(socket_module.AF_UNIX)
     listener.bind(str(tmp_path / "k.sock"))
