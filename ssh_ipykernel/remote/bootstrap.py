@@ -26,10 +26,12 @@ import socket
 import sys
 import threading
 
-from .agent import Agent
-from .keeper import Keeper
 from .protocol import (DEFAULT_CLIENT_TIMEOUT, AgentParams, BootstrapError, Event, Mode, Op, op_line, parse_op,
                        read_params, write_event)
+
+TYPE_CHECKING = False  # typing's, without importing typing on the remote (type checkers know the name)
+if TYPE_CHECKING:
+    from .agent import Agent
 
 
 def main() -> None:
@@ -57,6 +59,10 @@ def main() -> None:
 
 def start_keeper(params: AgentParams) -> socket.socket:
     """Write the connection file, fork the keeper daemon, and return a connection to it."""
+    # Imported here: an attach or watch session needs neither (the loader compiles a shipped
+    # module only when it is imported, on every start and re-attach).
+    from .agent import Agent
+
     agent = Agent(params)
     agent.prepare()
     remove_stale(os.path.dirname(agent.connection_file))
@@ -107,6 +113,8 @@ def start_keeper(params: AgentParams) -> socket.socket:
 
 def run_keeper(agent: Agent, listener: socket.socket, *, grace: "float | None", client_timeout: float) -> None:
     """The keeper daemon's life; whatever happens in it, the kernel does not outlive it."""
+    from .keeper import Keeper
+
     try:
         Keeper(agent, listener, grace=grace, client_timeout=client_timeout).run()
     except BaseException:
