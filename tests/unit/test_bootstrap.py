@@ -274,6 +274,23 @@ def test_pings_keep_the_session(agent):
 
 
 @pytest.mark.timeout(60)
+def test_the_keeper_answers_an_unknown_op_with_an_error_and_carries_on(agent):
+    run = agent(grace=0)
+    ready = run.event()
+    run.send("detonate")
+    error = run.event()
+    assert error["event"] == "error" and error["code"] == "bad_op" and "detonate" in error["message"]
+    run.proc.stdin.write(b'{"op": "replaced"}\n')  # a known op without its field
+    run.proc.stdin.flush()
+    assert run.event()["code"] == "bad_op"
+    run.send("ping")
+    assert run.event(skip=("log",)) == {"event": "pong"}
+    assert alive(ready["pid"])
+    run.send("shutdown")
+    assert run.event()["reason"] == "requested"
+
+
+@pytest.mark.timeout(60)
 def test_grace_never_keeps_the_kernel_without_sessions(agent, tmp_path):
     run = agent(grace=None)
     ready = run.event()
