@@ -11,7 +11,7 @@ import pytest
 from ssh_ipykernel import exceptions as exc
 from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.remote.protocol import Event
-from ssh_ipykernel.session.client import RemoteKernel, Readout
+from ssh_ipykernel.session.client import Readout, RemoteKernel
 from ssh_ipykernel.session.startcmd import LoginShell
 
 

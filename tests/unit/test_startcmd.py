@@ -1,17 +1,16 @@
 """The remote start command (session/startcmd.py), run for real by local shells, and the exit-code translations."""
 import os
-import shutil
 import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st, example
 
 from ssh_ipykernel import exceptions as exc
+from ssh_ipykernel.remote import protocol
 from ssh_ipykernel.remote_errors import error_for_exit
-from ssh_ipykernel.session.bundle import LOADER, agent_stdin
+from ssh_ipykernel.session.bundle import LOADER
 from ssh_ipykernel.session.startcmd import (LoginShell, PreCommand, StartCommand, Step, Sudo, build_remote_command,
                                            sh_quote, start_command)
-from ssh_ipykernel.remote import protocol
 
 # zsh: the login shell of macOS users (tools/setup.sh installs it).
 SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash", "/usr/bin/zsh") if os.path.exists(s)]
