@@ -114,3 +114,8 @@ def test_only_the_modules_a_session_uses_are_loaded():
     ))
     r = run_program(pack(sources, "which"))
     assert r.stdout.strip() == b"['ssh_ipykernel_remote.protocol', 'ssh_ipykernel_remote.which']", r.stderr
+
+
+@pytest.mark.parametrize("name", sorted(set(bundle.AGENT_MODULES) | set(bundle.PROBE_MODULES) | {"loader"}))
+def test_shipped_modules_parse_as_python_3_8(name):
+    ast.parse((REMOTE / f"{name}.py").read_text(), feature_version=(3, 8))

@@ -117,3 +117,15 @@ def test_a_start_command_strategy_is_used_for_every_session(shell):
     with pytest.raises(exc.RemotePythonNotFoundError):
         k.start(30)
     assert Recording.built == ["/no/such/python"]
+
+
+@pytest.mark.parametrize("module", ["supervisor", "proxy", "connect", "check", "remoteinfo"])
+def test_nobody_reaches_into_the_session(module):
+    """The session's process, pipes and reader are its own: the public lifecycle is the seam."""
+    import re
+    from pathlib import Path
+
+    import ssh_ipykernel
+
+    text = (Path(ssh_ipykernel.__file__).parent / f"{module}.py").read_text()
+    assert not re.search(r"kernel\.(_\w+|proc|reader|transport)\b", text), module
