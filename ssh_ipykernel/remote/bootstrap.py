@@ -62,6 +62,7 @@ def start_keeper(params: AgentParams) -> socket.socket:
     # Imported here: an attach or watch session needs neither (the loader compiles a shipped
     # module only when it is imported, on every start and re-attach).
     from .agent import Agent
+    from .keeper import Keeper  # noqa: F401 - made before the fork: an error here reaches the proxy
 
     agent = Agent(params)
     agent.prepare()
