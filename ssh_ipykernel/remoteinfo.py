@@ -17,7 +17,7 @@ from .remote import protocol
 from .remote_errors import error_for_exit
 from .session.bundle import agent_stdin, probe_source
 from .session.events import EventReader
-from .session.startcmd import start_command
+from .session.startcmd import StartCommand, start_command
 from .transport.base import Transport
 
 @dataclass
@@ -50,17 +50,21 @@ def run_probe(
     env: Optional[Dict[str, str]] = None,
     launch: Optional[LaunchOptions] = None,
     timeout: float = 30.0,
+    command: Optional[StartCommand] = None,
 ) -> ProbeResult:
-    """Run the probe over ``transport`` (connected); raise the proxy's error if it cannot run."""
+    """Run the probe over ``transport`` (connected); raise the proxy's error if it cannot run.
+
+    ``command`` is how the remote starts python (default: the login shell with ``sudo`` and the
+    pre-command), as for the kernel's own sessions."""
     import base64
     import time
 
     launch = launch or LaunchOptions()
     host = transport.host.label
     params = protocol.AgentParams.start(kernel_id="check", env=dict(env or {}), **launch.params())
-    command = start_command(sudo=sudo, pre_command=launch.pre_command).build(python)
+    command = command or start_command(sudo=sudo, pre_command=launch.pre_command)
     started = time.monotonic()
-    proc = transport.start_command(command)
+    proc = transport.start_command(command.build(python))
     try:
         out, err = proc.communicate(agent_stdin(params, probe_source()), timeout=timeout)
     except subprocess.TimeoutExpired:

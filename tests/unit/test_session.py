@@ -129,3 +129,13 @@ def test_nobody_reaches_into_the_session(module):
 
     text = (Path(ssh_ipykernel.__file__).parent / f"{module}.py").read_text()
     assert not re.search(r"kernel\.(_\w+|proc|reader|transport)\b", text), module
+
+
+@pytest.mark.timeout(60)
+def test_the_probe_runs_through_the_same_start_command(shell):
+    from ssh_ipykernel.remoteinfo import run_probe
+
+    result = run_probe(shell, python=sys.executable, timeout=30)
+    assert result.data["event"] == "probe" and result.data["python"] == sys.executable
+    assert result.part("requirements") == {"ok": True}
+    assert shell.commands == [LoginShell().build(sys.executable)]
