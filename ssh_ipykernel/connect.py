@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import exceptions as exc
 from .connection import CHANNELS
-from .launcher import RemoteKernel
+from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import DEFAULT_CLIENT_TIMEOUT, ConnectOptions
 from .signals import SignalRelay

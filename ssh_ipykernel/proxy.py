@@ -21,7 +21,7 @@ from typing import Dict, Mapping, Optional
 
 from .connection import kernel_id_from_path, load_connection_file
 from .exceptions import SSHKernelError
-from .launcher import RemoteKernel
+from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay

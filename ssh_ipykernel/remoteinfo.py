@@ -6,19 +6,19 @@ and logos go into the local kernelspec).
 """
 from __future__ import annotations
 
-import json
+import logging
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 from . import exceptions as exc
-from .launcher import agent_stdin, build_remote_command, bundle_source, error_for_exit
 from .options import DEFAULT_TIMEOUT, LaunchOptions
 from .remote import protocol
+from .remote_errors import error_for_exit
+from .session.bundle import agent_stdin, probe_source
+from .session.events import EventReader
+from .session.startcmd import StartCommand, start_command
 from .transport.base import Transport
-
-PROBE_MODULES = ("protocol", "kernelcmd", "probe")
-
 
 @dataclass
 class ProbeResult:
@@ -50,20 +50,23 @@ def run_probe(
     env: Optional[Dict[str, str]] = None,
     launch: Optional[LaunchOptions] = None,
     timeout: float = DEFAULT_TIMEOUT,
+    command: Optional[StartCommand] = None,
 ) -> ProbeResult:
-    """Run the probe over ``transport`` (connected); raise the proxy's error if it cannot run."""
+    """Run the probe over ``transport`` (connected); raise the proxy's error if it cannot run.
+
+    ``command`` is how the remote starts python (default: the login shell with ``sudo`` and the
+    pre-command), as for the kernel's own sessions."""
     import base64
     import time
 
     launch = launch or LaunchOptions()
     host = transport.host.label
-    params = {"protocol": protocol.PROTOCOL, "kernel_id": "check", "key": "", "env": dict(env or {}),
-              **launch.params()}
-    command = build_remote_command(python, sudo=sudo, pre_command=launch.pre_command)
+    params = protocol.AgentParams.start(kernel_id="check", env=dict(env or {}), **launch.params())
+    command = command or start_command(sudo=sudo, pre_command=launch.pre_command)
     started = time.monotonic()
-    proc = transport.start_command(command)
+    proc = transport.start_command(command.build(python))
     try:
-        out, err = proc.communicate(agent_stdin(params, bundle_source(PROBE_MODULES)), timeout=timeout)
+        out, err = proc.communicate(agent_stdin(params, probe_source()), timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
@@ -71,17 +74,12 @@ def run_probe(
         raise exc.KernelStartError(msg, host=host) from None
     seconds = time.monotonic() - started
     stderr = err.decode("utf-8", "replace")
-    events = []
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # e.g. a login script printing to stdout
-        if isinstance(event, dict):
-            events.append(event)
-    probe = next((e for e in events if e.get("event") == "probe"), None)
+    reader = EventReader(-1, chatter=logging.DEBUG)
+    reader.feed(out + b"\n")  # lines that are not events (a login script's chatter) are skipped
+    events = reader.take()
+    probe = next((e for e in events if e.get("event") == protocol.Event.PROBE), None)
     if probe is None:
-        error = next((e for e in events if e.get("event") == "error"), None)
+        error = next((e for e in events if e.get("event") == protocol.Event.ERROR), None)
         raise error_for_exit(proc.returncode, stderr, host=host, python=python, event=error,
                              pre_command=launch.pre_command)
     resources = {}

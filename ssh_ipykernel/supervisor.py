@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import selectors
 import signal
 import time
 from typing import Callable, Dict, List, Optional
 
 from . import exceptions as exc
-from .launcher import RemoteKernel
 from .log import log_ssh_output, relay_remote_output
 from .reachability import wait_reachable
+from .remote.protocol import Event
+from .session.client import RemoteKernel
 from .signals import SignalRelay
 from .transport.base import Forward, Transport
 from .tunnels import Tunnels
@@ -140,12 +140,11 @@ class Supervisor:
 
     # -- UP / STOPPING ------------------------------------------------------------------------------
     def _serve(self) -> Optional[int]:
-        kernel, reader = self.kernel, self.kernel.reader
-        assert kernel.proc and kernel.proc.stderr and reader
+        kernel = self.kernel
         sel = selectors.DefaultSelector()
         sel.register(self.signals.fileno(), selectors.EVENT_READ, "signal")
-        sel.register(reader.fd, selectors.EVENT_READ, "events")
-        sel.register(kernel.proc.stderr.fileno(), selectors.EVENT_READ, "stderr")
+        for fd in kernel.filenos():
+            sel.register(fd, selectors.EVENT_READ, "session")
         master_fd = self.transport.fileno()
         if master_fd is not None:
             sel.register(master_fd, selectors.EVENT_READ, "master")
@@ -154,7 +153,7 @@ class Supervisor:
         clock_offset = time.time() - time.monotonic()
         try:
             while True:
-                code = self._handle_events(reader.pending)
+                code = self._handle_events(kernel.take_events())
                 if code is not None:
                     return code
                 now = time.monotonic()
@@ -172,7 +171,7 @@ class Supervisor:
                 if now - last_heard > LOSS_TIMEOUT:
                     return self._lost(f"no answer for {now - last_heard:.1f} s")
                 if now >= next_ping:
-                    kernel.send("ping")
+                    kernel.ping()
                     next_ping = now + PING_INTERVAL
                 wake = min(next_ping, last_heard + LOSS_TIMEOUT, self.shutdown_deadline or next_ping)
                 for key, _ in sel.select(max(0.0, wake - now)):
@@ -180,13 +179,6 @@ class Supervisor:
                         code = self._on_signals(self.signals.pending())
                         if code is not None:
                             return code
-                    elif key.data == "stderr":
-                        data = os.read(key.fd, 65536)
-                        if data:
-                            kernel._keep_stderr(data)
-                            relay_remote_output(data.decode("utf-8", "replace"), self.secret)
-                        else:
-                            sel.unregister(key.fd)
                     elif key.data == "master":
                         log_ssh_output(self.log, self.transport.drain())
                         if not self.transport.alive():
@@ -194,15 +186,21 @@ class Supervisor:
                             if self.state is State.STOPPING:
                                 return 0
                             return self._lost("the SSH connection ended")  # the master exited, or paramiko's transport
-                    elif key.data == "events":
-                        eof = reader.read()
+                    elif key.data == "session":
+                        got = kernel.read(key.fd)
+                        if got.stderr:
+                            relay_remote_output(got.stderr, self.secret)
+                        if got.closed:
+                            sel.unregister(key.fd)
+                        if not got.heard and not got.ended:
+                            continue  # stderr only
                         last_heard = time.monotonic()
-                        if not eof:
+                        if got.heard:
                             self.transport.confirm_alive()
-                        code = self._handle_events(reader.pending)
+                        code = self._handle_events(got.events)
                         if code is not None:
                             return code
-                        if eof:
+                        if got.ended:
                             if self.state is State.STOPPING:
                                 return 0
                             return self._lost("the SSH session ended")
@@ -231,28 +229,30 @@ class Supervisor:
 
     def _detach(self) -> int:
         info = self.kernel.info
-        self.kernel.send("detach")
+        self.kernel.detach()
         kept = "until its grace period ends" if self.grace is None else f"for {self.grace:.0f} s"
         self._enter(
             State.STOPPED,
             "detached; kernel pid %s keeps running on %s %s. Reattach with: ssh-ipykernel connect "
             "--host %s %s", info.pid if info else "?", self.kernel.host, kept,
-            self.kernel.transport.host.spec, info.connection_file if info else "?",
+            self.kernel.host_spec, info.connection_file if info else "?",
         )
         return 0
 
-    def _handle_events(self, pending: list) -> Optional[int]:  # type: ignore[type-arg]
-        """Consume the keeper's pending events; the exit code once one says the kernel ended."""
-        while pending:
-            event: Dict[str, object] = pending.pop(0)
-            kind = event.get("event")
-            if kind == "log":
-                relay_remote_output(str(event.get("text", "")), self.secret)
-            elif kind == "exited":
-                return self._exited(event)
-            elif kind != "pong":
+    def _handle_events(self, events: List[Dict[str, object]]) -> Optional[int]:
+        """Handle the keeper's events in order; the exit code once one says the kernel ended."""
+        for event in events:
+            handler = self._EVENT_HANDLERS.get(str(event["event"]))
+            if handler is None:
                 self.log.debug("keeper event: %s", event)
+                continue
+            code = handler(self, event)
+            if code is not None:
+                return code
         return None
+
+    def _on_log(self, event: Dict[str, object]) -> None:
+        relay_remote_output(str(event["text"]), self.secret)
 
     def _exited(self, event: Dict[str, object]) -> int:
         returncode = event.get("returncode")
@@ -275,6 +275,13 @@ class Supervisor:
         self.error = error
         self._enter(State.STOPPED, "%s", error, level=logging.ERROR)
         return error.exit_code
+
+    #: What each keeper event means here (protocol.Event); pong only counts as hearing from it.
+    _EVENT_HANDLERS: Dict[str, Callable[["Supervisor", Dict[str, object]], Optional[int]]] = {
+        Event.LOG: _on_log,
+        Event.EXITED: _exited,
+        Event.PONG: lambda self, event: None,
+    }
 
     # -- RECONNECTING -------------------------------------------------------------------------------
     def _lost(self, why: str) -> Optional[int]:

@@ -1,13 +1,11 @@
-"""The kernel owner: writes the connection file, starts ipykernel detached, interrupts and ends it.
+"""The kernel owner: prepares its files (connfile.py), starts it detached, interrupts it, and owns its
+shutdown ladder and its end.
 
 Part of the remote agent (see bootstrap.py): shipped as source, standard library only at module
-level, Python >= 3.8. Lines ending in "# local-only" are dropped from the shipped bundle, where
-the three modules share one namespace.
+level, Python >= 3.8.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import signal
 import socket
@@ -16,49 +14,10 @@ import sys
 import threading
 import time
 
-from .kernelcmd import check_requirements, kernel_command  # local-only
-from .protocol import SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, BootstrapError, package_version, kernel_environment, runtime_dir  # local-only
-
-
-PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
-
-
-def free_ports(ip: str, count: int, avoid: "set[int] | frozenset[int]" = frozenset()) -> "list[int]":
-    """``count`` different ports free on ``ip`` right now and not in ``avoid`` (all bound at
-    once, then released)."""
-    sockets = []
-    ports = []  # type: list[int]
-    try:
-        while len(ports) < count and len(sockets) < count + 200:
-            sock = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)
-            sock.bind((ip, 0))
-            port = sock.getsockname()[1]
-            if port not in avoid:
-                ports.append(port)
-        return ports
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def reserved_ports(directory: str) -> "set[int]":
-    """The ports in the kernel connection files of ``directory``: kernels that may still be
-    booting have chosen them but not bound them yet."""
-    ports = set()  # type: set[int]
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return ports
-    for name in names:
-        if name.startswith("kernel-") and name.endswith(".json"):
-            try:
-                with open(os.path.join(directory, name)) as f:
-                    info = json.load(f)
-                ports.update(int(info[key]) for key in PORT_NAMES if key in info)
-            except (OSError, ValueError, TypeError, AttributeError):
-                continue
-    return ports
+from .connfile import read_ports, write_connection_file
+from .kernelcmd import check_requirements, kernel_command
+from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
+                       kernel_environment, package_version, runtime_dir)
 
 
 class Agent:
@@ -68,9 +27,9 @@ class Agent:
     in the keeper process (keeper.py), which must be the kernel's parent to wait for it.
     """
 
-    def __init__(self, params: dict) -> None:
+    def __init__(self, params: AgentParams) -> None:
         self.params = params
-        self.kernel_id = params["kernel_id"]
+        self.kernel_id = params.kernel_id
         self.proc = None  # type: subprocess.Popen | None
         self.connection_file = ""
         self.log_file = ""
@@ -93,7 +52,7 @@ class Agent:
         a lock and skipping ports in other kernels' files. jupyter_client is not imported: that
         costs the remote python 0.2-0.3 s before the kernel can even be started.
         """
-        self.ports_from_kernel = not (self.params.get("remote_kernel") or self.params.get("kernel_cmd"))
+        self.ports_from_kernel = self.params.default_kernel
         try:
             directory = runtime_dir()
             # A random tag: two machines may well use the same kernel id on one account.
@@ -104,48 +63,22 @@ class Agent:
             self.socket_file = fname[: -len(".json")] + ".sock"
             info = {
                 "ip": "127.0.0.1",
-                "key": self.params["key"],
+                "key": self.params.key,
                 "transport": "tcp",
-                "signature_scheme": self.params.get("signature_scheme") or "hmac-sha256",
-                "kernel_name": self.params.get("kernel_name") or "",
+                "signature_scheme": self.params.signature_scheme or "hmac-sha256",
+                "kernel_name": self.params.kernel_name or "",
             }  # type: dict
-            if self.ports_from_kernel:
-                info.update({name: 0 for name in PORT_NAMES})
-                fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(info, f)
-            else:
-                # A port picked here is bound by the kernel only once it has booted, so kernels
-                # starting at once could pick the same one (and the later one would die). Under
-                # a lock, ports already in another kernel's connection file are skipped.
-                lock = os.open(os.path.join(directory, ".kernel-ssh-ports.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    ports = free_ports("127.0.0.1", len(PORT_NAMES), reserved_ports(directory))
-                    if len(ports) < len(PORT_NAMES):
-                        raise OSError("no free ports on 127.0.0.1")
-                    info.update(zip(PORT_NAMES, ports))
-                    fd = os.open(fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "w") as f:
-                        json.dump(info, f, indent=1)
-                finally:
-                    os.close(lock)
+            self.ports = write_connection_file(fname, info, pick_ports=not self.ports_from_kernel)
         except OSError as e:
             raise BootstrapError(
                 "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
             ) from e
-        self.ports = {name: info[name] for name in PORT_NAMES}
 
     def wait_for_ports(self, timeout: float) -> None:
         """In the keeper, after launch(): the ports ipykernel bound, once it wrote them back."""
         deadline = time.monotonic() + timeout
         while not self.ports or not all(self.ports.values()):
-            try:
-                with open(self.connection_file) as f:
-                    info = json.load(f)
-                self.ports = {k: int(v) for k, v in info.items() if k.endswith("_port")}
-            except (OSError, ValueError, TypeError, AttributeError):
-                pass  # not there yet, or half written
+            self.ports = read_ports(self.connection_file) or self.ports  # {}: not there yet, or half written
             if self.ports and all(self.ports.values()):
                 return
             if self.proc is not None and self.proc.poll() is not None:

@@ -1,9 +1,10 @@
 """The remote agent's entry point: sent to the remote python over ssh stdin and run there.
 
-protocol.py, agent.py and this module are shipped as one source text (launcher.agent_source
-joins them and drops the lines ending in "# local-only"). They must only import the standard
-library at module level and run on any Python >= 3.8 the user points us at. They are also
-importable locally, so they are unit tested like any other module.
+The ``remote`` modules are shipped as source, each under its own name (session/bundle.py: a
+small loader on the remote makes them real modules of one package, so their imports of each other
+work and a traceback names remote/<module>.py). They must only import the standard library at
+module level and run on any Python >= 3.8 the user points us at. They are also importable
+locally, so they are unit tested like any other module.
 
 Protocol (one ssh session, no pty):
 
@@ -25,9 +26,12 @@ import socket
 import sys
 import threading
 
-from .agent import Agent  # local-only
-from .keeper import Keeper  # local-only
-from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, read_params, write_event  # local-only
+from .protocol import (DEFAULT_CLIENT_TIMEOUT, AgentParams, BootstrapError, Event, Mode, Op, op_line, parse_op,
+                       read_params, write_event)
+
+TYPE_CHECKING = False  # typing's, without importing typing on the remote (type checkers know the name)
+if TYPE_CHECKING:
+    from .agent import Agent
 
 
 def main() -> None:
@@ -37,14 +41,14 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         params = read_params(stdin)
-        if params["mode"] == "attach":
-            sock = connect_keeper(params["socket"])
-        elif params["mode"] == "watch":
-            watch(params["connection_file"], stdin)
+        if params.mode == Mode.ATTACH:
+            sock = connect_keeper(params.socket)
+        elif params.mode == Mode.WATCH:
+            watch(params.connection_file, stdin)
         else:
             sock = start_keeper(params)
     except BootstrapError as e:
-        write_event(sys.stdout.buffer, "error", code=e.code, message=e.message)
+        write_event(sys.stdout.buffer, Event.ERROR, code=e.code, message=e.message)
         sys.exit(e.exit_code)
     relay(stdin, sock)
     sys.stdout.flush()
@@ -53,8 +57,13 @@ def main() -> None:
     os._exit(0)
 
 
-def start_keeper(params: dict) -> socket.socket:
+def start_keeper(params: AgentParams) -> socket.socket:
     """Write the connection file, fork the keeper daemon, and return a connection to it."""
+    # Imported here: an attach or watch session needs neither (the loader compiles a shipped
+    # module only when it is imported, on every start and re-attach).
+    from .agent import Agent
+    from .keeper import Keeper  # noqa: F401 - made before the fork: an error here reaches the proxy
+
     agent = Agent(params)
     agent.prepare()
     remove_stale(os.path.dirname(agent.connection_file))
@@ -83,8 +92,8 @@ def start_keeper(params: dict) -> socket.socket:
         except OSError:
             pass
         raise BootstrapError("connection_file", "cannot create %s: %s" % (agent.socket_file, e)) from e
-    grace = params.get("grace")
-    client_timeout = params.get("client_timeout") or DEFAULT_CLIENT_TIMEOUT
+    grace = params.grace
+    client_timeout = params.client_timeout or DEFAULT_CLIENT_TIMEOUT
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked processes
         try:
@@ -105,6 +114,8 @@ def start_keeper(params: dict) -> socket.socket:
 
 def run_keeper(agent: Agent, listener: socket.socket, *, grace: "float | None", client_timeout: float) -> None:
     """The keeper daemon's life; whatever happens in it, the kernel does not outlive it."""
+    from .keeper import Keeper
+
     try:
         Keeper(agent, listener, grace=grace, client_timeout=client_timeout).run()
     except BaseException:
@@ -183,17 +194,21 @@ def watch(path: str, stdin) -> None:
         except BootstrapError:
             keeper = ""
     out = sys.stdout.buffer
-    write_event(out, "ready", pid=0, ports=ports, ip=ip, key=info.get("key", ""),
+    write_event(out, Event.READY, pid=0, ports=ports, ip=ip, key=info.get("key", ""),
                 signature_scheme=info.get("signature_scheme", "hmac-sha256"),
                 transport=info.get("transport", "tcp"), kernel_name=info.get("kernel_name", ""),
                 connection_file=path, socket=keeper, kernel_id="", hostname=socket.gethostname())
     refused = 0
     for line in iter(stdin.readline, b""):
-        try:
-            if json.loads(line.decode("utf-8")).get("op") != "ping":
-                continue
-        except (ValueError, AttributeError):
+        if not line.strip():
             continue
+        try:
+            op = parse_op(line)["op"]
+        except BootstrapError as e:
+            write_event(out, Event.ERROR, code=e.code, message=e.message)
+            continue
+        if op != Op.PING:
+            continue  # nothing else means anything for a kernel we do not own
         probe = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
         probe.settimeout(2.0)
         try:
@@ -204,9 +219,9 @@ def watch(path: str, stdin) -> None:
         finally:
             probe.close()
         if refused >= 2:  # twice in a row: not a kernel still binding or a busy moment
-            write_event(out, "exited", returncode=None, reason="ports_closed")
+            write_event(out, Event.EXITED, returncode=None, reason="ports_closed")
             break
-        write_event(out, "pong")
+        write_event(out, Event.PONG)
     sys.stdout.flush()
     os._exit(0)
 
@@ -219,12 +234,10 @@ def retire_predecessors(agent: Agent) -> None:
     The key proves it is the same Jupyter kernel, not a namesake from another machine.
     """
     import hashlib
-    import json
 
     prefix = "kernel-ssh-%s-" % agent.kernel_id
     mine = os.path.basename(agent.socket_file)
-    note = (json.dumps({"op": "replaced", "key_sha256": hashlib.sha256(agent.params["key"].encode()).hexdigest()})
-            + "\n").encode()
+    note = op_line(Op.REPLACED, key_sha256=hashlib.sha256(agent.params.key.encode()).hexdigest())
     try:
         os.chdir(os.path.dirname(agent.socket_file))  # relative socket names, as in start_keeper
         names = os.listdir(".")

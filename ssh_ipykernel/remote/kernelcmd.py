@@ -20,19 +20,19 @@ import re
 import string
 import sys
 
-from .protocol import CONNECTION_FILE_FIELD, BootstrapError  # local-only
+from .protocol import CONNECTION_FILE_FIELD, AgentParams, BootstrapError
 
 _FIELD_RE = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
 
-def check_requirements(params: dict) -> None:
+def check_requirements(params: AgentParams) -> None:
     """Fail early, before any file is written, if this python cannot run the chosen kernel.
 
     Every kernel needs jupyter_client here (the connection file); only the default kernel needs
     ipykernel in this python (a remote kernelspec or command brings its own interpreter).
     """
     needed = [("jupyter_client", "no_jupyter_client")]
-    if not (params.get("remote_kernel") or params.get("kernel_cmd")):
+    if params.default_kernel:
         needed.insert(0, ("ipykernel", "no_ipykernel"))
     for module, code in needed:
         if importlib.util.find_spec(module) is None:
@@ -90,7 +90,7 @@ def list_kernelspecs() -> dict:
     }
 
 
-def kernel_command(params: dict, connection_file: str, python: str) -> dict:
+def kernel_command(params: AgentParams, connection_file: str, python: str) -> dict:
     """What to start for ``params``: argv, extra env, cwd, interrupt mode, language, display
     name, kernelspec metadata and resource dir (for a remote kernelspec).
 
@@ -99,18 +99,18 @@ def kernel_command(params: dict, connection_file: str, python: str) -> dict:
     the login environment) and then the user's ``--env`` values, which win. Raises
     BootstrapError ("kernelspec", "workdir") with a message for the user.
     """
-    user_env = dict(params.get("env") or {})
+    user_env = dict(params.env or {})
     result = {
         "argv": [python, "-m", "ipykernel_launcher", "-f", connection_file],
         "env": user_env,
-        "cwd": resolve_workdir(params.get("workdir")),
+        "cwd": resolve_workdir(params.workdir),
         "interrupt_mode": "signal",
         "language": "python",
         "display_name": "Python %d.%d" % sys.version_info[:2],
         "metadata": {"debugger": True},
         "resource_dir": None,
     }
-    name = params.get("remote_kernel")
+    name = params.remote_kernel
     if name:
         spec = find_kernelspec(name)
         argv = list(spec.argv)
@@ -136,9 +136,9 @@ def kernel_command(params: dict, connection_file: str, python: str) -> dict:
             metadata=dict(spec.metadata or {}),
             resource_dir=spec.resource_dir,
         )
-    elif params.get("kernel_cmd"):
+    elif params.kernel_cmd:
         result.update(
-            argv=_substitute(list(params["kernel_cmd"]), {"connection_file": connection_file}),
+            argv=_substitute(list(params.kernel_cmd), {"connection_file": connection_file}),
             language="",
             display_name="",
             metadata={},

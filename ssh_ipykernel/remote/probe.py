@@ -1,7 +1,7 @@
 """The remote half of ``manage check`` and ``add --remote-kernel``: what this python can run.
 
-Shipped like the agent (launcher.bundle_source joins protocol.py, kernelcmd.py and this module)
-and run through the same sh wrapper and loader, so it meets the remote exactly as the agent
+Shipped like the agent (session/bundle.py sends protocol.py, kernelcmd.py and this module, each
+kept as its own module) and run through the same sh wrapper and loader, so it meets the remote exactly as the agent
 will: the same --python resolution, --pre-command and sudo. It starts no kernel: it reports
 versions, writes and removes a test connection file where the agent would write the real one,
 and works out the kernel command the agent would run (kernelcmd.py). Standard library only at
@@ -19,8 +19,8 @@ import stat
 import sys
 import time
 
-from .kernelcmd import check_requirements, kernel_command, list_kernelspecs  # local-only
-from .protocol import BootstrapError, package_version, read_params, runtime_dir, write_event  # local-only
+from .kernelcmd import check_requirements, kernel_command, list_kernelspecs
+from .protocol import AgentParams, BootstrapError, Event, package_version, read_params, runtime_dir, write_event
 
 #: Kernelspec files that make up its look in a launcher; copied into the local kernelspec.
 LOGO_FILES = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")
@@ -70,7 +70,7 @@ def _logos(resource_dir: "str | None") -> dict:
     return found
 
 
-def try_kernel_command(params: dict) -> dict:
+def try_kernel_command(params: AgentParams) -> dict:
     """The command the agent would run, with a check that its program exists."""
     started = time.monotonic()
     try:
@@ -88,7 +88,7 @@ def try_kernel_command(params: dict) -> dict:
     return command
 
 
-def probe(params: dict) -> dict:
+def probe(params: AgentParams) -> dict:
     """Everything the report needs, each part with ok/code/message and its own timing."""
     result = {
         "python": sys.executable,
@@ -119,9 +119,9 @@ def main() -> None:
     try:
         params = read_params(sys.stdin.buffer)
     except BootstrapError as e:
-        write_event(sys.stdout.buffer, "error", code=e.code, message=e.message)
+        write_event(sys.stdout.buffer, Event.ERROR, code=e.code, message=e.message)
         sys.exit(e.exit_code)
-    write_event(sys.stdout.buffer, "probe", **probe(params))
+    write_event(sys.stdout.buffer, Event.PROBE, **probe(params))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,65 @@ import re
 
 PROTOCOL = 2
 
-#: What a session asks of the agent: start a kernel, attach to the keeper of a running one, or
-#: watch a kernel somebody else started (``ssh-ipykernel connect``).
-MODES = ("start", "attach", "watch")
 
-# Sentinel exit codes, translated into sentences by ssh_ipykernel.launcher (keep in sync).
+class Mode:
+    """What a session asks of the agent (the ``mode`` parameter)."""
+
+    START = "start"  # write the connection file, start a keeper and its kernel
+    ATTACH = "attach"  # reach the keeper of a running kernel (after a lost connection)
+    WATCH = "watch"  # a kernel somebody else started (``ssh-ipykernel connect``)
+
+
+MODES = (Mode.START, Mode.ATTACH, Mode.WATCH)
+
+
+class Op:
+    """Commands a client sends the keeper (or a watch session), one JSON line each."""
+
+    PING = "ping"  # answered with ``pong``: the proxy's loss detection
+    INTERRUPT = "interrupt"
+    SHUTDOWN = "shutdown"
+    DETACH = "detach"  # this client leaves; the kernel stays
+    REPLACED = "replaced"  # from a new kernel of the same Jupyter kernel (key_sha256)
+    KEEPALIVE = "keepalive"  # counts as hearing from the client, nothing else
+
+
+#: Each op and the fields it must carry (name -> type).
+OP_FIELDS = {
+    Op.PING: {},
+    Op.INTERRUPT: {},
+    Op.SHUTDOWN: {},
+    Op.DETACH: {},
+    Op.REPLACED: {"key_sha256": str},
+    Op.KEEPALIVE: {},
+}
+
+
+class Event:
+    """What the agent, the keeper and the probe send back, one JSON line each."""
+
+    READY = "ready"  # the kernel runs: pid, ports, versions, paths
+    ERROR = "error"  # code (ERROR_EXIT_CODES, or bad_op/bad_event) and message
+    EXITED = "exited"  # the kernel ended: returncode, reason
+    PONG = "pong"  # the answer to a ping
+    LOG = "log"  # new text of the kernel's log
+    PROBE = "probe"  # remote/probe.py's report (check, add --remote-kernel)
+
+
+_NUMBER = (int, float)
+_OPTIONAL_INT = (int, type(None))
+_OPTIONAL_STR = (str, type(None))
+#: Each event and the fields it must carry (name -> type or tuple of types).
+EVENT_FIELDS = {
+    Event.READY: {"pid": _OPTIONAL_INT, "ports": dict},
+    Event.ERROR: {"code": str, "message": str},
+    Event.EXITED: {"returncode": _OPTIONAL_INT, "reason": _OPTIONAL_STR},
+    Event.PONG: {},
+    Event.LOG: {"text": str},
+    Event.PROBE: {},
+}
+
+# Sentinel exit codes, translated into sentences by ssh_ipykernel.remote_errors (keep in sync).
 EXIT_PYTHON_NOT_FOUND = 90  # emitted by the sh wrapper, not by this module
 EXIT_PYTHON_TOO_OLD = 91  # emitted by the one-line loader
 EXIT_BAD_PARAMS = 92
@@ -66,69 +120,174 @@ class BootstrapError(Exception):
         return ERROR_EXIT_CODES.get(self.code, EXIT_KERNEL_START)
 
 
-def validate_params(params: object) -> dict:
-    """Check the parameters sent by the proxy; raise BootstrapError('bad_params') if malformed."""
-    if not isinstance(params, dict):
-        raise BootstrapError("bad_params", "parameters are not a JSON object")
-    if params.get("protocol") != PROTOCOL:
-        raise BootstrapError(
-            "bad_params",
-            "protocol %r, this agent speaks %d" % (params.get("protocol"), PROTOCOL),
-        )
-    kernel_id = params.get("kernel_id")
-    if not isinstance(kernel_id, str) or not _KERNEL_ID_RE.match(kernel_id):
-        raise BootstrapError("bad_params", "kernel_id %r is not a plain identifier" % (kernel_id,))
-    mode = params.get("mode", "start")
-    if mode not in MODES:
-        raise BootstrapError("bad_params", "mode %r is not one of %s" % (mode, ", ".join(MODES)))
-    params["mode"] = mode
-    if mode == "attach":
-        sock = params.get("socket")
-        if not isinstance(sock, str) or not sock.endswith(".sock") or "\0" in sock:
-            raise BootstrapError("bad_params", "socket %r is not a keeper socket path" % (sock,))
+class AgentParams:
+    """The agent's parameters: the one JSON line that follows its source on stdin.
+
+    Built by the local side (``start``/``attach``/``watch``, or the constructor for the probe),
+    sent with ``to_json``, checked by the agent with ``from_json``; the key travels only here.
+    A plain class rather than a dataclass: importing dataclasses costs the remote python an
+    ``inspect`` import on every start and re-attach.
+    """
+
+    #: Every parameter and its default, in the order they are sent.
+    FIELDS = {
+        "protocol": PROTOCOL,
+        "mode": Mode.START,
+        "kernel_id": "",
+        # start
+        "key": "",
+        "signature_scheme": "",
+        "kernel_name": "",
+        "env": None,  # {} when sent: extra environment of the kernel
+        "grace": None,  # seconds with no client before the kernel is shut down; None: never
+        "client_timeout": None,  # seconds of silence after which a client counts as gone
+        "remote_kernel": None,  # a kernelspec name on the remote
+        "kernel_cmd": None,  # an argv list with {connection_file}
+        "workdir": None,
+        # attach
+        "socket": None,
+        # watch
+        "connection_file": None,
+    }
+    #: The parameters each mode sends (the others keep their defaults).
+    MODE_FIELDS = {
+        Mode.START: ("protocol", "mode", "kernel_id", "key", "signature_scheme", "kernel_name", "env", "grace",
+                     "client_timeout", "remote_kernel", "kernel_cmd", "workdir"),
+        Mode.ATTACH: ("protocol", "mode", "kernel_id", "socket"),
+        Mode.WATCH: ("protocol", "mode", "kernel_id", "connection_file"),
+    }
+    __slots__ = tuple(FIELDS)
+
+    def __init__(self, **values: object) -> None:
+        unknown = set(values) - set(self.FIELDS)
+        if unknown:
+            raise TypeError("unknown agent parameters: %s" % ", ".join(sorted(unknown)))
+        for name, default in self.FIELDS.items():
+            setattr(self, name, values.get(name, default))
+        if self.env is None:
+            self.env = {}
+
+    # -- the local side builds them ------------------------------------------------------------
+    @classmethod
+    def start(cls, **values: object) -> "AgentParams":
+        """Start a kernel (kernel_id, key, signature_scheme, kernel_name, env, grace, ...)."""
+        return cls(mode=Mode.START, **values)
+
+    @classmethod
+    def attach(cls, *, kernel_id: str, socket: str) -> "AgentParams":
+        """Reach the keeper listening at ``socket`` again."""
+        return cls(mode=Mode.ATTACH, kernel_id=kernel_id, socket=socket)
+
+    @classmethod
+    def watch(cls, *, kernel_id: str, connection_file: str) -> "AgentParams":
+        """Read a running kernel's connection file and answer pings."""
+        return cls(mode=Mode.WATCH, kernel_id=kernel_id, connection_file=connection_file)
+
+    def to_dict(self) -> dict:
+        names = self.MODE_FIELDS.get(self.mode, tuple(self.FIELDS))
+        values = {name: getattr(self, name) for name in names}
+        if values.get("kernel_cmd") is not None:
+            values["kernel_cmd"] = list(values["kernel_cmd"])
+        return values
+
+    def to_json(self) -> str:
+        """One line of JSON (no newline)."""
+        return json.dumps(self.to_dict())
+
+    # -- the agent checks them ----------------------------------------------------------------
+    @classmethod
+    def from_json(cls, line: "bytes | str") -> "AgentParams":
+        """Parse and check one line; raise BootstrapError('bad_params') if it is malformed."""
+        try:
+            values = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+        except ValueError as e:
+            raise BootstrapError("bad_params", "parameters are not valid JSON: %s" % e) from e
+        return cls.from_dict(values)
+
+    @classmethod
+    def from_dict(cls, values: object) -> "AgentParams":
+        """Check decoded parameters; raise BootstrapError('bad_params') if they are malformed."""
+        if not isinstance(values, dict):
+            raise BootstrapError("bad_params", "parameters are not a JSON object")
+        if values.get("protocol") != PROTOCOL:
+            raise BootstrapError(
+                "bad_params",
+                "protocol %r, this agent speaks %d" % (values.get("protocol"), PROTOCOL),
+            )
+        unknown = sorted(str(name) for name in values if name not in cls.FIELDS)
+        if unknown:
+            raise BootstrapError("bad_params", "unknown parameters: %s" % ", ".join(unknown))
+        params = cls(**values)
+        params.validate()
         return params
-    if mode == "watch":
-        path = params.get("connection_file")
-        if not isinstance(path, str) or not path or "\0" in path:
-            raise BootstrapError("bad_params", "connection_file %r is not a path" % (path,))
-        return params
-    if not isinstance(params.get("key"), str):
-        raise BootstrapError("bad_params", "key is not a string")
-    for name in ("client_timeout", "grace"):
-        value = params.get(name)
-        # grace None means "never": the kernel waits for its proxy forever.
-        if value is not None and (not isinstance(value, (int, float)) or value < 0 or
-                                  (name == "client_timeout" and value == 0)):
-            raise BootstrapError("bad_params", "%s %r is not a positive number" % (name, value))
-    env = params.get("env") or {}
-    if not isinstance(env, dict):
-        raise BootstrapError("bad_params", "env is not an object")
-    for name, value in env.items():
-        if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
-            raise BootstrapError("bad_params", "environment variable name %r is not valid" % (name,))
-        if not isinstance(value, str) or "\0" in value:
-            raise BootstrapError("bad_params", "value of %s is not a string" % name)
-    _validate_kernel_choice(params)
-    return params
+
+    def validate(self) -> None:
+        """Raise BootstrapError('bad_params') naming the first malformed parameter."""
+        if not isinstance(self.kernel_id, str) or not _KERNEL_ID_RE.match(self.kernel_id):
+            raise BootstrapError("bad_params", "kernel_id %r is not a plain identifier" % (self.kernel_id,))
+        if self.mode not in MODES:
+            raise BootstrapError("bad_params", "mode %r is not one of %s" % (self.mode, ", ".join(MODES)))
+        if self.mode == Mode.ATTACH:
+            sock = self.socket
+            if not isinstance(sock, str) or not sock.endswith(".sock") or "\0" in sock:
+                raise BootstrapError("bad_params", "socket %r is not a keeper socket path" % (sock,))
+            return
+        if self.mode == Mode.WATCH:
+            path = self.connection_file
+            if not isinstance(path, str) or not path or "\0" in path:
+                raise BootstrapError("bad_params", "connection_file %r is not a path" % (path,))
+            return
+        for name in ("key", "signature_scheme", "kernel_name"):
+            if not isinstance(getattr(self, name), str):
+                raise BootstrapError("bad_params", "%s is not a string" % name)
+        for name in ("client_timeout", "grace"):
+            value = getattr(self, name)
+            # grace None means "never": the kernel waits for its proxy forever.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
+                                      or (name == "client_timeout" and value == 0)):
+                raise BootstrapError("bad_params", "%s %r is not a positive number" % (name, value))
+        if not isinstance(self.env, dict):
+            raise BootstrapError("bad_params", "env is not an object")
+        for name, value in self.env.items():
+            if not isinstance(name, str) or not _ENV_NAME_RE.match(name):
+                raise BootstrapError("bad_params", "environment variable name %r is not valid" % (name,))
+            if not isinstance(value, str) or "\0" in value:
+                raise BootstrapError("bad_params", "value of %s is not a string" % name)
+        self._validate_kernel_choice()
+
+    def _validate_kernel_choice(self) -> None:
+        """remote_kernel (a kernelspec name), kernel_cmd (an argv list) and workdir (a path)."""
+        remote_kernel, kernel_cmd, workdir = self.remote_kernel, self.kernel_cmd, self.workdir
+        if remote_kernel is not None and (not isinstance(remote_kernel, str) or not KERNEL_NAME_RE.match(remote_kernel)):
+            raise BootstrapError("bad_params", "remote_kernel %r is not a kernelspec name" % (remote_kernel,))
+        if kernel_cmd is not None:
+            if (not isinstance(kernel_cmd, (list, tuple)) or not kernel_cmd
+                    or not all(isinstance(arg, str) and "\0" not in arg for arg in kernel_cmd)):
+                raise BootstrapError("bad_params", "kernel_cmd is not a non-empty list of strings")
+            if not any(CONNECTION_FILE_FIELD in arg for arg in kernel_cmd):
+                raise BootstrapError("bad_params", "kernel_cmd does not take %s" % CONNECTION_FILE_FIELD)
+        if remote_kernel is not None and kernel_cmd is not None:
+            raise BootstrapError("bad_params", "remote_kernel and kernel_cmd exclude each other")
+        if workdir is not None and (not isinstance(workdir, str) or not workdir or "\0" in workdir):
+            raise BootstrapError("bad_params", "workdir %r is not a path" % (workdir,))
+
+    @property
+    def default_kernel(self) -> bool:
+        """ipykernel in the agent's python (neither remote_kernel nor kernel_cmd)."""
+        return not (self.remote_kernel or self.kernel_cmd)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AgentParams) and all(
+            getattr(self, name) == getattr(other, name) for name in self.FIELDS)
+
+    def __repr__(self) -> str:  # never the key: this may end up in a log
+        shown = ", ".join("%s=%r" % (n, getattr(self, n)) for n in self.MODE_FIELDS.get(self.mode, ()) if n != "key")
+        return "AgentParams(%s)" % shown
 
 
-def _validate_kernel_choice(params: dict) -> None:
-    """remote_kernel (a kernelspec name), kernel_cmd (an argv list) and workdir (a path)."""
-    remote_kernel = params.get("remote_kernel")
-    kernel_cmd = params.get("kernel_cmd")
-    workdir = params.get("workdir")
-    if remote_kernel is not None and (not isinstance(remote_kernel, str) or not KERNEL_NAME_RE.match(remote_kernel)):
-        raise BootstrapError("bad_params", "remote_kernel %r is not a kernelspec name" % (remote_kernel,))
-    if kernel_cmd is not None:
-        if (not isinstance(kernel_cmd, list) or not kernel_cmd
-                or not all(isinstance(arg, str) and "\0" not in arg for arg in kernel_cmd)):
-            raise BootstrapError("bad_params", "kernel_cmd is not a non-empty list of strings")
-        if not any(CONNECTION_FILE_FIELD in arg for arg in kernel_cmd):
-            raise BootstrapError("bad_params", "kernel_cmd does not take %s" % CONNECTION_FILE_FIELD)
-    if remote_kernel is not None and kernel_cmd is not None:
-        raise BootstrapError("bad_params", "remote_kernel and kernel_cmd exclude each other")
-    if workdir is not None and (not isinstance(workdir, str) or not workdir or "\0" in workdir):
-        raise BootstrapError("bad_params", "workdir %r is not a path" % (workdir,))
+def validate_params(values: object) -> AgentParams:
+    """Decoded parameters checked (see AgentParams.from_dict)."""
+    return AgentParams.from_dict(values)
 
 
 def kernel_environment(base: dict, extra: dict, keeper_pid: int) -> dict:
@@ -162,20 +321,73 @@ def package_version(distribution: str) -> str:
         return "?"
 
 
-def write_event(out, event: str, **fields: object) -> None:
-    """One JSON line to the proxy."""
+def encode(message: dict) -> bytes:
+    """One JSON line."""
+    return (json.dumps(message) + "\n").encode("utf-8")
+
+
+def event_line(event: str, **fields: object) -> bytes:
+    """One event as a JSON line (``event`` must be one of Event)."""
+    assert event in EVENT_FIELDS, event
     fields["event"] = event
+    return encode(fields)
+
+
+def op_line(op: str, **fields: object) -> bytes:
+    """One command as a JSON line (``op`` must be one of Op)."""
+    assert op in OP_FIELDS, op
+    fields["op"] = op
+    return encode(fields)
+
+
+def _check_fields(kind: str, message: dict, required: dict, code: str) -> None:
+    for name, types in required.items():
+        if name not in message:
+            raise BootstrapError(code, "%s %r has no %s" % (kind, message.get(kind), name))
+        value = message[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise BootstrapError(code, "%s %r: %s is %r" % (kind, message.get(kind), name, value))
+
+
+def parse_op(line: "bytes | str") -> dict:
+    """A client's command, checked; raise BootstrapError('bad_op') if it is not one we know."""
     try:
-        out.write((json.dumps(fields) + "\n").encode("utf-8"))
+        message = json.loads(line.decode("utf-8") if isinstance(line, bytes) else line)
+    except ValueError as e:
+        raise BootstrapError("bad_op", "a command is not valid JSON: %r" % (line[:80],)) from e
+    if not isinstance(message, dict):
+        raise BootstrapError("bad_op", "a command is not a JSON object: %r" % (line[:80],))
+    op = message.get("op")
+    if op not in OP_FIELDS:
+        raise BootstrapError("bad_op", "unknown op %r (known: %s)" % (op, ", ".join(sorted(OP_FIELDS))))
+    _check_fields("op", message, OP_FIELDS[op], "bad_op")
+    return message
+
+
+def check_event(message: object) -> dict:
+    """An event from the remote, checked; raise BootstrapError('bad_event') if malformed."""
+    if not isinstance(message, dict):
+        raise BootstrapError("bad_event", "an event is not a JSON object: %r" % (message,))
+    kind = message.get("event")
+    if kind not in EVENT_FIELDS:
+        raise BootstrapError("bad_event", "unknown event %r" % (kind,))
+    _check_fields("event", message, EVENT_FIELDS[kind], "bad_event")
+    if kind == Event.READY:
+        ports = message["ports"]
+        if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in ports.items()):
+            raise BootstrapError("bad_event", "event 'ready': ports is %r" % (ports,))
+    return message
+
+
+def write_event(out, event: str, **fields: object) -> None:
+    """One event line to the proxy."""
+    try:
+        out.write(event_line(event, **fields))
         out.flush()
     except (BrokenPipeError, OSError, ValueError):
         pass  # the proxy is gone; the kernel's fate no longer depends on telling it
 
 
-def read_params(stream) -> dict:
-    line = stream.readline()
-    try:
-        params = json.loads(line.decode("utf-8"))
-    except ValueError as e:
-        raise BootstrapError("bad_params", "parameters are not valid JSON: %s" % e) from e
-    return validate_params(params)
+def read_params(stream) -> AgentParams:
+    """The parameter line that follows the agent's source on stdin, checked."""
+    return AgentParams.from_json(stream.readline())

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from ssh_ipykernel.launcher import agent_stdin, build_remote_command
+from ssh_ipykernel.session.bundle import agent_stdin
+from ssh_ipykernel.session.startcmd import build_remote_command
 from ssh_ipykernel.remote import protocol
 from ssh_ipykernel.remote.protocol import BootstrapError, kernel_environment, validate_params
 
@@ -273,6 +274,23 @@ def test_pings_keep_the_session(agent):
 
 
 @pytest.mark.timeout(60)
+def test_the_keeper_answers_an_unknown_op_with_an_error_and_carries_on(agent):
+    run = agent(grace=0)
+    ready = run.event()
+    run.send("detonate")
+    error = run.event()
+    assert error["event"] == "error" and error["code"] == "bad_op" and "detonate" in error["message"]
+    run.proc.stdin.write(b'{"op": "replaced"}\n')  # a known op without its field
+    run.proc.stdin.flush()
+    assert run.event()["code"] == "bad_op"
+    run.send("ping")
+    assert run.event(skip=("log",)) == {"event": "pong"}
+    assert alive(ready["pid"])
+    run.send("shutdown")
+    assert run.event()["reason"] == "requested"
+
+
+@pytest.mark.timeout(60)
 def test_grace_never_keeps_the_kernel_without_sessions(agent, tmp_path):
     run = agent(grace=None)
     ready = run.event()
@@ -317,7 +335,7 @@ def test_a_crashing_keeper_takes_its_kernel_with_it(tmp_path, monkeypatch):
 
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    a = agent_module.Agent(params())
+    a = agent_module.Agent(validate_params(params()))
     a.prepare()
     listener = socket_module.socket(socket_module.AF_UNIX)
     listener.bind(str(tmp_path / "k.sock"))

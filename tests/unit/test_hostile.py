@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ssh_ipykernel.exceptions import HostSpecError
 from ssh_ipykernel.hosts import parse_host
-from ssh_ipykernel.launcher import agent_stdin, build_remote_command
+from ssh_ipykernel.session.bundle import agent_stdin
+from ssh_ipykernel.session.startcmd import build_remote_command
 from ssh_ipykernel.remote import protocol
 
 ATTACKS = ["$(touch MARK)", "`touch MARK`", "';touch MARK;'", '";touch MARK;"', "x;touch MARK", "a\ntouch MARK",

@@ -26,10 +26,11 @@ try:
     runpy.run_module("ssh_ipykernel", run_name="__main__", alter_sys=True)
 except SystemExit as e:
     code = e.code
-from ssh_ipykernel import launcher, state, transport
+from ssh_ipykernel import state, transport
+from ssh_ipykernel.session import bundle, client
 from ssh_ipykernel.transport import openssh
 openssh.control_dir()
-launcher.agent_source()
+bundle.agent_source()
 print(json.dumps({"exit": code, "modules": sorted(sys.modules)}))
 """
 

@@ -7,15 +7,19 @@ import pytest
 
 from ssh_ipykernel.remote import kernelcmd
 from ssh_ipykernel.remote.kernelcmd import check_requirements, kernel_command, resolve_workdir
-from ssh_ipykernel.remote.protocol import PROTOCOL, BootstrapError, validate_params
+from ssh_ipykernel.remote.protocol import PROTOCOL, AgentParams, BootstrapError, validate_params
 
 CF = "/run/user/1/kernel-ssh-x.json"
 
 
-def params(**over):
+def raw(**over):
     p = {"protocol": PROTOCOL, "kernel_id": "k1", "key": "", "env": {}}
     p.update(over)
     return p
+
+
+def params(**over):
+    return AgentParams.start(**raw(**over))
 
 
 @pytest.fixture
@@ -125,10 +129,10 @@ def test_only_the_default_kernel_needs_ipykernel_here(monkeypatch):
 ])
 def test_new_params_are_validated(over, words):
     with pytest.raises(BootstrapError, match=words) as e:
-        validate_params(params(**over))
+        validate_params(raw(**over))
     assert e.value.code == "bad_params"
 
 
 def test_valid_new_params_pass():
-    p = params(remote_kernel="julia-1.10", workdir="~/w", kernel_cmd=None)
-    assert validate_params(p) is p
+    p = raw(remote_kernel="julia-1.10", workdir="~/w", kernel_cmd=None)
+    assert validate_params(p) == params(remote_kernel="julia-1.10", workdir="~/w")

@@ -1,9 +1,9 @@
-"""Port choice of the remote agent (remote/agent.py): kernels starting at once never share one."""
+"""Port choice of the remote agent (remote/connfile.py): kernels starting at once never share one."""
 import json
 import os
 import socket
 
-from ssh_ipykernel.remote.agent import PORT_NAMES, free_ports, reserved_ports
+from ssh_ipykernel.remote.connfile import PORT_NAMES, free_ports, reserved_ports
 
 
 def test_free_ports_are_distinct_and_skip_the_ones_to_avoid():

@@ -1,14 +1,16 @@
-"""The remote start command, run for real by local shells, and the exit-code translations."""
+"""The remote start command (session/startcmd.py), run for real by local shells, and the exit-code translations."""
 import os
-import shutil
 import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st, example
 
 from ssh_ipykernel import exceptions as exc
-from ssh_ipykernel.launcher import LOADER, agent_stdin, build_remote_command, error_for_exit, sh_quote
 from ssh_ipykernel.remote import protocol
+from ssh_ipykernel.remote_errors import error_for_exit
+from ssh_ipykernel.session.bundle import LOADER
+from ssh_ipykernel.session.startcmd import (LoginShell, PreCommand, StartCommand, Step, Sudo, build_remote_command,
+                                           sh_quote, start_command)
 
 # zsh: the login shell of macOS users (tools/setup.sh installs it).
 SHELLS = [s for s in ("/bin/sh", "/bin/bash", "/bin/dash", "/usr/bin/zsh") if os.path.exists(s)]
@@ -89,15 +91,6 @@ def test_hostile_python_paths_never_run_anything(tmp_path, python):
         assert r.returncode == protocol.EXIT_PYTHON_NOT_FOUND, (python, shell, r.stderr)
 
 
-def test_agent_stdin_carries_the_key_as_data_only():
-    data = agent_stdin({"key": "s3cr3t-key", "protocol": 1})
-    header, rest = data.split(b"\n", 1)
-    source = rest[: int(header)]
-    assert source.startswith(b"from __future__ import annotations\n")
-    assert b"s3cr3t-key" in rest[int(header):]
-    assert "s3cr3t-key" not in build_remote_command("/x")
-
-
 @pytest.mark.parametrize(
     "returncode, event, cls, words",
     [
@@ -121,40 +114,6 @@ def test_sudo_password_prompt_is_explained():
     e = error_for_exit(1, "sudo: a password is required\n", host="btest", python=None)
     assert isinstance(e, exc.SudoError)
     assert "NOPASSWD" in e.message
-
-
-@pytest.mark.skipif(not shutil.which("python3"), reason="needs python3")
-def test_loader_refuses_nothing_on_a_current_python():
-    # The loader itself runs a tiny program sent the same way the agent is.
-    source = b"print('loaded', __name__)"
-    r = subprocess.run(["python3", "-c", LOADER], input=b"%d\n" % len(source) + source, capture_output=True, timeout=10)
-    assert r.stdout == b"loaded __main__\n"
-
-
-def test_agent_bundle_is_one_self_contained_program():
-    import ast
-
-    from ssh_ipykernel.launcher import agent_source
-
-    tree = ast.parse(agent_source())
-    relative = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
-    assert not relative, "imports between the agent's modules must end in # local-only"
-    from_package = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("ssh_ipykernel")]
-    assert not from_package, "the remote has no ssh_ipykernel installed"
-    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    assert {"Agent", "main", "validate_params", "write_event", "BootstrapError"} <= defined
-
-
-def test_only_imports_are_local_only():
-    """Dropping '# local-only' lines must never drop code."""
-    from pathlib import Path
-
-    from ssh_ipykernel.launcher import LOCAL_ONLY
-
-    for path in Path(protocol.__file__).parent.glob("*.py"):
-        for line in path.read_text().splitlines():
-            if line.rstrip().endswith(LOCAL_ONLY):
-                assert line.startswith("from ."), (path.name, line)
 
 
 # --- --pre-command -------------------------------------------------------------------------------
@@ -239,19 +198,36 @@ def test_new_remote_errors_become_advice(code, cls, words):
                                                      exc.SudoError, exc.TunnelError)}
 
 
-def test_remote_modules_ship_kernelcmd_before_the_agent():
-    from ssh_ipykernel.launcher import REMOTE_MODULES, agent_source
+# --- the strategy --------------------------------------------------------------------------------
 
-    assert REMOTE_MODULES.index("kernelcmd") < REMOTE_MODULES.index("agent")
-    assert b"def kernel_command(" in agent_source()
+def test_start_command_is_composed_of_steps():
+    command = start_command(sudo=True, pre_command="module load x")
+    assert isinstance(command, LoginShell)
+    assert [type(step) for step in command.steps] == [PreCommand, Sudo]
+    assert command.build("/x") == build_remote_command("/x", sudo=True, pre_command="module load x")
+    assert start_command().build(None) == LoginShell().build(None)
 
 
-def test_probe_bundle_is_self_contained():
-    import ast
+def test_a_new_step_plugs_in_without_touching_the_others(fake_env):
+    class Niced(Step):  # what a scheduler's wrapper looks like: text before exec, fixed or quoted
+        def exec_prefix(self) -> str:
+            return "nice -n 1 "
 
-    from ssh_ipykernel.launcher import bundle_source
-    from ssh_ipykernel.remoteinfo import PROBE_MODULES
+    r = run(LoginShell([Niced()]).build(str(fake_env)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"RAN:{fake_env}/bin/python:-c"
 
-    tree = ast.parse(bundle_source(PROBE_MODULES))
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.level or (n.module or "").startswith("ssh_ipykernel"))]
-    assert {"probe", "kernel_command", "validate_params"} <= {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+def test_a_start_command_of_its_own_wraps_a_login_shell(fake_env):
+    class Wrapped(StartCommand):  # e.g. a scheduler running the login shell's text on a node
+        def build(self, python):
+            return "exec /bin/sh -c " + sh_quote(LoginShell().build(python))
+
+    r = run(Wrapped().build(str(fake_env)))
+    assert r.stdout.strip() == f"RAN:{fake_env}/bin/python:-c"
+
+
+def test_the_command_line_holds_no_user_value_but_the_python_path():
+    command = build_remote_command("/opt/env")
+    assert command.count("'/opt/env'") == 1
+    assert sh_quote(LOADER) in command

@@ -1,0 +1,79 @@
+"""The remote modules as the program the remote python runs, and what goes on its stdin.
+
+The session's stdin carries ``<len>\\n<program>`` for the fixed one-line loader (LOADER), then
+one JSON line of parameters (protocol.AgentParams: the key travels here, never on a command
+line), then the session's commands. The program is remote/loader.py followed by a call of its
+``run`` with the sources of the modules the session needs: each keeps its own name and file
+name on the remote (see remote/loader.py).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+from ..remote import protocol
+
+# Runs first on the remote: refuse Python < 3.8 with a sentinel code, then read exactly the
+# announced number of bytes of program from stdin and run it as __main__. No single quotes:
+# it travels inside single quotes.
+LOADER = (
+    "import sys;sys.version_info<(3,8) and sys.exit(%d);b=sys.stdin.buffer;"
+    'exec(compile(b.read(int(b.readline())),"ssh_ipykernel-agent","exec"))'
+) % protocol.EXIT_PYTHON_TOO_OLD
+
+#: The agent's modules (bootstrap.main is its entry point) and the probe's (probe.main).
+AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "keeper", "bootstrap")
+PROBE_MODULES = ("protocol", "kernelcmd", "probe")
+#: How a shipped module's file is named on the remote (in tracebacks).
+FILENAME = "ssh_ipykernel/remote/%s.py"
+
+Sources = Mapping[str, Tuple[str, str]]  # module name -> (file name, source)
+
+
+def remote_dir() -> str:
+    return os.path.dirname(protocol.__file__)
+
+
+def read_sources(modules: Tuple[str, ...]) -> Dict[str, Tuple[str, str]]:
+    """The named modules of ``ssh_ipykernel.remote``, as they are on disk."""
+    sources = {}
+    for name in modules:
+        with open(os.path.join(remote_dir(), f"{name}.py"), encoding="utf-8") as f:
+            sources[name] = (FILENAME % name, f.read())
+    return sources
+
+
+def pack(sources: Sources, main: str) -> bytes:
+    """The program: remote/loader.py, then ``run`` of ``main`` with ``sources``."""
+    with open(os.path.join(remote_dir(), "loader.py"), encoding="utf-8") as f:
+        head = f.read()
+    table = "".join(f"    {name!r}: ({filename!r}, {source!r}),\n" for name, (filename, source) in sources.items())
+    return f"{head}\n\nrun({{\n{table}}}, {main!r})\n".encode("utf-8")
+
+
+@functools.lru_cache(maxsize=4)
+def bundle_source(modules: Tuple[str, ...], main: str = "bootstrap") -> bytes:
+    """The program that runs ``main.main()`` with ``modules`` importable on the remote."""
+    return pack(read_sources(modules), main)
+
+
+def agent_source() -> bytes:
+    """The remote agent's program (bootstrap.py's main)."""
+    return bundle_source(AGENT_MODULES, "bootstrap")
+
+
+def probe_source() -> bytes:
+    """The probe's program (probe.py's main)."""
+    return bundle_source(PROBE_MODULES, "probe")
+
+
+def agent_stdin(params: Union[protocol.AgentParams, Mapping[str, object]], source: Optional[bytes] = None) -> bytes:
+    """What we write to the session's stdin before any command: length, program, parameters.
+
+    ``params`` is an AgentParams; a mapping is sent as it is (tests send malformed ones)."""
+    import json
+
+    source = agent_source() if source is None else source
+    line = params.to_json() if isinstance(params, protocol.AgentParams) else json.dumps(dict(params))
+    return b"%d\n" % len(source) + source + (line + "\n").encode("utf-8")

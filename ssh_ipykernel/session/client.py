@@ -1,0 +1,333 @@
+"""The session client: one remote kernel, reached through SSH sessions to its keeper.
+
+Lifecycle (who calls what, and when), in the spirit of jupyter_client's provisioners:
+
+* ``start(timeout)`` — the proxy, once, after connecting: runs the agent in mode ``start``
+  (connection file, keeper, kernel) and returns its ``ready`` report.
+* ``watch(connection_file, timeout)`` — ``ssh-ipykernel connect``, once: a kernel somebody
+  else started (mode ``watch``).
+* ``attach(transport, timeout)`` — the supervisor, after a lost connection, over the new
+  transport (and ``connect``, to reach a watched kernel's keeper): the same kernel again.
+* ``filenos()`` / ``read(fd)`` — the supervisor's select loop: register the session's
+  descriptors, and get what arrived on one as parsed events and stderr text (``Readout``).
+* ``ping()``, ``interrupt()``, ``request_shutdown()``, ``detach()`` — the supervisor, on its
+  timers and signals: commands to the keeper (protocol.Op); False if the session is gone.
+* ``stop(timeout)`` — the proxy, when start-up fails after the kernel exists: shut it down
+  and wait for ``exited`` (a kernel nobody used must not wait out a grace period).
+* ``close()`` — everyone, whenever: end the current session, never the kernel. Safe twice.
+
+Nothing outside this module touches the session's process, pipes or event reader.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional
+
+from .. import exceptions as exc
+from ..remote.protocol import AgentParams, Event, Op, op_line
+from ..remote_errors import error_for_exit
+from ..transport.base import Transport, end_process
+from .bundle import agent_stdin
+from .events import EventReader
+from .startcmd import StartCommand, start_command
+
+if TYPE_CHECKING:
+    from ..options import LaunchOptions
+
+log = logging.getLogger(__name__)
+
+#: stderr chunks kept for the error message of a failed session.
+STDERR_TAIL = 20
+
+
+@dataclass
+class KernelInfo:
+    """What the agent reports once the remote kernel process is running."""
+
+    pid: int
+    ports: Dict[str, int]
+    hostname: str = ""
+    python: str = ""
+    python_version: str = ""
+    ipykernel_version: str = ""
+    connection_file: str = ""
+    socket: str = ""
+    kernel_id: str = ""
+
+    @classmethod
+    def from_event(cls, event: Dict[str, object]) -> "KernelInfo":
+        """From a checked ``ready`` event (protocol.check_event)."""
+        ports: Dict[str, int] = event["ports"]  # type: ignore[assignment]
+        return cls(
+            pid=int(event["pid"] or 0),  # type: ignore[call-overload]
+            ports=dict(ports),
+            hostname=str(event.get("hostname", "")),
+            python=str(event.get("python", "")),
+            python_version=str(event.get("python_version", "")),
+            ipykernel_version=str(event.get("ipykernel_version", "")),
+            connection_file=str(event.get("connection_file", "")),
+            socket=str(event.get("socket", "")),
+            kernel_id=str(event.get("kernel_id", "")),
+        )
+
+
+@dataclass
+class Readout:
+    """What ``RemoteKernel.read(fd)`` found on one of the session's descriptors."""
+
+    events: List[Dict[str, object]] = field(default_factory=list)  # checked keeper events, oldest first
+    stderr: str = ""  # the session's own error output (not the kernel's log: that is a ``log`` event)
+    heard: bool = False  # bytes arrived from the keeper: the connection is alive
+    closed: bool = False  # this descriptor reached end of file: stop selecting on it
+    ended: bool = False  # the keeper's stream ended: the session is over
+
+
+class RemoteKernel:
+    """One remote kernel, reached through SSH sessions to its keeper (see remote/keeper.py).
+
+    ``close()`` only ends the current session (the kernel stays for its grace period);
+    ``stop()`` shuts the kernel down first. See the module docstring for the lifecycle.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        kernel_id: str,
+        key: str,
+        signature_scheme: str,
+        kernel_name: str = "",
+        python: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        sudo: bool = False,
+        grace: Optional[float] = None,
+        client_timeout: Optional[float] = None,
+        launch: Optional["LaunchOptions"] = None,
+        command: Optional[StartCommand] = None,
+    ) -> None:
+        self.transport = transport
+        self.python = python
+        self.kernel_id = kernel_id
+        self.pre_command = launch.pre_command if launch is not None else None
+        #: How the remote starts the agent; a batch scheduler's StartCommand goes here.
+        self.command = command or start_command(sudo=sudo, pre_command=self.pre_command)
+        self.params = AgentParams.start(
+            kernel_id=kernel_id, key=key, signature_scheme=signature_scheme, kernel_name=kernel_name,
+            env=dict(env or {}), grace=grace, client_timeout=client_timeout,
+            **(launch.params() if launch is not None else {}),
+        )
+        #: The kernel's last ``ready`` report (None before start/watch).
+        self.info: Optional[KernelInfo] = None
+        #: The last ``ready`` event, as received (``connect`` reads the key and ip from it).
+        self.ready_event: Dict[str, object] = {}
+        self._proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
+        self._reader: Optional[EventReader] = None
+        self._stderr_tail: List[str] = []
+
+    @property
+    def host(self) -> str:
+        """The host's label, for messages."""
+        return self.transport.host.label
+
+    @property
+    def host_spec(self) -> str:
+        """The host as the user wrote it (for a ``--host`` in advice)."""
+        return self.transport.host.spec
+
+    @property
+    def stderr_tail(self) -> str:
+        """The last of the current session's stderr."""
+        return "".join(self._stderr_tail)
+
+    # -- opening sessions ---------------------------------------------------------------------------
+    def start(self, timeout: float) -> KernelInfo:
+        """Run the agent and wait for its ``ready`` report; raise a RemoteError subclass if not."""
+        self.info = self._open(self.params, timeout)
+        return self.info
+
+    def watch(self, connection_file: str, timeout: float) -> Dict[str, object]:
+        """Open a session that reads a kernel's remote connection file (key included) and
+        answers pings: for kernels started by somebody else. Returns the ``ready`` event."""
+        self.info = self._open(AgentParams.watch(kernel_id=self.kernel_id, connection_file=connection_file), timeout)
+        return self.ready_event
+
+    def attach(self, transport: Transport, timeout: float) -> KernelInfo:
+        """Reach the running kernel again over ``transport`` (a new connection): through its
+        keeper if it has one, else by watching its connection file again.
+
+        Raises KernelGoneError if the kernel is gone, another RemoteError if the session fails.
+        """
+        assert self.info is not None, "attach() before start()"
+        self.close()
+        self.transport = transport
+        if self.info.socket:
+            params = AgentParams.attach(kernel_id=self.kernel_id, socket=self.info.socket)
+        else:
+            params = AgentParams.watch(kernel_id=self.kernel_id, connection_file=self.info.connection_file)
+        info = self._open(params, timeout)
+        if (self.info.pid and info.pid != self.info.pid) or info.ports != self.info.ports:
+            self.close()
+            msg = (f"the kernel at {self.info.socket or self.info.connection_file} on {self.host} is "
+                   f"another one now (pid {info.pid}, ports {info.ports})")
+            raise exc.KernelGoneError(msg, host=self.host)
+        self.info = info
+        return info
+
+    def _open(self, params: AgentParams, timeout: float) -> KernelInfo:
+        self._stderr_tail = []
+        proc = self._proc = self.transport.start_command(self.command.build(self.python))
+        assert proc.stdin and proc.stdout and proc.stderr
+        self._reader = EventReader(proc.stdout.fileno())
+        try:
+            proc.stdin.write(agent_stdin(params))
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # the session already ended; its exit code and stderr tell why below
+        event = self._wait_ready(timeout)
+        if event is None or event.get("event") != Event.READY:
+            returncode = self._wait_exit(5.0)
+            raise error_for_exit(returncode, self.stderr_tail, host=self.host, python=self.python, event=event,
+                                 pre_command=self.pre_command)
+        self.ready_event = event
+        return KernelInfo.from_event(event)
+
+    #: While a session opens: what each event means (True: the answer; None: leave it pending
+    #: and stop, for the caller's loop; absent: consumed and ignored).
+    _OPENING: Dict[str, Optional[bool]] = {Event.READY: True, Event.ERROR: True, Event.EXITED: None}
+
+    def _wait_ready(self, timeout: float) -> Optional[Dict[str, object]]:
+        assert self._proc and self._proc.stderr and self._reader
+        deadline = time.monotonic() + timeout
+        reader = self._reader
+        with selectors.DefaultSelector() as sel:
+            sel.register(reader.fd, selectors.EVENT_READ, "out")
+            sel.register(self._proc.stderr.fileno(), selectors.EVENT_READ, "err")
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    msg = (
+                        f"the kernel on {self.host} did not report ready within {timeout:.0f} s; "
+                        f"raise --timeout if the remote host is slow"
+                    )
+                    raise exc.KernelStartError(msg, host=self.host, detail=self.stderr_tail)
+                for key, _ in sel.select(remaining):
+                    if key.data == "err":
+                        if self._read_stderr(key.fd) is None:
+                            sel.unregister(key.fd)
+                        continue
+                    eof = reader.read()
+                    while reader.pending:
+                        event = reader.pending[0]
+                        outcome = self._OPENING.get(str(event.get("event")), False)
+                        if outcome is True:
+                            return reader.pending.pop(0)
+                        if outcome is None:
+                            return None  # left pending: the caller's loop reports it
+                        reader.pending.pop(0)
+                    if eof:
+                        sel.unregister(key.fd)
+        return None
+
+    def _read_stderr(self, fd: int) -> Optional[str]:
+        """Read the session's stderr: the text (kept in the tail), or None at end of file."""
+        data = os.read(fd, 65536)
+        if not data:
+            return None
+        text = data.decode("utf-8", "replace")
+        self._stderr_tail.append(text)
+        del self._stderr_tail[:-STDERR_TAIL]
+        return text
+
+    def _wait_exit(self, timeout: float) -> Optional[int]:
+        assert self._proc
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    # -- the running session (the supervisor's loop) ------------------------------------------------
+    def filenos(self) -> List[int]:
+        """The descriptors to select on for reading while the session runs ([] if none)."""
+        if self._proc is None or self._reader is None or self._proc.stderr is None:
+            return []
+        return [self._reader.fd, self._proc.stderr.fileno()]
+
+    def read(self, fd: int) -> Readout:
+        """Read what arrived on ``fd`` (one of ``filenos()``, reported readable)."""
+        assert self._proc is not None and self._reader is not None
+        if fd != self._reader.fd:
+            text = self._read_stderr(fd)
+            return Readout(stderr=text or "", closed=text is None)
+        ended = self._reader.read()
+        return Readout(events=self._reader.take(), heard=not ended, closed=ended, ended=ended)
+
+    def take_events(self) -> List[Dict[str, object]]:
+        """Events that arrived but were not consumed yet (e.g. an ``exited`` right after ready)."""
+        return self._reader.take() if self._reader is not None else []
+
+    # -- commands -----------------------------------------------------------------------------------
+    def send(self, op: str, **fields: object) -> bool:
+        """Send a command (protocol.Op) to the keeper; False if the session is gone."""
+        if self._proc is None or self._proc.stdin is None:
+            return False
+        try:
+            self._proc.stdin.write(op_line(op, **fields))
+            self._proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+
+    def ping(self) -> bool:
+        return self.send(Op.PING)
+
+    def interrupt(self) -> bool:
+        return self.send(Op.INTERRUPT)
+
+    def request_shutdown(self) -> bool:
+        return self.send(Op.SHUTDOWN)
+
+    def detach(self) -> bool:
+        return self.send(Op.DETACH)
+
+    # -- ending -------------------------------------------------------------------------------------
+    def stop(self, timeout: float) -> Optional[Dict[str, object]]:
+        """Shut the kernel down and wait (up to ``timeout``) for its ``exited`` event; then close.
+
+        For the paths where the proxy gives up after starting a kernel (a failed forward, a
+        stop signal during start-up): the kernel must not wait out a grace period for nobody.
+        """
+        exited = None
+        reader = self._reader
+        if self._proc is not None and reader is not None and self.request_shutdown():
+            deadline = time.monotonic() + timeout
+            is_exit: Callable[[Dict[str, object]], bool] = lambda e: e.get("event") == Event.EXITED  # noqa: E731
+            with selectors.DefaultSelector() as sel:
+                sel.register(reader.fd, selectors.EVENT_READ)
+                while exited is None and time.monotonic() < deadline:
+                    exited = next((e for e in reader.pending if is_exit(e)), None)
+                    if exited is not None or not sel.select(deadline - time.monotonic()):
+                        break
+                    if reader.read():
+                        exited = next((e for e in reader.pending if is_exit(e)), None)
+                        break
+        self.close()
+        return exited
+
+    def close(self) -> None:
+        """End the current session (not the kernel). Safe to call twice."""
+        proc, self._proc = self._proc, None
+        self._reader = None
+        if proc is None:
+            return
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                if stream:
+                    stream.close()
+            except OSError:
+                pass
+        end_process(proc)
