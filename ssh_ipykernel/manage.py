@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import click
 
 from . import __version__
-from .proxycli import common_options, grace_option, launch_options, persist_option, transport_option
+from .proxycli import EnvWordsCommand, common_options, grace_option, launch_options, persist_option, transport_option
 from .report import format_table, report_errors
 
 if TYPE_CHECKING:
@@ -55,13 +55,13 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
     return sys.prefix if location == "sys-prefix" else prefix
 
 
-@manage.command(name="add", context_settings=CONTEXT)
+@manage.command(name="add", cls=EnvWordsCommand, context_settings=CONTEXT)
 @common_options
 @grace_option
 @persist_option
 @transport_option
 @launch_options
-@click.option("--display-name", metavar="TEXT",
+@click.option("-d", "--display-name", metavar="TEXT",
               help='Name shown in kernel pickers. Default: "SSH <host>" (plus the remote kernel\'s name).')
 @click.option("--name", metavar="NAME", help="Kernelspec name. Default: ssh_<host> (plus _<remote kernel>).")
 @click.option("--language", metavar="NAME",
@@ -90,6 +90,8 @@ def add_command(
 
     def run() -> int:
         proxy = ProxyOptions.from_params(params)
+        for note in proxy.env_notes:
+            click.echo(f"Note: {note}")
         host, remote_kernel = proxy.host.spec, proxy.launch.remote_kernel
         kernel_name = check_kernel_name(name) if name else default_kernel_name(host, remote_kernel)
         options = KernelSpecOptions(proxy=proxy, display_name=display_name, name=kernel_name,
@@ -212,7 +214,7 @@ def remove_command(name: str, prefix: Optional[str]) -> None:
 # -- check ----------------------------------------------------------------------------------------
 
 
-@manage.command(name="check", context_settings=CONTEXT)
+@manage.command(name="check", cls=EnvWordsCommand, context_settings=CONTEXT)
 @click.argument("name", required=False)
 @common_options
 @transport_option
