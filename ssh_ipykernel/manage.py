@@ -2,9 +2,12 @@
 and check them.
 
 ``add`` (the default when the first argument is an option, so ``manage --host btest ...``
-keeps working) writes a kernelspec whose argv starts the local proxy (``python -m
-ssh_ipykernel``) with the options given, and installs it with jupyter_client's
-KernelSpecManager. The other subcommands read kernelspecs back through specs.py.
+and ssh_ipykernel 1.x's ``manage -H btest -p /opt/env ...`` keep working) writes a kernelspec
+whose argv starts the local proxy (``python -m ssh_ipykernel``) with the options given, and
+installs it with jupyter_client's KernelSpecManager. The other subcommands read kernelspecs
+back through specs.py; ``upgrade`` rewrites those of an older form in today's.
+
+The Python API (api.py) is importable from here, as 1.x's ``add_kernel`` was.
 """
 from __future__ import annotations
 
@@ -15,11 +18,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import click
 
 from . import __version__
+from .api import KernelName, add_kernel, check_kernel, list_kernels, remove_kernel, upgrade_kernel, upgrade_kernels
 from .proxycli import EnvWordsCommand, common_options, grace_option, launch_options, persist_option, transport_option
 from .report import format_table, report_errors
 
 if TYPE_CHECKING:
     from .check import Target
+
+__all__ = ["KernelName", "add_kernel", "check_kernel", "list_kernels", "main", "manage", "remove_kernel",
+           "upgrade_kernel", "upgrade_kernels"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 PREFIX_HELP = "Also look under DIR/share/jupyter/kernels (where `add --prefix DIR` writes), first."
@@ -39,7 +46,7 @@ class DefaultGroup(click.Group):
 @click.group(cls=DefaultGroup, context_settings=CONTEXT, no_args_is_help=True)
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def manage() -> None:
-    """Register SSH hosts as Jupyter kernels, and list, show, check and remove them.
+    """Register SSH hosts as Jupyter kernels, and list, show, check, upgrade and remove them.
 
     Without a subcommand, `add` runs (it is the default):
 
@@ -143,8 +150,9 @@ def take_over_remote_kernelspec(options: Any, probe: Any, display_name: Optional
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(prefix: Optional[str], as_json: bool) -> None:
-    """List the SSH kernelspecs Jupyter sees: name, host, what runs remotely, where it is."""
-    from .specs import list_specs
+    """List the SSH kernelspecs Jupyter sees: name, host, what runs remotely, where it is, and
+    its FORM: "current", or "1.x" / "older" for a kernelspec `upgrade` would rewrite."""
+    from .specs import CURRENT, list_specs
 
     def run() -> int:
         specs = list_specs(prefix)
@@ -153,8 +161,13 @@ def list_command(prefix: Optional[str], as_json: bool) -> None:
         elif not specs:
             click.echo("No SSH kernelspecs. Add one with: python -m ssh_ipykernel.manage --host HOST --python PATH")
         else:
-            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir] for s in specs]
-            click.echo(format_table(["NAME", "DISPLAY NAME", "HOST", "REMOTE", "LOCATION"], rows))
+            forms = [s.form() for s in specs]
+            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir, FORM_LABELS.get(form, form)]
+                    for s, form in zip(specs, forms)]
+            click.echo(format_table(["NAME", "DISPLAY NAME", "HOST", "REMOTE", "LOCATION", "FORM"], rows))
+            if any(form != CURRENT for form in forms):
+                click.echo("\nKernelspecs of an older form run as they are; `python -m ssh_ipykernel.manage "
+                           "upgrade --all --dry-run` shows how `upgrade --all` would rewrite them.")
         return 0
 
     report_errors(run)
@@ -190,6 +203,46 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
                 click.echo(f"{label + ':':<16}{lines[0]}")
                 for line in lines[1:]:
                     click.echo(f"{'':<16}{line}")
+        return 0
+
+    report_errors(run)
+
+
+FORM_LABELS = {"1.x": "1.x (upgrade)", "older": "older (upgrade)", "unreadable": "unreadable (add it again)"}
+
+
+@manage.command(name="upgrade", context_settings=CONTEXT)
+@click.argument("name", required=False)
+@click.option("--all", "all_specs", is_flag=True, help="Every SSH kernelspec of an older form.")
+@click.option("--dry-run", is_flag=True, help="Show the old and the new argv; write nothing.")
+@click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
+def upgrade_command(name: Optional[str], all_specs: bool, dry_run: bool, prefix: Optional[str]) -> None:
+    """Rewrite the SSH kernelspec NAME (or --all of them) in today's form, in place: kernelspecs
+    written by ssh_ipykernel 1.x or with another older argv. Display name, host, python, env,
+    sudo, timeout and every other option stay, as do the other keys of kernel.json and the other
+    files in its directory (logos)."""
+    import shlex
+
+    from .exceptions import UsageError
+    from .specs import get_spec, list_specs, upgrade_spec
+
+    def run() -> int:
+        if bool(name) == all_specs:
+            raise UsageError("upgrade takes a kernelspec NAME or --all (see `list`), one of them")
+        specs = [get_spec(name, prefix)] if name else [s for s in list_specs(prefix) if s.form() != "current"]
+        if not specs:
+            click.echo("Every SSH kernelspec here is in today's form: nothing to upgrade.")
+        for spec in specs:
+            done = upgrade_spec(spec, dry_run=dry_run)
+            if not done.needed:
+                click.echo(f"{done.name} is in today's form already: nothing to do.")
+                continue
+            verb = "Would upgrade" if dry_run else "Upgraded"
+            click.echo(f"{verb} {done.name} ({done.form} form) in {done.directory}")
+            click.echo(f"  old argv: {shlex.join(done.old_argv)}")
+            click.echo(f"  new argv: {shlex.join(done.new_argv)}")
+        if dry_run and specs:
+            click.echo("Nothing written (--dry-run).")
         return 0
 
     report_errors(run)

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from ssh_ipykernel.cli import main as console_main
 from ssh_ipykernel.manage import manage
 
-COMMANDS = ["add", "list", "show", "remove", "check"]
+COMMANDS = ["add", "list", "show", "remove", "check", "upgrade"]
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,8 @@ def test_list_show_remove_cycle(tmp_path):
     r = invoke("list", "--prefix", str(prefix))
     assert r.exit_code == 0
     lines = r.output.splitlines()
-    assert lines[0].split() == ["NAME", "DISPLAY", "NAME", "HOST", "REMOTE", "LOCATION"]
+    assert lines[0].split() == ["NAME", "DISPLAY", "NAME", "HOST", "REMOTE", "LOCATION", "FORM"]
+    assert all(line.split()[-1] == "current" for line in lines[1:])
     assert [line.split()[0] for line in lines[1:]] == ["gpu", "ssh_btest"]
     assert "ipykernel with ~/envs/py3" in r.output and "command julia -i" in r.output
     assert "plain" not in r.output
