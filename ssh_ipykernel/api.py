@@ -101,7 +101,7 @@ def _proxy_options(host: str, remote_python_path: Optional[str], env: EnvArg, su
         params = parse_proxy_argv([sys.executable, "-m", "ssh_ipykernel", *args])
     except UsageError as e:
         what = f" (with opt_args={list(opt_args)!r})" if opt_args else ""
-        msg = (f"add_kernel{what}: {e.message.replace('its argv is', 'the options are')}; opt_args "
+        msg = (f"add_kernel{what}: {e.message.replace('its argv is', 'the options are').rstrip('.')}; opt_args "
                f"takes the options of `python -m ssh_ipykernel --help`")
         raise UsageError(msg) from None
     recorded = [f"--{p.replace('_', '-')}" for p in ("log_level", "log_file") if params.get(p) not in (None, "INFO")]
