@@ -143,7 +143,10 @@ def take_over_remote_kernelspec(options: Any, probe: Any, display_name: Optional
     options.resources = dict(probe.resources)
 
 
-# -- list / show / remove ----------------------------------------------------------------------
+# -- list / show / upgrade / remove -------------------------------------------------------------
+
+#: How list and show name a kernelspec's form (specs.InstalledSpec.form).
+FORM_LABELS = {"1.x": "1.x (upgrade)", "older": "older (upgrade)", "unreadable": "unreadable (add it again)"}
 
 
 @manage.command(name="list", context_settings=CONTEXT)
@@ -193,9 +196,10 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
             ("host", o.get("host")), ("remote python", o.get("python") or "python3 (remote PATH)"),
             ("remote kernel", o.get("remote_kernel")), ("kernel command", o.get("kernel_cmd")),
             ("workdir", o.get("workdir")), ("pre-command", o.get("pre_command")),
-            ("env", "\n".join(o.get("env") or ()) or None), ("sudo", "yes" if o.get("sudo") else None),
+            ("env", _shown_env(spec)), ("sudo", "yes" if o.get("sudo") else None),
             ("ssh config", o.get("ssh_config")), ("timeout", o.get("timeout")),
             ("interrupt mode", spec.spec.get("interrupt_mode")), ("command", spec.command_line()),
+            ("form", FORM_LABELS.get(spec.form(), spec.form())),
         ]
         for label, value in rows:
             if value is not None and value != "":
@@ -206,9 +210,6 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
         return 0
 
     report_errors(run)
-
-
-FORM_LABELS = {"1.x": "1.x (upgrade)", "older": "older (upgrade)", "unreadable": "unreadable (add it again)"}
 
 
 @manage.command(name="upgrade", context_settings=CONTEXT)
@@ -246,6 +247,18 @@ def upgrade_command(name: Optional[str], all_specs: bool, dry_run: bool, prefix:
         return 0
 
     report_errors(run)
+
+
+def _shown_env(spec: Any) -> Optional[str]:
+    """The remote kernel's variables, one NAME=VALUE a line, as the proxy reads them (1.x's
+    "A=1 B=2" as two); the arguments as written if they cannot be read."""
+    from .exceptions import SSHKernelError
+
+    try:
+        env = spec.proxy_options().env
+    except SSHKernelError:
+        return "\n".join(spec.options.get("env") or ()) or None
+    return "\n".join(f"{name}={value}" for name, value in env.items()) or None
 
 
 @manage.command(name="remove", context_settings=CONTEXT)
@@ -325,6 +338,8 @@ def _target_from_options(params: Dict[str, Any]) -> "Target":
     from .options import ProxyOptions
 
     proxy = ProxyOptions.from_params(params)
+    for note in proxy.env_notes:
+        click.echo(f"Note: {note}")
     return Target(proxy, kernelspec=build_kernelspec(KernelSpecOptions(proxy=proxy)))
 
 

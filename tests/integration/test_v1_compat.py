@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
+from jupyter_client import KernelManager
 
 from kernels import Kernel, wait_remote_clean
 
@@ -57,10 +59,13 @@ def write_v1_kernelspec(prefix: Path, host, *, sudo: bool, name: str = "ssh__ssh
     return path
 
 
-def run_kernel(prefix: Path, name: str, log: Path, host, *, root: bool = False) -> str:
-    """Start kernelspec ``name`` with a KernelManager; return the log. Asserts the remote kernel
-    sees VAR1=demo and VAR2=abc, and nothing else of the words (no VAR1='demo VAR2=abc')."""
-    k = Kernel(prefix, name, log)
+def run_kernel(prefix: Optional[Path], name: str, log: Path, host, *, root: bool = False) -> str:
+    """Start kernelspec ``name`` with a KernelManager (prefix None: Jupyter's own kernelspec
+    path, where a user's kernelspecs are); return the log. Asserts the remote kernel sees
+    VAR1=demo and VAR2=abc, and nothing else of the words (no VAR1='demo VAR2=abc')."""
+    k = Kernel(prefix or Path("/nonexistent"), name, log)
+    if prefix is None:
+        k.km = KernelManager(kernel_name=name)
     try:
         k.start()
         assert k.value(ENV_PROBE) == "[('VAR1', 'demo'), ('VAR2', 'abc')]"
@@ -87,14 +92,15 @@ def test_a_1x_kernelspec_runs_with_the_env_1x_gave_it(v1_user, tmp_path):
     assert "--env \"VAR1='demo VAR2=abc'\"" in line
 
 
-def test_the_1x_manage_command_lines(v1_user, tmp_path):
-    """The 1.x README's command (long options), then the same with 1.x's short options."""
-    prefix = str(tmp_path / "long")
+def test_the_1x_manage_command_lines(v1_user, tmp_path, jupyter_env):
+    """The 1.x README's command as written (but for the remote python), into the user's
+    kernelspecs (a private JUPYTER_DATA_DIR); then the same with 1.x's short options."""
     r = manage("--display-name", "SSH btest:demo(abc)", "--host", v1_user.alias, "--python", v1_user.env_prefix,
-               "--env", "VAR1=demo VAR2=abc", "--prefix", prefix)
+               "--env", "VAR1=demo VAR2=abc")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Installed kernelspec ssh_btest (SSH btest:demo(abc))" in r.stdout
-    run_kernel(Path(prefix), "ssh_btest", tmp_path / "long.log", v1_user)
+    assert (jupyter_env.data / "kernels" / "ssh_btest" / "kernel.json").is_file()
+    run_kernel(None, "ssh_btest", tmp_path / "long.log", v1_user)
 
     prefix = str(tmp_path / "short")
     r = manage("-H", v1_user.alias, "-p", v1_user.env_prefix, "-d", "SSH btest:demo(abc)", "-e", "VAR1=demo", "VAR2=abc",
@@ -106,8 +112,9 @@ def test_the_1x_manage_command_lines(v1_user, tmp_path):
     run_kernel(Path(prefix), "ssh_btest", tmp_path / "short.log", v1_user)
 
 
-def test_add_kernel_with_1x_arguments(v1_user, tmp_path):
-    """The 1.x README's Python example (with this machine's pythons), as a 1.x script runs it."""
+def test_add_kernel_with_1x_arguments(v1_user, tmp_path, jupyter_env):
+    """The 1.x README's Python example as written but for this machine's pythons, as a 1.x
+    script runs it: into the user's kernelspecs (a private JUPYTER_DATA_DIR)."""
     import ssh_ipykernel.manage
 
     name = ssh_ipykernel.manage.add_kernel(
@@ -117,11 +124,10 @@ def test_add_kernel_with_1x_arguments(v1_user, tmp_path):
         remote_python_path=v1_user.env_prefix,
         sudo=False,
         env="VAR1=demo VAR2=abc",
-        timeout=10,
-        prefix=str(tmp_path),
+        timeout=10
     )
-    assert name == "ssh__sshbtestdemoabc" and Path(name.directory).is_dir()
-    run_kernel(tmp_path, name, tmp_path / "proxy.log", v1_user)
+    assert name == "ssh__sshbtestdemoabc" and name.directory == str(jupyter_env.data / "kernels" / name)
+    run_kernel(None, name, tmp_path / "proxy.log", v1_user)
 
 
 def test_upgrade_of_a_1x_kernelspec(v1_user, tmp_path):

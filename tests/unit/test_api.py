@@ -186,3 +186,12 @@ def test_upgrade_of_an_unwritable_kernelspec_says_so(tmp_path, monkeypatch):
     with pytest.raises(UsageError, match="permission denied writing .* as the user who owns it"):
         ssh_ipykernel.manage.upgrade_kernel("ssh__sshbtestdemoabc", prefix=str(tmp_path))
     assert (old / "kernel.json").read_bytes() == before and sorted(os.listdir(old)) == ["kernel.json", "logo-64x64.png"]
+
+
+def test_show_of_a_1x_kernelspec_gives_the_variables_as_the_proxy_reads_them(tmp_path):
+    write_v1_kernelspec(tmp_path, sudo=True)
+    r = invoke("show", "ssh__sshbtestdemoabc", "--prefix", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "env:            VAR1=demo\n                VAR2=abc\n" in r.output
+    assert "sudo:           yes" in r.output and "timeout:        10.0" in r.output
+    assert "form:           1.x (upgrade)" in r.output
