@@ -156,3 +156,15 @@ def test_upgrade_of_a_1x_kernelspec(v1_user, tmp_path):
 
     log = run_kernel(tmp_path, "ssh__sshbtestdemoabc", tmp_path / "proxy.log", v1_user, root=sudo)
     assert "shell words" not in log  # nothing left to read two ways
+
+
+def test_check_kernel_of_a_1x_kernelspec(v1_user, tmp_path, capsys):
+    """The Python API's check: data, nothing printed."""
+    import ssh_ipykernel.manage
+
+    write_v1_kernelspec(tmp_path, v1_user, sudo=False)
+    result = ssh_ipykernel.manage.check_kernel("ssh__sshbtestdemoabc", prefix=str(tmp_path))
+    assert (result["ok"], result["exit_code"], result["host"]) == (True, 0, v1_user.alias), result
+    assert [s["name"] for s in result["steps"]][-3:] == ["kernel start", "execute", "shutdown"]
+    assert all(s["ok"] for s in result["steps"]) and capsys.readouterr().out == ""
+    assert not wait_remote_clean(v1_user, timeout=15)
