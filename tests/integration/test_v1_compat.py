@@ -168,3 +168,22 @@ def test_check_kernel_of_a_1x_kernelspec(v1_user, tmp_path, capsys):
     assert [s["name"] for s in result["steps"]][-3:] == ["kernel start", "execute", "shutdown"]
     assert all(s["ok"] for s in result["steps"]) and capsys.readouterr().out == ""
     assert not wait_remote_clean(v1_user, timeout=15)
+
+
+def test_shell_words_are_split_never_run(ssh_host, tmp_path):
+    """1.x ran its --env through the remote shell; its words are now split like a shell splits
+    them, and nothing in them is expanded or run, here or there."""
+    marker = "/tmp/sik-v1-env-marker"
+    ssh_host.run(f"rm -f {marker}")
+    words = f"""A='$(touch {marker})' B="`touch {marker}`;x" C=\\$HOME D='a b'"""
+    r = manage("--host", ssh_host.alias, "--ssh-config", str(ssh_host.ssh_config), "--python", ssh_host.env_prefix,
+               "--env", words, "--prefix", str(tmp_path))
+    assert r.returncode == 0 and "read as shell words" in r.stdout, r.stdout + r.stderr
+    k = Kernel(tmp_path, "ssh_btest", tmp_path / "proxy.log")
+    try:
+        k.start()
+        got = k.value("[__import__('os').environ[v] for v in 'ABCD']")
+        assert got == repr([f"$(touch {marker})", f"`touch {marker}`;x", "$HOME", "a b"])
+    finally:
+        k.shutdown()
+    assert ssh_host.run(f"test -e {marker}").returncode != 0 and not os.path.exists(marker)
