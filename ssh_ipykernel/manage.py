@@ -164,11 +164,11 @@ def list_command(prefix: Optional[str], as_json: bool) -> None:
         elif not specs:
             click.echo("No SSH kernelspecs. Add one with: python -m ssh_ipykernel.manage --host HOST --python PATH")
         else:
-            forms = [s.form() for s in specs]
-            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir, FORM_LABELS.get(form, form)]
-                    for s, form in zip(specs, forms)]
+            forms = {s.name: s.form() for s in specs}
+            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir, FORM_LABELS.get(forms[s.name], forms[s.name])]
+                    for s in specs]
             click.echo(format_table(["NAME", "DISPLAY NAME", "HOST", "REMOTE", "LOCATION", "FORM"], rows))
-            if any(form != CURRENT for form in forms):
+            if any(form != CURRENT for form in forms.values()):
                 click.echo("\nKernelspecs of an older form run as they are; `python -m ssh_ipykernel.manage "
                            "upgrade --all --dry-run` shows how `upgrade --all` would rewrite them.")
         return 0

@@ -168,7 +168,8 @@ def test_1x_manage_command_line(tmp_path):
     assert spec["argv"] == [sys.executable, "-m", "ssh_ipykernel", "--host", "btest", "--python", "/opt/env",
                             "--timeout", "10", "--env", "VAR1=demo", "--env", "VAR2=abc", "-f", "{connection_file}"]
     # several words after one -e, and -s for sudo
-    r = invoke("-H", "btest", "-p", "/opt/env", "-s", "-e", "VAR1=demo", "VAR2=a b", "--name", "w", "--prefix", str(tmp_path))
+    r = invoke("-H", "btest", "-p", "/opt/env", "-s", "-e", "VAR1=demo", "VAR2=a b", "--name", "w",
+               "--prefix", str(tmp_path))
     assert r.exit_code == 0, r.output
     assert "Note" not in r.output  # separate words: each read exactly
     argv = json.loads((tmp_path / "share/jupyter/kernels/w/kernel.json").read_text())["argv"]
