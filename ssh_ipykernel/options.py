@@ -72,17 +72,20 @@ class EnvItem:
 
     def note(self) -> Optional[str]:
         """The log line for an argument read as shell words, which the exact form would read as
-        one variable (None for an argument read exactly: the readings agree or 1.x's is not taken)."""
+        one variable (None for one read exactly). It names the variables, never their values:
+        the Jupyter log is no place for a token passed in the environment."""
         if not self.as_words:
             return None
-        got = ", ".join(f"{name}={value!r}" for name, value in self.variables)
-        name, _, rest = self.text.partition("=")
-        if _ENV_NAME_RE.match(name):
-            other = (f"to give {name} the whole text {rest!r} instead, quote the value inside the argument: "
-                     f"--env {name + '=' + shlex.quote(rest)!r}")
+        names = [name for name, _ in self.variables]
+        got = (f"{len(names)} variables, {', '.join(names)}" if len(names) > 1
+               else f"one variable, {names[0]}, its quotes removed")
+        first = self.text.partition("=")[0]
+        if _ENV_NAME_RE.match(first):
+            other = (f"to give {first} all the text after '{first}=' instead, quote that text inside the "
+                     f"argument as a shell would: --env \"{first}='...'\"")
         else:
             other = "the exact form, one variable per --env, is NAME=VALUE"
-        return (f"--env {self.text!r} holds spaces and NAME=VALUE words, so it is read as shell words "
+        return (f"--env {first}=... holds whitespace and only NAME=VALUE words, so it is read as shell words "
                 f"(ssh_ipykernel 1.x's form; quotes honoured, nothing expanded): {got}; {other}")
 
 
