@@ -224,7 +224,7 @@ def upgrade_command(name: Optional[str], all_specs: bool, dry_run: bool, prefix:
     files in its directory (logos)."""
     import shlex
 
-    from .exceptions import UsageError
+    from .exceptions import SSHKernelError, UsageError
     from .specs import get_spec, list_specs, upgrade_spec
 
     def run() -> int:
@@ -233,8 +233,16 @@ def upgrade_command(name: Optional[str], all_specs: bool, dry_run: bool, prefix:
         specs = [get_spec(name, prefix)] if name else [s for s in list_specs(prefix) if s.form() != "current"]
         if not specs:
             click.echo("Every SSH kernelspec here is in today's form: nothing to upgrade.")
+        failed: List[SSHKernelError] = []
         for spec in specs:
-            done = upgrade_spec(spec, dry_run=dry_run)
+            try:
+                done = upgrade_spec(spec, dry_run=dry_run)
+            except SSHKernelError as e:
+                if name:
+                    raise
+                click.echo(f"ssh_ipykernel: error: {e}", err=True)  # --all: the others still get upgraded
+                failed.append(e)
+                continue
             if not done.needed:
                 click.echo(f"{done.name} is in today's form already: nothing to do.")
                 continue
@@ -244,7 +252,7 @@ def upgrade_command(name: Optional[str], all_specs: bool, dry_run: bool, prefix:
             click.echo(f"  new argv: {shlex.join(done.new_argv)}")
         if dry_run and specs:
             click.echo("Nothing written (--dry-run).")
-        return 0
+        return failed[0].exit_code if failed else 0
 
     report_errors(run)
 

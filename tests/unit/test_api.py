@@ -195,3 +195,19 @@ def test_show_of_a_1x_kernelspec_gives_the_variables_as_the_proxy_reads_them(tmp
     assert "env:            VAR1=demo\n                VAR2=abc\n" in r.output
     assert "sudo:           yes" in r.output and "timeout:        10.0" in r.output
     assert "form:           1.x (upgrade)" in r.output
+
+
+def test_upgrade_all_goes_on_past_a_kernelspec_it_cannot_read(tmp_path):
+    bad = write_v1_kernelspec(tmp_path, name="ssh__bad")
+    spec = json.loads((bad / "kernel.json").read_text())
+    spec["argv"][spec["argv"].index("--host") + 1] = "btest;reboot"
+    (bad / "kernel.json").write_text(json.dumps(spec))
+    write_v1_kernelspec(tmp_path)
+    assert {k["name"]: k["form"] for k in ssh_ipykernel.manage.list_kernels(str(tmp_path))} == {
+        "ssh__bad": "unreadable", "ssh__sshbtestdemoabc": "1.x"}
+    r = CliRunner().invoke(manage, ["upgrade", "--all", "--prefix", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "cannot upgrade kernelspec ssh__bad" in r.output and "Add it again" in r.output
+    assert "Upgraded ssh__sshbtestdemoabc (1.x form)" in r.output
+    with pytest.raises(UsageError, match="cannot upgrade kernelspec ssh__bad"):
+        ssh_ipykernel.manage.upgrade_kernel("ssh__bad", prefix=str(tmp_path))
