@@ -116,13 +116,16 @@ def read_env_item(item: str) -> EnvItem:
     * an argument that contains whitespace and, split the way a POSIX shell splits words (quotes
       honoured; nothing expanded; never run through a shell), is only NAME=VALUE words, is read
       as those words, one variable each: 1.x wrote ``--env "VAR1=demo VAR2=abc"``;
-    * any other argument is one variable, NAME=VALUE, the value kept exactly (spaces, quotes, $).
+    * any other argument is one variable, NAME=VALUE, the value kept exactly (spaces, quotes, $);
+      an empty one (1.x's ``add_kernel(env="")``) sets nothing.
 
     :func:`write_env_item` writes every value so that it reads back exactly.
     """
     if "\0" in item:
         name = item.partition("=")[0]
         raise UsageError(f"--env {name}: the value contains a NUL byte")
+    if not item.strip(" \t\r\n"):
+        return EnvItem(item, (), as_words=False)  # 1.x's add_kernel(env="") wrote --env ""
     if _SHELL_WHITESPACE.intersection(item):
         words = _shell_words(item)
         if words is not None:

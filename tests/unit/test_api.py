@@ -211,3 +211,14 @@ def test_upgrade_all_goes_on_past_a_kernelspec_it_cannot_read(tmp_path):
     assert "Upgraded ssh__sshbtestdemoabc (1.x form)" in r.output
     with pytest.raises(UsageError, match="cannot upgrade kernelspec ssh__bad"):
         ssh_ipykernel.manage.upgrade_kernel("ssh__bad", prefix=str(tmp_path))
+
+
+def test_an_empty_1x_env_sets_nothing(tmp_path):
+    """1.x's docstring gave env's default as "": add_kernel(env="") wrote --env ""."""
+    write_v1_kernelspec(tmp_path, env="")
+    [listed] = ssh_ipykernel.manage.list_kernels(str(tmp_path))
+    assert listed["form"] == "1.x" and listed["options"]["env"] == ("",)
+    done = ssh_ipykernel.manage.upgrade_kernel(listed["name"], prefix=str(tmp_path), dry_run=True)
+    assert "--env" not in done.new_argv
+    name = ssh_ipykernel.manage.add_kernel("btest", "E", sys.executable, "/env", env="", prefix=str(tmp_path))
+    assert "--env" not in json.loads((kernels_dir(tmp_path) / name / "kernel.json").read_text())["argv"]

@@ -194,6 +194,8 @@ def test_every_env_value_manage_writes_reads_back_exactly(name, value):
     ("A=", {"A": ""}, False),
     ("B=x=y", {"B": "x=y"}, False),
     ("X=; rm -rf / B=2", {"X": "; rm -rf / B=2"}, False),
+    ("", {}, False),  # 1.x's add_kernel(env="") wrote --env "": nothing, as there
+    (" ", {}, False),
 ])
 def test_env_reading_rule(item, variables, as_words):
     read = o.read_env_item(item)
