@@ -44,7 +44,7 @@ class KernelName(str):
 
     directory: str
 
-    def __new__(cls, name: str, directory: str) -> "KernelName":
+    def __new__(cls, name: str, directory: str = "") -> "KernelName":  # "": as pickle and copy rebuild it
         obj = super().__new__(cls, name)
         obj.directory = directory
         return obj

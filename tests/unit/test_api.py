@@ -52,6 +52,11 @@ def test_add_kernel_as_1x_scripts_call_it(tmp_path):
         prefix=str(tmp_path))
     assert name == "ssh__sshbtestdemoabc" and isinstance(name, str)  # 1.x's name for that display name
     assert name.name == "ssh__sshbtestdemoabc" and name.directory == str(kernels_dir(tmp_path) / name)
+    import copy
+    import pickle
+
+    for again in (copy.copy(name), pickle.loads(pickle.dumps(name))):
+        assert (again, again.directory) == (name, name.directory)
     spec = json.loads((kernels_dir(tmp_path) / name / "kernel.json").read_text())
     assert spec["display_name"] == "SSH btest:demo(abc)" and spec["language"] == "python"
     assert spec["argv"] == [sys.executable, "-m", "ssh_ipykernel", "--host", "btest", "--python",
