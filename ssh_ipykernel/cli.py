@@ -14,7 +14,7 @@ from typing import Any, Optional
 import click
 
 from . import __version__
-from .manage import add_command, check_command, list_command, remove_command, show_command
+from .manage import add_command, check_command, list_command, remove_command, show_command, upgrade_command
 from .options import DEFAULT_TIMEOUT
 from .proxycli import HOST_HELP, SSH_CONFIG_HELP, log_options, proxy_command, transport_option
 from .report import format_table, report_errors
@@ -126,7 +126,8 @@ def main() -> None:
 def _register() -> None:
     main.add_command(proxy_command, "kernel")
     for name, command in (("add", add_command), ("list", list_command), ("show", show_command),
-                          ("check", check_command), ("remove", remove_command), ("status", status_command),
+                          ("check", check_command), ("remove", remove_command), ("upgrade", upgrade_command),
+                          ("status", status_command),
                           ("connect", connect_command), ("disconnect", disconnect_command)):
         main.add_command(command, name)
 

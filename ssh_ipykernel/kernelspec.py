@@ -50,6 +50,12 @@ def default_kernel_name(host: str, remote_kernel: Optional[str] = None) -> str:
     return name
 
 
+def v1_kernel_name(display_name: str) -> str:
+    """The name ssh_ipykernel 1.x's add_kernel gave a kernelspec: ``ssh__`` and the display name's
+    letters, digits, '-', '.' and '_' (lowercased, as jupyter_client installs every kernelspec)."""
+    return ("ssh__" + re.sub(r"[^a-zA-Z0-9\-\.\_]", "", display_name)).lower()
+
+
 def check_kernel_name(name: str) -> str:
     if not _VALID_NAME_RE.match(name):
         msg = (
@@ -63,6 +69,25 @@ def check_kernel_name(name: str) -> str:
 def proxy_argv(options: KernelSpecOptions, python_executable: Optional[str] = None) -> List[str]:
     """The argv Jupyter runs: this python, -m ssh_ipykernel, our options, -f {connection_file}."""
     return options.proxy.argv(python_executable)
+
+
+def ssh_metadata(proxy: ProxyOptions) -> Dict[str, Any]:
+    """``metadata.ssh_ipykernel`` of a kernelspec: who wrote it, and its options for people reading
+    kernel.json (the argv is what counts). Its presence tells a kernelspec of this version's form
+    from one of ssh_ipykernel 1.x, which wrote no metadata."""
+    return {
+        "version": __version__,
+        "host": proxy.host.spec,
+        "python": proxy.python,
+        "sudo": proxy.sudo,
+        "remote_kernel": proxy.launch.remote_kernel,
+        "kernel_cmd": proxy.launch.written_kernel_cmd(),
+        "workdir": proxy.launch.workdir,
+        "pre_command": proxy.launch.pre_command,
+        "grace": proxy.lifetime.written_grace(),
+        "persist": proxy.written_persist(),
+        "transport": proxy.written_transport(),
+    }
 
 
 def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str] = None) -> Dict[str, Any]:
@@ -79,19 +104,7 @@ def build_kernelspec(options: KernelSpecOptions, python_executable: Optional[str
             # JupyterLab shows its debugger for kernels that say so; ipykernel >= 6 (debugpy)
             # answers debug_request over the control channel, which the tunnel carries.
             "debugger": options.debugger and options.language == "python",
-            "ssh_ipykernel": {
-                "version": __version__,
-                "host": proxy.host.spec,
-                "python": proxy.python,
-                "sudo": proxy.sudo,
-                "remote_kernel": proxy.launch.remote_kernel,
-                "kernel_cmd": proxy.launch.written_kernel_cmd(),
-                "workdir": proxy.launch.workdir,
-                "pre_command": proxy.launch.pre_command,
-                "grace": proxy.lifetime.written_grace(),
-                "persist": proxy.written_persist(),
-                "transport": proxy.written_transport(),
-            },
+            "ssh_ipykernel": ssh_metadata(proxy),
         },
     }
 

@@ -2,9 +2,12 @@
 and check them.
 
 ``add`` (the default when the first argument is an option, so ``manage --host btest ...``
-keeps working) writes a kernelspec whose argv starts the local proxy (``python -m
-ssh_ipykernel``) with the options given, and installs it with jupyter_client's
-KernelSpecManager. The other subcommands read kernelspecs back through specs.py.
+and ssh_ipykernel 1.x's ``manage -H btest -p /opt/env ...`` keep working) writes a kernelspec
+whose argv starts the local proxy (``python -m ssh_ipykernel``) with the options given, and
+installs it with jupyter_client's KernelSpecManager. The other subcommands read kernelspecs
+back through specs.py; ``upgrade`` rewrites those of an older form in today's.
+
+The Python API (api.py) is importable from here, as 1.x's ``add_kernel`` was.
 """
 from __future__ import annotations
 
@@ -15,11 +18,15 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import click
 
 from . import __version__
-from .proxycli import common_options, grace_option, launch_options, persist_option, transport_option
+from .api import KernelName, add_kernel, check_kernel, list_kernels, remove_kernel, upgrade_kernel, upgrade_kernels
+from .proxycli import EnvWordsCommand, common_options, grace_option, launch_options, persist_option, transport_option
 from .report import format_table, report_errors
 
 if TYPE_CHECKING:
     from .check import Target
+
+__all__ = ["KernelName", "add_kernel", "check_kernel", "list_kernels", "main", "manage", "remove_kernel",
+           "upgrade_kernel", "upgrade_kernels"]
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 PREFIX_HELP = "Also look under DIR/share/jupyter/kernels (where `add --prefix DIR` writes), first."
@@ -39,7 +46,7 @@ class DefaultGroup(click.Group):
 @click.group(cls=DefaultGroup, context_settings=CONTEXT, no_args_is_help=True)
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def manage() -> None:
-    """Register SSH hosts as Jupyter kernels, and list, show, check and remove them.
+    """Register SSH hosts as Jupyter kernels, and list, show, check, upgrade and remove them.
 
     Without a subcommand, `add` runs (it is the default):
 
@@ -55,13 +62,13 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
     return sys.prefix if location == "sys-prefix" else prefix
 
 
-@manage.command(name="add", context_settings=CONTEXT)
+@manage.command(name="add", cls=EnvWordsCommand, context_settings=CONTEXT)
 @common_options
 @grace_option
 @persist_option
 @transport_option
 @launch_options
-@click.option("--display-name", metavar="TEXT",
+@click.option("-d", "--display-name", metavar="TEXT",
               help='Name shown in kernel pickers. Default: "SSH <host>" (plus the remote kernel\'s name).')
 @click.option("--name", metavar="NAME", help="Kernelspec name. Default: ssh_<host> (plus _<remote kernel>).")
 @click.option("--language", metavar="NAME",
@@ -90,6 +97,8 @@ def add_command(
 
     def run() -> int:
         proxy = ProxyOptions.from_params(params)
+        for note in proxy.env_notes:
+            click.echo(f"Note: {note}")
         host, remote_kernel = proxy.host.spec, proxy.launch.remote_kernel
         kernel_name = check_kernel_name(name) if name else default_kernel_name(host, remote_kernel)
         options = KernelSpecOptions(proxy=proxy, display_name=display_name, name=kernel_name,
@@ -134,15 +143,19 @@ def take_over_remote_kernelspec(options: Any, probe: Any, display_name: Optional
     options.resources = dict(probe.resources)
 
 
-# -- list / show / remove ----------------------------------------------------------------------
+# -- list / show / upgrade / remove -------------------------------------------------------------
+
+#: How list and show name a kernelspec's form (specs.InstalledSpec.form).
+FORM_LABELS = {"1.x": "1.x (upgrade)", "older": "older (upgrade)", "unreadable": "unreadable (add it again)"}
 
 
 @manage.command(name="list", context_settings=CONTEXT)
 @click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(prefix: Optional[str], as_json: bool) -> None:
-    """List the SSH kernelspecs Jupyter sees: name, host, what runs remotely, where it is."""
-    from .specs import list_specs
+    """List the SSH kernelspecs Jupyter sees: name, host, what runs remotely, where it is, and
+    its FORM: "current", or "1.x" / "older" for a kernelspec `upgrade` would rewrite."""
+    from .specs import CURRENT, list_specs
 
     def run() -> int:
         specs = list_specs(prefix)
@@ -151,8 +164,13 @@ def list_command(prefix: Optional[str], as_json: bool) -> None:
         elif not specs:
             click.echo("No SSH kernelspecs. Add one with: python -m ssh_ipykernel.manage --host HOST --python PATH")
         else:
-            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir] for s in specs]
-            click.echo(format_table(["NAME", "DISPLAY NAME", "HOST", "REMOTE", "LOCATION"], rows))
+            forms = {s.name: s.form() for s in specs}
+            rows = [[s.name, s.display_name, s.host, s.remote(), s.resource_dir, FORM_LABELS.get(forms[s.name], forms[s.name])]
+                    for s in specs]
+            click.echo(format_table(["NAME", "DISPLAY NAME", "HOST", "REMOTE", "LOCATION", "FORM"], rows))
+            if any(form != CURRENT for form in forms.values()):
+                click.echo("\nKernelspecs of an older form run as they are; `python -m ssh_ipykernel.manage "
+                           "upgrade --all --dry-run` shows how `upgrade --all` would rewrite them.")
         return 0
 
     report_errors(run)
@@ -178,9 +196,10 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
             ("host", o.get("host")), ("remote python", o.get("python") or "python3 (remote PATH)"),
             ("remote kernel", o.get("remote_kernel")), ("kernel command", o.get("kernel_cmd")),
             ("workdir", o.get("workdir")), ("pre-command", o.get("pre_command")),
-            ("env", "\n".join(o.get("env") or ()) or None), ("sudo", "yes" if o.get("sudo") else None),
+            ("env", _shown_env(spec)), ("sudo", "yes" if o.get("sudo") else None),
             ("ssh config", o.get("ssh_config")), ("timeout", o.get("timeout")),
             ("interrupt mode", spec.spec.get("interrupt_mode")), ("command", spec.command_line()),
+            ("form", FORM_LABELS.get(spec.form(), spec.form())),
         ]
         for label, value in rows:
             if value is not None and value != "":
@@ -191,6 +210,63 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
         return 0
 
     report_errors(run)
+
+
+@manage.command(name="upgrade", context_settings=CONTEXT)
+@click.argument("name", required=False)
+@click.option("--all", "all_specs", is_flag=True, help="Every SSH kernelspec of an older form.")
+@click.option("--dry-run", is_flag=True, help="Show the old and the new argv; write nothing.")
+@click.option("--prefix", metavar="DIR", type=click.Path(file_okay=False), help=PREFIX_HELP)
+def upgrade_command(name: Optional[str], all_specs: bool, dry_run: bool, prefix: Optional[str]) -> None:
+    """Rewrite the SSH kernelspec NAME (or --all of them) in today's form, in place: kernelspecs
+    written by ssh_ipykernel 1.x or with another older argv. Display name, host, python, env,
+    sudo, timeout and every other option stay, as do the other keys of kernel.json and the other
+    files in its directory (logos)."""
+    import shlex
+
+    from .exceptions import SSHKernelError, UsageError
+    from .specs import get_spec, list_specs, upgrade_spec
+
+    def run() -> int:
+        if bool(name) == all_specs:
+            raise UsageError("upgrade takes a kernelspec NAME or --all (see `list`), one of them")
+        specs = [get_spec(name, prefix)] if name else [s for s in list_specs(prefix) if s.form() != "current"]
+        if not specs:
+            click.echo("Every SSH kernelspec here is in today's form: nothing to upgrade.")
+        failed: List[SSHKernelError] = []
+        for spec in specs:
+            try:
+                done = upgrade_spec(spec, dry_run=dry_run)
+            except SSHKernelError as e:
+                if name:
+                    raise
+                click.echo(f"ssh_ipykernel: error: {e}", err=True)  # --all: the others still get upgraded
+                failed.append(e)
+                continue
+            if not done.needed:
+                click.echo(f"{done.name} is in today's form already: nothing to do.")
+                continue
+            verb = "Would upgrade" if dry_run else "Upgraded"
+            click.echo(f"{verb} {done.name} ({done.form} form) in {done.directory}")
+            click.echo(f"  old argv: {shlex.join(done.old_argv)}")
+            click.echo(f"  new argv: {shlex.join(done.new_argv)}")
+        if dry_run and specs:
+            click.echo("Nothing written (--dry-run).")
+        return failed[0].exit_code if failed else 0
+
+    report_errors(run)
+
+
+def _shown_env(spec: Any) -> Optional[str]:
+    """The remote kernel's variables, one NAME=VALUE a line, as the proxy reads them (1.x's
+    "A=1 B=2" as two); the arguments as written if they cannot be read."""
+    from .exceptions import SSHKernelError
+
+    try:
+        env = spec.proxy_options().env
+    except SSHKernelError:
+        return "\n".join(spec.options.get("env") or ()) or None
+    return "\n".join(f"{name}={value}" for name, value in env.items()) or None
 
 
 @manage.command(name="remove", context_settings=CONTEXT)
@@ -212,7 +288,7 @@ def remove_command(name: str, prefix: Optional[str]) -> None:
 # -- check ----------------------------------------------------------------------------------------
 
 
-@manage.command(name="check", context_settings=CONTEXT)
+@manage.command(name="check", cls=EnvWordsCommand, context_settings=CONTEXT)
 @click.argument("name", required=False)
 @common_options
 @transport_option
@@ -270,6 +346,8 @@ def _target_from_options(params: Dict[str, Any]) -> "Target":
     from .options import ProxyOptions
 
     proxy = ProxyOptions.from_params(params)
+    for note in proxy.env_notes:
+        click.echo(f"Note: {note}")
     return Target(proxy, kernelspec=build_kernelspec(KernelSpecOptions(proxy=proxy)))
 
 

@@ -33,7 +33,8 @@ __all__ = [
     "CONNECTION_FILE_FIELD", "DEFAULT_CLIENT_TIMEOUT", "DEFAULT_GRACE", "DEFAULT_GRACE_TEXT", "DEFAULT_PERSIST",
     "DEFAULT_TIMEOUT", "DEFAULT_TRANSPORT", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
     "ProxyOptions", "ProxyParams", "check_launch", "check_python", "check_ssh_config", "format_duration",
-    "parse_env", "parse_grace", "split_kernel_cmd",
+    "EnvItem", "expand_env_words", "parse_env", "parse_grace", "read_env", "read_env_item", "split_kernel_cmd",
+    "write_env_item",
 ]
 
 # -- defaults: the only place they are written ----------------------------------------------------
@@ -57,21 +58,150 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # -- values -----------------------------------------------------------------------------------------
 
-def parse_env(items: Iterable[str]) -> Dict[str, str]:
-    """``VAR=VALUE`` pairs into a dict; the value is kept byte for byte (spaces, quotes, $)."""
+#: What a POSIX shell (and shlex) splits words on.
+_SHELL_WHITESPACE = frozenset(" \t\r\n")
+
+
+@dataclass(frozen=True)
+class EnvItem:
+    """One ``--env`` argument and what it was read as (see :func:`read_env_item`)."""
+
+    text: str  # the argv element, as given
+    variables: Tuple[Tuple[str, str], ...]  # (name, value) in order
+    as_words: bool  # read the ssh_ipykernel 1.x way: shell words, one variable per word
+
+    def note(self) -> Optional[str]:
+        """The log line for an argument read as shell words, which the exact form would read as
+        one variable (None for one read exactly). It names the variables, never their values:
+        the Jupyter log is no place for a token passed in the environment."""
+        if not self.as_words:
+            return None
+        names = [name for name, _ in self.variables]
+        got = (f"{len(names)} variables, {', '.join(names)}" if len(names) > 1
+               else f"one variable, {names[0]}, its quotes removed")
+        first = self.text.partition("=")[0]
+        if _ENV_NAME_RE.match(first):
+            other = (f"to give {first} all the text after '{first}=' instead, quote that text inside the "
+                     f"argument as a shell would: --env \"{first}='...'\"")
+        else:
+            other = "the exact form, one variable per --env, is NAME=VALUE"
+        return (f"--env {first}=... holds whitespace and only NAME=VALUE words, so it is read as shell words "
+                f"(ssh_ipykernel 1.x's form; quotes honoured, nothing expanded): {got}; {other}")
+
+
+def _env_error(item: str) -> UsageError:
+    msg = (
+        f"--env {item!r} is not VAR=VALUE with a valid variable name (letters, digits and "
+        f"_, not starting with a digit); several variables go in several --env options"
+    )
+    return UsageError(msg)
+
+
+def _shell_words(text: str) -> Optional[List[Tuple[str, str]]]:
+    """``text`` split like a POSIX shell splits words (never expanded, never run), when every word
+    is NAME=VALUE; else None."""
+    try:
+        words = shlex.split(text)
+    except ValueError:  # an unclosed quote: not shell words
+        return None
+    pairs = [word.partition("=") for word in words]
+    if not pairs or not all(sep and _ENV_NAME_RE.match(name) for name, sep, _ in pairs):
+        return None
+    return [(name, value) for name, _, value in pairs]
+
+
+def read_env_item(item: str) -> EnvItem:
+    """Read one ``--env`` argument; the rule (README, "Coming from ssh_ipykernel 1.x"):
+
+    * an argument that contains whitespace and, split the way a POSIX shell splits words (quotes
+      honoured; nothing expanded; never run through a shell), is only NAME=VALUE words, is read
+      as those words, one variable each: 1.x wrote ``--env "VAR1=demo VAR2=abc"``;
+    * any other argument is one variable, NAME=VALUE, the value kept exactly (spaces, quotes, $);
+      an empty one (1.x's ``add_kernel(env="")``) sets nothing.
+
+    :func:`write_env_item` writes every value so that it reads back exactly.
+    """
+    if "\0" in item:
+        name = item.partition("=")[0]
+        raise UsageError(f"--env {name}: the value contains a NUL byte")
+    if not item.strip(" \t\r\n"):
+        return EnvItem(item, (), as_words=False)  # 1.x's add_kernel(env="") wrote --env ""
+    if _SHELL_WHITESPACE.intersection(item):
+        words = _shell_words(item)
+        if words is not None:
+            return EnvItem(item, tuple(words), as_words=True)
+    name, sep, value = item.partition("=")
+    if not sep or not _ENV_NAME_RE.match(name):
+        raise _env_error(item)
+    return EnvItem(item, ((name, value),), as_words=False)
+
+
+def write_env_item(name: str, value: str) -> str:
+    """The ``--env`` argument that :func:`read_env_item` reads back as exactly ``name=value``:
+    ``NAME=VALUE`` as is, or with the value shell-quoted where, as is, it would read as 1.x's
+    shell words (a value like ``'x B=y'``)."""
+    plain = f"{name}={value}"
+    if not read_env_item(plain).as_words:
+        return plain
+    return f"{name}={shlex.quote(value)}"
+
+
+def read_env(items: Iterable[str]) -> Tuple[Dict[str, str], Tuple[str, ...]]:
+    """``--env`` arguments into the variables (a later one wins) and the notes to log for those
+    read as shell words (:meth:`EnvItem.note`)."""
     env: Dict[str, str] = {}
+    notes: List[str] = []
     for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME_RE.match(name):
-            msg = (
-                f"--env {item!r} is not VAR=VALUE with a valid variable name (letters, digits and "
-                f"_, not starting with a digit)"
-            )
-            raise UsageError(msg)
-        if "\0" in value:
-            raise UsageError(f"--env {name}: the value contains a NUL byte")
-        env[name] = value
-    return env
+        read = read_env_item(item)
+        env.update(read.variables)
+        note = read.note()
+        if note:
+            notes.append(note)
+    return env, tuple(notes)
+
+
+def parse_env(items: Iterable[str]) -> Dict[str, str]:
+    """``--env`` arguments into a dict (:func:`read_env_item` says how each is read)."""
+    return read_env(items)[0]
+
+
+def is_env_word(arg: str) -> bool:
+    """Whether ``arg`` starts like a variable assignment (NAME=...)."""
+    name, sep, _ = arg.partition("=")
+    return bool(sep) and bool(_ENV_NAME_RE.match(name))
+
+
+#: The spellings of --env: 1.x took several words after one of them (argparse nargs='*').
+ENV_FLAGS = ("-e", "--env")
+
+
+def expand_env_words(args: List[str], value_options: Iterable[str] = ()) -> List[str]:
+    """1.x's ``--env A=1 B=2`` (several NAME=VALUE words after one --env or -e, argparse's
+    nargs='*') as ``--env A=1 --env B=2``; a bare ``--env`` (1.x allowed none) is dropped. The
+    values of ``value_options`` (the options that take one) are passed over, whatever they are."""
+    out: List[str] = []
+    i = 0
+    takes_value = frozenset(value_options)
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in ENV_FLAGS:
+            i += 1
+            if i < len(args) and not args[i].startswith("-"):
+                out += ["--env", args[i]]
+                i += 1
+                while i < len(args) and is_env_word(args[i]):
+                    out += ["--env", args[i]]
+                    i += 1
+            continue
+        out.append(arg)
+        i += 1
+        if arg in takes_value and i < len(args):
+            out.append(args[i])
+            i += 1
+    return out
 
 
 def parse_grace(value: str) -> Optional[float]:
@@ -285,6 +415,8 @@ class ProxyOptions:
     lifetime: Lifetime = field(default_factory=Lifetime)
     #: Jupyter's connection file (-f); in a kernelspec, the field Jupyter fills in.
     connection_file: str = CONNECTION_FILE_FIELD
+    #: How --env arguments that read differently in 1.x's form were read: the proxy logs them.
+    env_notes: Tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def host(self) -> HostSpec:
@@ -301,7 +433,7 @@ class ProxyOptions:
         """
         host = parse_host(params["host"])
         python = check_python(params.get("python"))
-        env = parse_env(params.get("env") or ())
+        env, env_notes = read_env(params.get("env") or ())
         ssh_config = check_ssh_config(params.get("ssh_config")) if vet_ssh_config else params.get("ssh_config")
         connection_file = params.get("connection_file")
         launch = check_launch(remote_kernel=params.get("remote_kernel"), kernel_cmd=params.get("kernel_cmd"),
@@ -318,7 +450,7 @@ class ProxyOptions:
             transport=params.get("transport", DEFAULT_TRANSPORT), persist=params.get("persist", DEFAULT_PERSIST),
         )
         return cls(connection=connection, python=python, env=env, sudo=bool(params.get("sudo")), launch=launch,
-                   lifetime=lifetime, connection_file=connection_file or CONNECTION_FILE_FIELD)
+                   lifetime=lifetime, connection_file=connection_file or CONNECTION_FILE_FIELD, env_notes=env_notes)
 
     def written_persist(self) -> Optional[float]:
         """--persist in a kernelspec; None when it is the default."""
@@ -341,7 +473,7 @@ class ProxyOptions:
         if connection.timeout != DEFAULT_TIMEOUT:
             argv += ["--timeout", f"{connection.timeout:g}"]
         for name, value in self.env.items():
-            argv += ["--env", f"{name}={value}"]
+            argv += ["--env", write_env_item(name, value)]
         if self.sudo:
             argv.append("--sudo")
         persist, transport = self.written_persist(), self.written_transport()

@@ -23,6 +23,7 @@ from .options import (
     DEFAULT_TIMEOUT,
     DEFAULT_TRANSPORT,
     ProxyParams,
+    expand_env_words,
 )
 from .report import report_errors
 from .transport import CHOICES
@@ -66,18 +67,33 @@ def transport_option(func: F) -> F:
     )(func)
 
 
+class EnvWordsCommand(click.Command):
+    """A command that also takes ssh_ipykernel 1.x's ``--env A=1 B=2`` (several words after one
+    --env): options.expand_env_words turns them into one --env each before click parses."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        takes_value = [name for param in self.params if isinstance(param, click.Option) and not param.is_flag
+                       and param.nargs == 1 for name in (*param.opts, *param.secondary_opts)]
+        return super().parse_args(ctx, expand_env_words(list(args), takes_value))
+
+
+ENV_HELP = ("Environment variable for the remote kernel, NAME=VALUE, the value kept exactly (repeatable). "
+            "A value with spaces that splits into NAME=VALUE words ('A=1 B=2', as ssh_ipykernel 1.x wrote) "
+            "is read as those words: see the README.")
+
+
 def common_options(func: F) -> F:
-    """The options both the proxy and manage take, with the same names and help."""
+    """The options both the proxy and manage take, with the same names and help (the short
+    forms are ssh_ipykernel 1.x's, which old kernelspecs and scripts use)."""
     return _apply(func, [
-        click.option("--host", required=True, metavar="HOST", help=HOST_HELP),
-        click.option("--python", metavar="PATH",
+        click.option("-H", "--host", required=True, metavar="HOST", help=HOST_HELP),
+        click.option("-p", "--python", metavar="PATH",
                      help="Remote interpreter path or environment prefix (PREFIX/bin/python). Default: python3 on the remote PATH."),
         click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE", help=SSH_CONFIG_HELP),
-        click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+        click.option("-t", "--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
                      help="Seconds allowed to connect and to start the remote kernel."),
-        click.option("--env", "env", multiple=True, metavar="VAR=VALUE",
-                     help="Environment variable for the remote kernel (repeatable)."),
-        click.option("--sudo", is_flag=True, help="Run the remote kernel with sudo -n (passwordless sudo only)."),
+        click.option("-e", "--env", "env", multiple=True, metavar="VAR=VALUE", help=ENV_HELP),
+        click.option("-s", "--sudo", is_flag=True, help="Run the remote kernel with sudo -n (passwordless sudo only)."),
     ])
 
 
@@ -111,11 +127,11 @@ def log_options(func: F) -> F:
     ])
 
 
-@click.command(name="kernel", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="kernel", cls=EnvWordsCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @common_options
 @grace_option
 @launch_options
-@click.option("-f", "--connection-file", "connection_file", required=True, metavar="FILE",
+@click.option("-f", "--connection-file", "--file", "connection_file", required=True, metavar="FILE",
               help="The connection file Jupyter wrote ({connection_file} in a kernelspec).")
 @transport_option
 @log_options
@@ -142,6 +158,8 @@ def proxy_command(log_level: str, log_file: Optional[str], **params: Any) -> Non
 
         options = ProxyOptions.from_params(params)
         proxy = Proxy(dataclasses.replace(options, connection=resolved(options.connection)))
+        for note in options.env_notes:  # how an --env of 1.x's form was read: never silently
+            proxy.log.info("%s", note)
         try:
             return proxy.run()
         except SSHKernelError as e:

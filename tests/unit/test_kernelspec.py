@@ -27,6 +27,17 @@ def test_default_names_are_valid(host, name):
     assert check_kernel_name(name) == name
 
 
+@pytest.mark.parametrize("display_name, name", [
+    # what 1.2.3's add_kernel computes ("ssh_" + "_" + the safe characters), lowercased as
+    # jupyter_client installs it; 1.x's README shows ssh__ssh_btest_demo_abc_, from an older version
+    ("SSH btest:demo(abc)", "ssh__sshbtestdemoabc"), ("gpu-1.x_y", "ssh__gpu-1.x_y"), ("Ünï cödé", "ssh__ncd"),
+])
+def test_1x_kernel_names(display_name, name):
+    from ssh_ipykernel.kernelspec import v1_kernel_name
+
+    assert v1_kernel_name(display_name) == name == check_kernel_name(name)
+
+
 def test_invalid_name_is_refused_with_a_suggestion():
     with pytest.raises(UsageError) as e:
         check_kernel_name("my kernel!")

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from ssh_ipykernel.cli import main as console_main
 from ssh_ipykernel.manage import manage
 
-COMMANDS = ["add", "list", "show", "remove", "check"]
+COMMANDS = ["add", "list", "show", "remove", "check", "upgrade"]
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +76,8 @@ def test_list_show_remove_cycle(tmp_path):
     r = invoke("list", "--prefix", str(prefix))
     assert r.exit_code == 0
     lines = r.output.splitlines()
-    assert lines[0].split() == ["NAME", "DISPLAY", "NAME", "HOST", "REMOTE", "LOCATION"]
+    assert lines[0].split() == ["NAME", "DISPLAY", "NAME", "HOST", "REMOTE", "LOCATION", "FORM"]
+    assert all(line.split()[-1] == "current" for line in lines[1:])
     assert [line.split()[0] for line in lines[1:]] == ["gpu", "ssh_btest"]
     assert "ipykernel with ~/envs/py3" in r.output and "command julia -i" in r.output
     assert "plain" not in r.output
@@ -154,3 +155,32 @@ def test_kernelspec_argv_reads_back_to_the_same_options(tmp_path):
     assert spec.options["env"] == ("E={x} 'q'",)
     assert spec.spec["argv"][0] == sys.executable
     assert not any(a.startswith("~") for a in spec.spec["argv"]), "jupyter_client would expand ~ locally"
+
+
+def test_1x_manage_command_line(tmp_path):
+    """ssh_ipykernel 1.x's README command, with its short options: -H -p -d -e "A=1 B=2" -t."""
+    r = invoke("-H", "btest", "-p", "/opt/env", "-d", "SSH btest:demo(abc)", "-e", "VAR1=demo VAR2=abc", "-t", "10",
+               "--prefix", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "read as shell words (ssh_ipykernel 1.x's form" in r.output  # how -e was read, said once
+    spec = json.loads((tmp_path / "share/jupyter/kernels/ssh_btest/kernel.json").read_text())
+    assert spec["display_name"] == "SSH btest:demo(abc)"
+    assert spec["argv"] == [sys.executable, "-m", "ssh_ipykernel", "--host", "btest", "--python", "/opt/env",
+                            "--timeout", "10", "--env", "VAR1=demo", "--env", "VAR2=abc", "-f", "{connection_file}"]
+    # several words after one -e, and -s for sudo
+    r = invoke("-H", "btest", "-p", "/opt/env", "-s", "-e", "VAR1=demo", "VAR2=a b", "--name", "w",
+               "--prefix", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert "Note" not in r.output  # separate words: each read exactly
+    argv = json.loads((tmp_path / "share/jupyter/kernels/w/kernel.json").read_text())["argv"]
+    assert argv[7:] == ["--env", "VAR1=demo", "--env", "VAR2=a b", "--sudo", "-f", "{connection_file}"]
+
+
+def test_a_value_that_would_read_as_shell_words_is_written_quoted(tmp_path):
+    r = invoke("--host", "btest", "--env", "A='x B=y'", "--prefix", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    from ssh_ipykernel.specs import get_spec
+
+    spec = get_spec("ssh_btest", str(tmp_path))
+    assert spec.proxy_options().env == {"A": "x B=y"}
+    assert "--env" in spec.spec["argv"] and "A='x B=y'" in spec.spec["argv"]

@@ -83,6 +83,9 @@ def test_a_model_built_in_code_writes_canonical_values():
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
 TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=0x2FF, blacklist_characters="\x7f"), min_size=1,
                max_size=12).filter(lambda s: s.strip() != "")
+#: Values that test the --env reading rule: spaces before NAME=, quotes, backslashes, $ and newlines.
+ENV_VALUES = st.lists(st.sampled_from([" ", "\t", "\n", "B=", "b_2=", "=", "'", '"', "\\", "$HOME", "x", "é", "{x}", "#"])
+                      | st.text(max_size=3).filter(lambda s: "\0" not in s), max_size=8).map("".join)
 ARGS = st.lists(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=6), max_size=3)
 
 
@@ -92,8 +95,7 @@ def proxy_params(draw: st.DrawFn) -> dict:
         "host": draw(st.sampled_from(["btest", "u@h", "h:2222", "ssh://u@h:22", "[::1]:22", "a.b-c", "::1"])),
         "python": draw(st.none() | TEXT | TEXT.map(lambda s: "~/" + s)),
         "timeout": draw(st.integers(2, 2000).map(lambda n: n / 2)),
-        "env": tuple(f"{k}={v}" for k, v in draw(st.dictionaries(NAMES, st.text(max_size=8).filter(lambda s: "\0" not in s),
-                                                                  max_size=3)).items()),
+        "env": tuple(o.write_env_item(k, v) for k, v in draw(st.dictionaries(NAMES, ENV_VALUES, max_size=3)).items()),
         "sudo": draw(st.booleans()),
         "grace": draw(st.sampled_from(["1h", "never", "0", "600", "30m", "2d", "1.5h", "90S"])),
         "persist": draw(st.integers(2, 2000).map(lambda n: n / 2)),
@@ -120,6 +122,7 @@ def test_argv_round_trip(params):
     assert argv[:3] == [sys.executable, "-m", "ssh_ipykernel"] and argv[-2:] == ["-f", "{connection_file}"]
     assert not any(a.startswith("~") for a in argv), "jupyter_client would expand ~ locally"
     back = read_back(opts)
+    assert dict(back.env) == dict(opts.env)
     assert back.lifetime.grace == opts.lifetime.grace
     assert back.launch.kernel_cmd_text == opts.launch.kernel_cmd_text
     assert back.argv() == argv
@@ -162,3 +165,80 @@ def test_connect_and_the_proxy_build_the_same_transport(tmp_path, monkeypatch):
             assert transport.host == connection.host
         finally:
             transport.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=NAMES, value=ENV_VALUES)
+def test_every_env_value_manage_writes_reads_back_exactly(name, value):
+    """Whatever dict `manage add` writes, the proxy reads back identically: a value the plain
+    NAME=VALUE form would read as 1.x's shell words is written quoted."""
+    written = o.write_env_item(name, value)
+    assert o.read_env_item(written).variables == ((name, value),)
+    assert dict(read_back(o.ProxyOptions(o.ConnectionOptions(parse_host("h")), env={name: value})).env) == {name: value}
+    if not o.read_env_item(f"{name}={value}").as_words:
+        assert written == f"{name}={value}"  # today's form, unchanged, wherever it is unambiguous
+
+
+@pytest.mark.parametrize("item, variables, as_words", [
+    # ssh_ipykernel 1.x's manage wrote all variables in one argument
+    ("VAR1=demo VAR2=abc", {"VAR1": "demo", "VAR2": "abc"}, True),
+    ("A='x y' B=\"q $HOME\"", {"A": "x y", "B": "q $HOME"}, True),  # quotes honoured, $ never expanded
+    ("A=1\tB=2", {"A": "1", "B": "2"}, True),
+    ("A='x B=y'", {"A": "x B=y"}, True),  # the spelling for one value holding " B="
+    # everything else is one variable, kept exactly
+    ("A=x y", {"A": "x y"}, False),  # "y" is no NAME=VALUE word
+    ("E={x} 'q'", {"E": "{x} 'q'"}, False),
+    ("C='hello'", {"C": "'hello'"}, False),  # no whitespace: exact (1.x would have removed the quotes)
+    ("M=don't B=1", {"M": "don't B=1"}, False),  # not splittable: exact
+    ("P=$HOME/bin", {"P": "$HOME/bin"}, False),
+    ("A=", {"A": ""}, False),
+    ("B=x=y", {"B": "x=y"}, False),
+    ("X=; rm -rf / B=2", {"X": "; rm -rf / B=2"}, False),
+    ("", {}, False),  # 1.x's add_kernel(env="") wrote --env "": nothing, as there
+    (" ", {}, False),
+])
+def test_env_reading_rule(item, variables, as_words):
+    read = o.read_env_item(item)
+    assert dict(read.variables) == variables and read.as_words is as_words
+    assert (read.note() is not None) is as_words
+
+
+def test_an_argument_read_as_shell_words_says_so_and_how_to_write_the_other_meaning():
+    env, notes = o.read_env(["VAR1=demo VAR2=abc", "X=1 2", "T='tok en'"])
+    assert env == {"VAR1": "demo", "VAR2": "abc", "X": "1 2", "T": "tok en"}
+    assert notes == (
+        "--env VAR1=... holds whitespace and only NAME=VALUE words, so it is read as shell words (ssh_ipykernel "
+        "1.x's form; quotes honoured, nothing expanded): 2 variables, VAR1, VAR2; to give VAR1 all the text after "
+        "'VAR1=' instead, quote that text inside the argument as a shell would: --env \"VAR1='...'\"",
+        "--env T=... holds whitespace and only NAME=VALUE words, so it is read as shell words (ssh_ipykernel "
+        "1.x's form; quotes honoured, nothing expanded): one variable, T, its quotes removed; to give T all the "
+        "text after 'T=' instead, quote that text inside the argument as a shell would: --env \"T='...'\"",
+    )
+    assert not any(value in " ".join(notes) for value in ("demo", "abc", "tok"))  # values are never logged
+    assert o.parse_env(["VAR1='demo VAR2=abc'"]) == {"VAR1": "demo VAR2=abc"}  # what the note says to write
+    opts = o.ProxyOptions.from_params({"host": "h", "env": ("VAR1=demo VAR2=abc",)})
+    assert opts.env_notes == notes[:1] and opts == o.ProxyOptions.from_params({"host": "h", "env": ("VAR1=demo", "VAR2=abc")})
+
+
+@pytest.mark.parametrize("bad, words", [("NOEQUALS", "not VAR=VALUE"), ("1A=x", "valid variable name"),
+                                        ("A B=x", "valid variable name"), ("'A=1'", "not VAR=VALUE"),
+                                        ("A=x\0", "NUL byte")])
+def test_bad_env_is_refused_with_what_to_do(bad, words):
+    with pytest.raises(o.UsageError, match=words):
+        o.read_env_item(bad)
+
+
+def test_1x_command_lines_parse():
+    """1.x's short options, several words after one --env, and its -s and --file."""
+    argv = ["py", "-m", "ssh_ipykernel", "-H", "btest", "-p", "/opt/env", "-t", "10", "-e", "A=1", "B=x y",
+            "-s", "--file", "/run/k.json"]
+    opts = o.ProxyOptions.from_params(parse_proxy_argv(argv))
+    assert (opts.host.spec, opts.python, opts.connection.timeout, opts.sudo) == ("btest", "/opt/env", 10, True)
+    assert dict(opts.env) == {"A": "1", "B": "x y"} and opts.connection_file == "/run/k.json"
+    # 1.x's manage wrote one argument; an option's value is never taken for --env words
+    one = ["py", "-m", "ssh_ipykernel", "--host", "btest", "--python", "/opt/env", "--timeout", "10", "--env",
+           "VAR1=demo VAR2=abc", "-f", "{connection_file}"]
+    assert dict(o.ProxyOptions.from_params(parse_proxy_argv(one)).env) == {"VAR1": "demo", "VAR2": "abc"}
+    assert o.expand_env_words(["--pre-command", "-e", "X=1"], ["--pre-command"]) == ["--pre-command", "-e", "X=1"]
+    assert o.expand_env_words(["--env", "-s", "-e", "A=1", "B=2", "C", "--", "-e"]) == [
+        "-s", "--env", "A=1", "--env", "B=2", "C", "--", "-e"]
