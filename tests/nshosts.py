@@ -211,17 +211,38 @@ class NetnsHost(SSHTestHost):
         return found
 
     def link_down(self) -> None:
-        """Cut the link by downing the namespace end: packets to the host vanish.
-
-        Not the outer end: that would drop the route, so connects would fail
-        at once (blackhole) instead of timing out like on a real cut.
-        """
-        _ip("link", "set", self.veth_inner, "down", ns=self.namespace)
+        """A blackhole route in the host for our side's address: the host still receives, but
+        everything it sends back vanishes silently (a dead VPN, a remote outage). Connects time
+        out, established connections hear nothing; nobody gets an error."""
+        _ip("route", "replace", "blackhole", f"{self.outer_address}/32", ns=self.namespace)
 
     def link_up(self) -> None:
-        """Undo link_down(); the kernel flushed the namespace's ARP entry, so re-add it."""
-        _ip("link", "set", self.veth_inner, "up", ns=self.namespace)
-        self._static_neighbours()
+        """Undo link_down()."""
+        _ip("route", "del", "blackhole", f"{self.outer_address}/32", ns=self.namespace, check=False)
+
+    def cut(self, kind: str = "blackhole") -> None:
+        """``blackhole``: link_down(). ``down``: our end of the veth goes down, so the route to the
+        host goes with it (a dropped Wi-Fi, an unplugged cable); an ``unreachable`` route for its
+        subnet stands in for the missing one (the pool's safety blackhole route would otherwise
+        catch the packets): connects fail at once with "No route to host"."""
+        if kind == "blackhole":
+            self.link_down()
+        elif kind == "down":
+            _ip("link", "set", self.veth_outer, "down", ns=self.parent_ns)
+            _ip("route", "replace", "unreachable", str(self.subnet), ns=self.parent_ns)
+        else:
+            raise ValueError(f"unknown kind of cut {kind!r}")
+
+    def restore(self, kind: str = "blackhole") -> None:
+        """Undo cut(kind); for ``down`` the kernel flushed the ARP entries, so they are re-added."""
+        if kind == "blackhole":
+            self.link_up()
+        elif kind == "down":
+            _ip("route", "del", "unreachable", str(self.subnet), ns=self.parent_ns, check=False)
+            _ip("link", "set", self.veth_outer, "up", ns=self.parent_ns)
+            self._static_neighbours()
+        else:
+            raise ValueError(f"unknown kind of cut {kind!r}")
 
     def restart_sshd(self, drop_connections: bool = False) -> None:
         """Stop the listener and start it again with the same config and host key.

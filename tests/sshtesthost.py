@@ -110,7 +110,7 @@ class SSHTestHost:
 
     Subclasses implement ``remote_pids(pattern)`` (pids of the user's processes
     whose command line matches the regex), ``link_down()``/``link_up()`` (cut
-    the path: connects time out), ``restart_sshd()`` (restart the listener;
+    the path: connects time out; ``cut(kind)``/``restore(kind)`` for both kinds of cut), ``restart_sshd()`` (restart the listener;
     established sessions survive), ``sshd_log()`` and ``close()``.
     """
 
@@ -144,6 +144,20 @@ class SSHTestHost:
 
     def link_up(self) -> None:
         raise NotImplementedError
+
+    def cut(self, kind: str = "blackhole") -> None:
+        """Cut the host off: ``blackhole`` (packets vanish, connects time out: link_down()) or
+        ``down`` (the link and its route are gone, connects fail at once). Use it through
+        kernels.cut(), which always restores."""
+        if kind != "blackhole":
+            raise NotImplementedError(kind)
+        self.link_down()
+
+    def restore(self, kind: str = "blackhole") -> None:
+        """Undo cut(kind)."""
+        if kind != "blackhole":
+            raise NotImplementedError(kind)
+        self.link_up()
 
     def restart_sshd(self) -> None:
         raise NotImplementedError
