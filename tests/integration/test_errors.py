@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, transport_args, wait_remote_clean
+from kernels import Kernel, free_ports, manage, transport_args
 
 pytestmark = pytest.mark.both_transports
 
@@ -18,15 +18,7 @@ pytestmark = pytest.mark.both_transports
 @pytest.fixture
 def connection_file(tmp_path: Path) -> Path:
     """A connection file as Jupyter writes it, on free local ports."""
-    ports = []
-    socks = []
-    for _ in range(5):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    ports = free_ports(5)
     info = dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), ports),
                 ip="127.0.0.1", key="a6c1f1b2-error-test-key-0f9e8d7c", transport="tcp",
                 signature_scheme="hmac-sha256", kernel_name="ssh_btest")
@@ -42,13 +34,6 @@ def proxy(host, connection_file: Path, *args: str, timeout: float = 60, offline:
     if offline:
         argv = ["unshare", "--net", "--"] + argv
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def nothing_left(ssh_host, jupyter_env):
-    yield
-    assert not wait_remote_clean(ssh_host, timeout=10)
-    assert not local_ssh_children(str(jupyter_env.runtime))
 
 
 def check(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
@@ -151,13 +136,11 @@ def test_remote_connection_file_not_writable(ssh_host, connection_file, nothing_
           "JUPYTER_RUNTIME_DIR")
 
 
-@needs_launch_wiring
 def test_pre_command_that_fails(ssh_host, connection_file, nothing_left):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--pre-command", "module load python/3.11", timeout=40)
     check(r, 37, "the --pre-command failed on btest", "ssh btest 'module load python/3.11'", "module")
 
 
-@needs_launch_wiring
 def test_workdir_that_does_not_exist_runs_nothing(ssh_host, connection_file, nothing_left):
     marker = "/tmp/sik-workdir-marker"
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--workdir", f"~/$(touch {marker})", timeout=40)
@@ -165,7 +148,6 @@ def test_workdir_that_does_not_exist_runs_nothing(ssh_host, connection_file, not
     assert ssh_host.run(f"test -e {marker}").returncode != 0
 
 
-@needs_launch_wiring
 def test_remote_kernelspec_not_found(ssh_host, connection_file, nothing_left):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--remote-kernel", "julia-1.10", timeout=40)
     check(r, 38, "no kernelspec 'julia-1.10'", "installed there: python3", "jupyter kernelspec list")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, wait_for, wait_remote_clean
+from kernels import Kernel, cut, local_ssh_children, manage, wait_for, wait_remote_clean
 
 DATA = Path(__file__).parent / "data"
 STEP_NAMES = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
@@ -27,13 +27,6 @@ def run_manage(*args: str, offline: bool = False, timeout: float = 120) -> subpr
 
 def step_line(output: str, name: str) -> str:
     return next(line for line in output.splitlines() if line[7:].startswith(name + " "))
-
-
-@pytest.fixture
-def nothing_left(ssh_host, jupyter_env):
-    yield
-    assert not wait_remote_clean(ssh_host, timeout=15)
-    assert not local_ssh_children(str(jupyter_env.runtime))
 
 
 @pytest.fixture
@@ -169,11 +162,8 @@ def test_without_an_ssh_client_auto_uses_paramiko(ssh_host, tmp_path, monkeypatc
             k.start()
         assert "with paramiko" in k.log()
         k.execute("kept = 6 * 7")
-        ssh_host.link_down()  # and reconnecting needs no ssh either
-        try:
+        with cut(ssh_host):  # and reconnecting needs no ssh either
             time.sleep(10)
-        finally:
-            ssh_host.link_up()
         assert k.value("kept", timeout=30) == "42"
         # The proxy logs "up" once all five forwards are open; the client may be answered
         # through the first ones a moment before that.
@@ -184,7 +174,6 @@ def test_without_an_ssh_client_auto_uses_paramiko(ssh_host, tmp_path, monkeypatc
     assert not wait_remote_clean(ssh_host)
 
 
-@needs_launch_wiring
 def test_a_non_python_remote_kernelspec(ssh_host, echo_kernelspec, tmp_path, nothing_left):
     prefix = tmp_path / "prefix"
     r = manage(ssh_host, prefix, "--host", ssh_host.alias, "--remote-kernel", "echo", "--workdir", "/tmp")
@@ -204,7 +193,6 @@ def test_a_non_python_remote_kernelspec(ssh_host, echo_kernelspec, tmp_path, not
     assert not ssh_host.remote_pids("echo_kernel.py")
 
 
-@needs_launch_wiring
 def test_pre_command_and_workdir_reach_the_kernel(ssh_host, tmp_path, nothing_left):
     ssh_host.run("mkdir -p ~/'work dir'")
     prefix = tmp_path / "prefix"
@@ -223,7 +211,6 @@ def test_pre_command_and_workdir_reach_the_kernel(ssh_host, tmp_path, nothing_le
         ssh_host.run("rm -rf ~/'work dir'")
 
 
-@needs_launch_wiring
 def test_explicit_kernel_command(ssh_host, tmp_path, nothing_left):
     prefix = tmp_path / "prefix"
     cmd = f"{shlex.quote(ssh_host.env_python)} -O -m ipykernel_launcher -f {{connection_file}}"
