@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
+
+from testutil import free_port
 
 
 class ServerError(AssertionError):
@@ -106,12 +107,6 @@ class JupyterServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_jupyterlab(root_dir: Path, log_path: Path, *, timeout: float = 60) -> JupyterServer:
