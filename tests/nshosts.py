@@ -46,7 +46,7 @@ _counter = itertools.count(1)
 
 
 SSHD_CONFIG = "\n".join([
-    "HostKey {host_key}", "ListenAddress {address}:22", "AddressFamily inet", "PidFile none",
+    "HostKey {host_key}", "{listen}", "AddressFamily {family}", "PidFile none",
     "UsePAM no", "StrictModes no", "PermitRootLogin no", "PasswordAuthentication no",
     "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
     "AuthorizedKeysFile {home}/.ssh/authorized_keys", "PermitUserEnvironment yes",
@@ -64,8 +64,10 @@ class NetnsHost(SSHTestHost):
     """An sshd in its own network namespace; made by NetnsHostFactory.create_host()."""
 
     def __init__(self, factory: "NetnsHostFactory", name: str, hostname: str,
-                 reachable_from: Optional["NetnsHost"]) -> None:
+                 reachable_from: Optional["NetnsHost"], port: int = 22, ipv6: bool = False) -> None:
         self.factory, self.reachable_from = factory, reachable_from
+        self.ipv6 = ipv6
+        self.address6 = self.outer_address6 = ""  # set by _make_network() with ipv6
         tag = f"{os.getpid():x}"  # names carry the owner pid: cleanup_stale() checks it
         while True:  # skip names left by an earlier process that had our pid
             idx = next(_counter)
@@ -80,7 +82,7 @@ class NetnsHost(SSHTestHost):
         self.dir = factory.dir / "hosts" / name  # server side: config, keys, log, home
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "sshd.log"
-        super().__init__(alias=name, address="", port=22, hostname=hostname,
+        super().__init__(alias=name, address="", port=port, hostname=hostname,
                          user=factory.user.pw_name, ssh_config=factory.client.config)
         try:
             with _flock(_LOCK):
@@ -106,6 +108,11 @@ class NetnsHost(SSHTestHost):
         _ip("addr", "add", inner, "dev", self.veth_inner, ns=self.namespace)
         _ip("link", "set", "lo", "up", ns=self.namespace)
         _ip("link", "set", self.veth_inner, "up", ns=self.namespace)
+        if self.ipv6:  # a ULA /64 numbered after the IPv4 /24, unique on this machine like it
+            net = f"fd53:6b{self.subnet.network_address.packed[1]:02x}:{self.subnet.network_address.packed[2]:x}"
+            self.outer_address6, self.address6 = f"{net}::1", f"{net}::2"
+            _ip("-6", "addr", "add", f"{self.outer_address6}/64", "dev", self.veth_outer, "nodad", ns=self.parent_ns)
+            _ip("-6", "addr", "add", f"{self.address6}/64", "dev", self.veth_inner, "nodad", ns=self.namespace)
         self._static_neighbours()
 
     def _mac(self, dev: str, ns: Optional[str]) -> str:
@@ -135,8 +142,11 @@ class NetnsHost(SSHTestHost):
         hosts_file = self.dir / "hosts"  # so the remote resolves its own name
         hosts_file.write_text(Path("/etc/hosts").read_text() + f"127.0.1.1\t{self.hostname}\n")
         hosts_file.chmod(0o644)
+        listen = [f"ListenAddress {self.address}:{self.port}"]
+        listen += [f"ListenAddress [{self.address6}]:{self.port}"] if self.address6 else []
         (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(
-            host_key=self.dir / "ssh_host_ed25519_key", address=self.address, home=self.home))
+            host_key=self.dir / "ssh_host_ed25519_key", listen="\n".join(listen),
+            family="any" if self.address6 else "inet", home=self.home))
         return host_key
 
     def _start_sshd(self, timeout: float = 10.0) -> None:
@@ -172,8 +182,8 @@ class NetnsHost(SSHTestHost):
 
     def _listening(self) -> bool:
         if self.parent_ns:  # not routable from here: trust the log
-            return f"Server listening on {self.address} port 22" in self.sshd_log()
-        with contextlib.suppress(OSError), socket.create_connection((self.address, 22), timeout=1):
+            return f"Server listening on {self.address} port {self.port}" in self.sshd_log()
+        with contextlib.suppress(OSError), socket.create_connection((self.address, self.port), timeout=1):
             return True
         return False
 
@@ -314,18 +324,24 @@ class NetnsHostFactory:
         atexit.register(self.close)  # a crashed session still tears down
 
     def create_host(self, name: str = "btest", hostname: Optional[str] = None,
-                    reachable_from: Optional[NetnsHost] = None) -> NetnsHost:
+                    reachable_from: Optional[NetnsHost] = None, port: int = 22, ipv6: bool = False) -> NetnsHost:
         """Start host ``name`` (ssh alias) with remote hostname ``sik-<name>`` by default.
+
+        ``port``: sshd listens there instead of 22. ``ipv6``: the link also gets an IPv6 address
+        (``host.address6``) and sshd listens on it too; the client config then also matches the
+        bare addresses (``10.213.N.2``, ``fd53:...::2``: ``--host [v6]:port``) with the same key
+        and known_hosts, as a user's ``Host *`` defaults would.
 
         With ``reachable_from=bastion`` its link hangs off the bastion's
         namespace, unroutable from here: the alias goes through ProxyJump.
         """
         if self._closed or name in self.hosts:
             raise HostSetupError(f"factory closed or host {name!r} exists")
-        host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from)
+        host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from, port=port, ipv6=ipv6)
         self.hosts[name] = host
-        self.client.add_host(name, host.address, 22, host.user, host.host_key,
-                             proxy_jump=reachable_from.alias if reachable_from else None)
+        self.client.add_host(name, host.address, port, host.user, host.host_key,
+                             proxy_jump=reachable_from.alias if reachable_from else None,
+                             bare_addresses=[a for a in (host.address, host.address6) if a] if ipv6 else ())
         return host
 
     def _forget(self, host: NetnsHost) -> None:
