@@ -269,8 +269,12 @@ def ssh_agent(sock: Path, *keys: Path) -> Iterator[str]:
 
 # ------------------------------------------------------------------ the proxy by hand
 def connection_file(directory: Path, name: str = "byhand") -> Path:
-    """A connection file as Jupyter writes it (``kernel-<name>.json``), on free local ports."""
-    fname, _ = write_connection_file(str(directory / f"kernel-{name}.json"), ip="127.0.0.1")
+    """A connection file as Jupyter writes it (``kernel-<name>.json``), on free local ports, with a
+    session key of its own."""
+    import secrets
+
+    fname, _ = write_connection_file(str(directory / f"kernel-{name}.json"), ip="127.0.0.1",
+                                     key=secrets.token_hex(16).encode())
     return Path(fname)
 
 

@@ -77,7 +77,9 @@ def test_sigterm_during_start_up_leaves_nothing(ssh_host, conn, tmp_path, jupyte
                 proc.wait()
     text = read_log(log)
     assert code == 0, text
-    assert time.monotonic() - t0 < 5, text
+    # Connecting is simply abandoned; a started remote session is stopped and waited for
+    # (proxy.SHUTDOWN_TIMEOUT, 10 s).
+    assert time.monotonic() - t0 < (5 if phase == "connect" else 12), text
     assert "start-up cancelled by SIGTERM" in text, text
     assert next_line not in text, f"the signal came after the {phase} phase:\n{text}"
     assert "Traceback" not in text, text
