@@ -100,6 +100,11 @@ class NetnsHost(SSHTestHost):
 
     def _make_network(self) -> None:
         outer, inner = f"{self.outer_address}/24", f"{self.address}/24"
+        if self.parent_ns:
+            # Routed inside the bastion only: a blackhole route here marks the /24 taken for the
+            # subnet allocation of other processes (parallel runs, xdist workers), and keeps it
+            # unreachable from here as it would be anyway.
+            _ip("route", "replace", "blackhole", str(self.subnet))
         _ip("netns", "add", self.namespace)
         _ip("link", "add", self.veth_outer, "type", "veth", "peer", "name", self.veth_inner,
             "netns", self.namespace, ns=self.parent_ns)
@@ -238,8 +243,10 @@ class NetnsHost(SSHTestHost):
         if kind == "blackhole":
             self.link_down()
         elif kind == "down":
-            _ip("link", "set", self.veth_outer, "down", ns=self.parent_ns)
+            # Route first: the /24 stays in the routing table throughout (other processes'
+            # subnet allocation reads it there).
             _ip("route", "replace", "unreachable", str(self.subnet), ns=self.parent_ns)
+            _ip("link", "set", self.veth_outer, "down", ns=self.parent_ns)
         else:
             raise ValueError(f"unknown kind of cut {kind!r}")
 
@@ -293,6 +300,8 @@ class NetnsHost(SSHTestHost):
         self._stop_sshd()
         _kill_ns_processes(self.namespace, grace=2.0)
         _ip("link", "delete", self.veth_outer, ns=self.parent_ns, check=False)
+        if self.parent_ns and hasattr(self, "subnet"):
+            _ip("route", "del", "blackhole", str(self.subnet), check=False)
         _ip("netns", "delete", self.namespace, check=False)
         if hasattr(self, "subnet"):
             _taken_subnets.discard(self.subnet)

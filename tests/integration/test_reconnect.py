@@ -75,6 +75,24 @@ def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> flo
     raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
 
 
+def iopub_back_after(kernel: Kernel, since: float, timeout: float = 30) -> float:
+    """Seconds from ``since`` until the kernel's iopub messages reach the client again (the
+    status messages of kernel_info requests): the shell channel can answer first, while the
+    SUB socket has not reconnected and subscribed yet, and output published before that is lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = kernel.kc.kernel_info()
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            try:
+                msg = kernel.kc.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return time.monotonic() - since
+    raise AssertionError(f"no iopub message within {timeout} s\n{kernel.log()}")
+
+
 def reconnected_after(kernel: Kernel, wall: float) -> float:
     """Seconds from the wall-clock time ``wall`` to the proxy's last "reconnected" log line.
 
@@ -168,10 +186,12 @@ def test_an_idle_kernel_survives_a_cut(seconds, kind, kernel, ssh_host):
         assert pid in ssh_host.remote_pids("ipykernel_launcher"), "the kernel died during the cut"
     t_up, wall_up = time.monotonic(), time.time()
     answered = first_answer_after(kernel, t_up)
+    output_back = iopub_back_after(kernel, t_up)
     watcher.stop()
-    print(f"\n{seconds} s {kind} cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s and the kernel answered "
-          f"{answered:.2f} s after the link came back")
+    print(f"\n{seconds} s {kind} cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s, the kernel answered "
+          f"{answered:.2f} s and its output came through {output_back:.2f} s after the link came back")
     assert answered < 4, kernel.log()
+    assert output_back < 5, kernel.log()  # as in the printing cell's test
     drain_shell(kernel)
     assert kernel.remote_pid() == pid and kernel.value("y") == "kept"
 
