@@ -130,10 +130,14 @@ def start_jupyterlab(root_dir: Path, log_path: Path, *, timeout: float = 60) -> 
     try:
         info = Path(env["JUPYTER_RUNTIME_DIR"]) / f"jpserver-{server.process.pid}.json"
         deadline = time.monotonic() + timeout
-        while not info.exists() and server.process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if info.exists():
-            server.url = f"http://127.0.0.1:{json.loads(info.read_text())['port']}"
+        port = None
+        while port is None and server.process.poll() is None and time.monotonic() < deadline:
+            try:  # the server may be writing it right now: empty or partial until complete
+                port = json.loads(info.read_text())["port"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.2)
+        if port is not None:
+            server.url = f"http://127.0.0.1:{port}"
         server.wait_ready("/api/status", max(1.0, deadline - time.monotonic()))
     except BaseException:
         server.close()

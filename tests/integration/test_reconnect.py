@@ -212,9 +212,11 @@ def test_recovers_from(fault, kernel, ssh_host, jupyter_env, transport):
     else:
         ssh_host.restart_sshd(drop_connections=True)
     answered = first_answer_after(kernel, t0)
+    output_back = iopub_back_after(kernel, t0)
     watcher.stop()
-    print(f"\n{fault}: kernel answered {answered:.2f} s after the fault")
+    print(f"\n{fault}: kernel answered {answered:.2f} s and its output came through {output_back:.2f} s after the fault")
     assert answered < 5, kernel.log()
+    assert output_back < 6, kernel.log()
     drain_shell(kernel)
     assert kernel.remote_pid() == pid and kernel.value("z") == "[1, 2, 3]"
 
