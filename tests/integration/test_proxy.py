@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import shlex
 import signal
 import time
 
@@ -10,7 +9,7 @@ import pytest
 from jupyter_client import BlockingKernelClient
 
 from kernels import (
-    AGENT_PATTERN, cut, local_ssh_children, read_log, start_proxy, wait_for, wait_remote_clean, wait_until,
+    AGENT_PATTERN, cut, local_ssh_children, read_log, start_proxy, wait_for, wait_remote_clean,
 )
 
 pytestmark = pytest.mark.both_transports
@@ -38,9 +37,6 @@ def test_by_hand_with_the_default_python(ssh_host, conn, tmp_path, jupyter_env):
     assert not local_ssh_children(str(jupyter_env.runtime))
 
 
-#: A kernel command whose kernel process sleeps 4 s before it starts ipykernel.
-SLOW_BOOT = ("import sys, time, runpy; time.sleep(4); sys.argv[1:] = ['-f', sys.argv[1]]; "
-             "runpy.run_module('ipykernel_launcher', run_name='__main__')")
 #: Phases of the start-up a SIGTERM can land in, each held open long enough to be hit for sure,
 #: and the log line that shows the proxy is in it: (extra proxy options, the line, the next line).
 PHASES = {
@@ -48,8 +44,8 @@ PHASES = {
     "connect": ((), "connecting to btest", "connected in"),
     # logged in, the remote login shell runs a slow --pre-command: no agent yet
     "remote shell": (("--pre-command", "sleep 4"), "launching kernel", "launched in"),
-    # the agent runs and the kernel process exists, but it has not reported its ports yet
-    "kernel booting": (("--kernel-cmd", "{python} -c {boot} {{connection_file}}"), "launching kernel", "launched in"),
+    # (The agent's own run, between "launching" and "launched", lasts ~0.2 s and cannot be held
+    # open without a hook in the package; "launched" to "up" is milliseconds.)
 }
 
 
@@ -58,16 +54,12 @@ def test_sigterm_during_start_up_leaves_nothing(ssh_host, conn, tmp_path, jupyte
     """Jupyter may stop a kernel that is still starting (the user closed the notebook): the
     proxy ends at once with exit code 0, whatever it was doing, and leaves nothing anywhere."""
     extra, shown, next_line = PHASES[phase]
-    extra = [a.format(python=shlex.quote(ssh_host.env_python), boot=shlex.quote(SLOW_BOOT)) for a in extra]
     log = tmp_path / "proxy.log"
     with cut(ssh_host) if phase == "connect" else contextlib.nullcontext():
         proc = start_proxy(ssh_host, conn, log, "--timeout", "30", *extra)
         try:
             wait_for(log, shown)
-            if phase == "kernel booting":  # the kernel's own process is there, still booting
-                wait_until(lambda: ssh_host.remote_pids(r"kernel-ssh-"), 20, "the kernel process", poll=0.02)
-            else:
-                time.sleep(0.5)
+            time.sleep(0.5)
             assert proc.poll() is None, read_log(log)
             t0 = time.monotonic()
             proc.send_signal(signal.SIGTERM)
