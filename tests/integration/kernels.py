@@ -153,6 +153,24 @@ class Kernel:
             self._log_file.close()
 
 
+def iopub_back_after(kernel: "Kernel", since: float, timeout: float = 30) -> float:
+    """Seconds from ``since`` until the kernel's iopub messages reach the client again (the
+    status messages of kernel_info requests): the shell channel can answer first, while the
+    SUB socket has not reconnected and subscribed yet, and output published before that is lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = kernel.kc.kernel_info()
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            try:
+                msg = kernel.kc.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return time.monotonic() - since
+    raise AssertionError(f"no iopub message within {timeout} s\n{kernel.log()}")
+
+
 def remote_leftovers(host, kernel_pid: Optional[int] = None) -> Dict[str, Any]:
     """What an SSH kernel could leave on the remote: agent/kernel processes, key files."""
     found: Dict[str, Any] = {}

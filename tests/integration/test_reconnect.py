@@ -20,8 +20,8 @@ from typing import List, Optional, Tuple
 import pytest
 
 from kernels import (
-    AGENT_PATTERN, KERNEL_PATTERN, Kernel, cut, local_ssh_children, manage, remote_leftovers, ssh_masters,
-    start_proxy, wait_for, wait_remote_clean,
+    AGENT_PATTERN, KERNEL_PATTERN, Kernel, cut, iopub_back_after, local_ssh_children, manage, remote_leftovers,
+    ssh_masters, start_proxy, wait_for, wait_remote_clean,
 )
 
 pytestmark = pytest.mark.slow
@@ -73,24 +73,6 @@ def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> flo
         if msg["parent_header"].get("msg_id") in pending and msg["msg_type"] == "kernel_info_reply":
             return time.monotonic() - since
     raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
-
-
-def iopub_back_after(kernel: Kernel, since: float, timeout: float = 30) -> float:
-    """Seconds from ``since`` until the kernel's iopub messages reach the client again (the
-    status messages of kernel_info requests): the shell channel can answer first, while the
-    SUB socket has not reconnected and subscribed yet, and output published before that is lost."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        msg_id = kernel.kc.kernel_info()
-        end = time.monotonic() + 0.5
-        while time.monotonic() < end:
-            try:
-                msg = kernel.kc.get_iopub_msg(timeout=0.1)
-            except queue.Empty:
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                return time.monotonic() - since
-    raise AssertionError(f"no iopub message within {timeout} s\n{kernel.log()}")
 
 
 def reconnected_after(kernel: Kernel, wall: float) -> float:
@@ -188,7 +170,8 @@ def test_an_idle_kernel_survives_a_cut(seconds, kind, kernel, ssh_host):
     answered = first_answer_after(kernel, t_up)
     output_back = iopub_back_after(kernel, t_up)
     watcher.stop()
-    print(f"\n{seconds} s {kind} cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s, the kernel answered "
+    print(f"\n{seconds} s {kind} cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s, "
+          f"the kernel answered "
           f"{answered:.2f} s and its output came through {output_back:.2f} s after the link came back")
     assert answered < 4, kernel.log()
     assert output_back < 5, kernel.log()  # as in the printing cell's test
@@ -214,7 +197,8 @@ def test_recovers_from(fault, kernel, ssh_host, jupyter_env, transport):
     answered = first_answer_after(kernel, t0)
     output_back = iopub_back_after(kernel, t0)
     watcher.stop()
-    print(f"\n{fault}: kernel answered {answered:.2f} s and its output came through {output_back:.2f} s after the fault")
+    print(f"\n{fault}: kernel answered {answered:.2f} s and its output came through {output_back:.2f} s "
+          "after the fault")
     assert answered < 5, kernel.log()
     assert output_back < 6, kernel.log()
     drain_shell(kernel)

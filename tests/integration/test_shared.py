@@ -18,8 +18,8 @@ from typing import List
 import pytest
 
 from kernels import (
-    Kernel, accepted_logins, connection_file, cut, local_ssh_children, manage, ssh_masters, start_proxy,
-    stop_proxy, wait_for, wait_remote_clean,
+    Kernel, accepted_logins, connection_file, cut, iopub_back_after, local_ssh_children, manage, ssh_masters,
+    start_proxy, stop_proxy, wait_for, wait_remote_clean,
 )
 
 from ssh_ipykernel.connection import CHANNELS
@@ -256,6 +256,7 @@ def test_a_lost_session_on_a_live_connection_keeps_the_connection(kernels, ssh_h
     t0 = time.monotonic()
     wait_for(Path(a.log_path), "reconnected after", timeout=30)
     print(f"\nsession killed: re-attached {time.monotonic() - t0:.2f} s later")
+    assert iopub_back_after(a, t0) < 6, a.log()  # output published before iopub is back is lost
     assert a.remote_pid() == pid_a
     assert ssh_masters(runtime) == master
     assert accepted_logins(ssh_host) == before
