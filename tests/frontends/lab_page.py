@@ -80,10 +80,15 @@ class LabPage:
         """Load JupyterLab until its theme is applied and the menu bar is there.
 
         On a loaded machine the browser sometimes fails to fetch the theme's stylesheet
-        ("Error Loading Theme" dialog, the page unstyled): that page is reloaded, up to
-        ``attempts`` times in all.
+        ("Error Loading Theme" dialog, the page unstyled), and while other test workers add and
+        remove their netns hosts' interfaces Chromium may abort the page load with its own error
+        page (ERR_NETWORK_CHANGED: it watches the machine's addresses and routes): such a page is
+        reloaded, up to ``attempts`` times in all.
         """
         def loaded() -> Optional[str]:
+            if self.driver.execute_script("return !!document.getElementById('main-frame-error')"):
+                return "browser error page: " + self.driver.execute_script(
+                    "return (document.body && document.body.innerText || '').slice(0, 200)")
             if self._dialog_header() == "Error Loading Theme":
                 return "theme error"
             themed = self.driver.execute_script("return document.body.dataset.jpThemeName || ''")
@@ -91,10 +96,11 @@ class LabPage:
 
         for attempt in range(1, attempts + 1):
             self.driver.get(f"{base_url}/lab?token={token}")
-            if self.wait("JupyterLab to load", loaded, timeout) == "ok":
+            outcome = self.wait("JupyterLab to load", loaded, timeout)
+            if outcome == "ok":
                 return
-            print(f"JupyterLab load {attempt}: Error Loading Theme, reloading")  # shown on failure
-        raise AssertionError(f"JupyterLab could not load its theme in {attempts} attempts")
+            print(f"JupyterLab load {attempt}: {outcome!r}, reloading")  # shown on failure
+        raise AssertionError(f"JupyterLab could not load in {attempts} attempts")
 
     def _dialog_header(self) -> str:
         headers = self.find(".jp-Dialog .jp-Dialog-header")
