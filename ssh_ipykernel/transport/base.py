@@ -114,6 +114,12 @@ class Transport(abc.ABC):
         shares connections may note it, so that a proxy joining the connection soon after
         need not check it first. Cheap enough to call on every keepalive answer."""
 
+    def wait_for_login(self, deadline: float) -> bool:
+        """On a host that needs a person to log in: wait until somebody has (``ssh-ipykernel
+        login``), True, or until ``deadline`` (monotonic), False. Backends that cannot share a
+        login (paramiko) return False at once."""
+        return False
+
     def drain(self) -> str:
         """Read what the connection has to say (non-blocking); '' if nothing."""
         return ""
