@@ -136,8 +136,7 @@ def login_command(host: str, ssh_config: Optional[str], persist: str, timeout: f
     without asking anything. Host keys are never accepted for you: connect once with ssh first.
     """
     from .hosts import parse_host
-    from .options import check_ssh_config, parse_login_persist
-    from .status import format_duration
+    from .options import check_ssh_config, format_duration, parse_login_persist
 
     def run() -> int:
         transport = _openssh_transport(parse_host(host), check_ssh_config(ssh_config), timeout, "login")

@@ -169,12 +169,12 @@ class Proxy:
         self._state.update(state=WAITING_FOR_LOGIN, since=time.time())
         self._write_state()
         started = time.monotonic()
-        logged_in = transport.wait_for_login(started + wait)
+        noticed = transport.wait_for_login(started + wait)
         transport.close()
-        if not logged_in:
+        if noticed is None:
             raise self._no_login(error, wait)
-        self.log.info("%s: logged in (waited %.2f s); joining that connection", self.hostspec.label,
-                      time.monotonic() - started)
+        self.log.info("%s: logged in (after %.1f s of waiting; noticed %.3f s after the login); joining that "
+                      "connection", self.hostspec.label, time.monotonic() - started, noticed)
         self._state.update(state=State.CONNECTING.value, since=time.time())
         self._write_state()
         transport = self.new_transport(connection.timeout)

@@ -13,6 +13,7 @@ from . import state
 if TYPE_CHECKING:
     from .transport.login import LoginRecord
 
+from .options import format_duration as written_duration
 
 def running_kernels(directory: Optional[str] = None, now: Optional[float] = None) -> List[Dict[str, object]]:
     """One dict per running proxy (state.py's fields), plus ``uptime`` and ``in_state`` seconds."""
@@ -74,7 +75,7 @@ def login_rows(records: "List[LoginRecord]", now: Optional[float] = None) -> Lis
     rows = []
     for r in records:
         since = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started))
-        stays = "until logout" if r.persist is None else f"{format_duration(r.persist)} after its last kernel"
+        stays = "until logout" if r.persist is None else f"{written_duration(r.persist)} after its last kernel"
         host = r.host if not r.ssh_config else f"{r.host} (-F {r.ssh_config})"
         rows.append([host, f"{since} ({format_duration(now - r.started)} ago)", str(r.pid), stays])
     return rows

@@ -114,11 +114,12 @@ class Transport(abc.ABC):
         shares connections may note it, so that a proxy joining the connection soon after
         need not check it first. Cheap enough to call on every keepalive answer."""
 
-    def wait_for_login(self, deadline: float) -> bool:
+    def wait_for_login(self, deadline: float) -> Optional[float]:
         """On a host that needs a person to log in: wait until somebody has (``ssh-ipykernel
-        login``), True, or until ``deadline`` (monotonic), False. Backends that cannot share a
-        login (paramiko) return False at once."""
-        return False
+        login``) and return how many seconds ago the connection came up, or None at
+        ``deadline`` (monotonic). Backends that cannot share a login (paramiko) return None at
+        once."""
+        return None
 
     def drain(self) -> str:
         """Read what the connection has to say (non-blocking); '' if nothing."""

@@ -117,18 +117,24 @@ def master_pid(control_path: str, timeout: float = 2.0) -> Optional[int]:
         mux.close()
 
 
-def wait_for_master(control_path: str, deadline: float) -> bool:
-    """Until a master answers at ``control_path`` (True) or ``deadline`` (monotonic) passes.
+def wait_for_master(control_path: str, deadline: float) -> Optional[float]:
+    """Until a master answers at ``control_path`` or ``deadline`` (monotonic) passes (None).
+    Returns how long ago that master's socket was made: the delay between the login and this
+    wait noticing it.
 
     Only watches: it never starts a master itself (a new connection needs a person, and every
     failed attempt would count against the account on servers that lock it out). Stop
     signals interrupt the sleep (the proxy's SignalRelay raises Cancelled during start-up).
     """
     while True:
-        if os.path.exists(control_path) and master_pid(control_path) is not None:
-            return True
+        try:
+            made = os.stat(control_path).st_mtime
+        except OSError:
+            made = None
+        if made is not None and master_pid(control_path) is not None:
+            return max(0.0, time.time() - made)
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(POLL)
 
 

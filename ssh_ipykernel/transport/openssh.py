@@ -232,9 +232,10 @@ class OpenSSHTransport(Transport):
         """Whether the connection this transport joined was opened by ``ssh-ipykernel login``."""
         return bool(self.master_pid) and logins.is_login_master(self.control_path, self.master_pid)
 
-    def wait_for_login(self, deadline: float) -> bool:
-        """Until somebody has logged in (a master answers on the control socket): True; False
-        once ``deadline`` (monotonic) passes. Never makes a connection itself."""
+    def wait_for_login(self, deadline: float) -> Optional[float]:
+        """Until somebody has logged in (a master answers on the control socket): the seconds
+        since its connection came up; None once ``deadline`` (monotonic) passes. Never makes a
+        connection itself."""
         return logins.wait_for_master(self.control_path, deadline)
 
     def login_argv(self, persist: Optional[float]) -> List[str]:
