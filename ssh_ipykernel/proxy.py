@@ -23,9 +23,10 @@ from .connection import kernel_id_from_path, load_connection_file
 from .exceptions import AuthenticationError, LoginRequiredError, SSHKernelError
 from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
-from .options import ProxyOptions, format_duration
+from .options import ProxyOptions
 from .signals import SignalRelay
 from .state import prune, record_error, remove_state, write_state
+from .status import format_duration
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import build_transport
 from .transport.base import Transport

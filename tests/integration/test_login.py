@@ -108,7 +108,7 @@ def test_a_kernel_started_before_the_login_waits_and_starts_after_it(otp_host, t
     k = kernels()
     k.launch()
     wait_for(k.log_path, "needs a person to log in", timeout=30)
-    assert "ssh-ipykernel login --ssh-config" in k.log() and "waits up to 10m" in k.log()
+    assert "ssh-ipykernel login --ssh-config" in k.log() and "waits up to 10 min" in k.log()
     assert k.proxy.poll() is None
     code, shown, _ = login(otp_host, person(two_factor), argv0=(sys.executable, "-m", "ssh_ipykernel"))
     assert code == 0, shown
@@ -148,7 +148,7 @@ def test_a_kernel_gives_up_after_login_wait(otp_host, tmp_path):
     k.launch()
     assert k.proxy.wait(30) == 25
     log = k.log()
-    assert "waits up to 3s" in log and "nobody logged in within 3s" in log, log
+    assert "waits up to 3 s" in log and "nobody logged in within 3 s" in log, log
     k.shutdown()
 
 
