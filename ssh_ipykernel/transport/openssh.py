@@ -42,6 +42,13 @@ PROBE_TIMEOUT = 3.0
 #: kernel joins it: after a network change or a suspend it may be dead without knowing it yet,
 #: and a kernel started over it would hang until its start-up timeout.
 STALE_AFTER = 10.0
+#: A login's connection (ssh-ipykernel login) is given up by ssh after this many keepalives
+#: without an answer, one every LOGIN_ALIVE_INTERVAL s (2 min): long enough for TCP to come back
+#: after a cut of a minute or more (its retransmissions back off: 25 s, 51 s, 102 s after the
+#: cut), since a new connection would need a person. A ServerAliveInterval in the user's ssh
+#: config for the host wins.
+LOGIN_ALIVE_INTERVAL = 15
+LOGIN_ALIVE_COUNT = 8
 
 
 def control_dir() -> str:
@@ -238,7 +245,22 @@ class OpenSSHTransport(Transport):
         connection itself."""
         return logins.wait_for_master(self.control_path, deadline)
 
-    def login_argv(self, persist: Optional[float]) -> List[str]:
+    def login_keepalive(self) -> List[str]:
+        """ServerAlive options for a login's master: the user's own if their ssh config sets
+        them for this host, else LOGIN_ALIVE_INTERVAL x LOGIN_ALIVE_COUNT. They decide how long
+        a silent server is waited for before ssh gives the connection (and the login) up."""
+        argv = [self.ssh] + (["-F", self.options.ssh_config] if self.options.ssh_config else [])
+        argv += self.host.ssh_args() + ["-G", "--", self.host.host]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        conf = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        if conf.get("serveraliveinterval", "0") not in ("", "0"):
+            return []
+        return ["-o", f"ServerAliveInterval={LOGIN_ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={LOGIN_ALIVE_COUNT}"]
+
+    def login_argv(self, persist: Optional[float], keepalive: Sequence[str] = ()) -> List[str]:
         """The master ``ssh-ipykernel login`` runs on the person's terminal."""
         timeout = max(1, int(round(self.options.connect_timeout)))
         return self.common_args() + [
@@ -251,8 +273,7 @@ class OpenSSHTransport(Transport):
             "-o", "StrictHostKeyChecking=yes",
             "-o", "PermitLocalCommand=no",
             "-o", f"ConnectTimeout={timeout}",
-            "-o", f"ServerAliveInterval={self.options.server_alive_interval}",
-            "-o", f"ServerAliveCountMax={self.options.server_alive_count_max}",
+            *keepalive,
             "-o", "ClearAllForwardings=yes",
             # Banners and errors (ssh's INFO); prompts go to the terminal whatever the level.
             "-o", "LogLevel=INFO",
@@ -272,7 +293,7 @@ class OpenSSHTransport(Transport):
                 record = logins.LoginRecord(host=self.host.spec, ssh_config=self.options.ssh_config,
                                             started=time.time(), persist=None, pid=pid)
             return record, True
-        record = logins.run_login(self.login_argv(persist), control_path=self.control_path, host=self.host.label,
+        record = logins.run_login(self.login_argv(persist, self.login_keepalive()), control_path=self.control_path, host=self.host.label,
                                   spec=self.host.spec, ssh_config=self.options.ssh_config,
                                   timeout=self.options.connect_timeout, persist=persist, on_output=on_output)
         self._heard = 0.0
