@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import time
@@ -117,10 +118,10 @@ def master_pid(control_path: str, timeout: float = 2.0) -> Optional[int]:
         mux.close()
 
 
-def wait_for_master(control_path: str, deadline: float) -> Optional[float]:
-    """Until a master answers at ``control_path`` or ``deadline`` (monotonic) passes (None).
-    Returns how long ago that master's socket was made: the delay between the login and this
-    wait noticing it.
+def wait_for_master(control_path: str, deadline: float, wake_fd: Optional[int] = None) -> Optional[float]:
+    """Until a master answers at ``control_path`` or ``deadline`` (monotonic) passes, or
+    ``wake_fd`` becomes readable (None). Returns how long ago that master's socket was made:
+    the delay between the login and this wait noticing it.
 
     Only watches: it never starts a master itself (a new connection needs a person, and every
     failed attempt would count against the account on servers that lock it out). Stop
@@ -135,7 +136,10 @@ def wait_for_master(control_path: str, deadline: float) -> Optional[float]:
             return max(0.0, time.time() - made)
         if time.monotonic() >= deadline:
             return None
-        time.sleep(POLL)
+        if wake_fd is None:
+            time.sleep(POLL)
+        elif select.select([wake_fd], [], [], POLL)[0]:
+            return None
 
 
 def needs_terminal() -> None:

@@ -239,11 +239,11 @@ class OpenSSHTransport(Transport):
         """Whether the connection this transport joined was opened by ``ssh-ipykernel login``."""
         return bool(self.master_pid) and logins.is_login_master(self.control_path, self.master_pid)
 
-    def wait_for_login(self, deadline: float) -> Optional[float]:
+    def wait_for_login(self, deadline: float, wake_fd: Optional[int] = None) -> Optional[float]:
         """Until somebody has logged in (a master answers on the control socket): the seconds
         since its connection came up; None once ``deadline`` (monotonic) passes. Never makes a
-        connection itself."""
-        return logins.wait_for_master(self.control_path, deadline)
+        connection itself; ``wake_fd`` readable ends the wait (None)."""
+        return logins.wait_for_master(self.control_path, deadline, wake_fd)
 
     def login_keepalive(self) -> List[str]:
         """ServerAlive options for a login's master: the user's own if their ssh config sets
