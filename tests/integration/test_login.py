@@ -8,6 +8,7 @@ kernels are real KernelManagers on a kernelspec written by ``manage``. Timings a
 """
 from __future__ import annotations
 
+import queue
 import re
 import subprocess
 import sys
@@ -37,6 +38,29 @@ def otp_host(host_factory, two_factor):
     host = host_factory.create_host("otest", two_factor=two_factor)
     yield host
     host.close()
+
+
+def answers(kernel: Kernel, timeout: float = 30) -> None:
+    """Until the kernel answers kernel_info (asked every 0.2 s, as test_reconnect does: a request
+    that crossed the reconnect may get its reply without its iopub messages), then drop the
+    replies, so that the next request starts clean."""
+    deadline = time.monotonic() + timeout
+    pending = set()
+    while time.monotonic() < deadline:
+        pending.add(kernel.kc.kernel_info())
+        try:
+            msg = kernel.kc.get_shell_msg(timeout=0.2)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") in pending:
+            break
+    else:
+        raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
+    while True:
+        try:
+            kernel.kc.get_shell_msg(timeout=0.5)
+        except queue.Empty:
+            return
 
 
 def accepted_2fa_logins(host) -> int:
@@ -176,12 +200,73 @@ def test_a_20_s_cut_needs_no_new_code(otp_host, two_factor, kernels, capsys):
     back = time.monotonic()
     wait_for(k.log_path, "reconnected after", timeout=60)
     answered = time.monotonic() - back
+    answers(k)
     assert k.value("__import__('os').getpid()") == pid and k.value("x") == "7"
     assert accepted_2fa_logins(otp_host) == logins, "a new login was made"
     assert "keeping it all the same" in k.log() or "keeping it (a new one would need a new login)" in k.log(), k.log()
     with capsys.disabled():
         print(f"\n20 s cut: reconnected over the same login {answered:.1f} s after the link came back")
-        print(k.log())
+
+
+class Alias:
+    """The same host under another alias, in a config of its own (with ``extra`` lines)."""
+
+    def __init__(self, host, alias: str, directory: Path, extra: str) -> None:
+        block = host.ssh_config.read_text().split(f"Host {host.alias}\n", 1)[1].split("\nHost ", 1)[0]
+        self.alias, self.ssh_config = alias, directory / f"ssh_config_{alias}"
+        self.ssh_config.write_text(f"Host {alias}\n{block.rstrip()}\n{extra}")
+        self.ssh_config.chmod(0o600)
+
+
+def test_a_cut_that_kills_the_login_leaves_kernels_waiting_until_the_next_login(otp_host, two_factor, tmp_path,
+                                                                                 jupyter_env, capsys):
+    """ssh gives the login's connection up (here after ~6 s without an answer: ServerAlive 2 s x 2
+    from the user's config, which login honours); the kernels say once to log in again, wait,
+    and after the login reattach to the same kernels."""
+    short = Alias(otp_host, "otest-short", tmp_path, "  ServerAliveInterval 2\n  ServerAliveCountMax 2\n")
+    prefix = tmp_path / "prefix"
+    manage(short, prefix, "--host", short.alias, "--python", otp_host.env_prefix, "--name", "short")
+    assert login(short, person(two_factor))[0] == 0
+    ks = [Kernel(prefix, "short", tmp_path / f"proxy{i}.log") for i in range(2)]
+    try:
+        for k in ks:
+            k.start(timeout=60)
+            assert k.execute("x = 11")[0]["status"] == "ok"
+        pids = [k.value("__import__('os').getpid()") for k in ks]
+        otp_host.link_down()
+        try:
+            deadline = time.monotonic() + 60
+            while ssh_masters(str(jupyter_env.runtime)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not ssh_masters(str(jupyter_env.runtime)), "ssh did not give the connection up"
+        finally:
+            otp_host.link_up()
+        for k in ks:
+            wait_for(k.log_path, "waiting for login:", timeout=60)
+        time.sleep(5)  # more attempts would show up as more lines
+        for k in ks:
+            assert k.log().count("waiting for login:") == 1, k.log()
+            assert "ssh-ipykernel login --ssh-config" in k.log()
+            assert k.proxy.poll() is None
+        status = subprocess.run([SCRIPT, "status"], capture_output=True, text=True, timeout=30).stdout
+        assert status.count("waiting for login") == 2, status
+        assert login(short, person(two_factor))[0] == 0
+        logged_in = time.monotonic()
+        for k in ks:
+            wait_for(k.log_path, "reconnected after", timeout=60)
+        took = time.monotonic() - logged_in
+        for k in ks:
+            answers(k)
+        assert [k.value("__import__('os').getpid()") for k in ks] == pids
+        assert [k.value("x") for k in ks] == ["11", "11"]
+        noticed = [re.search(r"noticed (\d+\.\d+) s after the login", k.log()).group(1) for k in ks]
+    finally:
+        for k in ks:
+            k.shutdown()
+    assert not wait_remote_clean(otp_host, timeout=20)
+    with capsys.disabled():
+        print(f"\nconnection killed: both kernels waited, noticed the new login {', '.join(noticed)} s after it "
+              f"and were reattached {took:.2f} s after the login command returned")
 
 
 def test_logout_ends_the_login(otp_host, two_factor, jupyter_env):
@@ -211,13 +296,10 @@ def test_a_passphrase_key_without_an_agent(ssh_host, tmp_path, monkeypatch):
     identity = next(line.split(None, 1)[1].strip('"') for line in block.splitlines()
                     if line.strip().startswith("IdentityFile"))
     key = passphrase_copy(Path(identity), tmp_path / "id_locked")
-    kept = [line for line in block.splitlines() if line.strip() and not line.strip().startswith("IdentityFile")]
-    config = tmp_path / "ssh_config_locked"
-    config.write_text("Host btest-locked\n" + "\n".join(kept) + f'\n  IdentityFile "{key}"\n')
-    config.chmod(0o600)
-
-    class Host:  # the same host, through this config
-        ssh_config, alias = config, "btest-locked"
+    # ssh takes the first IdentityFile line it reads for a name: this one comes first.
+    Host = Alias(ssh_host, "btest-locked", tmp_path, "")
+    Host.ssh_config.write_text(f'Host btest-locked\n  IdentityFile "{key}"\n' + Host.ssh_config.read_text()
+                               .replace("Host btest-locked\n", "", 1))
 
     prefix = tmp_path / "prefix"
     manage(Host, prefix, "--host", "btest-locked", "--python", ssh_host.env_prefix, "--name", "locked")
