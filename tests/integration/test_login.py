@@ -100,8 +100,8 @@ def kernels(otp_host, tmp_path):
     manage(otp_host, prefix, "--host", otp_host.alias, "--python", otp_host.env_prefix, "--name", "otp")
     started: List[Kernel] = []
 
-    def make(extra_log: str = "") -> Kernel:
-        k = Kernel(prefix, "otp", tmp_path / f"proxy{len(started)}{extra_log}.log")
+    def make() -> Kernel:
+        k = Kernel(prefix, "otp", tmp_path / f"proxy{len(started)}.log")
         started.append(k)
         return k
 
@@ -174,6 +174,20 @@ def test_a_kernel_gives_up_after_login_wait(otp_host, tmp_path):
     log = k.log()
     assert "waits up to 3 s" in log and "nobody logged in within 3 s" in log, log
     k.shutdown()
+
+
+def test_a_waiting_kernel_is_shut_down_at_once(otp_host, kernels):
+    """Jupyter gives up on a kernel that waits (the notebook closed): SIGTERM ends the wait."""
+    import signal
+
+    k = kernels()
+    k.launch()
+    wait_for(k.log_path, "needs a person to log in", timeout=30)
+    started = time.monotonic()
+    k.proxy.send_signal(signal.SIGTERM)
+    assert k.proxy.wait(10) == 0
+    assert time.monotonic() - started < 2, k.log()
+    assert "Traceback" not in k.log()
 
 
 def test_check_reports_an_interactive_login(otp_host, tmp_path):
