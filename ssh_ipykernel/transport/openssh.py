@@ -293,7 +293,8 @@ class OpenSSHTransport(Transport):
                 record = logins.LoginRecord(host=self.host.spec, ssh_config=self.options.ssh_config,
                                             started=time.time(), persist=None, pid=pid)
             return record, True
-        record = logins.run_login(self.login_argv(persist, self.login_keepalive()), control_path=self.control_path, host=self.host.label,
+        argv = self.login_argv(persist, self.login_keepalive())
+        record = logins.run_login(argv, control_path=self.control_path, host=self.host.label,
                                   spec=self.host.spec, ssh_config=self.options.ssh_config,
                                   timeout=self.options.connect_timeout, persist=persist, on_output=on_output)
         self._heard = 0.0
