@@ -198,6 +198,15 @@ def test_check_reports_an_interactive_login(otp_host, tmp_path):
     assert "needs an interactive login" in r.stdout and "ssh-ipykernel login" in r.stdout, r.stdout
 
 
+def test_check_passes_through_a_login(otp_host, two_factor):
+    assert login(otp_host, person(two_factor))[0] == 0
+    r = subprocess.run([sys.executable, "-m", "ssh_ipykernel.manage", "check", "--ssh-config", str(otp_host.ssh_config),
+                        "--host", otp_host.alias, "--python", otp_host.env_prefix],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "through the connection opened by `ssh-ipykernel login`" in r.stdout and "All 10 checks passed" in r.stdout
+
+
 def test_a_20_s_cut_needs_no_new_code(otp_host, two_factor, kernels, capsys):
     assert login(otp_host, person(two_factor))[0] == 0
     logins = accepted_2fa_logins(otp_host)
