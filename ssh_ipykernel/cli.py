@@ -141,7 +141,11 @@ def login_command(host: str, ssh_config: Optional[str], persist: str, timeout: f
     def run() -> int:
         transport = _openssh_transport(parse_host(host), check_ssh_config(ssh_config), timeout, "login")
         seconds = parse_login_persist(persist)
-        record, already = transport.login(seconds, on_output=lambda text: click.echo(text, err=True, nl=False))
+        try:
+            record, already = transport.login(seconds, on_output=lambda text: click.echo(text, err=True, nl=False))
+        except KeyboardInterrupt:  # ssh got the Ctrl-C too, and run_login made sure it is gone
+            click.echo(f"\nLogin to {host} cancelled; no connection was left open.", err=True)
+            return 130
         since = time.strftime("%H:%M", time.localtime(record.started))
         if already:
             click.echo(f"Already logged in to {host} (since {since}, ssh pid {record.pid}); nothing to do. "

@@ -157,6 +157,18 @@ def test_a_wrong_code_is_a_clear_error_and_no_hang(otp_host, two_factor, jupyter
     assert not ssh_masters(str(jupyter_env.runtime))
 
 
+def test_ctrl_c_at_a_prompt_cancels_the_login(otp_host, jupyter_env):
+    child = pexpect.spawn(SCRIPT, ["login", "--ssh-config", str(otp_host.ssh_config), otp_host.alias],
+                          encoding="utf-8", timeout=30)
+    child.expect("Password: ")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 130 and "cancelled" in child.before, child.before
+    assert "Traceback" not in child.before
+    assert not ssh_masters(str(jupyter_env.runtime))
+
+
 def test_an_unknown_host_key_is_never_accepted(otp_host, two_factor, jupyter_env):
     code, shown, _ = login(otp_host, [], alias=f"{otp_host.alias}-unknownkey")
     assert code == 24, shown
