@@ -149,7 +149,7 @@ def test_a_kernel_started_before_the_login_waits_and_starts_after_it(otp_host, t
     ready = time.monotonic() - logged_in
     assert k.value("6 * 7") == "42"
     noticed = float(re.search(r"noticed (\d+\.\d+) s after the login", k.log()).group(1))
-    assert noticed < 0.5, k.log()
+    assert noticed < 1.0, k.log()
     with capsys.disabled():
         print(f"\nwaiting kernel noticed the login {noticed:.3f} s after it; kernel_info answered "
               f"{ready:.2f} s after the login command returned")
@@ -206,7 +206,7 @@ def test_a_waiting_kernel_is_shut_down_at_once(otp_host, kernels):
     started = time.monotonic()
     k.proxy.send_signal(signal.SIGTERM)
     assert k.proxy.wait(10) == 0
-    assert time.monotonic() - started < 2, k.log()
+    assert time.monotonic() - started < 5, k.log()
     assert "Traceback" not in k.log()
 
 
