@@ -409,3 +409,24 @@ def test_a_restarted_kernel_retires_its_predecessor_but_not_a_namesake(agent):
     for run in (namesake, restarted):
         run.send("shutdown")
         assert run.event()["reason"] == "requested"
+
+
+def test_reader_gone_tells_a_closed_pipe_or_socket_from_an_open_one():
+    """Before it starts a kernel, the agent looks whether its stdout still has a reader: sshd
+    closes it when the proxy gave up while the remote shell ran a slow --pre-command."""
+    import socket as socketmod
+
+    from ssh_ipykernel.remote.bootstrap import reader_gone
+
+    r, w = os.pipe()
+    try:
+        assert not reader_gone(w)
+        os.close(r)
+        assert reader_gone(w)
+    finally:
+        os.close(w)
+    a, b = socketmod.socketpair()
+    with a:
+        assert not reader_gone(a.fileno())
+        b.close()
+        assert reader_gone(a.fileno())
