@@ -23,7 +23,7 @@ from . import exceptions as exc
 from .hosts import HostSpec
 from .options import LaunchOptions, ProxyOptions
 from .transport import build_transport, failures, resolve_kind
-from .transport.messages import classify_ssh_failure
+from .transport.messages import classify_ssh_failure, login_command
 
 STEPS = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
          "kernel command", "kernel start", "execute", "shutdown")
@@ -228,7 +228,17 @@ class Checker:
     def step_authenticate(self) -> str:
         self.transport = build_transport(self.target.options.connection, connect_timeout=self.target.timeout,
                                          name=f"check-{os.getpid()}")
-        self.transport.connect()
+        try:
+            self.transport.connect()
+        except exc.LoginRequiredError as e:
+            command = login_command(self.hostspec.spec, self.target.ssh_config)
+            msg = (f"{self.hostspec.label} needs an interactive login (a password, one-time code or key "
+                   f"passphrase typed by a person), and no login is open: run `{command}` in a terminal, then "
+                   f"check again. Kernels of {self.hostspec.label} wait for that login (--login-wait) and use it")
+            raise exc.LoginRequiredError(msg, host=e.host, detail=e.detail) from None
+        if getattr(self.transport, "login_master", False):
+            return (f"logged in as {self.ssh.get('user', '?')} through the connection opened by "
+                    f"`ssh-ipykernel login` (host key known, no prompt)")
         return f"logged in as {self.ssh.get('user', '?')} (host key known, key accepted, no prompt)"
 
     # -- the remote python (one probe round trip) ---------------------------------------------------

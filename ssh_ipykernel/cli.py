@@ -9,17 +9,19 @@ and picks exit codes.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Optional
 
 import click
 
 from . import __version__
 from .manage import add_command, check_command, list_command, remove_command, show_command, upgrade_command
-from .options import DEFAULT_TIMEOUT
+from .options import DEFAULT_LOGIN_PERSIST_TEXT, DEFAULT_TIMEOUT
 from .proxycli import HOST_HELP, SSH_CONFIG_HELP, log_options, proxy_command, transport_option
 from .report import format_table, report_errors
 
-__all__ = ["main", "proxy_command", "connect_command", "status_command", "disconnect_command"]
+__all__ = ["main", "proxy_command", "connect_command", "status_command", "disconnect_command", "login_command",
+           "logout_command"]
 
 
 @click.command(name="connect", context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,20 +68,26 @@ def connect_command(log_level: str, log_file: Optional[str], **params: Any) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (every field of the proxies' state files).")
 def status_command(as_json: bool) -> None:
     """List the SSH kernels running from this machine: host, kernel id, remote pid, uptime,
-    tunnel state, reconnect count and the local proxy's pid."""
+    tunnel state, reconnect count and the local proxy's pid; then the hosts logged in with
+    `ssh-ipykernel login` and since when."""
     import json
 
-    from .status import running_kernels, table_rows
+    from .status import login_rows, logins, running_kernels, table_rows
 
     def run() -> int:
         kernels = running_kernels()
         if as_json:
             click.echo(json.dumps(kernels, indent=1))
-        elif not kernels:
+            return 0
+        if not kernels:
             click.echo("No SSH kernels are running from this machine.")
         else:
             headers = ["HOST", "KERNEL ID", "REMOTE PID", "UPTIME", "TUNNEL", "RECONNECTS", "PROXY PID"]
             click.echo(format_table(headers, table_rows(kernels)))
+        records = logins()
+        if records:
+            click.echo("\nLogged in (ssh-ipykernel login):")
+            click.echo(format_table(["HOST", "SINCE", "SSH PID", "STAYS OPEN"], login_rows(records)))
         return 0
 
     report_errors(run)
@@ -110,6 +118,85 @@ def disconnect_command(host: Optional[str], ssh_config: Optional[str]) -> None:
     report_errors(run)
 
 
+@click.command(name="login", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("host", metavar="HOST")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The ssh config file the kernels of HOST use (ssh -F), if not ~/.ssh/config.")
+@click.option("--persist", default=DEFAULT_LOGIN_PERSIST_TEXT, show_default=True, metavar="DURATION",
+              help="How long the connection stays open after the last kernel of HOST ended (it stays while "
+                   "kernels use it): 8h, 30m, 3600, or 'never' (until `ssh-ipykernel logout HOST`).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds allowed to reach HOST (ssh ConnectTimeout); typing has no limit.")
+def login_command(host: str, ssh_config: Optional[str], persist: str, timeout: float) -> None:
+    """Log in to HOST once, in this terminal, for the kernels of HOST to share.
+
+    For hosts that need a person at every login: a password, a one-time code (2FA), a key
+    passphrase without an agent. ssh asks its questions here (secrets are not echoed), then the
+    connection stays open in the background: kernels of HOST started before or after use it
+    without asking anything. Host keys are never accepted for you: connect once with ssh first.
+    """
+    from .hosts import parse_host
+    from .options import check_ssh_config, format_duration, parse_login_persist
+
+    def run() -> int:
+        transport = _openssh_transport(parse_host(host), check_ssh_config(ssh_config), timeout, "login")
+        seconds = parse_login_persist(persist)
+        try:
+            record, already = transport.login(seconds, on_output=lambda text: click.echo(text, err=True, nl=False))
+        except KeyboardInterrupt:  # ssh got the Ctrl-C too, and run_login made sure it is gone
+            click.echo(f"\nLogin to {host} cancelled; no connection was left open.", err=True)
+            return 130
+        since = time.strftime("%H:%M", time.localtime(record.started))
+        if already:
+            click.echo(f"Already logged in to {host} (since {since}, ssh pid {record.pid}); nothing to do. "
+                       f"`ssh-ipykernel logout {host}` ends that connection.")
+            return 0
+        stays = ("until `ssh-ipykernel logout " + host + "`" if seconds is None
+                 else f"while kernels use it and {format_duration(seconds)} after the last one ended")
+        click.echo(f"Logged in to {host}. The connection stays open in the background (ssh pid {record.pid}) "
+                   f"{stays}; kernels of {host} use it without asking. `ssh-ipykernel logout {host}` ends it.")
+        return 0
+
+    report_errors(run)
+
+
+@click.command(name="logout", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("host", metavar="HOST")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The ssh config file given to `login` (ssh -F), if not ~/.ssh/config.")
+def logout_command(host: str, ssh_config: Optional[str]) -> None:
+    """End the connection to HOST opened by `ssh-ipykernel login` (or by its kernels). Running
+    kernels of HOST keep running on the remote; they wait for the next login."""
+    from .hosts import parse_host
+    from .options import check_ssh_config
+    from .transport.openssh import end_shared_connections
+
+    def run() -> int:
+        ended = end_shared_connections(host=parse_host(host), ssh_config=check_ssh_config(ssh_config))
+        if not ended:
+            click.echo(f"Not logged in to {host}: no connection to it is open.")
+        for pid in ended:
+            click.echo(f"Logged out of {host} (ended ssh pid {pid}).")
+        return 0
+
+    report_errors(run)
+
+
+def _openssh_transport(spec: Any, ssh_config: Optional[str], timeout: float, command: str) -> Any:
+    """The OpenSSH transport of ``spec``, for ``command`` (login): paramiko cannot share a login."""
+    from .exceptions import UsageError
+    from .transport import resolve_kind
+    from .transport.base import TransportOptions
+
+    if resolve_kind("auto") != "openssh":
+        msg = (f"`ssh-ipykernel {command}` needs the OpenSSH client (ssh), which is not on PATH: install it "
+               f"(apt install openssh-client); the paramiko transport cannot share a login between kernels")
+        raise UsageError(msg)
+    from .transport.openssh import OpenSSHTransport
+
+    return OpenSSHTransport(spec, TransportOptions(ssh_config=ssh_config, connect_timeout=timeout))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ssh-ipykernel")
 def main() -> None:
@@ -118,7 +205,8 @@ def main() -> None:
     `add` registers a host as a kernel (same as `python -m ssh_ipykernel.manage`), `list`,
     `show`, `check` and `remove` manage those kernelspecs, `status` shows the running kernels,
     `connect` forwards a kernel already running on a host, `disconnect` ends the SSH connection
-    the kernels of a host share, and `kernel` is the proxy a kernelspec runs
+    the kernels of a host share, `login` opens it by hand for hosts that need a password or a
+    one-time code (`logout` ends it), and `kernel` is the proxy a kernelspec runs
     (`python -m ssh_ipykernel`).
     """
 
@@ -128,7 +216,8 @@ def _register() -> None:
     for name, command in (("add", add_command), ("list", list_command), ("show", show_command),
                           ("check", check_command), ("remove", remove_command), ("upgrade", upgrade_command),
                           ("status", status_command),
-                          ("connect", connect_command), ("disconnect", disconnect_command)):
+                          ("connect", connect_command), ("disconnect", disconnect_command),
+                          ("login", login_command), ("logout", logout_command)):
         main.add_command(command, name)
 
 

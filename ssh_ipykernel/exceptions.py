@@ -126,6 +126,15 @@ class AuthenticationError(SSHConnectionError):
     exit_code = 25
 
 
+class LoginRequiredError(AuthenticationError):
+    """Logging in needs a person (password, one-time code, passphrase) and no login is open:
+    ``ssh-ipykernel login HOST`` opens one that the kernels of HOST share. A kernel waits for it
+    (--login-wait) and then fails with AuthenticationError (25); ``manage check`` reports this
+    code."""
+
+    exit_code = 27
+
+
 class ConnectionLostError(SSHConnectionError):
     """An established connection went away."""
 

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 import click
 
 from . import __version__
+from .exceptions import LoginRequiredError
 from .api import KernelName, add_kernel, check_kernel, list_kernels, remove_kernel, upgrade_kernel, upgrade_kernels
-from .proxycli import EnvWordsCommand, common_options, grace_option, launch_options, persist_option, transport_option
+from .proxycli import (EnvWordsCommand, common_options, grace_option, launch_options, login_wait_option, persist_option,
+                       transport_option)
 from .report import format_table, report_errors
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
 @common_options
 @grace_option
 @persist_option
+@login_wait_option
 @transport_option
 @launch_options
 @click.option("-d", "--display-name", metavar="TEXT",
@@ -362,7 +365,8 @@ def print_step(step: Any) -> None:
     if step.ok is None and step.detail == "not run":
         return  # after a failure: print_summary names them on one line
     if step.ok is False:
-        click.echo(f"  {MARKS[step.ok]:<4} {step.name:<15} {seconds}")
+        mark = "LOGIN" if isinstance(step.error, LoginRequiredError) else MARKS[step.ok]
+        click.echo(f"  {mark:<4} {step.name:<15} {seconds}")
         for line in str(step.error).splitlines():
             click.echo(textwrap.fill(line, width=100, initial_indent=" " * 8, subsequent_indent=" " * 10,
                                      break_on_hyphens=False, break_long_words=False))
@@ -381,6 +385,10 @@ def print_summary(checker: Any, host: str) -> bool:
     skipped = [s.name for s in checker.steps if s.ok is None and s.detail == "not run"]
     if skipped:
         click.echo(f"  --   not run: {', '.join(skipped)}")
+    if isinstance(failed.error, LoginRequiredError):
+        click.echo(f"{host}: needs an interactive login (exit code {failed.error.exit_code}): log in with "
+                   f"ssh-ipykernel login, then check again.")
+        return True
     click.echo(f"{host}: failed at \"{failed.name}\" (exit code {failed.error.exit_code}); see the message above.")
     return True
 

@@ -31,7 +31,8 @@ from .remote.protocol import CONNECTION_FILE_FIELD, DEFAULT_CLIENT_TIMEOUT, KERN
 
 __all__ = [
     "CONNECTION_FILE_FIELD", "DEFAULT_CLIENT_TIMEOUT", "DEFAULT_GRACE", "DEFAULT_GRACE_TEXT", "DEFAULT_PERSIST",
-    "DEFAULT_TIMEOUT", "DEFAULT_TRANSPORT", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
+    "DEFAULT_TIMEOUT", "DEFAULT_TRANSPORT", "DEFAULT_LOGIN_WAIT", "DEFAULT_LOGIN_WAIT_TEXT", "DEFAULT_LOGIN_PERSIST",
+    "DEFAULT_LOGIN_PERSIST_TEXT", "parse_login_wait", "parse_login_persist", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
     "ProxyOptions", "ProxyParams", "check_launch", "check_python", "check_ssh_config", "format_duration",
     "EnvItem", "expand_env_words", "parse_env", "parse_grace", "read_env", "read_env_item", "split_kernel_cmd",
     "write_env_item",
@@ -45,6 +46,12 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_GRACE: Optional[float] = 3600.0
 #: Seconds the shared SSH connection to a host stays open after its last kernel ended (--persist).
 DEFAULT_PERSIST = 60.0
+#: How long a kernel on a host that needs a person to log in waits for `ssh-ipykernel login`
+#: (--login-wait): time to read the Jupyter log, open a terminal and type a password and a code.
+DEFAULT_LOGIN_WAIT = 600.0
+#: How long the connection `ssh-ipykernel login` opens stays up after its last kernel ended
+#: (login --persist): a working day, so that the morning's login lasts until the evening.
+DEFAULT_LOGIN_PERSIST: Optional[float] = 36000.0
 #: --transport when not given: OpenSSH if an ssh client is on PATH, else paramiko.
 DEFAULT_TRANSPORT = "auto"
 # DEFAULT_CLIENT_TIMEOUT (the keeper forgets a proxy silent this long) comes from remote/protocol.py:
@@ -218,6 +225,29 @@ def parse_grace(value: str) -> Optional[float]:
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+def parse_login_wait(value: str) -> float:
+    """``--login-wait``: seconds, or a number with unit s/m/h/d (0: fail at once)."""
+    match = _DURATION_RE.match(value)
+    if not match:
+        msg = (f"--login-wait {value!r} is not a duration: give seconds (600) or a number with a unit "
+               f"(10m, 1h); 0 fails at once, as without a login")
+        raise UsageError(msg)
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+def parse_login_persist(value: str) -> Optional[float]:
+    """``login --persist``: a duration (8h, 30m, 3600) or ``never`` (None: until logout)."""
+    if value.strip().lower() in NEVER:
+        return None
+    match = _DURATION_RE.match(value)
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0.0
+    if seconds < 1:
+        msg = (f"--persist {value!r} is not a duration of at least a second: give seconds (3600), a number "
+               f"with a unit (30m, 8h, 1d) or 'never' (until `ssh-ipykernel logout`)")
+        raise UsageError(msg)
+    return seconds
+
+
 def format_duration(seconds: Optional[float]) -> str:
     """The shortest spelling parse_grace reads back as ``seconds`` (None: ``never``)."""
     if seconds is None:
@@ -230,6 +260,8 @@ def format_duration(seconds: Optional[float]) -> str:
 
 #: --grace's default as the help shows it and as click hands it over when not given.
 DEFAULT_GRACE_TEXT = format_duration(DEFAULT_GRACE)
+DEFAULT_LOGIN_WAIT_TEXT = format_duration(DEFAULT_LOGIN_WAIT)
+DEFAULT_LOGIN_PERSIST_TEXT = format_duration(DEFAULT_LOGIN_PERSIST)
 
 
 def check_python(python: Optional[str]) -> Optional[str]:
@@ -298,6 +330,7 @@ class ConnectionOptions:
     timeout: float = DEFAULT_TIMEOUT  # seconds to connect (and, for the proxy, to start the kernel)
     transport: str = DEFAULT_TRANSPORT  # openssh, paramiko or auto (transport.resolve_kind)
     persist: float = DEFAULT_PERSIST  # seconds the host's shared connection outlives its last kernel
+    login_wait: float = DEFAULT_LOGIN_WAIT  # seconds a kernel waits for `ssh-ipykernel login`
 
 
 @dataclass(frozen=True)
@@ -385,6 +418,7 @@ class ProxyParams(TypedDict, total=False):
     sudo: bool
     grace: str  # as given: a duration or 'never'
     persist: float
+    login_wait: str  # as given: a duration
     transport: str
     client_timeout: float
     remote_kernel: Optional[str]
@@ -448,6 +482,7 @@ class ProxyOptions:
         connection = ConnectionOptions(
             host=host, ssh_config=ssh_config, timeout=params.get("timeout", DEFAULT_TIMEOUT),
             transport=params.get("transport", DEFAULT_TRANSPORT), persist=params.get("persist", DEFAULT_PERSIST),
+            login_wait=parse_login_wait(params.get("login_wait") or DEFAULT_LOGIN_WAIT_TEXT),
         )
         return cls(connection=connection, python=python, env=env, sudo=bool(params.get("sudo")), launch=launch,
                    lifetime=lifetime, connection_file=connection_file or CONNECTION_FILE_FIELD, env_notes=env_notes)
@@ -481,6 +516,8 @@ class ProxyOptions:
             argv += ["--persist", f"{persist:g}"]
         if transport is not None:
             argv += ["--transport", transport]
+        if connection.login_wait != DEFAULT_LOGIN_WAIT:
+            argv += ["--login-wait", format_duration(connection.login_wait)]
         for option, value in (("--remote-kernel", launch.remote_kernel), ("--kernel-cmd", launch.written_kernel_cmd()),
                               ("--workdir", launch.workdir), ("--pre-command", launch.pre_command),
                               ("--grace", self.lifetime.written_grace())):

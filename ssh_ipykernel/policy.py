@@ -9,6 +9,7 @@ States (the proxy's start-up, before the supervisor, is CONNECTING)::
 
     UP -> RECONNECTING -> UP -> ... -> STOPPING -> STOPPED
                        \\-> STOPPED (stop signal, keeper gone, offline past the grace period)
+          RECONNECTING -> WAITING_FOR_LOGIN -> RECONNECTING (a new connection needs a person)
 
 While UP (and STOPPING) the supervisor's select loop reports what it sees: data from the
 keeper's session (Heard), the kernel's end (KeeperExited), end-of-file of the session or of the
@@ -18,6 +19,11 @@ each Tick asks for the next step of a round: settle the last attempt's failure (
 report), wait out the backoff, wait for the host to answer a TCP connect (when it can be
 probed), give up if the keeper has surely ended the kernel, else make an attempt, whose outcome
 is the next event.
+
+On a host whose login needs a person (a password, a one-time code) an attempt that meets the
+login prompt (Failure.LOGIN) is not retried: WAITING_FOR_LOGIN says once what to run
+(``ssh-ipykernel login``) and waits for the login (AwaitLogin) within the grace period; the
+login (LoggedIn) is followed by an attempt at once.
 """
 from __future__ import annotations
 
@@ -48,6 +54,9 @@ BACKOFF_CAP_OTHER = 30.0
 REPORT_EVERY = 30.0
 #: A jump of the wall clock against the monotonic one this large means we were suspended.
 SUSPEND_JUMP = 5.0
+#: A wait for a login wakes up at least this often (the give-up clock is the wall clock, which a
+#: suspend moves).
+LOGIN_TICK = 60.0
 #: Past the keeper's own limit (protocol.kernel_kept_for): its tick, its shutdown ladder and
 #: the two hosts' clocks.
 GIVE_UP_MARGIN = 30.0
@@ -57,6 +66,7 @@ class State(enum.Enum):
     CONNECTING = "connecting"  # proxy.py's start-up; the supervisor starts UP
     UP = "up"
     RECONNECTING = "reconnecting"
+    WAITING_FOR_LOGIN = "waiting for login"  # reconnecting, once a new connection needs a person
     STOPPING = "stopping"
     STOPPED = "stopped"
 
@@ -67,10 +77,13 @@ class Failure(enum.Enum):
     TIMEOUT = "timeout"  # the host did not answer: no backoff if the attempt itself waited
     NETWORK = "network"  # failed fast: refused, unresolvable, dropped (backoff up to 1 s)
     OTHER = "other"  # host key, authentication, a busy local port (backoff up to 30 s, warned)
+    LOGIN = "login"  # a new connection needs a person: wait for `ssh-ipykernel login`, no retries
 
 
 def failure_of(error: exc.SSHKernelError) -> Failure:
     """The kind of a reconnect attempt's error."""
+    if isinstance(error, exc.LoginRequiredError):
+        return Failure.LOGIN
     if isinstance(error, exc.ConnectionTimeoutError):
         return Failure.TIMEOUT
     if isinstance(error, (exc.HostNotFoundError, exc.SSHConnectionRefusedError, exc.ConnectionLostError)):
@@ -193,12 +206,19 @@ class KernelGone:
 
 
 @dataclass(frozen=True)
+class LoggedIn:
+    """Somebody logged in (``ssh-ipykernel login``): the host's connection is up again."""
+
+    noticed: float = 0.0  # seconds between the login and this proxy noticing it
+
+
+@dataclass(frozen=True)
 class AttemptCancelled:
     """A stop signal aborted the attempt in the middle (SIGTERM/SIGHUP raise in it)."""
 
 
 Event = Union[Tick, Heard, KeeperExited, SessionEOF, MasterEOF, Signal, StopRequested, Reachable,
-              AttemptSucceeded, AttemptFailed, KernelGone, AttemptCancelled]
+              AttemptSucceeded, AttemptFailed, KernelGone, AttemptCancelled, LoggedIn]
 
 
 # -- actions ---------------------------------------------------------------------------------------
@@ -251,6 +271,14 @@ class AwaitReachable:
 
 
 @dataclass(frozen=True)
+class AwaitLogin:
+    """Wait until somebody logs in (then report LoggedIn), a stop signal, or ``until``
+    (monotonic; then Tick). Never makes a connection itself."""
+
+    until: float
+
+
+@dataclass(frozen=True)
 class Attempt:
     """Try to reconnect; stop signals abort it. Report its outcome."""
 
@@ -277,7 +305,7 @@ class Exit:
 
 
 Action = Union[SendPing, SendInterrupt, SendShutdown, Detach, ConfirmAlive, Close, WaitUntil,
-               AwaitReachable, Attempt, Log, Notify, Exit]
+               AwaitReachable, AwaitLogin, Attempt, Log, Notify, Exit]
 
 @dataclass(frozen=True)
 class Detail:
@@ -300,6 +328,8 @@ def step(status: Status, event: Event, now: Now) -> Tuple[Status, List[Action]]:
         raise ValueError(msg)
     if status.state is State.STOPPED:
         return status, []
+    if status.state is State.WAITING_FOR_LOGIN:
+        return _waiting_for_login(status, event, now)
     if status.state is State.RECONNECTING:
         return _reconnecting(status, event, now)
     return _serving(status, event, now)
@@ -412,6 +442,12 @@ def _reconnecting(s: Status, event: Event, now: Now) -> Tuple[Status, List[Actio
         s = _up(replace(s, reconnects=s.reconnects + 1), now)
         return _enter(s, State.UP, "reconnected after %.2f s (attempt %d, reconnect #%d)",
                       now.mono - s.lost_at, s.attempt, s.reconnects)
+    if isinstance(event, AttemptFailed) and event.failure is Failure.LOGIN:
+        grace = s.config.grace
+        kept = "as long as it takes" if grace is None else f"up to {grace:.0f} s"
+        return _enter(replace(s, failed=None), State.WAITING_FOR_LOGIN,
+                      "%s; the kernel is kept %s and reattaches as soon as somebody logs in", event.error, kept,
+                      level=logging.WARNING, before=(Close(lost=True),))
     if isinstance(event, AttemptFailed):
         # A connection that let the attempt fail is not joined again. Settled at the next Tick,
         # after the close (which may wait for the connection's answer).
@@ -440,12 +476,36 @@ def _next_attempt(s: Status, now: Now) -> Tuple[Status, List[Action]]:
         return s, actions + [WaitUntil(s.retry_at)]
     if s.config.can_probe and not s.probed:
         return s, actions + [AwaitReachable()]
-    give_up = s.give_up_at()
-    if give_up is not None and now.wall > give_up:
-        host = s.config.host
-        return _give_up(s, exc.ConnectionLostError(f"no connection to {host} for {now.wall - s.lost_wall:.0f} s, "
-                                                   f"longer than the kernel's grace period; exiting", host=host))
+    if _past_grace(s, now):
+        return _offline_too_long(s, now)
     return replace(s, attempt=s.attempt + 1, attempt_started=now.mono, probed=False), actions + [Attempt()]
+
+
+def _waiting_for_login(s: Status, event: Event, now: Now) -> Tuple[Status, List[Action]]:
+    if isinstance(event, Tick):
+        if _past_grace(s, now):
+            return _offline_too_long(s, now)
+        give_up = s.give_up_at()
+        left = LOGIN_TICK if give_up is None else max(0.0, min(LOGIN_TICK, give_up - now.wall))
+        return s, [AwaitLogin(now.mono + left)]
+    if isinstance(event, LoggedIn):
+        s = replace(s, retry_at=now.mono, probed=True)  # the login has just reached the host
+        return _enter(s, State.RECONNECTING, "logged in to %s (noticed %.3f s after the login); reattaching",
+                      s.config.host, event.noticed)
+    if isinstance(event, Signal):
+        return _reconnecting(s, event, now)
+    return s, []
+
+
+def _past_grace(s: Status, now: Now) -> bool:
+    give_up = s.give_up_at()
+    return give_up is not None and now.wall > give_up
+
+
+def _offline_too_long(s: Status, now: Now) -> Tuple[Status, List[Action]]:
+    host = s.config.host
+    return _give_up(s, exc.ConnectionLostError(f"no connection to {host} for {now.wall - s.lost_wall:.0f} s, "
+                                               f"longer than the kernel's grace period; exiting", host=host))
 
 
 def _settle(s: Status, event: AttemptFailed, now: Now) -> Tuple[Status, List[Action]]:

@@ -20,18 +20,23 @@ import time
 from typing import Dict, Mapping, Optional
 
 from .connection import kernel_id_from_path, load_connection_file
-from .exceptions import SSHKernelError
+from .exceptions import AuthenticationError, LoginRequiredError, SSHKernelError
 from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay
 from .state import prune, record_error, remove_state, write_state
+from .status import format_duration
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import build_transport
 from .transport.base import Transport
+from .transport.messages import login_command
 from .tunnels import Tunnels, plan_forwards
 
 logger = logging.getLogger(__name__)
+
+#: The state file's state while the proxy waits for `ssh-ipykernel login` (ssh-ipykernel status).
+WAITING_FOR_LOGIN = "waiting for login"
 
 
 class Proxy:
@@ -84,7 +89,7 @@ class Proxy:
                 transport = self.new_transport(self.options.connection.timeout)
                 try:
                     self.log.info("connecting to %s", self.hostspec.spec)
-                    transport.connect()
+                    transport = self._connect(transport)
                     t1 = time.monotonic()
                     self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
                                   "shared connection" if transport.reused else "new connection",
@@ -144,6 +149,47 @@ class Proxy:
             raise
         finally:
             self._finish()
+
+    def _connect(self, transport: Transport) -> Transport:
+        """``transport.connect()``; on a host that needs a person to log in, wait for
+        ``ssh-ipykernel login`` (--login-wait) and join the connection it opens."""
+        try:
+            transport.connect()
+            return transport
+        except LoginRequiredError as e:
+            error = e
+        connection = self.options.connection
+        wait = connection.login_wait
+        command = login_command(self.hostspec.spec, connection.ssh_config)
+        if wait <= 0:
+            raise self._no_login(error, wait)
+        self.log.warning(
+            "%s needs a person to log in (password, one-time code or passphrase). Run `%s` in a terminal "
+            "(in JupyterLab: File > New > Terminal); this kernel waits up to %s for it, then starts",
+            self.hostspec.label, command, format_duration(wait))
+        self._state.update(state=WAITING_FOR_LOGIN, since=time.time())
+        self._write_state()
+        started = time.monotonic()
+        noticed = transport.wait_for_login(started + wait)
+        transport.close()
+        if noticed is None:
+            raise self._no_login(error, wait)
+        self.log.info("%s: logged in (after %.1f s of waiting; noticed %.3f s after the login); joining that "
+                      "connection", self.hostspec.label, time.monotonic() - started, noticed)
+        self._state.update(state=State.CONNECTING.value, since=time.time())
+        self._write_state()
+        transport = self.new_transport(connection.timeout)
+        transport.connect()
+        return transport
+
+    def _no_login(self, error: LoginRequiredError, wait: float) -> AuthenticationError:
+        command = login_command(self.hostspec.spec, self.options.connection.ssh_config)
+        waited = f"nobody logged in within {format_duration(wait)}" if wait > 0 else "a kernel has no terminal to ask in"
+        return AuthenticationError(
+            f"logging in to {self.hostspec.label} needs a password, passphrase or code typed by a person, and "
+            f"{waited}. Run `{command}` in a terminal (in JupyterLab: File > New > Terminal), then restart "
+            f"the kernel; or use key authentication (ssh-copy-id; ssh-add for a key with a passphrase)",
+            host=error.host, detail=error.detail)
 
     def _finish(self) -> None:
         """The state file's end: the final record for whoever started us (``manage check``

@@ -19,6 +19,7 @@ from .exceptions import SSHKernelError, UsageError
 from .options import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_GRACE_TEXT,
+    DEFAULT_LOGIN_WAIT_TEXT,
     DEFAULT_PERSIST,
     DEFAULT_TIMEOUT,
     DEFAULT_TRANSPORT,
@@ -55,6 +56,15 @@ def persist_option(func: F) -> F:
         "--persist", type=click.FloatRange(min=1), default=DEFAULT_PERSIST, show_default=True, metavar="SECONDS",
         help="How long the SSH connection to HOST, shared by its kernels, stays open after the "
              "last one ended (a restart or the next kernel then needs no new login).",
+    )(func)
+
+
+def login_wait_option(func: F) -> F:
+    """``--login-wait``, shared by the proxy and manage (which records it in the kernelspec)."""
+    return click.option(
+        "--login-wait", default=DEFAULT_LOGIN_WAIT_TEXT, show_default=True, metavar="DURATION",
+        help="On a host that needs a person to log in (password, one-time code, passphrase): how long a "
+             "kernel waits for `ssh-ipykernel login HOST` before it fails: seconds or 10m, 1h; 0 fails at once.",
     )(func)
 
 
@@ -138,6 +148,7 @@ def log_options(func: F) -> F:
 @click.option("--client-timeout", type=click.FloatRange(min=1), default=DEFAULT_CLIENT_TIMEOUT, hidden=True,
               help="Seconds of silence after which the remote keeper counts a proxy as gone.")
 @persist_option
+@login_wait_option
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(log_level: str, log_file: Optional[str], **params: Any) -> None:
     """Start a kernel on HOST over SSH and forward it to the ports in the connection file.

@@ -6,10 +6,14 @@ The proxies write the files (state.py); this only reads them. Files of proxies t
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from . import state
 
+if TYPE_CHECKING:
+    from .transport.login import LoginRecord
+
+from .options import format_duration as written_duration
 
 def running_kernels(directory: Optional[str] = None, now: Optional[float] = None) -> List[Dict[str, object]]:
     """One dict per running proxy (state.py's fields), plus ``uptime`` and ``in_state`` seconds."""
@@ -54,4 +58,24 @@ def table_rows(kernels: List[Dict[str, object]]) -> List[List[str]]:
         rows.append([host, str(k.get("kernel_id") or "?"), str(remote_pid) if remote_pid else "-",
                      format_duration(k.get("uptime")), tunnel,  # type: ignore[arg-type]
                      str(k.get("reconnects") or 0), str(k.get("pid"))])
+    return rows
+
+
+def logins(directory: Optional[str] = None) -> "List[LoginRecord]":
+    """The hosts logged in with ``ssh-ipykernel login`` whose connection is still up."""
+    from .transport.login import logged_in
+    from .transport.openssh import control_dir
+
+    return logged_in(directory or control_dir())
+
+
+def login_rows(records: "List[LoginRecord]", now: Optional[float] = None) -> List[List[str]]:
+    """Rows for the logins table: host, since (local time and how long ago), ssh pid, how long it stays."""
+    now = time.time() if now is None else now
+    rows = []
+    for r in records:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.started))
+        stays = "until logout" if r.persist is None else f"{written_duration(r.persist)} after its last kernel"
+        host = r.host if not r.ssh_config else f"{r.host} (-F {r.ssh_config})"
+        rows.append([host, f"{since} ({format_duration(now - r.started)} ago)", str(r.pid), stays])
     return rows

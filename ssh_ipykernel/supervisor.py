@@ -43,6 +43,9 @@ from .tunnels import Tunnels
 
 logger = logging.getLogger(__name__)
 
+#: The states in which _reconnect's loop runs.
+RECONNECTING = (State.RECONNECTING, State.WAITING_FOR_LOGIN)
+
 
 class Supervisor:
     """Serve a started kernel until it ends; reconnect whenever the connection is lost."""
@@ -107,7 +110,7 @@ class Supervisor:
                 if code is not None:
                     return code
             while True:
-                if self.state is State.RECONNECTING:
+                if self.state in RECONNECTING:
                     code = self._reconnect()
                 else:
                     code = self._serve()
@@ -256,12 +259,18 @@ class Supervisor:
     def _reconnect(self) -> Optional[int]:
         """Until reconnected (None) or told to exit (the code): each turn, the policy says whether
         to wait out a backoff, wait for the host to answer, give up, or make an attempt."""
-        while self.state is State.RECONNECTING:
+        while self.state in RECONNECTING:
             code = self._dispatch(policy.Tick())
-            if code is None and self.state is State.RECONNECTING:
+            if code is None and self.state in RECONNECTING:
                 action = self._next
                 if isinstance(action, policy.WaitUntil):
                     code = self._wait(action.at)
+                elif isinstance(action, policy.AwaitLogin):
+                    noticed = self.transport.wait_for_login(action.until, wake_fd=self.signals.fileno())
+                    if noticed is not None:
+                        code = self._dispatch(policy.LoggedIn(noticed))
+                    else:
+                        code = self._on_signals(self.signals.pending())
                 elif isinstance(action, policy.AwaitReachable):
                     assert self.probe_target is not None
                     code = self._wait_reachable(self.probe_target)
@@ -282,7 +291,9 @@ class Supervisor:
         except exc.KernelGoneError as e:
             return policy.KernelGone(e)
         except exc.SSHKernelError as e:
-            return policy.AttemptFailed(policy.failure_of(e), str(e))
+            kind = policy.failure_of(e)
+            # What to run is in the message; ssh's prompt (the detail) would only add a line.
+            return policy.AttemptFailed(kind, e.message if kind is policy.Failure.LOGIN else str(e))
         return policy.AttemptSucceeded()
 
     def _attempt(self) -> None:

@@ -19,7 +19,7 @@ Typical use::
 from __future__ import annotations
 
 import atexit, contextlib, itertools, json  # noqa: E401
-import os, re, shlex, shutil, signal, socket, subprocess, tempfile, time  # noqa: E401
+import os, pwd, re, shlex, shutil, signal, socket, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
 from typing import Optional
 
@@ -27,17 +27,18 @@ from typing import Optional
 # their own modules; every name importers know from here is re-exported.
 from nssetup import (
     CACHE_DIR, POOL, PREFIX, RUN_DIR, SSHD, _LOCK, _allocate_subnet, _ensure_safety_route, _flock, _ip,
-    _kill_ns_processes, _taken_subnets, cleanup_stale, ensure_remote_env, ensure_remote_user, log,
+    TWO_FACTOR_USER, _kill_ns_processes, _taken_subnets, cleanup_stale, ensure_password_user, ensure_remote_env,
+    ensure_remote_user, log,
     missing_prerequisites, ns_pids,
 )
 from sshtesthost import (
     REMOTE_ENV_PREFIX, REMOTE_PATH, REMOTE_USER, SYSTEM_PYTHON, ClientFiles, HostSetupError, SSHTestHost,
-    host_env, keygen,
+    _run, host_env, keygen,
 )
 
 __all__ = [
     "CACHE_DIR", "POOL", "PREFIX", "REMOTE_ENV_PREFIX", "REMOTE_PATH", "REMOTE_USER", "RUN_DIR", "SSHD",
-    "SSHD_CONFIG", "SYSTEM_PYTHON", "ClientFiles", "HostSetupError", "NetnsHost", "NetnsHostFactory",
+    "SSHD_CONFIG", "SYSTEM_PYTHON", "TWO_FACTOR_USER", "TwoFactor", "ClientFiles", "HostSetupError", "NetnsHost", "NetnsHostFactory",
     "SSHTestHost", "cleanup_stale", "ensure_remote_env", "ensure_remote_user", "keygen", "log",
     "missing_prerequisites", "ns_pids",
 ]
@@ -55,6 +56,38 @@ SSHD_CONFIG = "\n".join([
     "LogLevel VERBOSE", "Subsystem sftp internal-sftp", ""])
 
 
+#: A host whose login needs a person, as at HPC centres: keyboard-interactive only, through PAM,
+#: the account's password (pam_unix) and then a one-time code (pam_google_authenticator).
+SSHD_2FA_CHANGES = {"UsePAM no": "UsePAM yes", "KbdInteractiveAuthentication no": "KbdInteractiveAuthentication yes",
+                    "PubkeyAuthentication yes": "PubkeyAuthentication yes\nAuthenticationMethods keyboard-interactive"}
+#: /etc/pam.d/sshd inside that host's mount namespace only (bind-mounted there): the machine's
+#: own file is never touched.
+PAM_2FA = "\n".join([
+    "auth required pam_unix.so", "auth required pam_google_authenticator.so",
+    "account required pam_unix.so", "session required pam_permit.so", "password required pam_deny.so", ""])
+
+
+class TwoFactor:
+    """The password and TOTP secret of a 2FA host's user; codes come from oathtool."""
+
+    def __init__(self, password: str = "sik-2fa-Passw0rd", secret: str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP") -> None:
+        self.password, self.secret = password, secret
+
+    def code(self, when: str = "now") -> str:
+        """The TOTP code for ``when`` (oathtool -N: 'now', 'now + 30 seconds')."""
+        return _run(["oathtool", "--totp", "-b", "-N", when, self.secret]).stdout.strip()
+
+    def wrong_code(self) -> str:
+        """A code no window around now accepts."""
+        valid = {self.code(f"now {d:+d} seconds") for d in range(-120, 121, 30)}
+        return next(c for c in (f"{n:06d}" for n in range(123456, 999999, 111111)) if c not in valid)
+
+    def secret_file(self) -> str:
+        """~/.google_authenticator: no RATE_LIMIT and no DISALLOW_REUSE line, so tests may log in
+        several times within one 30 s window."""
+        return f'{self.secret}\n" TOTP_AUTH\n" WINDOW_SIZE 3\n'
+
+
 #: (inode, device) of every network namespace this process made: the leak guard in
 #: tests/conftest.py only blames this run for kernels inside them (parallel runs stay apart).
 OWNED_NETNS: set = set()
@@ -64,10 +97,12 @@ class NetnsHost(SSHTestHost):
     """An sshd in its own network namespace; made by NetnsHostFactory.create_host()."""
 
     def __init__(self, factory: "NetnsHostFactory", name: str, hostname: str,
-                 reachable_from: Optional["NetnsHost"], port: int = 22, ipv6: bool = False) -> None:
+                 reachable_from: Optional["NetnsHost"], port: int = 22, ipv6: bool = False,
+                 two_factor: Optional[TwoFactor] = None, pw: Optional[pwd.struct_passwd] = None) -> None:
         self.factory, self.reachable_from = factory, reachable_from
         self.ipv6 = ipv6
         self.address6 = self.outer_address6 = ""  # set by _make_network() with ipv6
+        self.two_factor, self.pw = two_factor, pw or factory.user
         tag = f"{os.getpid():x}"  # names carry the owner pid: cleanup_stale() checks it
         while True:  # skip names left by an earlier process that had our pid
             idx = next(_counter)
@@ -83,7 +118,7 @@ class NetnsHost(SSHTestHost):
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "sshd.log"
         super().__init__(alias=name, address="", port=port, hostname=hostname,
-                         user=factory.user.pw_name, ssh_config=factory.client.config)
+                         user=self.pw.pw_name, ssh_config=factory.client.config)
         try:
             with _flock(_LOCK):
                 self.subnet = _allocate_subnet()
@@ -133,7 +168,7 @@ class NetnsHost(SSHTestHost):
             "nud", "permanent", ns=self.namespace)
 
     def _write_server_files(self) -> str:
-        pw = self.factory.user
+        pw = self.pw
         host_key = keygen(self.dir / "ssh_host_ed25519_key", f"sik-host-{self.alias}")
         shutil.copytree("/etc/skel", self.local_home, symlinks=True)
         ssh_dir = self.local_home / ".ssh"
@@ -149,9 +184,18 @@ class NetnsHost(SSHTestHost):
         hosts_file.chmod(0o644)
         listen = [f"ListenAddress {self.address}:{self.port}"]
         listen += [f"ListenAddress [{self.address6}]:{self.port}"] if self.address6 else []
-        (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(
-            host_key=self.dir / "ssh_host_ed25519_key", listen="\n".join(listen),
-            family="any" if self.address6 else "inet", home=self.home))
+        config = SSHD_CONFIG.format(host_key=self.dir / "ssh_host_ed25519_key", listen="\n".join(listen),
+                                    family="any" if self.address6 else "inet", home=self.home)
+        if self.two_factor is not None:
+            for old, new in SSHD_2FA_CHANGES.items():
+                config = config.replace(old, new)
+            (self.dir / "pam_sshd").write_text(PAM_2FA)
+            (self.dir / "pam_sshd").chmod(0o644)
+            secret = self.local_home / ".google_authenticator"  # the user's own, 0400, as the module insists
+            secret.write_text(self.two_factor.secret_file())
+            os.chown(secret, pw.pw_uid, pw.pw_gid)
+            secret.chmod(0o400)
+        (self.dir / "sshd_config").write_text(config)
         return host_key
 
     def _start_sshd(self, timeout: float = 10.0) -> None:
@@ -164,6 +208,7 @@ class NetnsHost(SSHTestHost):
             f"mount -o remount,bind,ro {q(self.env_prefix)}",  # tests can't spoil the cache
             f"mount --bind {q(str(self.local_home))} {q(self.home)}",
             f"mount --bind {q(str(self.dir / 'hosts'))} /etc/hosts",
+            *([f"mount --bind {q(str(self.dir / 'pam_sshd'))} /etc/pam.d/sshd"] if self.two_factor else []),
             "mount -t tmpfs -o mode=1777 sik-tmp /tmp",  # remote files stay remote
             "mount -t tmpfs -o mode=1777 sik-vartmp /var/tmp",
             f"exec {SSHD} -D -e -f {q(str(self.dir / 'sshd_config'))} -E {q(str(self.log_path))}",
@@ -220,7 +265,7 @@ class NetnsHost(SSHTestHost):
             except OSError:
                 continue
             uid = int(status.get("Uid", "-1").split()[0])
-            if uid == self.factory.user.pw_uid and "Z" not in status.get("State", "") \
+            if uid == self.pw.pw_uid and "Z" not in status.get("State", "") \
                     and re.search(pattern, cmdline.strip()):
                 found.append(pid)
         return found
@@ -333,7 +378,8 @@ class NetnsHostFactory:
         atexit.register(self.close)  # a crashed session still tears down
 
     def create_host(self, name: str = "btest", hostname: Optional[str] = None,
-                    reachable_from: Optional[NetnsHost] = None, port: int = 22, ipv6: bool = False) -> NetnsHost:
+                    reachable_from: Optional[NetnsHost] = None, port: int = 22, ipv6: bool = False,
+                    two_factor: Optional[TwoFactor] = None) -> NetnsHost:
         """Start host ``name`` (ssh alias) with remote hostname ``sik-<name>`` by default.
 
         ``port``: sshd listens there instead of 22. ``ipv6``: the link also gets an IPv6 address
@@ -343,10 +389,14 @@ class NetnsHostFactory:
 
         With ``reachable_from=bastion`` its link hangs off the bastion's
         namespace, unroutable from here: the alias goes through ProxyJump.
+        With ``two_factor`` its login needs the password and a one-time code of
+        TWO_FACTOR_USER (keyboard-interactive through PAM), as at HPC centres.
         """
         if self._closed or name in self.hosts:
             raise HostSetupError(f"factory closed or host {name!r} exists")
-        host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from, port=port, ipv6=ipv6)
+        pw = ensure_password_user(TWO_FACTOR_USER, two_factor.password) if two_factor else None
+        host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from, port=port, ipv6=ipv6,
+                         two_factor=two_factor, pw=pw)
         self.hosts[name] = host
         self.client.add_host(name, host.address, port, host.user, host.host_key,
                              proxy_jump=reachable_from.alias if reachable_from else None,

@@ -161,6 +161,26 @@ def ensure_remote_user(user: str = REMOTE_USER, sudo: bool = True) -> pwd.struct
     return pw
 
 
+#: The user of the 2FA test host (nshosts.TwoFactor): its own account, so that every other test
+#: host keeps a user without a password (key login only).
+TWO_FACTOR_USER = "sik2fa"
+
+
+def ensure_password_user(user: str, password: str) -> pwd.struct_passwd:
+    """Create ``user`` once, with ``password`` (for pam_unix on the 2FA test host) and no sudo."""
+    with _flock(_LOCK):
+        try:
+            pw = pwd.getpwnam(user)
+        except KeyError:
+            _run(["useradd", "-m", "-s", "/bin/bash", user])
+            pw = pwd.getpwnam(user)
+        proc = subprocess.run(["chpasswd"], input=f"{user}:{password}\n", capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode:
+            raise HostSetupError(f"chpasswd for {user} failed: {proc.stderr.strip()}")
+    return pw
+
+
 def _env_ok(env: Path) -> bool:
     python = env / "bin" / "python"
     return python.exists() and _run([str(python), "-c", "import ipykernel"], check=False).returncode == 0

@@ -2,7 +2,8 @@
 # Install everything the tests, the demo and the benchmark need on a fresh Debian/Ubuntu machine:
 # the OpenSSH server and iproute2 (for the network-namespace test hosts), Debian's python3-venv
 # (the test hosts' remote environment is built from /usr/bin/python3), Chromium and its driver
-# (the JupyterLab browser test, tests/frontends), and a virtualenv .venv with this package and its
+# (the JupyterLab browser test, tests/frontends), PAM's google-authenticator module and oathtool (the 2FA
+# test host), and a virtualenv .venv with this package and its
 # test and frontend extras. Run as root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ command -v unshare >/dev/null || missing+=(util-linux)
 command -v pgrep >/dev/null || missing+=(procps)
 command -v zsh >/dev/null || missing+=(zsh)     # the remote start command is tested under zsh too (macOS login shell)
 command -v sudo >/dev/null || missing+=(sudo)   # the test host's user gets passwordless sudo (--sudo tests)
+# The 2FA test host (tests/integration/test_login.py): sshd with PAM, pam_unix then one-time codes.
+ls /lib/*/security/pam_google_authenticator.so /usr/lib/*/security/pam_google_authenticator.so >/dev/null 2>&1 \
+    || missing+=(libpam-google-authenticator)
+command -v oathtool >/dev/null || missing+=(oathtool)   # the codes the tests type
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v chromium >/dev/null || missing+=(chromium)              # headless, for tests/frontends
 command -v chromedriver >/dev/null || missing+=(chromium-driver)

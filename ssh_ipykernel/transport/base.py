@@ -114,6 +114,14 @@ class Transport(abc.ABC):
         shares connections may note it, so that a proxy joining the connection soon after
         need not check it first. Cheap enough to call on every keepalive answer."""
 
+    def wait_for_login(self, deadline: float, wake_fd: Optional[int] = None) -> Optional[float]:
+        """On a host that needs a person to log in: wait until somebody has (``ssh-ipykernel
+        login``) and return how many seconds ago the connection came up, or None at
+        ``deadline`` (monotonic) or when ``wake_fd`` (a signal's wakeup socket) becomes readable.
+        Backends that cannot share a login (paramiko) return None at
+        once."""
+        return None
+
     def drain(self) -> str:
         """Read what the connection has to say (non-blocking); '' if nothing."""
         return ""

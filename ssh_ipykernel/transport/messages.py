@@ -74,12 +74,7 @@ def classify_ssh_failure(
     if re.search(r"(?i)timed out|timeout", text) and "Permission denied" not in text:
         return failures.timed_out(host, timeout, detail=_tail(text))
     if PROMPT_RE.search(text.encode("utf-8", "replace")):
-        return exc.AuthenticationError(
-            f"logging in to {host} needs a password, passphrase or code typed by hand, and a "
-            f"kernel has no terminal to ask in. Use key authentication: ssh-copy-id to install "
-            f"your key on {host}, and ssh-add to load a key that has a passphrase into your agent",
-            host=host, detail=_tail(text),
-        )
+        return login_required(host, spec, ssh_config, detail=_tail(text))
     if "Permission denied" in text or "Too many authentication failures" in text:
         return exc.AuthenticationError(
             f"{host} refused authentication. Check the user name (user@host or User in ssh "
@@ -96,6 +91,23 @@ def classify_ssh_failure(
     if "Connection closed by" in text or "Connection reset" in text or "kex_exchange" in text:
         return failures.closed_during_login(host, detail=_tail(text))
     return failures.could_not_connect(host, detail=_tail(text))
+
+
+def login_command(spec: str, ssh_config: Optional[str] = None) -> str:
+    """The command that opens the shared connection of ``spec`` by hand."""
+    return f"ssh-ipykernel login{f' --ssh-config {ssh_config}' if ssh_config else ''} {spec}"
+
+
+def login_required(host: str, spec: str, ssh_config: Optional[str] = None, *,
+                   detail: str = "") -> exc.LoginRequiredError:
+    """Logging in to ``host`` needs a person, and no login is open."""
+    return exc.LoginRequiredError(
+        f"logging in to {host} needs a password, passphrase or code typed by a person. Run "
+        f"`{login_command(spec, ssh_config)}` in a terminal (in JupyterLab: File > New > Terminal): "
+        f"the kernels of {host} then use that connection. Or use key authentication: ssh-copy-id "
+        f"to install your key on {host}, ssh-add to load a key that has a passphrase into your agent",
+        host=host, detail=detail,
+    )
 
 
 def _tail(text: str, lines: int = 8) -> str:

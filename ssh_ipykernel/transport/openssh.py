@@ -17,11 +17,12 @@ import subprocess
 import tempfile
 import time
 import zlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import exceptions as exc
 from ..hosts import HostSpec
 from ..log import KernelLogAdapter
+from . import login as logins
 from . import master as shared
 from .master import die_with_parent
 from .base import Forward, Transport, TransportOptions, end_process
@@ -41,6 +42,13 @@ PROBE_TIMEOUT = 3.0
 #: kernel joins it: after a network change or a suspend it may be dead without knowing it yet,
 #: and a kernel started over it would hang until its start-up timeout.
 STALE_AFTER = 10.0
+#: A login's connection (ssh-ipykernel login) is given up by ssh after this many keepalives
+#: without an answer, one every LOGIN_ALIVE_INTERVAL s (2 min): long enough for TCP to come back
+#: after a cut of a minute or more (its retransmissions back off: 25 s, 51 s, 102 s after the
+#: cut), since a new connection would need a person. A ServerAliveInterval in the user's ssh
+#: config for the host wins.
+LOGIN_ALIVE_INTERVAL = 15
+LOGIN_ALIVE_COUNT = 8
 
 
 def control_dir() -> str:
@@ -100,6 +108,7 @@ def end_shared_connections(directory: Optional[str] = None, *, host: Optional[Ho
             pass
         finally:
             client.close()
+        logins.remove_record(os.path.join(directory, name))
     return ended
 
 
@@ -212,9 +221,85 @@ class OpenSSHTransport(Transport):
             self.confirm_alive()
             return True
         mux.close()
+        if logins.is_login_master(self.control_path, pid):
+            raise self._login_master_silent(pid)
         self.log.info("the shared connection to %s does not answer; starting a new one", self.host.label)
         shared.retire(self.control_path, pid, is_ours=self._is_our_master, logger=self.log)
         return False
+
+    def _login_master_silent(self, pid: int) -> exc.ConnectionTimeoutError:
+        """A connection opened by ``login`` that does not answer (yet): never replaced, since a
+        new one needs a person; the caller tries again over it until ssh itself gives up."""
+        msg = (f"the connection to {self.host.label} opened by `ssh-ipykernel login` (ssh pid {pid}) does "
+               f"not answer yet; keeping it (a new one would need a new login) and trying again")
+        return exc.ConnectionTimeoutError(msg, host=self.host.label)
+
+    @property
+    def login_master(self) -> bool:
+        """Whether the connection this transport joined was opened by ``ssh-ipykernel login``."""
+        return bool(self.master_pid) and logins.is_login_master(self.control_path, self.master_pid)
+
+    def wait_for_login(self, deadline: float, wake_fd: Optional[int] = None) -> Optional[float]:
+        """Until somebody has logged in (a master answers on the control socket): the seconds
+        since its connection came up; None once ``deadline`` (monotonic) passes. Never makes a
+        connection itself; ``wake_fd`` readable ends the wait (None)."""
+        return logins.wait_for_master(self.control_path, deadline, wake_fd)
+
+    def login_keepalive(self) -> List[str]:
+        """ServerAlive options for a login's master: the user's own if their ssh config sets
+        them for this host, else LOGIN_ALIVE_INTERVAL x LOGIN_ALIVE_COUNT. They decide how long
+        a silent server is waited for before ssh gives the connection (and the login) up."""
+        argv = [self.ssh] + (["-F", self.options.ssh_config] if self.options.ssh_config else [])
+        argv += self.host.ssh_args() + ["-G", "--", self.host.host]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        conf = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        if conf.get("serveraliveinterval", "0") not in ("", "0"):
+            return []
+        return ["-o", f"ServerAliveInterval={LOGIN_ALIVE_INTERVAL}", "-o", f"ServerAliveCountMax={LOGIN_ALIVE_COUNT}"]
+
+    def login_argv(self, persist: Optional[float], keepalive: Sequence[str] = ()) -> List[str]:
+        """The master ``ssh-ipykernel login`` runs on the person's terminal."""
+        timeout = max(1, int(round(self.options.connect_timeout)))
+        return self.common_args() + [
+            "-M", "-N", "-T",
+            "-o", "ControlMaster=yes",
+            # ControlPersist=yes: until logout, or until ssh gives up on the server.
+            "-o", f"ControlPersist={'yes' if persist is None else max(1, int(round(persist)))}",
+            "-o", "BatchMode=no",
+            # A person is here, but host keys are still never accepted on their behalf.
+            "-o", "StrictHostKeyChecking=yes",
+            "-o", "PermitLocalCommand=no",
+            "-o", f"ConnectTimeout={timeout}",
+            *keepalive,
+            "-o", "ClearAllForwardings=yes",
+            # Banners and errors (ssh's INFO); prompts go to the terminal whatever the level.
+            "-o", "LogLevel=INFO",
+        ] + self.destination()
+
+    def login(self, persist: Optional[float], on_output: Callable[[str], None] = lambda text: None,
+              ) -> Tuple[logins.LoginRecord, bool]:
+        """Open the host's shared connection with a person at the terminal (``ssh-ipykernel
+        login``); (its record, False), or (the record, True) if one that answers is up already."""
+        logins.needs_terminal()
+        deadline = time.monotonic() + self.options.connect_timeout + 5
+        with shared.creation_lock(self.control_path + ".lock", deadline, host=self.host.label):
+            pid = logins.end_stale(self.control_path, is_ours=self._is_our_master)
+        if pid is not None:
+            record = logins.read_record(self.control_path)
+            if record is None or record.pid != pid:  # opened by a kernel (the host needs no person)
+                record = logins.LoginRecord(host=self.host.spec, ssh_config=self.options.ssh_config,
+                                            started=time.time(), persist=None, pid=pid)
+            return record, True
+        argv = self.login_argv(persist, self.login_keepalive())
+        record = logins.run_login(argv, control_path=self.control_path, host=self.host.label,
+                                  spec=self.host.spec, ssh_config=self.options.ssh_config,
+                                  timeout=self.options.connect_timeout, persist=persist, on_output=on_output)
+        self._heard = 0.0
+        self.confirm_alive()
+        return record, False
 
     def confirm_alive(self) -> None:
         now = time.monotonic()
@@ -319,6 +404,10 @@ class OpenSSHTransport(Transport):
             if lost and not mux.poll_eof():
                 if mux.probe(PROBE_TIMEOUT):
                     self.log.info("the shared connection to %s still answers; keeping it", self.host.label)
+                elif logins.is_login_master(self.control_path, self.master_pid):
+                    self.log.info("the connection to %s does not answer; keeping it all the same: it was "
+                                  "opened by `ssh-ipykernel login`, a new one would need a new login "
+                                  "(ssh ends it itself if the server stays silent)", self.host.label)
                 else:
                     shared.retire(self.control_path, self.master_pid, is_ours=self._is_our_master,
                                   logger=self.log)

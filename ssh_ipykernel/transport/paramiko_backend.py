@@ -150,6 +150,14 @@ class ParamikoTransport(Transport):
                 t.auth_publickey(settings.user, key)
             except paramiko.BadAuthenticationType as e:
                 notes.append(f"the server does not take keys (it allows: {', '.join(e.allowed_types)})")
+                if {"keyboard-interactive", "password"} & set(e.allowed_types):
+                    raise exc.AuthenticationError(
+                        f"{settings.alias} wants a password or one-time code typed by a person, which the "
+                        f"paramiko transport cannot ask for or share between kernels: use --transport openssh "
+                        f"and log in once with `ssh-ipykernel login {self.host.spec}` (the kernels of the "
+                        f"host then share that connection)",
+                        host=settings.alias, detail="\n".join(notes), detail_label="detail",
+                    ) from None
                 break
             except paramiko.AuthenticationException:
                 continue

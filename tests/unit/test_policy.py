@@ -428,3 +428,75 @@ def test_the_keeper_silence_and_grace_formula() -> None:
 ])
 def test_failure_kinds(error: exc.SSHKernelError, failure: Failure) -> None:
     assert p.failure_of(error) is failure
+
+
+# -- hosts that need a person to log in (issue 15) ---------------------------------------------------
+NEEDS_LOGIN = AttemptFailed(Failure.LOGIN, "logging in to btest needs a password ... Run `ssh-ipykernel login btest`")
+WAITING = "waiting for login"
+
+
+def waiting(config: Config = CFG, **fields: object) -> Status:
+    return replace(reconnecting(config, attempt=2), state=State.WAITING_FOR_LOGIN, **fields)
+
+
+def test_a_login_prompt_is_its_own_failure() -> None:
+    assert p.failure_of(exc.LoginRequiredError("needs a person", host="btest")) is Failure.LOGIN
+    assert p.failure_of(exc.AuthenticationError("refused", host="btest")) is Failure.OTHER
+
+
+def test_an_attempt_that_meets_a_login_prompt_waits_for_the_login_with_one_line() -> None:
+    status, actions = p.step(reconnecting(attempt=1), NEEDS_LOGIN, at(T0 + 3))
+    assert status.state is State.WAITING_FOR_LOGIN
+    assert actions == [Close(lost=True),
+                       Log(WARNING, "%s: %s; the kernel is kept %s and reattaches as soon as somebody logs in",
+                           (WAITING, NEEDS_LOGIN.error, "up to 600 s")),
+                       Notify()]
+    # No retry, no backoff, no more lines: the next turns only wait for the login.
+    for t in (T0 + 4, T0 + 70, T0 + 130):
+        status, actions = p.step(status, Tick(), at(t))
+        assert actions == [p.AwaitLogin(t + p.LOGIN_TICK)]
+        assert status.state is State.WAITING_FOR_LOGIN
+
+
+def test_waiting_for_a_login_is_bounded_by_the_grace_period() -> None:
+    give_up = waiting().give_up_at()
+    assert give_up is not None
+    near = give_up - OFFSET - 10  # monotonic time 10 s before the give-up
+    assert p.step(waiting(), Tick(), at(near))[1] == [p.AwaitLogin(near + 10)]
+    status, actions = p.step(waiting(), Tick(), at(give_up - OFFSET + 1))
+    assert status.state is State.STOPPED
+    assert actions[-1] == Exit(exc.ConnectionLostError.exit_code)
+    assert "longer than the kernel's grace period" in actions[0].args[1]
+
+
+def test_waiting_for_a_login_without_a_grace_period_waits_in_turns() -> None:
+    forever = replace(CFG, grace=None)
+    assert p.step(waiting(forever), Tick(), at(T0 + 99999))[1] == [p.AwaitLogin(T0 + 99999 + p.LOGIN_TICK)]
+
+
+def test_a_login_is_followed_by_an_attempt_at_once() -> None:
+    status, actions = p.step(waiting(), p.LoggedIn(0.05), at(T0 + 40))
+    assert status.state is State.RECONNECTING
+    assert actions == enter(State.RECONNECTING, "logged in to %s (noticed %.3f s after the login); reattaching",
+                            "btest", 0.05)
+    status, actions = p.step(status, Tick(), at(T0 + 40.01))
+    assert actions == [Attempt()]  # no backoff, no reachability wait: the login just reached the host
+    status, actions = p.step(status, AttemptSucceeded(), at(T0 + 41))
+    assert status.state is State.UP and status.reconnects == 1
+
+
+@pytest.mark.parametrize("signum", [TERM, HUP])
+def test_a_stop_signal_while_waiting_for_a_login_leaves_the_kernel_to_its_keeper(signum: int) -> None:
+    status, actions = p.step(waiting(), Signal(signum), at(T0 + 5))
+    assert status.state is State.STOPPED and actions[-1] == Exit(0)
+
+
+def test_an_interrupt_while_waiting_for_a_login_is_refused_with_a_line() -> None:
+    status, actions = p.step(waiting(), Signal(INT), at(T0 + 5))
+    assert status.state is State.WAITING_FOR_LOGIN
+    assert actions == [Log(WARNING, "cannot interrupt the kernel while reconnecting")]
+
+
+@pytest.mark.parametrize("event", [Heard(), SessionEOF(), MasterEOF(), Reachable(), AttemptSucceeded(), TIMED_OUT])
+def test_waiting_for_a_login_ignores_what_it_does_not_expect(event: p.Event) -> None:
+    assert p.step(waiting(), event, at(T0 + 5)) == (waiting(), [])

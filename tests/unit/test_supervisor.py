@@ -82,6 +82,10 @@ class _Recorder(_Stub):
     def connect(self):
         raise self.connect_errors.pop(0)
 
+    def wait_for_login(self, deadline, wake_fd=None):
+        self.calls.append(("wait_for_login", {}))
+        return 0.01  # somebody logged in 10 ms ago
+
 
 def recorded(signals, calls, **kw):
     stub = _Recorder(calls, **kw)
@@ -139,3 +143,25 @@ def test_a_kernel_that_died_is_the_supervisors_error_and_exit_code(caplog):
     assert type(s.error) is exc.KernelDiedError and s.error.exit_code == 1 and s.error.host == "h"
     assert s.error.message == "the remote kernel died (killed by signal 9); exiting so that Jupyter restarts it"
     assert caplog.messages[-1] == "stopped: " + s.error.message  # the log line is unchanged
+
+
+def test_a_login_prompt_while_reconnecting_waits_for_the_login_then_attempts_at_once(caplog):
+    from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel import policy
+
+    calls = []
+    errors = [exc.LoginRequiredError("logging in to h needs a person. Run `ssh-ipykernel login h`", detail="Password:"),
+              exc.KernelGoneError("the remote kernel on h is gone")]
+    with SignalRelay() as signals, caplog.at_level(logging.INFO, logger="t"):
+        s, states = recorded(signals, calls, connect_errors=errors)
+        s._dispatch(policy.MasterEOF())
+        t0 = time.monotonic()
+        assert s.run() == 1
+    assert time.monotonic() - t0 < 1  # no backoff after the login
+    assert states == ["reconnecting", "waiting for login", "reconnecting", "stopped"]
+    assert ("wait_for_login", {}) in calls
+    assert caplog.messages[1:3] == [
+        "waiting for login: logging in to h needs a person. Run `ssh-ipykernel login h`; the kernel is kept up to "
+        "60 s and reattaches as soon as somebody logs in",
+        "reconnecting: logged in to h (noticed 0.010 s after the login); reattaching",
+    ]
