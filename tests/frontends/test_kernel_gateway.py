@@ -134,7 +134,9 @@ def agent_kernelspec(ssh_host, ssh_kernelspec, jupyter_env, monkeypatch: pytest.
             "  StrictHostKeyChecking yes", ""]))
         name = f"ssh_{alias}"
         manage(ssh_host, ssh_kernelspec.jupyter_path.parents[1], "--host", alias, "--python",
-               ssh_host.env_prefix, "--ssh-config", str(config), "--name", name)
+               ssh_host.env_prefix, "--ssh-config", str(config), "--name", name,
+               # Nobody will log in: wait 3 s for it instead of the default 10 min, then fail.
+               "--login-wait", "3")
         monkeypatch.setenv("SSH_AUTH_SOCK", sock)
         yield name
 
@@ -166,8 +168,10 @@ def test_kernel_gateway_creates_runs_and_deletes_an_ssh_kernel(gateway_modules, 
         assert not left, f"left on the remote after DELETE: {left}"
 
         # A key that lives in an agent cannot be used: SSH_AUTH_SOCK was filtered out, and ssh
-        # would have to ask for the key's passphrase. The proxy fails with exit 25 (every time
-        # the gateway's restarter tries again), says why in the gateway's log, and starts nothing.
+        # would have to ask for the key's passphrase. With OpenSSH the proxy says in the
+        # gateway's log how to log in, waits --login-wait (3 s) for somebody to, then fails with
+        # exit 25 (every time the gateway's restarter tries again) and starts nothing; paramiko
+        # cannot take a login and fails with 25 at once.
         exits = record_exit_codes(ssh_kernelspec.jupyter_path / "kernels" / agent_kernelspec, tmp_path / "exits")
         kernel_id = create_kernel(gateway, agent_kernelspec)
         deadline = time.monotonic() + 60
