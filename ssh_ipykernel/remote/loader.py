@@ -40,7 +40,7 @@ class ShippedModules:
         filename, source = self.sources[module.__name__.rpartition(".")[2]]
         module.__file__ = filename
         # dont_inherit: each module's own __future__ imports, not this program's.
-        exec(compile(source, filename, "exec", dont_inherit=True), module.__dict__)
+        exec(compile(source, filename, "exec", dont_inherit=True), module.__dict__)  # noqa: S102 (the shipped module itself)
 
     def get_source(self, fullname: str) -> "str | None":
         """For linecache: the text of a shipped module's lines in a traceback."""

@@ -107,6 +107,16 @@ SIGTERM_WAIT = 2.0
 DEFAULT_CLIENT_TIMEOUT = 30.0
 
 
+def kernel_kept_for(grace: "float | None", client_timeout: float) -> "float | None":
+    """The longest a keeper keeps its kernel after a proxy's last word: it counts a silent
+    client as gone after ``client_timeout`` seconds, then keeps the kernel for ``grace`` (see
+    Keeper._watch). None: for ever (grace "never"). The proxy gives up on a lost connection
+    only once this has surely passed."""
+    if grace is None:
+        return None
+    return client_timeout + grace
+
+
 class BootstrapError(Exception):
     """A failure with a code the local side turns into a sentence."""
 

@@ -109,7 +109,7 @@ class Transport(abc.ABC):
         after it does, ``drain()`` then ``alive()`` tell whether the connection is gone."""
         return None
 
-    def confirm_alive(self) -> None:
+    def confirm_alive(self) -> None:  # noqa: B027 (optional hook: a no-op unless the backend shares connections)
         """The caller has just heard from the remote end through this connection. A backend that
         shares connections may note it, so that a proxy joining the connection soon after
         need not check it first. Cheap enough to call on every keepalive answer."""

@@ -259,6 +259,22 @@ def test_a_silent_session_counts_as_gone(agent):
     assert not os.path.exists(ready["connection_file"])
 
 
+@pytest.mark.timeout(90)
+def test_the_keeper_ends_a_silent_proxys_kernel_within_kernel_kept_for(agent):
+    """The proxy's give-up clock (policy.py) rests on protocol.kernel_kept_for: a kernel whose
+    proxy went silent is ended after that long, and before the proxy gives up on it."""
+    from ssh_ipykernel import policy
+
+    grace, client_timeout = 1, 2
+    run = agent(grace=grace, client_timeout=client_timeout)
+    ready = run.event()
+    t0 = time.monotonic()  # the session's last word: it says nothing from here on
+    assert wait_gone(ready["pid"], timeout=60)
+    took = time.monotonic() - t0
+    kept = protocol.kernel_kept_for(grace, client_timeout)
+    assert kept - 0.5 <= took < kept + policy.GIVE_UP_MARGIN
+
+
 @pytest.mark.timeout(60)
 def test_pings_keep_the_session(agent):
     run = agent(grace=0, client_timeout=5)

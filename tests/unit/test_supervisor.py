@@ -1,4 +1,5 @@
-"""Pure parts of the tunnel supervisor (the fault behaviour is in tests/integration/test_reconnect.py)."""
+"""The tunnel supervisor's I/O around its policy (the policy itself: test_policy.py; the fault behaviour:
+tests/integration/test_reconnect.py)."""
 import logging
 import socket
 import time
@@ -11,6 +12,7 @@ class _Stub:
     """Just enough of a transport/kernel/tunnels for the supervisor's constructor."""
 
     forwards = []
+    host = "h"
 
     def probe_address(self):
         return None
@@ -39,15 +41,79 @@ def test_probe_returns_as_soon_as_the_host_answers_or_refuses():
         assert time.monotonic() - t0 < 1.0
 
 
+# -- the I/O shell around policy.py: events in, actions performed ----------------------------------
+class _Recorder(_Stub):
+    """A kernel, tunnels and transport that record what the supervisor does to them."""
+
+    def __init__(self, calls, drained="", connect_errors=()):
+        self.calls = calls
+        self.drained = drained
+        self.connect_errors = list(connect_errors)
+
+    def close(self, **kw):
+        self.calls.append(("close", kw))
+
+    def drain(self):
+        self.calls.append(("drain", {}))
+        return self.drained
+
+    def connect(self):
+        raise self.connect_errors.pop(0)
+
+
+def recorded(signals, calls, **kw):
+    stub = _Recorder(calls, **kw)
+    states = []
+    s = Supervisor(kernel=stub, transport=stub, tunnels=stub, new_transport=lambda t: stub,
+                   signals=signals, log=logging.LoggerAdapter(logging.getLogger("t"), {}),
+                   secret="s", grace=60, client_timeout=30, attach_timeout=10,
+                   on_state=lambda sup: states.append(sup.state.value))
+    return s, states
+
+
+def test_a_lost_session_closes_everything_and_says_what_the_connection_said(caplog):
+    from ssh_ipykernel import policy
+
+    calls = []
+    with SignalRelay() as signals, caplog.at_level(logging.INFO, logger="t"):
+        s, states = recorded(signals, calls, drained="Connection reset by peer\n")
+        assert s._dispatch(policy.SessionEOF()) is None
+    assert [c for c, _ in calls] == ["drain", "close", "close", "close"]
+    assert calls[-1] == ("close", {"lost": True})
+    assert states == ["reconnecting"]
+    assert caplog.messages == [("reconnecting: connection to h lost (the SSH session ended: Connection reset by "
+                                "peer); reconnecting, the kernel is kept up to 60 s")]
+
+
+def test_reconnect_attempts_until_the_keeper_is_found_gone(caplog):
+    from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel import policy
+
+    calls = []
+    errors = [exc.SSHConnectionRefusedError("refused"), exc.KernelGoneError("the remote kernel on h is gone")]
+    with SignalRelay() as signals, caplog.at_level(logging.INFO, logger="t"):
+        s, states = recorded(signals, calls, connect_errors=errors)
+        s._dispatch(policy.MasterEOF())
+        t0 = time.monotonic()
+        assert s.run() == 1
+    assert 0.25 <= time.monotonic() - t0 < 2  # BACKOFF_FIRST after the refused attempt
+    assert states == ["reconnecting", "stopped"]
+    assert caplog.messages[1:] == [
+        "reconnect attempt 1 failed after 0 s offline: refused",
+        "stopped: the remote kernel on h is gone; exiting so that Jupyter starts a new kernel",
+    ]
+
+
 def test_a_kernel_that_died_is_the_supervisors_error_and_exit_code(caplog):
     from ssh_ipykernel import exceptions as exc
+    from ssh_ipykernel import policy
 
     with SignalRelay() as signals:
         s = supervisor(signals)
-        s.kernel.host = "btest"
-        assert s._exited({"event": "exited", "returncode": 0, "reason": None}) == 0 and s.error is None
+        assert s._dispatch(policy.KeeperExited(0, None)) == 0 and s.error is None
+        s = supervisor(signals)
         with caplog.at_level(logging.ERROR, logger="t"):
-            assert s._exited({"event": "exited", "returncode": -9, "reason": "died"}) == 1
-    assert type(s.error) is exc.KernelDiedError and s.error.exit_code == 1 and s.error.host == "btest"
+            assert s._dispatch(policy.KeeperExited(-9, "died")) == 1
+    assert type(s.error) is exc.KernelDiedError and s.error.exit_code == 1 and s.error.host == "h"
     assert s.error.message == "the remote kernel died (killed by signal 9); exiting so that Jupyter restarts it"
     assert caplog.messages[-1] == "stopped: " + s.error.message  # the log line is unchanged
