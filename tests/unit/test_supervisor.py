@@ -117,3 +117,41 @@ def test_a_kernel_that_died_is_the_supervisors_error_and_exit_code(caplog):
     assert type(s.error) is exc.KernelDiedError and s.error.exit_code == 1 and s.error.host == "h"
     assert s.error.message == "the remote kernel died (killed by signal 9); exiting so that Jupyter restarts it"
     assert caplog.messages[-1] == "stopped: " + s.error.message  # the log line is unchanged
+
+
+class _FakeWatch:
+    """A NetworkWatch whose 'kernel' is the test: readable once something was sent."""
+
+    def __init__(self):
+        self.r, self.w = socket.socketpair()
+
+    def fileno(self):
+        return self.r.fileno()
+
+    def changes(self):
+        self.r.setblocking(False)
+        try:
+            return ["link 3 up"] if self.r.recv(100) else []
+        except BlockingIOError:
+            return []
+
+
+def test_a_network_change_cuts_a_network_backoff_short_and_keeps_others(caplog):
+    from dataclasses import replace
+
+    from ssh_ipykernel import policy
+
+    with SignalRelay() as signals, caplog.at_level(logging.DEBUG, logger="t"):
+        for failure, cut_short in ((policy.Failure.NETWORK, True), (policy.Failure.OTHER, False)):
+            s = supervisor(signals)
+            now = time.monotonic()
+            s.status = replace(s.status, state=policy.State.RECONNECTING, attempt=3, attempt_started=now,
+                               failed=policy.AttemptFailed(failure, "x"))
+            s._dispatch(policy.Tick())
+            assert isinstance(s._next, policy.WaitUntil) and s._next.at > now + 0.5
+            s.network = watch = _FakeWatch()
+            watch.w.send(b"x")
+            t0 = time.monotonic()
+            assert s._wait(min(s._next.at, t0 + 1.0)) is None
+            assert (time.monotonic() - t0 < 0.3) == cut_short
+    assert "network changed (link 3 up): trying again now" in caplog.text
