@@ -3,15 +3,16 @@
     .venv/bin/python bench/reconnect.py                       # netns test host (root), both cuts, openssh
     .venv/bin/python bench/reconnect.py --transport openssh,paramiko --repeat 5 --json out.json
 
-A proxy started by hand (--log-level DEBUG) serves a kernel that runs a cell the whole time
+A proxy started by hand serves a kernel that runs a cell the whole time
 (`time.sleep`), so the shell channel is busy and "the kernel answers" means a
 `kernel_info_request` on the control channel. Each round cuts the link (tests/netcuts.py: a
 blackhole route in the host, or our end of the veth down with its route), waits until the
-proxy has noticed (its "reconnecting" line) and a little longer (so the connection it gave up
-is really gone), restores the link, and sends a control-channel kernel_info every 20 ms until
+proxy has noticed (its "reconnecting" line) and a little longer (past the 3 s in which it asks
+the old connection for a last answer, so the way back needs a new one), restores the link, and sends a control-channel kernel_info every 20 ms until
 one is answered: the time from the restore to that answer is the result. The link's own
-round-trip time (a TCP connect to sshd) is reported beside it. The proxy's DEBUG lines of each
-reconnect are kept (--show-log) for the breakdown of where the time goes. A tool, not a test.
+round-trip time (a TCP connect to sshd) is reported beside it. --show-log runs the proxy with
+--log-level DEBUG and prints its lines of each reconnect: the breakdown of where the time goes
+(the attempt's "connected in / forwards in / attached in" line). A tool, not a test.
 """
 from __future__ import annotations
 
@@ -43,9 +44,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kinds", default=",".join(KINDS), help="blackhole,down (default both)")
     parser.add_argument("--repeat", type=int, default=3, help="cuts of each kind per transport (default 3)")
     parser.add_argument("--after", type=float, default=4.0,
-                        help="seconds the link stays cut after the proxy noticed (default 4, plus 0-1 at random)")
+                        help="seconds the link stays cut after the proxy noticed, at least (default 4) ...")
+    parser.add_argument("--spread", type=float, default=8.0,
+                        help="... plus up to this many more, at random (default 8): the link returns in every "
+                             "phase of the proxy's waiting (probes, backoffs, a periodic attempt)")
     parser.add_argument("--json", help="write the raw results here")
-    parser.add_argument("--show-log", action="store_true", help="print the proxy's lines of each reconnect")
+    parser.add_argument("--show-log", action="store_true",
+                        help="run the proxy with --log-level DEBUG and print its lines of each reconnect (the "
+                             "breakdown; ssh -v then adds a little to the OpenSSH login)")
     return parser.parse_args()
 
 
@@ -84,15 +90,16 @@ def control_answer(kc, timeout: float = 30.0) -> float:  # noqa: ANN001 - a Bloc
     raise RuntimeError("no control-channel answer")
 
 
-def measure(host, transport: str, kinds: List[str], repeat: int, after: float, tmp: Path,  # noqa: ANN001
-            show_log: bool) -> Dict[str, List[float]]:
+def measure(host, transport: str, kinds: List[str], repeat: int, after: float, spread: float,  # noqa: ANN001
+            tmp: Path, show_log: bool) -> Dict[str, List[float]]:
     from jupyter_client import BlockingKernelClient
     from jupyter_client.connect import write_connection_file
 
     conn, _ = write_connection_file(str(tmp / f"kernel-bench-{transport}.json"), ip="127.0.0.1")
     log = tmp / f"proxy-{transport}.log"
     argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
-            "--python", host.env_prefix, "--transport", transport, "--log-level", "DEBUG", "-f", conn]
+            "--python", host.env_prefix, "--transport", transport, "--log-level", "DEBUG" if show_log else "INFO",
+            "-f", conn]
     proxy = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     results: Dict[str, List[float]] = {kind: [] for kind in kinds}
     kc = BlockingKernelClient(connection_file=conn)
@@ -110,7 +117,7 @@ def measure(host, transport: str, kinds: List[str], repeat: int, after: float, t
                 cut(host, kind)
                 try:
                     offset = wait_log(log, r"WARNING .*reconnecting:", offset, 30)
-                    time.sleep(after + random.random())
+                    time.sleep(after + spread * random.random())
                 finally:
                     restore(host, kind)
                 back, back_wall = time.monotonic(), time.time()
@@ -152,7 +159,7 @@ def main() -> None:
         rtt = base_rtt(BenchHost(host.alias, host.env_prefix, str(host.ssh_config)))
         data["link_rtt_ms"] = 1000 * rtt
         for transport in transports:
-            data["results"][transport] = measure(host, transport, kinds, args.repeat, args.after, tmp,
+            data["results"][transport] = measure(host, transport, kinds, args.repeat, args.after, args.spread, tmp,
                                                  args.show_log)
     print(f"link RTT (TCP connect to sshd, median): {1000 * rtt:.2f} ms; load {' '.join(data['loadavg'])}")
     print(f"{'transport':10} {'cut':10} {'n':>3} {'min':>7} {'median':>7} {'max':>7}   control-channel answer after the link is back (s)")
