@@ -315,7 +315,9 @@ class OpenSSHTransport(Transport):
             sock.close()
             self.log.debug("no stream to %s: refused, or nobody answered", path)
             return None
-        return SocketSession(sock, lambda: None, args=f"-L {local}:{path}")
+        session = SocketSession(sock, lambda: None, args=f"-L {local}:{path}")
+        self._sessions = [p for p in self._sessions if p.poll() is None] + [session]  # type: ignore[list-item]
+        return session
 
     def probe_address(self) -> Optional[Tuple[str, int]]:
         argv = [self.ssh] + (["-F", self.options.ssh_config] if self.options.ssh_config else [])

@@ -228,7 +228,9 @@ class ParamikoTransport(Transport):
         ours, theirs = socket.socketpair()
         relay = _Relay(theirs, channel, lambda relay: None, None)
         relay.start()
-        return SocketSession(ours, relay.close, args=f"direct-streamlocal {path}")
+        session = SocketSession(ours, relay.close, args=f"direct-streamlocal {path}")
+        self._sessions = [p for p in self._sessions if p.poll() is None] + [session]  # type: ignore[list-item]
+        return session
 
     def probe_address(self) -> Optional[Tuple[str, int]]:
         s = self.settings

@@ -103,3 +103,36 @@ def test_the_kernel_answers_at_once_when_the_network_returns(kind, kernel, ssh_h
     watcher.stop()
     assert reply["status"] in ("ok", "error"), reply
     assert remote_pid(kernel) == pid and kernel.value("kept") == "yes"
+
+
+@pytest.fixture
+def no_streamlocal(ssh_host):
+    """The host's sshd with ``AllowStreamLocalForwarding no`` from the next restart on (as on
+    servers that forbid it); the usual config, and an sshd running it, afterwards."""
+    config = ssh_host.dir / "sshd_config"
+    usual = config.read_text()
+    assert "AllowStreamLocalForwarding yes" in usual
+    config.write_text(usual.replace("AllowStreamLocalForwarding yes", "AllowStreamLocalForwarding no"))
+    try:
+        yield
+    finally:
+        config.write_text(usual)
+        ssh_host.restart_sshd()
+
+
+@pytest.mark.both_transports
+def test_a_server_without_streamlocal_forwarding_gets_the_remote_relay(kernel, ssh_host, no_streamlocal):
+    """Every connection dropped by an sshd that now refuses unix-socket channels: the re-attach
+    falls back on the remote python relay, says so once, and the kernel is the same."""
+    pid = remote_pid(kernel)
+    watcher = Watcher(kernel)
+    offset = len(kernel.log())
+    t0 = time.monotonic()
+    ssh_host.restart_sshd(drop_connections=True)
+    answered = control_answer(kernel, t0)
+    wait_log(kernel, "up: reconnected", offset)
+    watcher.stop()
+    log = kernel.log()[offset:]
+    assert log.count("does not forward unix sockets") == 1, log
+    print(f"\nno streamlocal: the control channel answered {answered:.3f} s after sshd dropped the connections")
+    assert remote_pid(kernel) == pid
