@@ -16,6 +16,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "(pytest-docker) instead of network-namespace hosts")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Longest first: tests marked ``slow`` or ``frontend`` (fault tests with real timers, the
+    browser) before the rest, so that parallel workers start them early and overlap them, and the
+    short tests fill the gaps at the end. The order within each part is unchanged."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") or item.get_closest_marker("frontend") else 1)
+
+
 #: Set in the environment of this test run, so that kernels started locally by the unit
 #: tests can be told apart from those of another test run on the same machine.
 RUN_MARKER = "SSH_IPYKERNEL_TEST_RUN"
@@ -65,11 +72,31 @@ def _leaked_kernels() -> list:
     return found
 
 
+#: Leaks the xdist workers reported (pytest-xdist: each worker is a session of its own, whose
+#: exit status the controller ignores; the guard's verdict travels in ``workeroutput``).
+_WORKER_LEAKS: list = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - xdist's WorkerController
+    leaked = getattr(node, "workeroutput", {}).get("sik_leaked_kernels")
+    if leaked:
+        _WORKER_LEAKS.append(f"[{node.gateway.id}]\n{leaked}")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """No test may leave a kernel behind: kill leftovers and fail the run if there were any."""
+    """No test may leave a kernel behind: kill leftovers and fail the run if there were any.
+
+    Under xdist every worker checks its own kernels (they carry the worker's RUN_MARKER, or
+    live in its test hosts) and reports them to the controller, which fails the run."""
     import os
     import signal
     import time
+
+    if _WORKER_LEAKS:
+        session.config.get_terminal_writer().line(
+            "\nkernels leaked by the tests (killed by their worker):\n" + "\n".join(_WORKER_LEAKS), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     deadline = time.monotonic() + 10  # shutdowns still in progress get a moment
     leaked = _leaked_kernels()
@@ -83,5 +110,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             pass
     if leaked:
         lines = "\n".join(f"  {pid}: {cmd}" for pid, cmd in leaked)
+        if hasattr(session.config, "workeroutput"):  # an xdist worker: the controller reports it
+            session.config.workeroutput["sik_leaked_kernels"] = lines
         session.config.get_terminal_writer().line(f"\nkernels leaked by the tests (killed now):\n{lines}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

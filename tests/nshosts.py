@@ -46,7 +46,7 @@ _counter = itertools.count(1)
 
 
 SSHD_CONFIG = "\n".join([
-    "HostKey {host_key}", "ListenAddress {address}:22", "AddressFamily inet", "PidFile none",
+    "HostKey {host_key}", "{listen}", "AddressFamily {family}", "PidFile none",
     "UsePAM no", "StrictModes no", "PermitRootLogin no", "PasswordAuthentication no",
     "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
     "AuthorizedKeysFile {home}/.ssh/authorized_keys", "PermitUserEnvironment yes",
@@ -64,8 +64,10 @@ class NetnsHost(SSHTestHost):
     """An sshd in its own network namespace; made by NetnsHostFactory.create_host()."""
 
     def __init__(self, factory: "NetnsHostFactory", name: str, hostname: str,
-                 reachable_from: Optional["NetnsHost"]) -> None:
+                 reachable_from: Optional["NetnsHost"], port: int = 22, ipv6: bool = False) -> None:
         self.factory, self.reachable_from = factory, reachable_from
+        self.ipv6 = ipv6
+        self.address6 = self.outer_address6 = ""  # set by _make_network() with ipv6
         tag = f"{os.getpid():x}"  # names carry the owner pid: cleanup_stale() checks it
         while True:  # skip names left by an earlier process that had our pid
             idx = next(_counter)
@@ -80,7 +82,7 @@ class NetnsHost(SSHTestHost):
         self.dir = factory.dir / "hosts" / name  # server side: config, keys, log, home
         self.dir.mkdir(parents=True)
         self.log_path = self.dir / "sshd.log"
-        super().__init__(alias=name, address="", port=22, hostname=hostname,
+        super().__init__(alias=name, address="", port=port, hostname=hostname,
                          user=factory.user.pw_name, ssh_config=factory.client.config)
         try:
             with _flock(_LOCK):
@@ -98,6 +100,11 @@ class NetnsHost(SSHTestHost):
 
     def _make_network(self) -> None:
         outer, inner = f"{self.outer_address}/24", f"{self.address}/24"
+        if self.parent_ns:
+            # Routed inside the bastion only: a blackhole route here marks the /24 taken for the
+            # subnet allocation of other processes (parallel runs, xdist workers), and keeps it
+            # unreachable from here as it would be anyway.
+            _ip("route", "replace", "blackhole", str(self.subnet))
         _ip("netns", "add", self.namespace)
         _ip("link", "add", self.veth_outer, "type", "veth", "peer", "name", self.veth_inner,
             "netns", self.namespace, ns=self.parent_ns)
@@ -106,6 +113,11 @@ class NetnsHost(SSHTestHost):
         _ip("addr", "add", inner, "dev", self.veth_inner, ns=self.namespace)
         _ip("link", "set", "lo", "up", ns=self.namespace)
         _ip("link", "set", self.veth_inner, "up", ns=self.namespace)
+        if self.ipv6:  # a ULA /64 numbered after the IPv4 /24, unique on this machine like it
+            net = f"fd53:6b{self.subnet.network_address.packed[1]:02x}:{self.subnet.network_address.packed[2]:x}"
+            self.outer_address6, self.address6 = f"{net}::1", f"{net}::2"
+            _ip("-6", "addr", "add", f"{self.outer_address6}/64", "dev", self.veth_outer, "nodad", ns=self.parent_ns)
+            _ip("-6", "addr", "add", f"{self.address6}/64", "dev", self.veth_inner, "nodad", ns=self.namespace)
         self._static_neighbours()
 
     def _mac(self, dev: str, ns: Optional[str]) -> str:
@@ -135,8 +147,11 @@ class NetnsHost(SSHTestHost):
         hosts_file = self.dir / "hosts"  # so the remote resolves its own name
         hosts_file.write_text(Path("/etc/hosts").read_text() + f"127.0.1.1\t{self.hostname}\n")
         hosts_file.chmod(0o644)
+        listen = [f"ListenAddress {self.address}:{self.port}"]
+        listen += [f"ListenAddress [{self.address6}]:{self.port}"] if self.address6 else []
         (self.dir / "sshd_config").write_text(SSHD_CONFIG.format(
-            host_key=self.dir / "ssh_host_ed25519_key", address=self.address, home=self.home))
+            host_key=self.dir / "ssh_host_ed25519_key", listen="\n".join(listen),
+            family="any" if self.address6 else "inet", home=self.home))
         return host_key
 
     def _start_sshd(self, timeout: float = 10.0) -> None:
@@ -172,8 +187,8 @@ class NetnsHost(SSHTestHost):
 
     def _listening(self) -> bool:
         if self.parent_ns:  # not routable from here: trust the log
-            return f"Server listening on {self.address} port 22" in self.sshd_log()
-        with contextlib.suppress(OSError), socket.create_connection((self.address, 22), timeout=1):
+            return f"Server listening on {self.address} port {self.port}" in self.sshd_log()
+        with contextlib.suppress(OSError), socket.create_connection((self.address, self.port), timeout=1):
             return True
         return False
 
@@ -211,17 +226,40 @@ class NetnsHost(SSHTestHost):
         return found
 
     def link_down(self) -> None:
-        """Cut the link by downing the namespace end: packets to the host vanish.
-
-        Not the outer end: that would drop the route, so connects would fail
-        at once (blackhole) instead of timing out like on a real cut.
-        """
-        _ip("link", "set", self.veth_inner, "down", ns=self.namespace)
+        """A blackhole route in the host for our side's address: the host still receives, but
+        everything it sends back vanishes silently (a dead VPN, a remote outage). Connects time
+        out, established connections hear nothing; nobody gets an error."""
+        _ip("route", "replace", "blackhole", f"{self.outer_address}/32", ns=self.namespace)
 
     def link_up(self) -> None:
-        """Undo link_down(); the kernel flushed the namespace's ARP entry, so re-add it."""
-        _ip("link", "set", self.veth_inner, "up", ns=self.namespace)
-        self._static_neighbours()
+        """Undo link_down()."""
+        _ip("route", "del", "blackhole", f"{self.outer_address}/32", ns=self.namespace, check=False)
+
+    def cut(self, kind: str = "blackhole") -> None:
+        """``blackhole``: link_down(). ``down``: our end of the veth goes down, so the route to the
+        host goes with it (a dropped Wi-Fi, an unplugged cable); an ``unreachable`` route for its
+        subnet stands in for the missing one (the pool's safety blackhole route would otherwise
+        catch the packets): connects fail at once with "No route to host"."""
+        if kind == "blackhole":
+            self.link_down()
+        elif kind == "down":
+            # Route first: the /24 stays in the routing table throughout (other processes'
+            # subnet allocation reads it there).
+            _ip("route", "replace", "unreachable", str(self.subnet), ns=self.parent_ns)
+            _ip("link", "set", self.veth_outer, "down", ns=self.parent_ns)
+        else:
+            raise ValueError(f"unknown kind of cut {kind!r}")
+
+    def restore(self, kind: str = "blackhole") -> None:
+        """Undo cut(kind); for ``down`` the kernel flushed the ARP entries, so they are re-added."""
+        if kind == "blackhole":
+            self.link_up()
+        elif kind == "down":
+            _ip("route", "del", "unreachable", str(self.subnet), ns=self.parent_ns, check=False)
+            _ip("link", "set", self.veth_outer, "up", ns=self.parent_ns)
+            self._static_neighbours()
+        else:
+            raise ValueError(f"unknown kind of cut {kind!r}")
 
     def restart_sshd(self, drop_connections: bool = False) -> None:
         """Stop the listener and start it again with the same config and host key.
@@ -262,6 +300,8 @@ class NetnsHost(SSHTestHost):
         self._stop_sshd()
         _kill_ns_processes(self.namespace, grace=2.0)
         _ip("link", "delete", self.veth_outer, ns=self.parent_ns, check=False)
+        if self.parent_ns and hasattr(self, "subnet"):
+            _ip("route", "del", "blackhole", str(self.subnet), check=False)
         _ip("netns", "delete", self.namespace, check=False)
         if hasattr(self, "subnet"):
             _taken_subnets.discard(self.subnet)
@@ -293,18 +333,24 @@ class NetnsHostFactory:
         atexit.register(self.close)  # a crashed session still tears down
 
     def create_host(self, name: str = "btest", hostname: Optional[str] = None,
-                    reachable_from: Optional[NetnsHost] = None) -> NetnsHost:
+                    reachable_from: Optional[NetnsHost] = None, port: int = 22, ipv6: bool = False) -> NetnsHost:
         """Start host ``name`` (ssh alias) with remote hostname ``sik-<name>`` by default.
+
+        ``port``: sshd listens there instead of 22. ``ipv6``: the link also gets an IPv6 address
+        (``host.address6``) and sshd listens on it too; the client config then also matches the
+        bare addresses (``10.213.N.2``, ``fd53:...::2``: ``--host [v6]:port``) with the same key
+        and known_hosts, as a user's ``Host *`` defaults would.
 
         With ``reachable_from=bastion`` its link hangs off the bastion's
         namespace, unroutable from here: the alias goes through ProxyJump.
         """
         if self._closed or name in self.hosts:
             raise HostSetupError(f"factory closed or host {name!r} exists")
-        host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from)
+        host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from, port=port, ipv6=ipv6)
         self.hosts[name] = host
-        self.client.add_host(name, host.address, 22, host.user, host.host_key,
-                             proxy_jump=reachable_from.alias if reachable_from else None)
+        self.client.add_host(name, host.address, port, host.user, host.host_key,
+                             proxy_jump=reachable_from.alias if reachable_from else None,
+                             bare_addresses=[a for a in (host.address, host.address6) if a] if ipv6 else ())
         return host
 
     def _forget(self, host: NetnsHost) -> None:

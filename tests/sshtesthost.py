@@ -67,12 +67,15 @@ class ClientFiles:
         self._write()
 
     def add_host(self, alias: str, address: str, port: int, user: str, host_key: str,
-                 proxy_jump: Optional[str] = None, refused_port: int = 9) -> None:
-        """Register ``alias`` plus ``-badkey``/``-changedkey``/``-unknownkey``/``-refused``."""
+                 proxy_jump: Optional[str] = None, refused_port: int = 9, bare_addresses: Sequence[str] = ()) -> None:
+        """Register ``alias`` plus ``-badkey``/``-changedkey``/``-unknownkey``/``-refused``; and
+        ``bare_addresses`` (host key, user and key for an address given as is, any port)."""
         target = address if port == 22 else f"[{address}]:{port}"
         key = " ".join(host_key.split()[:2])
         with open(self.known_hosts, "a") as fh:
             fh.write(f"{target} {key}\n")
+            for bare in bare_addresses:
+                fh.write(f"[{bare}]:{port} {key}\n")
         with open(self.known_hosts_changed, "a") as fh:
             fh.write(f"{target} {' '.join(self.wrong_host_key.split()[:2])}\n")
 
@@ -91,7 +94,10 @@ class ClientFiles:
             block(f"{alias}-changedkey", known=self.known_hosts_changed),
             block(f"{alias}-unknownkey", known=self.known_hosts_empty, strict="ask"),
             block(f"{alias}-refused", to_port=refused_port),
-        ])
+        ] + ([f"Host {' '.join(bare_addresses)}\n  User {user}\n  IdentityFile \"{self.identity}\"\n"
+               f"  IdentitiesOnly yes\n  UserKnownHostsFile \"{self.known_hosts}\"\n"
+               "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode no\n"]
+              if bare_addresses else []))
         self._write()
 
     def remove_host(self, alias: str) -> None:
@@ -110,7 +116,7 @@ class SSHTestHost:
 
     Subclasses implement ``remote_pids(pattern)`` (pids of the user's processes
     whose command line matches the regex), ``link_down()``/``link_up()`` (cut
-    the path: connects time out), ``restart_sshd()`` (restart the listener;
+    the path: connects time out; ``cut(kind)``/``restore(kind)`` for both kinds of cut), ``restart_sshd()`` (restart the listener;
     established sessions survive), ``sshd_log()`` and ``close()``.
     """
 
@@ -144,6 +150,20 @@ class SSHTestHost:
 
     def link_up(self) -> None:
         raise NotImplementedError
+
+    def cut(self, kind: str = "blackhole") -> None:
+        """Cut the host off: ``blackhole`` (packets vanish, connects time out: link_down()) or
+        ``down`` (the link and its route are gone, connects fail at once). Use it through
+        kernels.cut(), which always restores."""
+        if kind != "blackhole":
+            raise NotImplementedError(kind)
+        self.link_down()
+
+    def restore(self, kind: str = "blackhole") -> None:
+        """Undo cut(kind)."""
+        if kind != "blackhole":
+            raise NotImplementedError(kind)
+        self.link_up()
 
     def restart_sshd(self) -> None:
         raise NotImplementedError

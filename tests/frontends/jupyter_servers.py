@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
+
+from testutil import free_port
 
 
 class ServerError(AssertionError):
@@ -108,12 +109,6 @@ class JupyterServer:
         self.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_jupyterlab(root_dir: Path, log_path: Path, *, timeout: float = 60) -> JupyterServer:
     """``jupyter lab`` on 127.0.0.1, a port the OS picks (read back from its jpserver-<pid>.json),
     a random token; JupyterLab's news and update checks off (no requests leave the machine and no
@@ -135,10 +130,14 @@ def start_jupyterlab(root_dir: Path, log_path: Path, *, timeout: float = 60) -> 
     try:
         info = Path(env["JUPYTER_RUNTIME_DIR"]) / f"jpserver-{server.process.pid}.json"
         deadline = time.monotonic() + timeout
-        while not info.exists() and server.process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if info.exists():
-            server.url = f"http://127.0.0.1:{json.loads(info.read_text())['port']}"
+        port = None
+        while port is None and server.process.poll() is None and time.monotonic() < deadline:
+            try:  # the server may be writing it right now: empty or partial until complete
+                port = json.loads(info.read_text())["port"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.2)
+        if port is not None:
+            server.url = f"http://127.0.0.1:{port}"
         server.wait_ready("/api/status", max(1.0, deadline - time.monotonic()))
     except BaseException:
         server.close()

@@ -166,13 +166,31 @@ def test_kernel_gateway_creates_runs_and_deletes_an_ssh_kernel(gateway_modules, 
         assert not left, f"left on the remote after DELETE: {left}"
 
         # A key that lives in an agent cannot be used: SSH_AUTH_SOCK was filtered out, and ssh
-        # would have to ask for the key's passphrase.  The proxy says so in the gateway's log.
+        # would have to ask for the key's passphrase. The proxy fails with exit 25 (every time
+        # the gateway's restarter tries again), says why in the gateway's log, and starts nothing.
+        exits = record_exit_codes(ssh_kernelspec.jupyter_path / "kernels" / agent_kernelspec, tmp_path / "exits")
         kernel_id = create_kernel(gateway, agent_kernelspec)
         deadline = time.monotonic() + 60
-        while PASSPHRASE not in gateway.log().lower() and time.monotonic() < deadline:
+        while not (exits.exists() and PASSPHRASE in gateway.log().lower()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert PASSPHRASE in gateway.log().lower(), gateway.log()[-3000:]
+        codes = exits.read_text().split() if exits.exists() else []
+        assert codes and set(codes) == {"25"}, f"proxy exit codes {codes}\n{gateway.log()[-3000:]}"
+        assert not ssh_host.remote_pids(KERNEL_PATTERN)
         delete_kernel(gateway, kernel_id)
+        left = wait_remote_clean(ssh_host)
+        assert not left, f"left on the remote after the failed start: {left}"
+
+
+def record_exit_codes(spec_dir: Path, exits: Path) -> Path:
+    """Run the kernelspec's proxy under a shell that appends its exit code to ``exits`` (the
+    gateway is the proxy's parent, so the test cannot wait for it); the argv is otherwise as
+    manage wrote it."""
+    spec_file = spec_dir / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["argv"] = ["/bin/sh", "-c", f'"$@"; code=$?; echo $code >> {exits}; exit $code', "proxy", *spec["argv"]]
+    spec_file.write_text(json.dumps(spec))
+    return exits
 
 
 @pytest.mark.both_transports

@@ -182,6 +182,24 @@ def jupyter_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[JupyterDirs]:
     shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture
+def conn(tmp_path: Path) -> Path:
+    """A connection file as Jupyter writes it, for a proxy run by hand (kernels.start_proxy)."""
+    from kernels import connection_file
+
+    return connection_file(tmp_path)
+
+
+@pytest.fixture
+def nothing_left(ssh_host, jupyter_env):
+    """After the test: no agent, kernel or key file of ours on btest, no local ssh process."""
+    from kernels import local_ssh_children, wait_remote_clean
+
+    yield
+    assert not wait_remote_clean(ssh_host, timeout=15)
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
 # -------------------------------------------------------------------- Docker
 @pytest.fixture(scope="session")
 def docker_compose_file() -> str:

@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import time
@@ -13,25 +14,10 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 from jupyter_client import KernelManager
+from jupyter_client.connect import write_connection_file
 from jupyter_client.kernelspec import KernelSpecManager
 
-
-def proxy_passes_launch_options() -> bool:
-    """Whether proxy.py hands ProxyOptions.launch (--remote-kernel, --kernel-cmd, --workdir,
-    --pre-command) to RemoteKernel: one line the lead adds to proxy.py (issue 4)."""
-    import inspect
-
-    from ssh_ipykernel import proxy
-
-    return "launch=self.options.launch" in inspect.getsource(proxy)
-
-
-#: Tests whose kernel must be started with those options: strictly expected to fail until
-#: proxy.py passes them on, and run normally from then on (strict: an XPASS fails the run, so
-#: a wiring spelled differently is noticed).
-needs_launch_wiring = pytest.mark.xfail(
-    not proxy_passes_launch_options(), strict=True,
-    reason="proxy.py does not pass ProxyOptions.launch to RemoteKernel yet (issue 4 report)")
+from testutil import free_port, free_ports, read_log, wait_for, wait_until  # noqa: F401 - re-exported
 
 
 AGENT_PATTERN = "ssh_ipykernel-agent"
@@ -123,6 +109,18 @@ class Kernel:
         assert content["status"] == "ok", content
         return out.strip()
 
+    def remote_pid(self, timeout: float = 30) -> int:
+        """The kernel's pid on the remote, asked through the kernel itself."""
+        return int(self.value("__import__('os').getpid()", timeout=timeout))
+
+    def shutdown_and_exit_code(self, timeout: float = 20) -> int:
+        """Shut down through KernelManager as Jupyter does and return the proxy's exit code.
+
+        KernelManager drops its process handle during shutdown, so it is taken first."""
+        proc = self.proxy
+        self.shutdown()
+        return proc.wait(timeout)
+
     def wait_reply(self, msg_id: str, timeout: float) -> Dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
@@ -155,6 +153,24 @@ class Kernel:
             self._log_file.close()
 
 
+def iopub_back_after(kernel: "Kernel", since: float, timeout: float = 30) -> float:
+    """Seconds from ``since`` until the kernel's iopub messages reach the client again (the
+    status messages of kernel_info requests): the shell channel can answer first, while the
+    SUB socket has not reconnected and subscribed yet, and output published before that is lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg_id = kernel.kc.kernel_info()
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            try:
+                msg = kernel.kc.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                return time.monotonic() - since
+    raise AssertionError(f"no iopub message within {timeout} s\n{kernel.log()}")
+
+
 def remote_leftovers(host, kernel_pid: Optional[int] = None) -> Dict[str, Any]:
     """What an SSH kernel could leave on the remote: agent/kernel processes, key files."""
     found: Dict[str, Any] = {}
@@ -180,14 +196,6 @@ def wait_remote_clean(host, kernel_pid: Optional[int] = None, timeout: float = 2
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.3)
-
-
-def wait_for(log: Path, text: str, timeout: float = 30) -> None:
-    """Poll a log file until ``text`` appears in it."""
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
-        time.sleep(0.1)
 
 
 def _control_path_users(runtime_dir: str) -> List[str]:
@@ -275,3 +283,56 @@ def ssh_agent(sock: Path, *keys: Path) -> Iterator[str]:
     finally:
         agent.terminate()
         agent.wait(timeout=10)
+
+
+# ------------------------------------------------------------------ the proxy by hand
+def connection_file(directory: Path, name: str = "byhand") -> Path:
+    """A connection file as Jupyter writes it (``kernel-<name>.json``), on free local ports, with a
+    session key of its own."""
+    import secrets
+
+    fname, _ = write_connection_file(str(directory / f"kernel-{name}.json"), ip="127.0.0.1",
+                                     key=secrets.token_hex(16).encode())
+    return Path(fname)
+
+
+#: ``python=`` default of start_proxy: the host's remote env (None: no --python, the remote PATH's).
+ENV = object()
+
+
+def start_proxy(host, conn: Path, log: Path, *args: str, python: Any = ENV) -> subprocess.Popen:
+    """``python -m ssh_ipykernel --host ALIAS ... -f CONN`` as a kernelspec would run it, with
+    this test's --transport; stdout and stderr appended to ``log``."""
+    py = host.env_prefix if python is ENV else python
+    argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
+            *(["--python", py] if py else []), *transport_args(), *args, "-f", str(conn)]
+    with log.open("ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_proxy(proc: subprocess.Popen, log: Path, timeout: float = 20) -> None:
+    """SIGTERM (Jupyter's shutdown of a kernel it cannot reach) and insist on exit code 0."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout) == 0, read_log(log)
+
+
+# ------------------------------------------------------------------ network faults
+#: The two ways a network goes away (docs: /work/shared/ENVIRONMENT.md): "blackhole" - packets
+#: vanish silently (a dead VPN, a remote outage: connects time out); "down" - the link and its
+#: route are gone (a dropped Wi-Fi, an unplugged cable: connects fail at once).
+CUT_KINDS = ("blackhole", "down")
+
+
+@contextlib.contextmanager
+def cut(host, kind: str = "blackhole") -> Iterator[float]:
+    """The host is cut off inside the block and always restored after it, even when the block
+    fails (a host left down would fail every later test); yields the monotonic time of the cut."""
+    try:
+        host.cut(kind)
+    except NotImplementedError:
+        pytest.skip(f"this test host cannot make a {kind!r} cut")
+    try:
+        yield time.monotonic()
+    finally:
+        host.restore(kind)

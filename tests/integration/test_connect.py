@@ -18,7 +18,7 @@ import pexpect
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from kernels import local_ssh_children, transport_args, wait_for, wait_remote_clean
+from kernels import cut, local_ssh_children, transport_args, wait_for, wait_remote_clean
 
 REMOTE_FILE = "/tmp/by-hand/kernel-fixed.json"
 FIXED_PORTS = {"shell": 50101, "iopub": 50102, "stdin": 50103, "control": 50104, "hb": 50105}
@@ -83,9 +83,8 @@ def test_connect_to_a_kernel_started_by_hand(ssh_host, by_hand_kernel, tmp_path,
                 f"{ssh_host.hostname} {by_hand_kernel}"
             output_of(kc, "kept = 'yes'")
             # The same supervisor as the proxy: a cut link is survived.
-            ssh_host.link_down()
-            time.sleep(8)
-            ssh_host.link_up()
+            with cut(ssh_host):
+                time.sleep(8)
             assert output_of(kc, "print(kept)", timeout=30) == "yes"
             assert proc.poll() is None
         finally:

@@ -1,7 +1,10 @@
 """Every failure a user can meet gives a clear message, a distinct exit code, and leaves nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, transport_args, wait_remote_clean
+from kernels import AGENT_PATTERN, KERNEL_PATTERN, Kernel, free_ports, manage, transport_args
 
 pytestmark = pytest.mark.both_transports
 
@@ -18,15 +21,7 @@ pytestmark = pytest.mark.both_transports
 @pytest.fixture
 def connection_file(tmp_path: Path) -> Path:
     """A connection file as Jupyter writes it, on free local ports."""
-    ports = []
-    socks = []
-    for _ in range(5):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
+    ports = free_ports(5)
     info = dict(zip(("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), ports),
                 ip="127.0.0.1", key="a6c1f1b2-error-test-key-0f9e8d7c", transport="tcp",
                 signature_scheme="hmac-sha256", kernel_name="ssh_btest")
@@ -35,20 +30,14 @@ def connection_file(tmp_path: Path) -> Path:
     return path
 
 
-def proxy(host, connection_file: Path, *args: str, timeout: float = 60, offline: bool = False) -> subprocess.CompletedProcess:
+def proxy(host, connection_file: Path, *args: str, timeout: float = 60, offline: bool = False,
+          start_timeout: str = "10") -> subprocess.CompletedProcess:
     """Run the proxy by hand; ``offline`` runs it in an empty network namespace (no DNS traffic)."""
     argv = [sys.executable, "-m", "ssh_ipykernel", "--ssh-config", str(host.ssh_config), *transport_args(),
-            *args, "--timeout", "10", "-f", str(connection_file)]
+            *args, "--timeout", start_timeout, "-f", str(connection_file)]
     if offline:
         argv = ["unshare", "--net", "--"] + argv
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def nothing_left(ssh_host, jupyter_env):
-    yield
-    assert not wait_remote_clean(ssh_host, timeout=10)
-    assert not local_ssh_children(str(jupyter_env.runtime))
 
 
 def check(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
@@ -151,13 +140,11 @@ def test_remote_connection_file_not_writable(ssh_host, connection_file, nothing_
           "JUPYTER_RUNTIME_DIR")
 
 
-@needs_launch_wiring
 def test_pre_command_that_fails(ssh_host, connection_file, nothing_left):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--pre-command", "module load python/3.11", timeout=40)
     check(r, 37, "the --pre-command failed on btest", "ssh btest 'module load python/3.11'", "module")
 
 
-@needs_launch_wiring
 def test_workdir_that_does_not_exist_runs_nothing(ssh_host, connection_file, nothing_left):
     marker = "/tmp/sik-workdir-marker"
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--workdir", f"~/$(touch {marker})", timeout=40)
@@ -165,7 +152,6 @@ def test_workdir_that_does_not_exist_runs_nothing(ssh_host, connection_file, not
     assert ssh_host.run(f"test -e {marker}").returncode != 0
 
 
-@needs_launch_wiring
 def test_remote_kernelspec_not_found(ssh_host, connection_file, nothing_left):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--remote-kernel", "julia-1.10", timeout=40)
     check(r, 38, "no kernelspec 'julia-1.10'", "installed there: python3", "jupyter kernelspec list")
@@ -174,3 +160,105 @@ def test_remote_kernelspec_not_found(ssh_host, connection_file, nothing_left):
 def test_kernel_command_without_the_connection_file(ssh_host, connection_file, nothing_left):
     r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--kernel-cmd", "python3 -m ipykernel_launcher")
     check(r, 2, "does not say where the connection file goes", "{connection_file}")
+
+
+# ------------------------------------------------------------------ remote conditions made for the test
+#: A python that reports 3.7: the real one, with a sitecustomize that rewrites sys.version_info
+#: (what the one-line loader checks) before anything else runs.
+OLD_PYTHON = "~/oldpy"
+
+
+@pytest.fixture
+def old_python(ssh_host):
+    script = ("set -e; mkdir -p ~/oldpy/bin ~/oldpy/site; "
+              "echo 'import sys; sys.version_info = (3, 7, 17, \"final\", 0)' > ~/oldpy/site/sitecustomize.py; "
+              "printf '#!/bin/sh\\nPYTHONPATH=$HOME/oldpy/site exec /usr/bin/python3 \"$@\"\\n' > ~/oldpy/bin/python; "
+              "chmod +x ~/oldpy/bin/python")
+    r = ssh_host.run(script)
+    assert r.returncode == 0, r.stderr
+    assert ssh_host.run("~/oldpy/bin/python -c 'import sys; assert sys.version_info < (3, 8)'").returncode == 0
+    yield OLD_PYTHON
+    ssh_host.run("rm -rf ~/oldpy")
+
+
+def test_remote_python_too_old(ssh_host, connection_file, old_python, nothing_left):
+    r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--python", old_python)
+    check(r, 32, f"remote python {old_python} on btest is older than 3.8", "point --python at a newer")
+
+
+def test_no_report_within_the_timeout(ssh_host, connection_file, nothing_left):
+    """README exit 35, "did not report in time": here the remote login shell hangs (a
+    --pre-command that takes 25 s and then fails, as a hung `module load` can); the proxy gives
+    up after its --timeout instead of waiting for it."""
+    t0 = time.monotonic()
+    r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--python", ssh_host.env_prefix,
+              "--pre-command", "sleep 25; false", start_timeout="4")
+    check(r, 35, "did not report ready within 4 s", "raise --timeout")
+    # 4 s, then up to 10 s for the stop of the half-started session (proxy.SHUTDOWN_TIMEOUT).
+    assert time.monotonic() - t0 < 20, "the proxy waited for the pre-command"
+
+
+def kill_remote_kernels(host) -> None:
+    """End agents and kernels left on ``host`` (found in its namespace only: never another run's)."""
+    import signal
+
+    for pid in host.remote_pids(AGENT_PATTERN + "|" + KERNEL_PATTERN):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    host.run(f"rm -f {host.runtime_dir}/kernel-ssh-*")
+
+
+@pytest.mark.xfail(strict=True, reason="package bug (issue 18 report): when a start times out during a "
+                   "slow --pre-command, the remote shell still runs python once the proxy has given up, and "
+                   "an agent and a kernel start that nobody attaches to (kept for the grace period)")
+def test_a_start_that_timed_out_starts_nothing_later(ssh_host, connection_file):
+    try:
+        r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--python", ssh_host.env_prefix,
+                  "--pre-command", "sleep 25", start_timeout="4")
+        check(r, 35, "did not report ready within 4 s")
+        deadline = time.monotonic() + 20  # past the end of the pre-command
+        while time.monotonic() < deadline:
+            assert not ssh_host.remote_pids(AGENT_PATTERN + "|" + KERNEL_PATTERN), "a kernel started after the timeout"
+            time.sleep(0.5)
+    finally:
+        kill_remote_kernels(ssh_host)
+
+
+@pytest.fixture
+def sudo_wants_a_password(host_factory):
+    """A host of its own on which sikuser's sudo asks for a password. sudoers is shared by every
+    namespace of this machine (other test runs use --sudo at the same time), so the rule names
+    only this host's own hostname, is checked with visudo first, and is removed afterwards."""
+    hostname = f"sik-sudo-{os.getpid():x}"
+    rule = Path(f"/etc/sudoers.d/sik-zz-password-{os.getpid():x}")  # read after sik-<user> (NOPASSWD)
+    with host_factory.create_host("sudotest", hostname=hostname) as host:
+        draft = host.dir / "sudoers"
+        draft.write_text(f"{host.user} {hostname} = (ALL) PASSWD: ALL\n")
+        subprocess.run(["visudo", "-cqf", str(draft)], check=True, capture_output=True, timeout=30)
+        draft.chmod(0o440)
+        shutil.copy2(draft, rule)
+        try:
+            yield host
+        finally:
+            rule.unlink()
+
+
+def test_sudo_that_wants_a_password(ssh_host, sudo_wants_a_password, connection_file, nothing_left):
+    host = sudo_wants_a_password
+    assert "password is required" in host.run("sudo -n true").stderr
+    assert ssh_host.run("sudo -n true").returncode == 0, "the rule reached another host"
+    r = proxy(host, connection_file, "--host", host.alias, "--python", host.env_prefix, "--sudo")
+    check(r, 36, "sudo on sudotest wants a password", "NOPASSWD", "drop --sudo")
+    assert not host.remote_pids(AGENT_PATTERN + "|" + KERNEL_PATTERN)
+
+
+def test_workdir_that_cannot_be_entered(ssh_host, connection_file, nothing_left):
+    """A directory of the (non-root) remote user's that it may not enter: exit 39, nothing runs."""
+    assert ssh_host.run("mkdir -p ~/locked && chmod 000 ~/locked && ! cd ~/locked").returncode == 0
+    try:
+        r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--python", ssh_host.env_prefix,
+                  "--workdir", "~/locked")
+    finally:
+        ssh_host.run("chmod 700 ~/locked && rmdir ~/locked")
+    check(r, 39, f"the working directory {ssh_host.home}/locked cannot be entered (permission denied)")
+    assert not ssh_host.remote_pids(KERNEL_PATTERN)

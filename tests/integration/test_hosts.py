@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from kernels import CUT_KINDS, cut
 from nshosts import SSHTestHost
 
 QUICK = ["-o", "ConnectTimeout=2"]
@@ -69,17 +70,26 @@ def test_failure_aliases(ssh_host: SSHTestHost, kind: str, message: str) -> None
     assert message in res.stderr
 
 
-def test_link_down_times_out_and_link_up_restores(ssh_host: SSHTestHost) -> None:
-    ssh_host.link_down()
-    try:
+@pytest.mark.parametrize("kind", CUT_KINDS)
+def test_both_kinds_of_cut_and_their_restore(ssh_host: SSHTestHost, kind: str) -> None:
+    """A blackhole cut lets a connect time out (~2 s); a down link fails it at once."""
+    with cut(ssh_host, kind):
         started = time.monotonic()
         res = ssh_host.run("true", options=QUICK, timeout=20)
         elapsed = time.monotonic() - started
-    finally:
-        ssh_host.link_up()
     assert res.returncode == 255
-    assert "timed out" in res.stderr
-    assert 1.5 < elapsed < 10, f"expected a ~2 s timeout, took {elapsed:.1f} s"
+    if kind == "blackhole":
+        assert "timed out" in res.stderr
+        assert 1.5 < elapsed < 10, f"expected a ~2 s timeout, took {elapsed:.1f} s"
+    else:
+        assert "No route to host" in res.stderr, res.stderr
+        assert elapsed < 1.5, f"expected an immediate failure, took {elapsed:.1f} s"
+    _ok(ssh_host, "true", options=QUICK)
+
+
+def test_a_failing_block_still_restores_the_link(ssh_host: SSHTestHost) -> None:
+    with pytest.raises(ZeroDivisionError), cut(ssh_host, "down"):
+        raise ZeroDivisionError("a failing block")
     _ok(ssh_host, "true", options=QUICK)
 
 
@@ -98,7 +108,8 @@ def test_restart_sshd_keeps_sessions(ssh_host: SSHTestHost) -> None:
         assert session.poll() is None
         assert _ok(ssh_host, "hostname") == ssh_host.hostname
         _ok(ssh_host, f"kill {pid}")
-        assert session.wait(15) is not None
+        # The remote command was killed by a signal: ssh passes on no status for that, it exits 255.
+        assert session.wait(15) == 255
     finally:
         if session.poll() is None:
             session.kill()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -88,14 +89,20 @@ def test_interrupt_raises_keyboardinterrupt_and_keeps_state(kernel, ssh_host):
     k = kernel("--python", ssh_host.env_prefix)
     k.execute("x = 42; import os, time")
     pid = k.value("os.getpid()")
-    msg_id = k.kc.execute("time.sleep(60)")
-    k.wait_busy(msg_id)
-    time.sleep(0.5)  # be inside sleep(), not still compiling the cell
+    msg_id = k.kc.execute("print('sleeping', flush=True); time.sleep(60)")
+    deadline = time.monotonic() + 30  # inside sleep(), not still receiving or compiling the cell
+    while True:
+        try:
+            msg = k.kc.get_iopub_msg(timeout=max(0.01, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"the cell never printed\n{k.log()}") from None
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+            break
     t0 = time.monotonic()
     k.km.interrupt_kernel()
     reply = k.wait_reply(msg_id, timeout=15)
     elapsed = time.monotonic() - t0
-    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", f"{reply}\n{k.log()}"
     assert elapsed < 10
     assert k.value("x") == "42"
     assert k.value("os.getpid()") == pid
@@ -118,7 +125,7 @@ def test_through_a_proxycommand_an_interrupt_keeps_the_connection(kernel, ssh_ho
     time.sleep(0.5)
     k.km.interrupt_kernel()
     reply = k.wait_reply(msg_id, timeout=15)
-    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", reply
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", f"{reply}\n{k.log()}"
     time.sleep(1)
     assert k.value("6 * 7") == "42"
     assert "reconnect" not in k.log(), k.log()
@@ -256,9 +263,15 @@ def test_sudo_runs_the_kernel_as_root_and_cleans_up(kernel, ssh_host):
     assert k.value("(__import__('os').geteuid(), __import__('os').environ['SIK_X'])") == "(0, '1')"
     pid = int(k.value("__import__('os').getpid()"))
     k.shutdown()
+    deadline = time.monotonic() + 10  # as wait_remote_clean() allows: the keeper removes them as it ends
+    while True:
+        left = ssh_host.run("sudo -n sh -c 'ls -A ~root/.local/share/jupyter/runtime 2>/dev/null'").stdout.split()
+        left = [f for f in left if f.startswith("kernel-ssh-")]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert not left, left
     assert ssh_host.run(f"sudo -n kill -0 {pid}").returncode != 0, "root kernel still running"
-    left = ssh_host.run("sudo -n sh -c 'ls -A ~root/.local/share/jupyter/runtime 2>/dev/null'").stdout.split()
-    assert not [f for f in left if f.startswith("kernel-ssh-")], left
 
 
 @pytest.mark.parametrize("form", ["{user}@{address}", "{user}@{address}:22", "ssh://{user}@{address}:22"])
@@ -343,7 +356,10 @@ def test_hard_restart_kills_the_proxy_and_still_ends_the_old_kernel(kernel, ssh_
     k = kernel("--python", ssh_host.env_prefix)
     old_pid = int(k.value("__import__('os').getpid()"))
     k.km.restart_kernel(now=True)
-    k.kc.wait_for_ready(timeout=60)
+    try:
+        k.kc.wait_for_ready(timeout=60)
+    except RuntimeError as e:  # the new proxy died: its log says why
+        raise AssertionError(f"{e} (exit code {k.proxy.poll()})\n--- proxy log ---\n{k.log()}") from e
     assert int(k.value("__import__('os').getpid()")) != old_pid
     deadline = time.monotonic() + 15
     while ssh_host.run(f"kill -0 {old_pid}").returncode == 0 and time.monotonic() < deadline:

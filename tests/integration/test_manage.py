@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import Kernel, local_ssh_children, manage, needs_launch_wiring, wait_for, wait_remote_clean
+from kernels import Kernel, cut, local_ssh_children, manage, wait_for, wait_remote_clean
 
 DATA = Path(__file__).parent / "data"
 STEP_NAMES = ("resolve", "connect", "authenticate", "remote python", "packages", "connection file",
@@ -29,19 +29,17 @@ def step_line(output: str, name: str) -> str:
     return next(line for line in output.splitlines() if line[7:].startswith(name + " "))
 
 
-@pytest.fixture
-def nothing_left(ssh_host, jupyter_env):
-    yield
-    assert not wait_remote_clean(ssh_host, timeout=15)
-    assert not local_ssh_children(str(jupyter_env.runtime))
+#: Logos of the remote "echo" kernelspec (any bytes do: they are copied, not decoded).
+LOGOS = {"logo-32x32.png": b"\x89PNG\r\n\x1a\n echo 32", "logo-64x64.png": b"\x89PNG\r\n\x1a\n echo 64",
+         "logo-svg.svg": b"<svg xmlns='http://www.w3.org/2000/svg'/>"}
 
 
 @pytest.fixture
 def echo_kernelspec(ssh_host):
-    """A non-Python kernelspec ("echo", language echo, interrupt_mode message) on the remote."""
+    """A non-Python kernelspec ("echo", language echo, interrupt_mode message, with logos) on the remote."""
     where = ".local/share/jupyter/kernels/echo"
-    for name in ("kernel.json", "echo_kernel.py"):
-        data = (DATA / "echo_kernel" / name).read_bytes()
+    files = {name: (DATA / "echo_kernel" / name).read_bytes() for name in ("kernel.json", "echo_kernel.py")}
+    for name, data in {**files, **LOGOS}.items():
         r = subprocess.run(ssh_host.ssh_argv(f"mkdir -p {where} && cat > {where}/{name}", options=["-o", "BatchMode=yes"]),
                            input=data, capture_output=True, timeout=30)
         assert r.returncode == 0, r.stderr
@@ -177,11 +175,8 @@ def test_without_an_ssh_client_auto_uses_paramiko(ssh_host, tmp_path, monkeypatc
             k.start()
         assert "with paramiko" in k.log()
         k.execute("kept = 6 * 7")
-        ssh_host.link_down()  # and reconnecting needs no ssh either
-        try:
+        with cut(ssh_host):  # and reconnecting needs no ssh either
             time.sleep(10)
-        finally:
-            ssh_host.link_up()
         assert k.value("kept", timeout=30) == "42"
         # The proxy logs "up" once all five forwards are open; the client may be answered
         # through the first ones a moment before that.
@@ -192,7 +187,6 @@ def test_without_an_ssh_client_auto_uses_paramiko(ssh_host, tmp_path, monkeypatc
     assert not wait_remote_clean(ssh_host)
 
 
-@needs_launch_wiring
 def test_a_non_python_remote_kernelspec(ssh_host, echo_kernelspec, tmp_path, nothing_left):
     prefix = tmp_path / "prefix"
     r = manage(ssh_host, prefix, "--host", ssh_host.alias, "--remote-kernel", "echo", "--workdir", "/tmp")
@@ -207,12 +201,27 @@ def test_a_non_python_remote_kernelspec(ssh_host, echo_kernelspec, tmp_path, not
         assert content["status"] == "ok" and out == "hello from the echo kernel"
         assert k.execute("$ECHO_HOME")[1] == f"{ssh_host.home}/echo-home"  # ${HOME} in its env, remote side
         assert k.execute("!cwd")[1] == "/tmp"
+
+        # interrupt_mode "message": KernelManager sends an interrupt_request on the control
+        # channel, through the tunnel, instead of signalling the proxy.
+        pid = ssh_host.remote_pids("echo_kernel.py")
+        msg_id = k.kc.execute("!sleep 60")
+        k.wait_busy(msg_id)
+        t0 = time.monotonic()
+        k.km.interrupt_kernel()
+        reply = k.wait_reply(msg_id, timeout=15)
+        assert (reply["status"], reply.get("ename")) == ("error", "KeyboardInterrupt"), reply
+        assert time.monotonic() - t0 < 5
+        assert ssh_host.remote_pids("echo_kernel.py") == pid  # the same kernel
+        assert k.execute("still here")[1] == "still here"
+        assert "interrupt" not in k.log().lower(), "the proxy was signalled instead"
     finally:
         k.shutdown()
     assert not ssh_host.remote_pids("echo_kernel.py")
+    for name, data in LOGOS.items():  # add --remote-kernel copied the remote logos
+        assert (prefix / "share/jupyter/kernels/ssh_btest_echo" / name).read_bytes() == data, name
 
 
-@needs_launch_wiring
 def test_pre_command_and_workdir_reach_the_kernel(ssh_host, tmp_path, nothing_left):
     ssh_host.run("mkdir -p ~/'work dir'")
     prefix = tmp_path / "prefix"
@@ -231,7 +240,6 @@ def test_pre_command_and_workdir_reach_the_kernel(ssh_host, tmp_path, nothing_le
         ssh_host.run("rm -rf ~/'work dir'")
 
 
-@needs_launch_wiring
 def test_explicit_kernel_command(ssh_host, tmp_path, nothing_left):
     prefix = tmp_path / "prefix"
     cmd = f"{shlex.quote(ssh_host.env_python)} -O -m ipykernel_launcher -f {{connection_file}}"
@@ -257,3 +265,18 @@ def test_check_of_a_kernelspec_whose_local_python_is_gone(ssh_host, tmp_path, no
     assert step_line(r.stdout, "kernel start").startswith("  FAIL")
     assert "/opt/removed-venv/bin/python" in r.stdout and "manage add" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("args, code", [
+    (["--python", "/opt/no/such/env"], 31),
+    (["--pre-command", "false"], 37),
+])
+def test_add_with_check_writes_nothing_when_the_check_fails(ssh_host, tmp_path, nothing_left, args, code):
+    prefix = tmp_path / "prefix"
+    r = run_manage("--host", ssh_host.alias, *args, "--check", "--ssh-config", str(ssh_host.ssh_config),
+                   "--prefix", str(prefix), "--name", "never")
+    assert r.returncode == code, r.stdout + r.stderr
+    assert "Installed kernelspec" not in r.stdout
+    written = [str(p) for p in prefix.rglob("*")] if prefix.exists() else []
+    assert not [p for p in written if "never" in p or p.endswith("kernel.json")], written
+    assert "No SSH kernelspecs" in run_manage("list", "--prefix", str(prefix)).stdout

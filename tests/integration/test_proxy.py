@@ -3,49 +3,21 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
-from typing import Iterator
 
 import pytest
 from jupyter_client import BlockingKernelClient
-from jupyter_client.connect import write_connection_file
 
-from kernels import local_ssh_children, transport_args, wait_remote_clean
+from kernels import (
+    AGENT_PATTERN, cut, local_ssh_children, read_log, start_proxy, wait_for, wait_remote_clean,
+)
 
 pytestmark = pytest.mark.both_transports
 
 
-@contextlib.contextmanager
-def link_cut(host) -> Iterator[None]:
-    """The host's network link is down inside the block, and always restored after it."""
-    try:
-        host.link_down()
-    except NotImplementedError:
-        pytest.skip("this test host cannot cut its link")
-    try:
-        yield
-    finally:
-        host.link_up()
-
-
-@pytest.fixture
-def conn(tmp_path: Path) -> Path:
-    fname, _ = write_connection_file(str(tmp_path / "kernel-byhand.json"), ip="127.0.0.1")
-    return Path(fname)
-
-
-def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config",
-            str(host.ssh_config), *transport_args(), *args, "-f", str(conn)]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
 def test_by_hand_with_the_default_python(ssh_host, conn, tmp_path, jupyter_env):
     log = tmp_path / "proxy.log"
-    proc = start_proxy(ssh_host, conn, log)
+    proc = start_proxy(ssh_host, conn, log, python=None)
     kc = BlockingKernelClient(connection_file=str(conn))
     kc.load_connection_file()
     # No heartbeat: a standalone client started before the kernel has booted would read the
@@ -65,40 +37,62 @@ def test_by_hand_with_the_default_python(ssh_host, conn, tmp_path, jupyter_env):
     assert not local_ssh_children(str(jupyter_env.runtime))
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.6])
-def test_sigterm_during_start_up_leaves_nothing(ssh_host, conn, tmp_path, jupyter_env, delay):
-    """Jupyter may stop a kernel that is still starting (the user closed the notebook)."""
+#: Phases of the start-up a SIGTERM can land in, each held open long enough to be hit for sure,
+#: and the log line that shows the proxy is in it: (extra proxy options, the line, the next line).
+PHASES = {
+    # the host does not answer (blackhole cut): ssh is still connecting
+    "connect": ((), "connecting to btest", "connected in"),
+    # logged in, the remote login shell runs a slow --pre-command: no agent yet
+    "remote shell": (("--pre-command", "sleep 4"), "launching kernel", "launched in"),
+    # (The agent's own run, between "launching" and "launched", lasts ~0.2 s and cannot be held
+    # open without a hook in the package; "launched" to "up" is milliseconds.)
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_sigterm_during_start_up_leaves_nothing(ssh_host, conn, tmp_path, jupyter_env, phase):
+    """Jupyter may stop a kernel that is still starting (the user closed the notebook): the
+    proxy ends at once with exit code 0, whatever it was doing, and leaves nothing anywhere."""
+    extra, shown, next_line = PHASES[phase]
     log = tmp_path / "proxy.log"
-    proc = start_proxy(ssh_host, conn, log, "--python", ssh_host.env_prefix)
-    time.sleep(delay)  # somewhere in connect, launch or forwarding
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(15) is not None
-    assert "Traceback" not in log.read_text(), log.read_text()
-    assert not wait_remote_clean(ssh_host, timeout=15), log.read_text()
+    with cut(ssh_host) if phase == "connect" else contextlib.nullcontext():
+        proc = start_proxy(ssh_host, conn, log, "--timeout", "30", *extra)
+        try:
+            wait_for(log, shown)
+            time.sleep(0.5)
+            assert proc.poll() is None, read_log(log)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(15)
+            took = time.monotonic() - t0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = read_log(log)
+    assert code == 0, text
+    # Connecting is simply abandoned; a started remote session is stopped and waited for
+    # (proxy.SHUTDOWN_TIMEOUT, 10 s).
+    assert took < (5 if phase == "connect" else 12), text
+    assert "start-up cancelled by SIGTERM" in text, text
+    assert next_line not in text, f"the signal came after the {phase} phase:\n{text}"
+    assert "Traceback" not in text, text
+    assert not wait_remote_clean(ssh_host, timeout=15), text
+    assert not ssh_host.remote_pids(r"kernel-ssh-|" + AGENT_PATTERN), text
     assert not local_ssh_children(str(jupyter_env.runtime))
 
 
 @pytest.mark.slow
-def test_sigterm_while_the_host_does_not_answer(ssh_host, conn, tmp_path, jupyter_env):
+@pytest.mark.parametrize("kind", ["blackhole", "down"])
+def test_connect_timeout_is_reported(ssh_host, conn, tmp_path, jupyter_env, kind):
+    """Exit 23 either way: a host that does not answer, and one with no route to it."""
     log = tmp_path / "proxy.log"
-    with link_cut(ssh_host):
-        proc = start_proxy(ssh_host, conn, log, "--timeout", "30")
-        time.sleep(2)
-        assert proc.poll() is None, "the proxy should still be trying to connect"
+    with cut(ssh_host, kind):
         t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
-        assert time.monotonic() - t0 < 5
-    assert not local_ssh_children(str(jupyter_env.runtime))
-    assert "cancelled by SIGTERM" in log.read_text()
-
-
-@pytest.mark.slow
-def test_connect_timeout_is_reported(ssh_host, conn, tmp_path, jupyter_env):
-    log = tmp_path / "proxy.log"
-    with link_cut(ssh_host):
-        proc = start_proxy(ssh_host, conn, log, "--timeout", "3")
+        proc = start_proxy(ssh_host, conn, log, "--timeout", "3", python=None)
         code = proc.wait(30)
-    assert code == 23, log.read_text()
-    assert "did not answer within 3 s" in log.read_text()
+    assert code == 23, read_log(log)
+    if kind == "blackhole":
+        assert "did not answer within 3 s" in read_log(log)
+        assert 2.5 < time.monotonic() - t0 < 15
     assert not local_ssh_children(str(jupyter_env.runtime))

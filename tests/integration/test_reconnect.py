@@ -7,23 +7,21 @@ proxy never exited on the way. Recovery times are printed (run with -s to see th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
-from jupyter_client.connect import write_connection_file
 
 from kernels import (
-    AGENT_PATTERN, KERNEL_PATTERN, Kernel, local_ssh_children, manage, remote_leftovers, ssh_masters,
-    transport_args, wait_for, wait_remote_clean,
+    AGENT_PATTERN, KERNEL_PATTERN, Kernel, cut, iopub_back_after, local_ssh_children, manage, remote_leftovers,
+    ssh_masters, start_proxy, wait_for, wait_remote_clean,
 )
 
 pytestmark = pytest.mark.slow
@@ -105,14 +103,10 @@ def drain_shell(kernel: Kernel) -> None:
             return
 
 
-def remote_pid(kernel: Kernel) -> int:
-    return int(kernel.value("__import__('os').getpid()"))
-
-
 @pytest.mark.both_transports
 def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
     """The cell's reply arrives, the same kernel answers with its state, output resumes quickly."""
-    pid = remote_pid(kernel)
+    pid = kernel.remote_pid()
     kernel.execute("x = 42")
     lines: List[Tuple[float, int]] = []
     msg_id = kernel.kc.execute("import time\nfor i in range(40):\n    print(i, flush=True)\n    time.sleep(1)")
@@ -120,28 +114,26 @@ def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
     reply = None
     t_down = t_up = 0.0
     deadline = time.monotonic() + 120
-    while reply is None and time.monotonic() < deadline:
-        if not t_down and len(lines) >= 5:
-            ssh_host.link_down()
-            t_down = time.monotonic()
-        if t_down and not t_up and time.monotonic() - t_down >= 20:
-            ssh_host.link_up()
-            t_up, wall_up = time.monotonic(), time.time()
-        try:
-            msg = kernel.kc.get_iopub_msg(timeout=0.1)
-            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
-                now = time.monotonic()
-                lines += [(now, int(n)) for n in msg["content"]["text"].split()]
-        except queue.Empty:
-            pass
-        try:
-            msg = kernel.kc.get_shell_msg(timeout=0.01)
-            if msg["parent_header"].get("msg_id") == msg_id:
-                reply = msg["content"]
-        except queue.Empty:
-            pass
-    if t_down and not t_up:
-        ssh_host.link_up()
+    with contextlib.ExitStack() as link:
+        while reply is None and time.monotonic() < deadline:
+            if not t_down and len(lines) >= 5:
+                t_down = link.enter_context(cut(ssh_host))
+            if t_down and not t_up and time.monotonic() - t_down >= 20:
+                link.close()  # restores the link
+                t_up, wall_up = time.monotonic(), time.time()
+            try:
+                msg = kernel.kc.get_iopub_msg(timeout=0.1)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                    now = time.monotonic()
+                    lines += [(now, int(n)) for n in msg["content"]["text"].split()]
+            except queue.Empty:
+                pass
+            try:
+                msg = kernel.kc.get_shell_msg(timeout=0.01)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    reply = msg["content"]
+            except queue.Empty:
+                pass
     watcher.stop()
     assert reply is not None and reply["status"] == "ok", f"{reply}\n{kernel.log()}"
     received = {n for _, n in lines}
@@ -157,32 +149,34 @@ def test_a_20_s_cut_in_the_middle_of_a_printing_cell(kernel, ssh_host):
           f"({len(received)} of 40 in all)")
     assert resumed < 5, kernel.log()
     assert set(range(after[0][1], 40)) <= received  # nothing lost once reconnected
-    assert remote_pid(kernel) == pid
+    assert kernel.remote_pid() == pid
     assert kernel.value("x") == "42"
     assert re.search(r"reconnected after [\d.]+ s \(attempt \d+, reconnect #1\)", kernel.log())
 
 
 @pytest.mark.both_transports
-@pytest.mark.parametrize("seconds", [20, 90])
-def test_an_idle_kernel_survives_a_cut(seconds, kernel, ssh_host):
-    """Polled like a restarter and a client would; 90 s is past ssh's ServerAlive (45 s)."""
-    pid = remote_pid(kernel)
+@pytest.mark.parametrize("seconds, kind", [(20, "blackhole"), (20, "down"), (90, "blackhole")])
+def test_an_idle_kernel_survives_a_cut(seconds, kind, kernel, ssh_host):
+    """Polled like a restarter and a client would; 90 s is past ssh's ServerAlive (45 s).
+    A "down" cut fails every reconnect attempt at once ("No route to host") instead of letting
+    it time out."""
+    pid = kernel.remote_pid()
     kernel.execute("y = 'kept'")
     watcher = Watcher(kernel)
-    ssh_host.link_down()
-    try:
+    with cut(ssh_host, kind):
         time.sleep(seconds)
         assert pid in ssh_host.remote_pids("ipykernel_launcher"), "the kernel died during the cut"
-    finally:
-        ssh_host.link_up()
     t_up, wall_up = time.monotonic(), time.time()
     answered = first_answer_after(kernel, t_up)
+    output_back = iopub_back_after(kernel, t_up)
     watcher.stop()
-    print(f"\n{seconds} s cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s and the kernel answered "
-          f"{answered:.2f} s after the link came back")
+    print(f"\n{seconds} s {kind} cut (idle): reconnected {reconnected_after(kernel, wall_up):.2f} s, "
+          f"the kernel answered "
+          f"{answered:.2f} s and its output came through {output_back:.2f} s after the link came back")
     assert answered < 4, kernel.log()
+    assert output_back < 5, kernel.log()  # as in the printing cell's test
     drain_shell(kernel)
-    assert remote_pid(kernel) == pid and kernel.value("y") == "kept"
+    assert kernel.remote_pid() == pid and kernel.value("y") == "kept"
 
 
 @pytest.mark.both_transports
@@ -190,7 +184,7 @@ def test_an_idle_kernel_survives_a_cut(seconds, kernel, ssh_host):
 def test_recovers_from(fault, kernel, ssh_host, jupyter_env, transport):
     if transport == "paramiko" and fault.startswith("kill"):
         pytest.skip("the paramiko transport has no ssh master process")
-    pid = remote_pid(kernel)
+    pid = kernel.remote_pid()
     kernel.execute("z = [1, 2, 3]")
     watcher = Watcher(kernel)
     t0 = time.monotonic()
@@ -201,34 +195,25 @@ def test_recovers_from(fault, kernel, ssh_host, jupyter_env, transport):
     else:
         ssh_host.restart_sshd(drop_connections=True)
     answered = first_answer_after(kernel, t0)
+    output_back = iopub_back_after(kernel, t0)
     watcher.stop()
-    print(f"\n{fault}: kernel answered {answered:.2f} s after the fault")
+    print(f"\n{fault}: kernel answered {answered:.2f} s and its output came through {output_back:.2f} s "
+          "after the fault")
     assert answered < 5, kernel.log()
+    assert output_back < 6, kernel.log()
     drain_shell(kernel)
-    assert remote_pid(kernel) == pid and kernel.value("z") == "[1, 2, 3]"
+    assert kernel.remote_pid() == pid and kernel.value("z") == "[1, 2, 3]"
 
 
 @pytest.mark.both_transports
 def test_sshd_restart_keeping_connections_is_harmless(kernel, ssh_host):
-    pid = remote_pid(kernel)
+    pid = kernel.remote_pid()
     ssh_host.restart_sshd()
-    assert remote_pid(kernel) == pid
+    assert kernel.remote_pid() == pid
     assert "reconnect" not in kernel.log()
 
 
 # ------------------------------------------------------------------ the proxy by hand
-@pytest.fixture
-def conn(tmp_path: Path) -> Path:
-    fname, _ = write_connection_file(str(tmp_path / "kernel-byhand.json"), ip="127.0.0.1")
-    return Path(fname)
-
-
-def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
-            "--python", host.env_prefix, *transport_args(), *args, "-f", str(conn)]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
 def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, conn, tmp_path, jupyter_env):
     from ssh_ipykernel.state import read_states, state_dir
 
@@ -276,9 +261,7 @@ def test_a_kernel_that_ended_during_the_outage_makes_the_proxy_exit(ssh_host, co
     proc = start_proxy(ssh_host, conn, log, "--grace", "2", "--client-timeout", "3")
     try:
         wait_for(log, "tunnels up")
-        with_cut = time.monotonic()
-        ssh_host.link_down()
-        try:
+        with cut(ssh_host) as with_cut:
             wait_for(log, "reconnecting", timeout=20)
             # Client timeout + grace on the remote. Processes only (read in /proc): listing the
             # remote files takes an SSH login, which the cut link does not allow.
@@ -288,8 +271,6 @@ def test_a_kernel_that_ended_during_the_outage_makes_the_proxy_exit(ssh_host, co
                 time.sleep(0.3)
             assert not ssh_host.remote_pids(KERNEL_PATTERN), "the kernel outlived its grace period"
             assert proc.poll() is None, "the proxy exited because of the network"
-        finally:
-            ssh_host.link_up()
         assert not wait_remote_clean(ssh_host, timeout=10)  # and its files went with it
         code = proc.wait(30)
     finally:
@@ -315,8 +296,7 @@ def test_fifty_start_shutdown_cycles_leak_nothing(ssh_host, tmp_path, jupyter_en
         k.start()
         assert k.value("1 + 1") == "2"
         ports.append(k.km.get_connection_info()["shell_port"])
-        k.shutdown()
-        assert k.proxy.poll() == 0 if k.proxy else True
+        assert k.shutdown_and_exit_code() == 0, k.log()
         k.km.cleanup_resources()
     elapsed = time.monotonic() - t0
     print(f"\n50 start/execute/shutdown cycles in {elapsed:.0f} s ({elapsed / 50:.2f} s each)")
@@ -329,3 +309,30 @@ def test_fifty_start_shutdown_cycles_leak_nothing(ssh_host, tmp_path, jupyter_en
     assert not [p for p in ports if re.search(rf"127\.0\.0\.1:{p}\b", listening)]
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
     assert not remote_leftovers(ssh_host)
+
+
+def test_offline_longer_than_the_grace_period_exits_26(ssh_host, conn, tmp_path, jupyter_env):
+    """README exit 26: the host stays unreachable past the kernel's grace period (plus the
+    keeper's client timeout and a margin), so the kernel is gone for sure: the proxy gives up by
+    itself with 26, without ever reaching the host again. (A "down" cut: the laptop is offline.)"""
+    log = tmp_path / "proxy.log"
+    proc = start_proxy(ssh_host, conn, log, "--grace", "2", "--client-timeout", "3")
+    try:
+        wait_for(log, "tunnels up")
+        with cut(ssh_host, "down") as t_cut:
+            wait_for(log, "reconnecting", timeout=20)
+            code = proc.wait(90)
+            offline = time.monotonic() - t_cut
+            # The keeper ended the kernel after its client timeout and grace, on its own.
+            assert not ssh_host.remote_pids(KERNEL_PATTERN)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 26, text
+    assert "longer than the kernel's grace period; exiting" in text, text
+    assert 3 + 2 + 30 <= offline < 75, f"gave up after {offline:.1f} s offline\n{text}"
+    assert "reconnected" not in text
+    assert not wait_remote_clean(ssh_host, timeout=15)  # the keeper took its files with it
+    assert not local_ssh_children(str(jupyter_env.runtime))

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from jupyter_client.connect import write_connection_file
 
 from kernels import (
-    Kernel, accepted_logins, local_ssh_children, manage, ssh_masters, wait_remote_clean,
+    Kernel, accepted_logins, connection_file, cut, iopub_back_after, local_ssh_children, manage, ssh_masters,
+    start_proxy, stop_proxy, wait_for, wait_remote_clean,
 )
 
 from ssh_ipykernel.connection import CHANNELS
@@ -45,12 +45,6 @@ def kernels(ssh_host, tmp_path, jupyter_env):
             pass
     assert not wait_remote_clean(ssh_host, timeout=20)
     assert not local_ssh_children(str(jupyter_env.runtime))
-
-
-def remote_pid(k: Kernel) -> int:
-    """The kernel's pid on the remote; asked once: right after a reconnect too, the output of the
-    first request must arrive (the iopub forward comes back before the others)."""
-    return int(k.value("__import__('os').getpid()", timeout=30))
 
 
 def local_ports(k: Kernel) -> List[int]:
@@ -84,10 +78,10 @@ def test_kernels_on_one_host_share_one_connection_and_restarts_reuse_it(kernels,
     assert "(shared connection)" in second.log()
     assert first.value("1 + 1") == second.value("2 + 0") == "2"
 
-    old = remote_pid(second)
+    old = second.remote_pid()
     second.km.restart_kernel()
     second.kc.wait_for_ready(timeout=60)
-    assert remote_pid(second) != old
+    assert second.remote_pid() != old
     assert accepted_logins(ssh_host) - before == 1, "the restart made a new connection"
     assert ssh_masters(str(jupyter_env.runtime)) == masters
 
@@ -105,34 +99,10 @@ def test_kernels_started_at_once_make_exactly_one_connection(kernels, ssh_host, 
     assert accepted_logins(ssh_host) - before == 1
     assert len(ssh_masters(str(jupyter_env.runtime))) == 1
     assert sum("(new connection)" in k.log() for k in started) == 1
-    assert len({remote_pid(k) for k in started}) == 8
+    assert len({k.remote_pid() for k in started}) == 8
 
 
 # ------------------------------------------------------------------ the proxy by hand
-def connection_file(tmp_path: Path, name: str) -> Path:
-    fname, _ = write_connection_file(str(tmp_path / f"kernel-{name}.json"), ip="127.0.0.1")
-    return Path(fname)
-
-
-def start_proxy(host, conn: Path, log: Path, *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "ssh_ipykernel", "--host", host.alias, "--ssh-config", str(host.ssh_config),
-            "--python", host.env_prefix, *args, "-f", str(conn)]
-    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-def wait_for(log: Path, text: str, timeout: float = 60, count: int = 1) -> None:
-    deadline = time.monotonic() + timeout
-    while log.read_text(errors="replace").count(text) < count:
-        assert time.monotonic() < deadline, f"{text!r} not in the log:\n{log.read_text()}"
-        time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen, log: Path) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    assert proc.wait(20) == 0, log.read_text()
-
-
 def test_the_connection_ends_persist_seconds_after_the_last_kernel(ssh_host, tmp_path, jupyter_env):
     runtime = str(jupyter_env.runtime)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
@@ -140,14 +110,14 @@ def test_the_connection_ends_persist_seconds_after_the_last_kernel(ssh_host, tmp
     wait_for(logs[0], "tunnels up")
     master = ssh_masters(runtime)
     assert len(master) == 1
-    stop(a, logs[0])
+    stop_proxy(a, logs[0])
     time.sleep(1)
     assert ssh_masters(runtime) == master, "the connection ended with its last kernel"
     # A kernel started within the persist time joins it; the clock restarts when it leaves.
     b = start_proxy(ssh_host, connection_file(tmp_path, "b"), logs[1], "--persist", "6")
     wait_for(logs[1], "tunnels up")
     assert "(shared connection)" in logs[1].read_text()
-    stop(b, logs[1])
+    stop_proxy(b, logs[1])
     t0 = time.monotonic()
     while ssh_masters(runtime) and time.monotonic() - t0 < 20:
         time.sleep(0.1)
@@ -155,7 +125,7 @@ def test_the_connection_ends_persist_seconds_after_the_last_kernel(ssh_host, tmp
     print(f"\n--persist 6: the connection ended {gone:.1f} s after the last kernel")
     assert not ssh_masters(runtime)
     # ssh counts whole seconds from the moment its last client left, a little before the
-    # proxy's exit (which stop() waits for).
+    # proxy's exit (which stop_proxy() waits for).
     assert 2.0 < gone < 10.0
     assert not wait_remote_clean(ssh_host, timeout=15)
 
@@ -205,11 +175,29 @@ def test_kill_9_of_a_proxy_frees_its_ports_and_spares_the_other_kernels(ssh_host
     successor = start_proxy(ssh_host, conns[0], tmp_path / "successor.log")
     wait_for(tmp_path / "successor.log", "tunnels up")
     assert "(shared connection)" in (tmp_path / "successor.log").read_text()
-    stop(successor, tmp_path / "successor.log")
+    stop_proxy(successor, tmp_path / "successor.log")
     assert "reconnect" not in logs[1].read_text()
-    stop(bystander, logs[1])
+    stop_proxy(bystander, logs[1])
     assert not wait_remote_clean(ssh_host, timeout=20)
     assert not local_ssh_children(runtime)
+
+
+#: The README's figures: a kernel answers ~1 s after a fault ends (0.6 s after a 20 s cut, 0.8 s
+#: after the master was killed). Three kernels at once on a loaded 2-core machine get a margin.
+BACK_WITHIN = 6.0
+
+
+def first_answer(k: Kernel, since: float, timeout: float) -> float:
+    """Ask for the kernel's ``state`` until it answers; seconds from ``since``. Only a request
+    that timed out (no answer yet: the forwards are not back) is asked again; a wrong answer or
+    any other error fails at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            k.value("state", timeout=2)
+            return time.monotonic() - since
+        except TimeoutError:
+            assert time.monotonic() < deadline, f"no answer within {timeout} s\n{k.log()}"
 
 
 @pytest.mark.slow
@@ -222,7 +210,7 @@ def test_kernels_recover_together_over_one_new_connection(kernels, ssh_host, jup
         k.launch()
     for k in started:
         k.wait_ready(timeout=120)
-    pids = [remote_pid(k) for k in started]
+    pids = [k.remote_pid() for k in started]
     for i, k in enumerate(started):
         k.execute(f"state = {i}")
     for fault in ("kill", "cut"):
@@ -233,20 +221,17 @@ def test_kernels_recover_together_over_one_new_connection(kernels, ssh_host, jup
         if fault == "kill":
             os.kill(master[0], signal.SIGKILL)
         else:
-            ssh_host.link_down()
-            time.sleep(10)
-            ssh_host.link_up()
+            # Past the proxies' 6 s loss timeout: each one notices and reconnects by itself.
+            with cut(ssh_host):
+                time.sleep(10)
             t0 = time.monotonic()
         for k in started:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    assert k.value("state", timeout=5) is not None
-                    break
-                except Exception:  # noqa: BLE001 - not back yet
-                    assert time.monotonic() < deadline, k.log()
-        print(f"\n{fault}: all 3 kernels answered {time.monotonic() - t0:.2f} s after the fault ended")
-        assert [remote_pid(k) for k in started] == pids
+            back_in = first_answer(k, since=t0, timeout=30)
+            assert back_in < BACK_WITHIN, f"{k.log_path.name} answered {back_in:.1f} s after the {fault}\n{k.log()}"
+        took = time.monotonic() - t0
+        print(f"\n{fault}: all 3 kernels answered {took:.2f} s after the fault ended")
+        assert took < BACK_WITHIN, "\n".join(k.log() for k in started)
+        assert [k.remote_pid() for k in started] == pids
         assert [k.value("state") for k in started] == ["0", "1", "2"]
         now = ssh_masters(runtime)
         assert len(now) == 1 and now != master, (master, now)
@@ -263,7 +248,7 @@ def test_a_lost_session_on_a_live_connection_keeps_the_connection(kernels, ssh_h
     b.start()
     master = ssh_masters(runtime)
     before = accepted_logins(ssh_host)
-    pid_a = remote_pid(a)
+    pid_a = a.remote_pid()
     out = subprocess.run(["pgrep", "-P", str(a.proxy.pid), "-f", "RequestTTY=no"],
                          capture_output=True, text=True).stdout.split()
     assert len(out) == 1, out
@@ -271,7 +256,8 @@ def test_a_lost_session_on_a_live_connection_keeps_the_connection(kernels, ssh_h
     t0 = time.monotonic()
     wait_for(Path(a.log_path), "reconnected after", timeout=30)
     print(f"\nsession killed: re-attached {time.monotonic() - t0:.2f} s later")
-    assert remote_pid(a) == pid_a
+    assert iopub_back_after(a, t0) < 6, a.log()  # output published before iopub is back is lost
+    assert a.remote_pid() == pid_a
     assert ssh_masters(runtime) == master
     assert accepted_logins(ssh_host) == before
     assert "reconnect" not in b.log()
@@ -311,7 +297,7 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
     runtime = str(jupyter_env.runtime)
     first = start_proxy(ssh_host, connection_file(tmp_path, "first"), tmp_path / "first.log")
     wait_for(tmp_path / "first.log", "tunnels up")
-    stop(first, tmp_path / "first.log")
+    stop_proxy(first, tmp_path / "first.log")
     master = ssh_masters(runtime)
     assert len(master) == 1
     # The server side of that connection: the sshd process of the user's session.
@@ -334,7 +320,7 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
         assert accepted_logins(ssh_host) == before + 1
         now = ssh_masters(runtime)
         assert len(now) == 1 and now != master
-        stop(second, log)
+        stop_proxy(second, log)
     finally:
         os.kill(session[0], signal.SIGCONT)
     assert not wait_remote_clean(ssh_host, timeout=20)
@@ -343,7 +329,7 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
 def test_disconnect_ends_the_shared_connection_and_kernels_reconnect(kernels, ssh_host, jupyter_env):
     k = kernels()
     k.start()
-    pid = remote_pid(k)
+    pid = k.remote_pid()
     masters = ssh_masters(str(jupyter_env.runtime))
     assert len(masters) == 1
 
@@ -363,7 +349,7 @@ def test_disconnect_ends_the_shared_connection_and_kernels_reconnect(kernels, ss
         time.sleep(0.05)
     assert masters[0] not in ssh_masters(str(jupyter_env.runtime))
     # The proxy notices at once (the control connection ends) and reconnects to the same kernel.
-    assert remote_pid(k) == pid
+    assert k.remote_pid() == pid
     deadline = time.monotonic() + 10  # the forwards come back before the keeper's re-attach
     while "reconnected" not in k.log() and time.monotonic() < deadline:
         time.sleep(0.05)

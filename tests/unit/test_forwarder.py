@@ -5,15 +5,10 @@ Relaying through a real master is covered by the integration tests (test_shared.
 import socket
 
 import pytest
+from testutil import free_port
 
 from ssh_ipykernel.transport.base import Forward
 from ssh_ipykernel.transport.forwarder import BindError, Forwarder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def refused(port: int) -> bool:

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -98,12 +99,49 @@ def test_workdir(tmp_path, monkeypatch):
         assert e.value.code == "workdir"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root enters any directory")
+#: Where this checkout's package is, for a Python run as another user.
+ROOT = str(Path(kernelcmd.__file__).resolve().parents[2])
+
+
 def test_workdir_without_permission(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o600)
-    with pytest.raises(BootstrapError, match="permission denied"):
-        resolve_workdir(str(locked))
+    """A directory the user may not enter. Root enters any directory, so as root (always, in CI)
+    the check runs in a Python of its own as the unprivileged user ``nobody``."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o600)
+        with pytest.raises(BootstrapError, match="permission denied") as e:
+            resolve_workdir(str(locked))
+        assert e.value.code == "workdir"
+        return
+    import pwd
+    import subprocess
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    base = tempfile.mkdtemp(prefix="sik-workdir-")  # tmp_path's parents are root's, mode 0700
+    try:
+        os.chown(base, nobody.pw_uid, nobody.pw_gid)
+        locked, open_dir = os.path.join(base, "locked"), os.path.join(base, "open")
+        for path, mode in ((locked, 0o600), (open_dir, 0o700)):
+            os.mkdir(path, mode)
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
+                "from ssh_ipykernel.remote.kernelcmd import resolve_workdir\n"
+                "from ssh_ipykernel.remote.protocol import BootstrapError\n"
+                "print(resolve_workdir(sys.argv[3]))\n"
+                "try:\n    resolve_workdir(sys.argv[2])\n"
+                "except BootstrapError as e:\n    print(e.code, e)\n")
+        r = subprocess.run(["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+                            sys.executable, "-B", "-I", "-c", code, ROOT, locked, open_dir],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    assert r.returncode == 0, r.stderr
+    entered, refused = r.stdout.splitlines()
+    assert entered == open_dir  # the same user enters its own 0700 directory
+    assert refused == f"workdir the working directory {locked} cannot be entered (permission denied)"
 
 
 def test_only_the_default_kernel_needs_ipykernel_here(monkeypatch):

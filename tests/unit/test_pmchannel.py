@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from testutil import free_port
 
 from ssh_ipykernel.transport.base import Forward
 from ssh_ipykernel.transport.pmchannel import ChannelForwarder, ChannelProcess
@@ -171,12 +172,6 @@ class _SockChannel:
         except OSError:
             pass
         self.sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_forwards_relay_and_free_their_ports():

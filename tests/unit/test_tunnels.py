@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from testutil import free_ports
 
 from ssh_ipykernel.connection import CHANNELS
 from ssh_ipykernel.transport.base import Forward
@@ -33,16 +34,6 @@ class RecordingTransport:
     def cancel(self, forwards) -> None:
         for s in self.listeners:
             s.close()
-
-
-def free_ports(n: int) -> list:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def forwards_for(ports) -> list:

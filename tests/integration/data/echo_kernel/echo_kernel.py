@@ -1,9 +1,11 @@
 """A minimal non-Python Jupyter kernel (language "echo"), installed on test hosts as a kernelspec.
 
 A cell's text comes back as its output; ``$NAME`` shows an environment variable and ``!cwd``
-the working directory, so tests can see what the kernel was started with.
+the working directory, so tests can see what the kernel was started with. ``!sleep N`` sleeps,
+for interrupts (interrupt_mode "message": ipykernel turns an interrupt_request into SIGINT).
 """
 import os
+import time
 
 from ipykernel.kernelbase import Kernel
 
@@ -22,6 +24,13 @@ class EchoKernel(Kernel):
             text = os.environ.get(code[1:], "<unset>")
         elif code == "!cwd":
             text = os.getcwd()
+        elif code.startswith("!sleep "):
+            try:
+                time.sleep(float(code.split()[1]))
+            except KeyboardInterrupt:
+                return {"status": "error", "ename": "KeyboardInterrupt", "evalue": "", "traceback": [],
+                        "execution_count": self.execution_count}
+            text = "slept"
         else:
             text = code
         if not silent and code:
