@@ -3,16 +3,17 @@
     .venv/bin/python bench/reconnect.py                       # netns test host (root), both cuts, openssh
     .venv/bin/python bench/reconnect.py --transport openssh,paramiko --repeat 5 --json out.json
 
-A proxy started by hand serves a kernel that runs a cell the whole time
-(`time.sleep`), so the shell channel is busy and "the kernel answers" means a
-`kernel_info_request` on the control channel. Each round cuts the link (tests/netcuts.py: a
-blackhole route in the host, or our end of the veth down with its route), waits until the
-proxy has noticed (its "reconnecting" line) and a little longer (past the 3 s in which it asks
-the old connection for a last answer, so the way back needs a new one), restores the link, and sends a control-channel kernel_info every 20 ms until
-one is answered: the time from the restore to that answer is the result. The link's own
-round-trip time (a TCP connect to sshd) is reported beside it. --show-log runs the proxy with
---log-level DEBUG and prints its lines of each reconnect: the breakdown of where the time goes
-(the attempt's "connected in / forwards in / attached in" line). A tool, not a test.
+A proxy started by hand serves a kernel that runs a cell the whole time (`time.sleep`), so the
+shell channel is busy and "the kernel answers" means a `kernel_info_request` on the control
+channel. Each round cuts the link (tests/nshosts.py: a blackhole route in the host, or our end
+of the veth down with its route), waits until the proxy has noticed (its "reconnecting" line)
+and a little longer (past the 3 s in which it asks the old connection for a last answer, so the
+way back needs a new one; --after, --spread), restores the link, and sends a control-channel
+kernel_info every 20 ms until one is answered: the time from the restore (once its commands
+returned) to that answer is the result. The link's own round-trip time (a TCP connect to sshd)
+is reported beside it. --show-log runs the proxy with --log-level DEBUG and prints its lines of
+each reconnect: the breakdown of where the time goes (the attempt's "connected in / forwards in
+/ attached in" line). A tool, not a test.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from links import BenchHost, base_rtt  # noqa: E402
-from netcuts import KINDS, cut, restore  # noqa: E402
+
+#: The two kinds of cut of the netns test hosts (tests/nshosts.py: NetnsHost.cut/restore).
+KINDS = ("blackhole", "down")
 
 
 def parse_args() -> argparse.Namespace:
@@ -114,18 +117,18 @@ def measure(host, transport: str, kinds: List[str], repeat: int, after: float, s
         offset = len(log.read_text(errors="replace"))
         for i in range(repeat):
             for kind in kinds:
-                cut(host, kind)
+                host.cut(kind)
                 try:
                     offset = wait_log(log, r"WARNING .*reconnecting:", offset, 30)
                     time.sleep(after + spread * random.random())
                 finally:
-                    restore(host, kind)
+                    host.restore(kind)
                 back, back_wall = time.monotonic(), time.time()
                 answered = control_answer(kc) - back
                 results[kind].append(answered)
                 stamp = time.strftime("%H:%M:%S", time.localtime(back_wall)) + f".{int(back_wall * 1000) % 1000:03d}"
                 print(f"{transport} {kind} #{i + 1}: link back at {stamp}, control channel answered "
-                      f"{answered:.3f} s later", file=sys.stderr, flush=True)
+                      f"{answered:.3f} s later (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
                 end = wait_log(log, r"INFO .*up: reconnected[^\n]*\n", offset, 30)
                 if show_log:
                     print(log.read_text(errors="replace")[offset:end], file=sys.stderr)
