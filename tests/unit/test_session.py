@@ -40,7 +40,13 @@ class LocalShell:
             return None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         if self.streams == "connect":
-            sock.connect(path)
+            # Through the directory's descriptor: tmp_path can pass the 108-byte limit of a
+            # socket address (the keeper itself binds with a relative name for the same reason).
+            directory = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                sock.connect(f"/proc/self/fd/{directory}/{os.path.basename(path)}")
+            finally:
+                os.close(directory)
             return SocketSession(sock, lambda: None)
         ours, theirs = socket.socketpair()
         theirs.close()
