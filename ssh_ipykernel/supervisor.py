@@ -66,6 +66,7 @@ class Supervisor:
         attach_timeout: float,
         on_state: Callable[["Supervisor"], None] = lambda s: None,
         owns_kernel: bool = True,
+        network_watch: Callable[[], NetworkWatch] = NetworkWatch,
     ) -> None:
         self.kernel = kernel
         self.transport = transport
@@ -90,6 +91,7 @@ class Supervisor:
         self._detail = ""  # what the connection said before its last Close(drain=True)
         self._next: Optional[policy.Action] = None  # the last wait or attempt the policy asked for
         self.network: Optional[NetworkWatch] = None  # while RECONNECTING: changes of the local network
+        self._network_watch = network_watch
 
     @property
     def state(self) -> State:
@@ -262,7 +264,7 @@ class Supervisor:
         """Until reconnected (None) or told to exit (the code): each turn, the policy says whether
         to wait out a backoff, wait for the host to answer, give up, or make an attempt. Changes
         of the local network (netwatch.py; Linux) cut the waits short."""
-        with NetworkWatch() as network:
+        with self._network_watch() as network:
             self.network = network
             try:
                 while self.state is State.RECONNECTING:
@@ -313,7 +315,7 @@ class Supervisor:
             t3 = time.monotonic()
             self.log.debug("attempt: connected in %.3f s (%s), forwards in %.3f s, attached in %.3f s (%s)",
                            t1 - t0, "joined" if self.transport.reused else "new login", t2 - t1, t3 - t2,
-                           "direct" if self.kernel.direct else "remote relay")
+                           "direct" if self.kernel.attached_directly else "remote relay")
         finally:
             self.signals.raise_on_stop = False
 

@@ -131,6 +131,8 @@ class RemoteKernel:
         #: Re-attach over a direct stream to the keeper's socket (transport.open_unix_stream),
         #: until the server turns out to refuse those.
         self.direct = True
+        #: Whether the last attach() went that way (for the log).
+        self.attached_directly = False
 
     @property
     def host(self) -> str:
@@ -169,6 +171,7 @@ class RemoteKernel:
         self.close()
         self.transport = transport
         info = self._open_direct(timeout) if self.info.socket and self.direct else None
+        self.attached_directly = info is not None
         if info is None:
             if self.info.socket:
                 params = AgentParams.attach(kernel_id=self.kernel_id, socket=self.info.socket)

@@ -119,7 +119,7 @@ def test_a_reattach_reaches_the_keeper_socket_directly_when_the_transport_can(sh
     try:
         info = k.start(60)
         assert k.attach(shell, 30).pid == info.pid
-        assert len(shell.commands) == 1 and k.direct  # nothing started for the attach
+        assert len(shell.commands) == 1 and k.direct and k.attached_directly  # nothing started for the attach
         assert k.ping() and wait_for(k, Event.PONG) == {"event": "pong"}
         assert k.request_shutdown()
         assert wait_for(k, Event.EXITED)["reason"] == "requested"
@@ -134,7 +134,7 @@ def test_a_refused_direct_stream_falls_back_on_the_relay_for_good(shell):
     try:
         info = k.start(60)
         assert k.attach(shell, 30).pid == info.pid
-        assert len(shell.commands) == 2 and not k.direct  # the relay, and no direct stream again
+        assert len(shell.commands) == 2 and not k.direct and not k.attached_directly  # the relay, for good
         assert k.attach(shell, 30).pid == info.pid
         assert len(shell.commands) == 3
         assert k.stop(15)["reason"] == "requested"

@@ -4,6 +4,7 @@ import logging
 import socket
 import time
 
+from ssh_ipykernel.netwatch import NetworkWatch
 from ssh_ipykernel.signals import SignalRelay
 from ssh_ipykernel.supervisor import Supervisor
 
@@ -83,13 +84,20 @@ class _Recorder(_Stub):
         raise self.connect_errors.pop(0)
 
 
+class _Deaf(NetworkWatch):
+    """No network changes heard (as on macOS): this machine's own would cut backoffs short."""
+
+    def __init__(self):
+        self._sock = None
+
+
 def recorded(signals, calls, **kw):
     stub = _Recorder(calls, **kw)
     states = []
     s = Supervisor(kernel=stub, transport=stub, tunnels=stub, new_transport=lambda t: stub,
                    signals=signals, log=logging.LoggerAdapter(logging.getLogger("t"), {}),
                    secret="s", grace=60, client_timeout=30, attach_timeout=10,
-                   on_state=lambda sup: states.append(sup.state.value))
+                   on_state=lambda sup: states.append(sup.state.value), network_watch=_Deaf)
     return s, states
 
 
