@@ -46,11 +46,15 @@ def main() -> None:
         elif params.mode == Mode.WATCH:
             watch(params.connection_file, stdin)
         else:
+            if reader_gone(sys.stdout.fileno()):
+                # The proxy gave up before we ran (a start that timed out during a slow
+                # --pre-command): sshd has closed our stdout. Nobody would ever use the kernel.
+                os._exit(0)
             sock = start_keeper(params)
     except BootstrapError as e:
         write_event(sys.stdout.buffer, Event.ERROR, code=e.code, message=e.message)
         sys.exit(e.exit_code)
-    relay(stdin, sock)
+    relay(stdin, sock, starting=params.mode == Mode.START)
     sys.stdout.flush()
     # Not a normal interpreter exit: the upstream thread may be blocked in a read on stdin's
     # buffer, and finalisation would abort trying to take that buffer's lock.
@@ -140,8 +144,26 @@ def connect_keeper(path: str) -> socket.socket:
     return sock
 
 
-def relay(stdin, sock: socket.socket) -> None:
-    """Copy stdin to the keeper and the keeper to stdout until either side ends."""
+def reader_gone(fd: int) -> bool:
+    """Whether nothing reads ``fd`` any more: a pipe whose reader closed polls as POLLERR on
+    Linux, a socket whose peer closed as POLLHUP. No poll() (never on Linux or macOS): False."""
+    import select
+
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def relay(stdin, sock: socket.socket, *, starting: bool = False) -> None:
+    """Copy stdin to the keeper and the keeper to stdout until either side ends.
+
+    ``starting``: this session started the kernel. If the keeper's first words (the ``ready``
+    event) cannot be written to stdout, the proxy that asked for the kernel is gone before it
+    learnt of it, and nobody else knows the kernel exists: it is shut down instead of being
+    kept for a grace period.
+    """
 
     def upstream() -> None:
         try:
@@ -159,6 +181,7 @@ def relay(stdin, sock: socket.socket) -> None:
 
     threading.Thread(target=upstream, daemon=True).start()
     out = sys.stdout.fileno()
+    delivered = False
     try:
         while True:
             data = sock.recv(65536)
@@ -166,8 +189,14 @@ def relay(stdin, sock: socket.socket) -> None:
                 break
             while data:
                 data = data[os.write(out, data):]
+                delivered = True
     except OSError:
-        pass  # our stdout is gone with the connection: the keeper notices our socket closing
+        # Our stdout is gone with the connection: the keeper notices our socket closing.
+        if starting and not delivered:
+            try:
+                sock.sendall(op_line(Op.SHUTDOWN))
+            except OSError:
+                pass
     sock.close()
 
 
