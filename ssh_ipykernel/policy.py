@@ -23,7 +23,8 @@ is the next event.
 On a host whose login needs a person (a password, a one-time code) an attempt that meets the
 login prompt (Failure.LOGIN) is not retried: WAITING_FOR_LOGIN says once what to run
 (``ssh-ipykernel login``) and waits for the login (AwaitLogin) within the grace period; the
-login (LoggedIn) is followed by an attempt at once.
+login (LoggedIn) is followed by an attempt at once. A change of the local network (NetworkChanged: a link up, an address or a
+route added) ends a backoff earned by a network failure, so the next step comes at once.
 """
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ class Status:
     probed: bool = False  # this round has waited for the host to answer
     attempt_started: float = 0.0
     failed: Optional["AttemptFailed"] = None  # the last attempt's failure, settled at the next Tick
+    backoff_network: bool = True  # the backoff until retry_at is for a network failure (NetworkChanged ends it)
     last_report: float = 0.0
 
     def give_up_at(self) -> Optional[float]:
@@ -217,8 +219,16 @@ class AttemptCancelled:
     """A stop signal aborted the attempt in the middle (SIGTERM/SIGHUP raise in it)."""
 
 
+@dataclass(frozen=True)
+class NetworkChanged:
+    """The local network changed in a way that may bring the host back (netwatch.py: a link
+    up, an address or a route added or removed). Heard while RECONNECTING only."""
+
+    what: str = ""
+
+
 Event = Union[Tick, Heard, KeeperExited, SessionEOF, MasterEOF, Signal, StopRequested, Reachable,
-              AttemptSucceeded, AttemptFailed, KernelGone, AttemptCancelled, LoggedIn]
+              AttemptSucceeded, AttemptFailed, KernelGone, AttemptCancelled, LoggedIn, NetworkChanged]
 
 
 # -- actions ---------------------------------------------------------------------------------------
@@ -427,7 +437,7 @@ def _lost(s: Status, why: str, now: Now) -> Tuple[Status, List[Action]]:
         ]
     grace = s.config.grace
     kept = "as long as it takes" if grace is None else f"up to {grace:.0f} s"
-    s = replace(s, attempt=0, retry_at=now.mono, probed=False, last_report=0.0)
+    s = replace(s, attempt=0, retry_at=now.mono, probed=False, last_report=0.0, backoff_network=True)
     return _enter(s, State.RECONNECTING, "connection to %s lost (%s%s); reconnecting, the kernel is kept %s",
                   s.config.host, why, DETAIL, kept, level=logging.WARNING, before=(Close(lost=True, drain=True),))
 
@@ -438,6 +448,8 @@ def _reconnecting(s: Status, event: Event, now: Now) -> Tuple[Status, List[Actio
         return _next_attempt(s, now)
     if isinstance(event, Reachable):
         return replace(s, probed=True), []
+    if isinstance(event, NetworkChanged):
+        return _network_changed(s, event, now)
     if isinstance(event, AttemptSucceeded):
         s = _up(replace(s, reconnects=s.reconnects + 1), now)
         return _enter(s, State.UP, "reconnected after %.2f s (attempt %d, reconnect #%d)",
@@ -508,6 +520,17 @@ def _offline_too_long(s: Status, now: Now) -> Tuple[Status, List[Action]]:
                                                f"longer than the kernel's grace period; exiting", host=host))
 
 
+def _network_changed(s: Status, event: NetworkChanged, now: Now) -> Tuple[Status, List[Action]]:
+    """The network the last attempt failed on has changed: the backoff it earned is void (the
+    next Tick probes the host, or tries, at once). A failure that was not the network's (host
+    key, authentication, a busy port) keeps its backoff: a new network does not fix it."""
+    if now.mono >= s.retry_at or not s.backoff_network:
+        return s, []
+    return replace(s, retry_at=now.mono), [
+        Log(logging.DEBUG, "network changed (%s): trying again now instead of in %.2f s",
+            (event.what or "?", s.retry_at - now.mono))]
+
+
 def _settle(s: Status, event: AttemptFailed, now: Now) -> Tuple[Status, List[Action]]:
     """A failed attempt, once abandoned (the time that took counts as the attempt's): when to
     try again, and whether to say so."""
@@ -524,7 +547,8 @@ def _settle(s: Status, event: AttemptFailed, now: Now) -> Tuple[Status, List[Act
         actions.append(Log(logging.INFO if network else logging.WARNING,
                            "reconnect attempt %d failed after %.0f s offline: %s",
                            (s.attempt, now.mono - s.lost_at, event.error)))
-    return replace(s, retry_at=now.mono + delay, last_report=last_report, failed=None), actions
+    return replace(s, retry_at=now.mono + delay, last_report=last_report, failed=None,
+                   backoff_network=network), actions
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""Waiting for a lost host to come back: a fresh TCP SYN every PROBE_INTERVAL.
+"""Waiting for a lost host to come back: a fresh TCP SYN every PROBE_INTERVAL, and one at once
+whenever the local network changes.
 
 While the network is down, ssh's own connect waits out the kernel's SYN retransmission schedule
 (1 s, 2 s, 4 s ...), so a reconnect attempt could start seconds after the network returned. A
 non-blocking connect every PROBE_INTERVAL notices within a fraction of a second; the supervisor
-then makes its real attempt.
+then makes its real attempt. When it is our side that comes back (a link up, a route added:
+netwatch.py), the probe goes out the moment the kernel says so. When it is the far side (a dead
+VPN, a remote outage: nothing changes here) the periodic probe is all there is, so it is
+frequent: an unanswered SYN costs nothing, and a refused or unroutable one fails at once.
 """
 from __future__ import annotations
 
@@ -11,25 +15,37 @@ import errno
 import selectors
 import socket
 import time
-from typing import Callable, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Optional, Tuple
+
+if TYPE_CHECKING:
+    from .netwatch import NetworkWatch
 
 #: While the host is unreachable a TCP connect is tried this often (each one a fresh SYN) ...
-PROBE_INTERVAL = 0.25
+PROBE_INTERVAL = 0.1
 #: ... and a real attempt is made at least this often anyway (the address may have changed).
-PROBE_MAX_WAIT = 10.0
-#: A probe whose SYN went unanswered this long is given up (a newer one is already out).
-PROBE_GIVE_UP = 3.0
+#: Not more often: while it waits for its own SYN to be answered (up to the reconnect's
+#: ConnectTimeout) no probe goes out, and ssh's SYN is only resent after 1 s.
+PROBE_MAX_WAIT = 30.0
+#: A probe whose SYN went unanswered this long is given up (newer ones are already out): before
+#: the kernel resends its SYN (after 1 s), so each probe puts one SYN on the wire.
+PROBE_GIVE_UP = 0.95
+_NETWORK = "network"  # selector data of the network watch
 
 
-def wait_reachable(target: Tuple[str, int], wake_fd: int, on_wake: Callable[[], Optional[int]]) -> Optional[int]:
+def wait_reachable(target: Tuple[str, int], wake_fd: int, on_wake: Callable[[], Optional[int]], *,
+                   network: "Optional[NetworkWatch]" = None) -> Optional[int]:
     """Until a TCP connect to ``target`` succeeds or is refused (the host is there), at most
     PROBE_MAX_WAIT. ``wake_fd`` readable calls ``on_wake``; a code it returns ends the wait
-    and is returned (a stop signal while waiting). None otherwise."""
+    and is returned (a stop signal while waiting). None otherwise. ``network``: a change it
+    reports sends the next probe at once."""
     family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     deadline = time.monotonic() + PROBE_MAX_WAIT
     next_probe = time.monotonic()
     sel = selectors.DefaultSelector()
     sel.register(wake_fd, selectors.EVENT_READ, None)
+    net_fd = network.fileno() if network is not None else None
+    if net_fd is not None:
+        sel.register(net_fd, selectors.EVENT_READ, _NETWORK)
     try:
         while time.monotonic() < deadline:
             now = time.monotonic()
@@ -47,6 +63,11 @@ def wait_reachable(target: Tuple[str, int], wake_fd: int, on_wake: Callable[[], 
                     if code is not None:
                         return code
                     continue
+                if key.data is _NETWORK:
+                    assert network is not None
+                    if network.changes():
+                        next_probe = time.monotonic()
+                    continue
                 probe, _ = key.data
                 err = probe.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 sel.unregister(probe)
@@ -54,12 +75,12 @@ def wait_reachable(target: Tuple[str, int], wake_fd: int, on_wake: Callable[[], 
                 if err in (0, errno.ECONNREFUSED):
                     return None
             for key in list(sel.get_map().values()):
-                if key.data is not None and time.monotonic() - key.data[1] > PROBE_GIVE_UP:
+                if isinstance(key.data, tuple) and time.monotonic() - key.data[1] > PROBE_GIVE_UP:
                     sel.unregister(key.fileobj)
                     key.data[0].close()
         return None
     finally:
         for key in list(sel.get_map().values()):
-            if key.data is not None:
+            if isinstance(key.data, tuple):
                 key.data[0].close()
         sel.close()

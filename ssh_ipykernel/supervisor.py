@@ -11,9 +11,12 @@ The connection counts as lost when the session ends (the master exited, sshd dro
 the master exits, or when nothing arrives for LOSS_TIMEOUT seconds (a cut link gives no EOF).
 
 RECONNECTING tears down what is left of this proxy's use of the connection (``close(lost=True)``:
-a shared connection that does not answer any more is ended for everyone, one that does is kept)
-and tries again: the host's connection (a new one with a short ConnectTimeout if none is up), an
-``attach`` session to the same keeper (same kernel pid, same state), and the same forwards. A timed-out attempt is retried at once (each attempt puts a fresh SYN on
+a shared connection that does not answer any more is ended for everyone, one that does is kept),
+waits for the host to answer a TCP connect (reachability.py; a change of the local network,
+netwatch.py, probes at once and ends a network failure's backoff) and tries again: the host's
+connection (a new one with a short ConnectTimeout if none is up), the same forwards, and a
+session to the same keeper (same kernel pid, same ports), reached directly over SSH when the
+server allows it (no remote process). A timed-out attempt is retried at once (each attempt puts a fresh SYN on
 the wire, so the first one after the network returns gets through within about a second);
 errors that fail fast back off exponentially, capped. The proxy never exits because of the
 network: only when the kernel ends, when its keeper is gone (the grace period ran out), or when
@@ -33,6 +36,7 @@ from typing import Callable, Dict, List, Optional
 from . import exceptions as exc
 from . import policy
 from .log import log_ssh_output, relay_remote_output
+from .netwatch import NetworkWatch
 from .policy import RECONNECT_CONNECT_TIMEOUT, SHUTDOWN_TIMEOUT, State  # noqa: F401 - proxy.py imports these here
 from .reachability import wait_reachable
 from .remote.protocol import Event
@@ -65,6 +69,7 @@ class Supervisor:
         attach_timeout: float,
         on_state: Callable[["Supervisor"], None] = lambda s: None,
         owns_kernel: bool = True,
+        network_watch: Callable[[], NetworkWatch] = NetworkWatch,
     ) -> None:
         self.kernel = kernel
         self.transport = transport
@@ -88,6 +93,8 @@ class Supervisor:
         self.error: Optional[exc.SSHKernelError] = None
         self._detail = ""  # what the connection said before its last Close(drain=True)
         self._next: Optional[policy.Action] = None  # the last wait or attempt the policy asked for
+        self.network: Optional[NetworkWatch] = None  # while RECONNECTING: changes of the local network
+        self._network_watch = network_watch
 
     @property
     def state(self) -> State:
@@ -258,28 +265,34 @@ class Supervisor:
     # -- RECONNECTING -------------------------------------------------------------------------------
     def _reconnect(self) -> Optional[int]:
         """Until reconnected (None) or told to exit (the code): each turn, the policy says whether
-        to wait out a backoff, wait for the host to answer, give up, or make an attempt."""
-        while self.state in RECONNECTING:
-            code = self._dispatch(policy.Tick())
-            if code is None and self.state in RECONNECTING:
-                action = self._next
-                if isinstance(action, policy.WaitUntil):
-                    code = self._wait(action.at)
-                elif isinstance(action, policy.AwaitLogin):
-                    noticed = self.transport.wait_for_login(action.until, wake_fd=self.signals.fileno())
-                    if noticed is not None:
-                        code = self._dispatch(policy.LoggedIn(noticed))
-                    else:
-                        code = self._on_signals(self.signals.pending())
-                elif isinstance(action, policy.AwaitReachable):
-                    assert self.probe_target is not None
-                    code = self._wait_reachable(self.probe_target)
-                    if code is None:
-                        code = self._dispatch(policy.Reachable())
-                else:
-                    code = self._dispatch(self._try())
-            if code is not None:
-                return code
+        to wait out a backoff, wait for the host to answer, wait for a login, give up, or make an
+        attempt. Changes of the local network (netwatch.py; Linux) cut the waits short."""
+        with self._network_watch() as network:
+            self.network = network
+            try:
+                while self.state in RECONNECTING:
+                    code = self._dispatch(policy.Tick())
+                    if code is None and self.state in RECONNECTING:
+                        action = self._next
+                        if isinstance(action, policy.WaitUntil):
+                            code = self._wait(action.at)
+                        elif isinstance(action, policy.AwaitLogin):
+                            noticed = self.transport.wait_for_login(action.until, wake_fd=self.signals.fileno())
+                            if noticed is not None:
+                                code = self._dispatch(policy.LoggedIn(noticed))
+                            else:
+                                code = self._on_signals(self.signals.pending())
+                        elif isinstance(action, policy.AwaitReachable):
+                            assert self.probe_target is not None
+                            code = self._wait_reachable(self.probe_target)
+                            if code is None:
+                                code = self._dispatch(policy.Reachable())
+                        else:
+                            code = self._dispatch(self._try())
+                    if code is not None:
+                        return code
+            finally:
+                self.network = None
         return None
 
     def _try(self) -> policy.Event:
@@ -300,32 +313,55 @@ class Supervisor:
         """One try: connect, forward, attach to the keeper. Stop signals abort it (Cancelled)."""
         self.signals.raise_on_stop = True
         try:
+            t0 = time.monotonic()
             self.transport = self.new_transport(RECONNECT_CONNECT_TIMEOUT)
             self.transport.connect()
+            t1 = time.monotonic()
             # Forwards first: the kernel's remote ports have not changed, so the clients can talk
-            # to it again while the attach session is still starting the remote python.
+            # to it again while the attach is still on its way (it checks the same pid and ports).
             self.tunnels = Tunnels(self.transport, self.forwards)
             self.tunnels.open(iopub_first=True)
+            t2 = time.monotonic()
             self.kernel.attach(self.transport, self.attach_timeout)
+            t3 = time.monotonic()
+            self.log.debug("attempt: connected in %.3f s (%s), forwards in %.3f s, attached in %.3f s (%s)",
+                           t1 - t0, "joined" if self.transport.reused else "new login", t2 - t1, t3 - t2,
+                           "direct" if self.kernel.attached_directly else "remote relay")
         finally:
             self.signals.raise_on_stop = False
 
     def _wait_reachable(self, target: "tuple[str, int]") -> Optional[int]:
         """Until the host answers a TCP connect (reachability.py); a stop signal meanwhile
-        ends the wait with the exit code it calls for."""
-        return wait_reachable(target, self.signals.fileno(), lambda: self._on_signals(self.signals.pending()))
+        ends the wait with the exit code it calls for. A network change probes at once."""
+        return wait_reachable(target, self.signals.fileno(), lambda: self._on_signals(self.signals.pending()),
+                              network=self.network)
 
     def _wait(self, deadline: float) -> Optional[int]:
-        """Sleep until ``deadline`` (monotonic), still answering signals."""
+        """Sleep until ``deadline`` (monotonic), still answering signals; a change of the local
+        network goes to the policy, which may end the wait (a backoff it voids)."""
         with selectors.DefaultSelector() as sel:
-            sel.register(self.signals.fileno(), selectors.EVENT_READ)
+            sel.register(self.signals.fileno(), selectors.EVENT_READ, "signal")
+            net_fd = self.network.fileno() if self.network is not None else None
+            if net_fd is not None:
+                sel.register(net_fd, selectors.EVENT_READ, "network")
             while True:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sel.select(remaining):
+                events = sel.select(remaining) if remaining > 0 else []
+                if not events:
                     return None
-                code = self._on_signals(self.signals.pending())
-                if code is not None:
-                    return code
+                for key, _ in events:
+                    if key.data == "signal":
+                        code = self._on_signals(self.signals.pending())
+                        if code is not None:
+                            return code
+                    else:
+                        assert self.network is not None
+                        changes = self.network.changes()
+                        if changes:
+                            code = self._dispatch(policy.NetworkChanged(", ".join(sorted(set(changes)))))
+                            if code is not None:
+                                return code
+                            deadline = min(deadline, self.status.retry_at)
 
 
 def _now() -> policy.Now:

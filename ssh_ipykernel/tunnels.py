@@ -54,6 +54,8 @@ def busy_ports(addresses: Iterable[Tuple[str, int]]) -> List[int]:
 IOPUB_WAIT = 0.5
 #: Then this much more, for its subscription to cross the tunnel ahead of any request.
 IOPUB_SETTLE = 0.1
+#: Opened with iopub on a reconnect, without waiting for its subscriber (see Tunnels.open).
+FIRST_CHANNELS = ("iopub_port", "control_port", "hb_port")
 
 
 def established(port: int) -> bool:
@@ -98,17 +100,21 @@ class Tunnels:
         self.opened = False
 
     def open(self, iopub_first: bool = False) -> None:
-        """Add the forwards. ``iopub_first`` (on a reconnect): the iopub forward alone, until the
-        clients' SUB socket has reconnected, then the rest. Otherwise a request queued in a client
-        while the link was down reaches the kernel before the subscription does, and its output
-        (ZeroMQ PUB drops what has no subscriber yet) is lost."""
+        """Add the forwards. ``iopub_first`` (on a reconnect): iopub (with control and heartbeat,
+        FIRST_CHANNELS) until the clients' SUB socket has reconnected, then shell and stdin.
+        Otherwise an execute request queued in a client while the link was down reaches the
+        kernel before the subscription does, and its output (ZeroMQ PUB drops what has no
+        subscriber yet) is lost. Control and heartbeat carry no output that matters and must not
+        wait: "is the kernel there?" (kernel_info on control while a cell runs, an interrupt, the
+        heartbeat) is answered as soon as the connection is back."""
         if iopub_first and len(self.forwards) == len(CHANNELS):
             iopub = self.forwards[CHANNELS.index("iopub_port")]
-            self.transport.forward([iopub])
+            first = [self.forwards[CHANNELS.index(name)] for name in FIRST_CHANNELS]
+            self.transport.forward(first)
             self.opened = True
             came_back = wait_for_subscriber(iopub.local_port)
-            log.debug("iopub forward first; subscriber %s", "back" if came_back else "not seen")
-            self.transport.forward([f for f in self.forwards if f is not iopub])
+            log.debug("iopub, control and hb forwards first; subscriber %s", "back" if came_back else "not seen")
+            self.transport.forward([f for f in self.forwards if f not in first])
         else:
             self.transport.forward(self.forwards)
             self.opened = True

@@ -128,6 +128,11 @@ class RemoteKernel:
         self._proc: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
         self._reader: Optional[EventReader] = None
         self._stderr_tail: List[str] = []
+        #: Re-attach over a direct stream to the keeper's socket (transport.open_unix_stream),
+        #: until the server turns out to refuse those.
+        self.direct = True
+        #: Whether the last attach() went that way (for the log).
+        self.attached_directly = False
 
     @property
     def host(self) -> str:
@@ -165,11 +170,20 @@ class RemoteKernel:
         assert self.info is not None, "attach() before start()"
         self.close()
         self.transport = transport
-        if self.info.socket:
-            params = AgentParams.attach(kernel_id=self.kernel_id, socket=self.info.socket)
-        else:
-            params = AgentParams.watch(kernel_id=self.kernel_id, connection_file=self.info.connection_file)
-        info = self._open(params, timeout)
+        info = self._open_direct(timeout) if self.info.socket and self.direct else None
+        self.attached_directly = info is not None
+        if info is None:
+            if self.info.socket:
+                params = AgentParams.attach(kernel_id=self.kernel_id, socket=self.info.socket)
+            else:
+                params = AgentParams.watch(kernel_id=self.kernel_id, connection_file=self.info.connection_file)
+            info = self._open(params, timeout)
+            if self.info.socket and self.direct:
+                # The keeper is there, but the direct stream to it failed: the server does not
+                # allow streamlocal forwarding. Not asked again by this proxy.
+                log.info("%s does not forward unix sockets (AllowStreamLocalForwarding); re-attaching "
+                         "through a remote python from now on", self.host)
+                self.direct = False
         if (self.info.pid and info.pid != self.info.pid) or info.ports != self.info.ports:
             self.close()
             msg = (f"the kernel at {self.info.socket or self.info.connection_file} on {self.host} is "
@@ -177,6 +191,30 @@ class RemoteKernel:
             raise exc.KernelGoneError(msg, host=self.host)
         self.info = info
         return info
+
+    def _open_direct(self, timeout: float) -> Optional[KernelInfo]:
+        """The keeper's socket reached by the transport itself (a direct-streamlocal channel:
+        transport/streamlocal.py), the keeper's greeting read: no remote process, one round
+        trip. None if that is not possible; the caller then starts a relay."""
+        assert self.info is not None
+        t0 = time.monotonic()
+        proc = self.transport.open_unix_stream(self.info.socket, timeout)
+        if proc is None:
+            return None
+        self._stderr_tail = []
+        self._proc = proc
+        assert proc.stdout is not None
+        self._reader = EventReader(proc.stdout.fileno())
+        try:
+            event = self._wait_ready(timeout)
+        except exc.KernelStartError:
+            event = None
+        if event is None or event.get("event") != Event.READY:
+            self.close()
+            return None
+        log.debug("attached to %s directly in %.3f s", self.info.socket, time.monotonic() - t0)
+        self.ready_event = event
+        return KernelInfo.from_event(event)
 
     def _open(self, params: AgentParams, timeout: float) -> KernelInfo:
         self._stderr_tail = []

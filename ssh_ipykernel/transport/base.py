@@ -126,6 +126,14 @@ class Transport(abc.ABC):
         """Read what the connection has to say (non-blocking); '' if nothing."""
         return ""
 
+    def open_unix_stream(self, path: str, timeout: float) -> Optional[subprocess.Popen]:
+        """A stream to the unix socket ``path`` on the remote, without starting anything there
+        (a ``direct-streamlocal@openssh.com`` channel), shaped like ``start_command``'s process
+        (transport/streamlocal.py); None if this backend cannot open one or the server refused
+        it (forwarding disabled, or nothing listens at ``path``): the caller then runs a remote
+        relay instead. Called by the session client when it re-attaches to a kernel's keeper."""
+        return None
+
     def probe_address(self) -> Optional[Tuple[str, int]]:
         """The (IP address, port) the connection goes to, if a plain TCP connect there tells
         whether a new connection could succeed; None when that is unknown (a proxy or jump host

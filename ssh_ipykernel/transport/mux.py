@@ -32,6 +32,7 @@ MUX_S_PERMISSION_DENIED = 0x80000002
 MUX_S_FAILURE = 0x80000003
 MUX_S_ALIVE = 0x80000005
 MUX_S_REMOTE_PORT = 0x80000007
+MUX_FWD_LOCAL = 1
 MUX_FWD_REMOTE = 2
 MUX_VERSION = 4
 #: "Port" meaning the host field is a unix socket path.
@@ -157,7 +158,7 @@ class MuxClient:
         return int(struct.unpack(">I", rest[:4])[0])
 
     @staticmethod
-    def _forward_body(kind: int, listen_host: str, listen_port: int, connect_host: str, connect_port: int) -> bytes:
+    def forward_body(kind: int, listen_host: str, listen_port: int, connect_host: str, connect_port: int) -> bytes:
         return (struct.pack(">I", kind) + _string(listen_host) + struct.pack(">I", listen_port)
                 + _string(connect_host) + struct.pack(">I", connect_port))
 
@@ -187,7 +188,7 @@ class MuxClient:
         (impossibly) granted, an answer proves the connection alive; a granted one is undone.
         """
         path = f"{PROBE_DIR}/{os.getpid()}-{os.urandom(6).hex()}.sock"
-        body = self._forward_body(MUX_FWD_REMOTE, path, PORT_STREAMLOCAL, path, PORT_STREAMLOCAL)
+        body = self.forward_body(MUX_FWD_REMOTE, path, PORT_STREAMLOCAL, path, PORT_STREAMLOCAL)
         try:
             self.request(MUX_C_OPEN_FWD, body, timeout)
         except MuxError as e:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -28,7 +29,8 @@ from .master import die_with_parent
 from .base import Forward, Transport, TransportOptions, end_process
 from .forwarder import BindError, Forwarder
 from .messages import classify_ssh_failure
-from .mux import MuxClient, MuxError
+from .mux import MUX_C_CLOSE_FWD, MUX_C_OPEN_FWD, MUX_FWD_LOCAL, PORT_STREAMLOCAL, MuxClient, MuxError
+from .streamlocal import SocketSession
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +359,50 @@ class OpenSSHTransport(Transport):
     def cancel(self, forwards: Sequence[Forward]) -> None:
         if self._forwarder is not None:
             self._forwarder.remove(forwards)
+
+    def open_unix_stream(self, path: str, timeout: float) -> Optional[SocketSession]:
+        """A connection to the unix socket ``path`` on the remote, through a local forward of
+        the master from a unix socket of ours (``-L /ours:/path``, asked over the control
+        socket), which is removed once the far end has spoken: the connection lives on, and
+        nothing of it stays in the master. The far end must speak first (the keeper greets
+        every client): removing the forward while the master is still opening the channel
+        would cut it. (OpenSSH 9.2's stdio forward, ``ssh -W``, cannot reach a unix socket: it
+        sends the path as a host name.) A server that refuses the channel makes the master
+        close our end: None then, as for any failure."""
+        if self.mux is None:
+            return None
+        local = os.path.join(os.path.dirname(self.control_path), f"st-{os.urandom(6).hex()}")
+        body = MuxClient.forward_body(MUX_FWD_LOCAL, local, PORT_STREAMLOCAL, path, PORT_STREAMLOCAL)
+        try:
+            self.mux.request(MUX_C_OPEN_FWD, body, timeout)
+        except MuxError as e:
+            self.log.debug("no stream to %s: %s", path, e)
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        greeted = False
+        try:
+            sock.settimeout(timeout)
+            sock.connect(local)
+            if select.select([sock], [], [], timeout)[0]:
+                greeted = bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError as e:
+            self.log.debug("no stream to %s: %s", path, e)
+        finally:
+            try:
+                self.mux.request(MUX_C_CLOSE_FWD, body, timeout)
+            except MuxError as e:
+                self.log.debug("could not remove the forward %s: %s", local, e)
+            try:
+                os.unlink(local)
+            except OSError:
+                pass
+        if not greeted:
+            sock.close()
+            self.log.debug("no stream to %s: refused, or nobody answered", path)
+            return None
+        session = SocketSession(sock, lambda: None, args=f"-L {local}:{path}")
+        self._sessions = [p for p in self._sessions if p.poll() is None] + [session]  # type: ignore[list-item]
+        return session
 
     def probe_address(self) -> Optional[Tuple[str, int]]:
         argv = [self.ssh] + (["-F", self.options.ssh_config] if self.options.ssh_config else [])

@@ -13,8 +13,8 @@ from ssh_ipykernel import exceptions as exc
 from ssh_ipykernel import policy as p
 from ssh_ipykernel.policy import (
     DETAIL, Attempt, AttemptCancelled, AttemptFailed, AttemptSucceeded, AwaitReachable, Close, Config,
-    ConfirmAlive, Detach, Exit, Failure, Heard, KeeperExited, KernelGone, Log, MasterEOF, Notify, Now,
-    Reachable, SendInterrupt, SendPing, SendShutdown, SessionEOF, Signal, State, Status, StopRequested, Tick,
+    ConfirmAlive, Detach, Exit, Failure, Heard, KeeperExited, KernelGone, Log, MasterEOF, NetworkChanged, Notify,
+    Now, Reachable, SendInterrupt, SendPing, SendShutdown, SessionEOF, Signal, State, Status, StopRequested, Tick,
     WaitUntil,
 )
 from ssh_ipykernel.remote.protocol import kernel_kept_for
@@ -259,7 +259,7 @@ def _check_invariants(before: Status, after: Status, actions: List[p.Action]) ->
 EVENTS = [Tick(), Heard(), KeeperExited(0), KeeperExited(1), SessionEOF(), MasterEOF(), Signal(INT), Signal(TERM),
           Signal(HUP), Signal(QUIT), StopRequested(), Reachable(), AttemptSucceeded(),
           AttemptFailed(Failure.TIMEOUT, "t"), AttemptFailed(Failure.NETWORK, "n"), AttemptFailed(Failure.OTHER, "o"),
-          KernelGone(exc.KernelGoneError("gone", host="btest")), AttemptCancelled()]
+          KernelGone(exc.KernelGoneError("gone", host="btest")), AttemptCancelled(), NetworkChanged("link 3 up")]
 STATES = {"up": up(), "stopping": stopping(), "reconnecting": reconnecting(attempt=1), "stopped": stopped(),
           "connect-up": up(GUEST), "connect-reconnecting": reconnecting(GUEST, attempt=1)}
 #: Events a state does not expect leave it as it is, with nothing to do.
@@ -268,7 +268,7 @@ _SESSION = (Heard, KeeperExited, SessionEOF, MasterEOF, StopRequested)
 
 
 def ignored(state: str, event: p.Event) -> bool:
-    if state == "stopped":
+    if state == "stopped" or isinstance(event, NetworkChanged):  # none of STATES is in a backoff
         return True
     if state.endswith("reconnecting"):
         return isinstance(event, _SESSION)
@@ -500,3 +500,64 @@ def test_an_interrupt_while_waiting_for_a_login_is_refused_with_a_line() -> None
 @pytest.mark.parametrize("event", [Heard(), SessionEOF(), MasterEOF(), Reachable(), AttemptSucceeded(), TIMED_OUT])
 def test_waiting_for_a_login_ignores_what_it_does_not_expect(event: p.Event) -> None:
     assert p.step(waiting(), event, at(T0 + 5)) == (waiting(), [])
+
+
+# -- network changes (netwatch.py) ------------------------------------------------------------------
+DEBUG = logging.DEBUG
+
+
+def backing_off(failure: AttemptFailed, attempt: int = 3) -> Tuple[Status, float]:
+    """RECONNECTING after attempt ``attempt`` failed with ``failure`` (settled at T0 + 1): the
+    status, waiting, and the time it waits for."""
+    status = reconnecting(attempt=attempt, failed=failure, attempt_started=T0 + 0.9)
+    status, actions = p.step(status, Tick(), at(T0 + 1))
+    assert isinstance(actions[-1], WaitUntil) and actions[-1].at > T0 + 1
+    return status, actions[-1].at
+
+
+@pytest.mark.parametrize("failure", [REFUSED, TIMED_OUT], ids=["refused", "timed out quickly"])
+def test_a_network_change_ends_a_network_backoff(failure: AttemptFailed) -> None:
+    status, until = backing_off(failure)
+    after, actions = p.step(status, NetworkChanged("link 3 up"), at(T0 + 1.1))
+    assert after.retry_at == T0 + 1.1
+    assert actions == [Log(DEBUG, "network changed (%s): trying again now instead of in %.2f s",
+                           ("link 3 up", until - (T0 + 1.1)))]
+    # the next step comes at once: probe the host (then attempt)
+    assert p.step(after, Tick(), at(T0 + 1.1))[1] == [AwaitReachable()]
+
+
+def test_a_network_change_keeps_the_backoff_of_a_failure_that_is_not_the_networks() -> None:
+    status, until = backing_off(DENIED)  # authentication refused: a new network does not fix it
+    assert p.step(status, NetworkChanged("route added"), at(T0 + 1.1)) == (status, [])
+    assert p.step(status, Tick(), at(T0 + 1.1))[1] == [WaitUntil(until)]
+
+
+def test_a_network_change_when_nothing_waits_changes_nothing() -> None:
+    status = reconnecting(attempt=1)  # due now: probing or attempting anyway
+    assert p.step(status, NetworkChanged(), at(T0 + 1)) == (status, [])
+    for serving in (up(), stopping()):
+        assert p.step(serving, NetworkChanged("link 3 up"), at(T0 + 1)) == (serving, [])
+
+
+def test_a_new_loss_backs_off_for_the_network_again() -> None:
+    status, _ = backing_off(DENIED)
+    status = replace(up(), reconnects=1, backoff_network=status.backoff_network)
+    lost, _ = p.step(status, SessionEOF(), at(T0 + 50))
+    assert lost.backoff_network
+
+
+def test_the_link_coming_back_mid_backoff_means_an_attempt_within_no_time() -> None:
+    """Refused at the 1 s cap for a while (the route is gone), then the link comes up 0.1 s
+    into a wait: the next attempt follows the probe, not the rest of the second."""
+    d = Driver(reconnecting(), now=at(T0))
+    d.attempts(REFUSED, until=T0 + 5)
+    actions = d.step(Tick())
+    while not isinstance(actions[-1], WaitUntil):  # on to the next failure's backoff
+        d.step(Reachable() if isinstance(actions[-1], AwaitReachable) else REFUSED)
+        actions = d.step(Tick())
+    assert actions[-1].at - d.now.mono == p.BACKOFF_CAP_NETWORK
+    d.advance(0.1)
+    d.step(NetworkChanged("link 3 up"))
+    assert d.step(Tick()) == [AwaitReachable()]
+    d.step(Reachable())
+    assert d.step(Tick())[-1] == Attempt()

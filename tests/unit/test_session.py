@@ -2,6 +2,7 @@
 command in a local shell: start, the supervisor's fds and events, commands, attach, stop."""
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.remote.protocol import Event
 from ssh_ipykernel.session.client import Readout, RemoteKernel
 from ssh_ipykernel.session.startcmd import LoginShell
+from ssh_ipykernel.transport.streamlocal import SocketSession
 
 
 class LocalShell:
@@ -23,10 +25,32 @@ class LocalShell:
         self.env = env
         self.commands = []
 
+    #: What open_unix_stream does: None (no direct streams, as a server that refuses them),
+    #: "connect" (to the socket itself, as SSH's direct-streamlocal channel does) or "refuse"
+    #: (a stream that ends before anyone speaks, as OpenSSH's when the server refuses the channel).
+    streams = None
+
     def start_command(self, command):
         self.commands.append(command)
         return subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=self.env, start_new_session=True)
+
+    def open_unix_stream(self, path, timeout):
+        if self.streams is None:
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.streams == "connect":
+            # Through the directory's descriptor: tmp_path can pass the 108-byte limit of a
+            # socket address (the keeper itself binds with a relative name for the same reason).
+            directory = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                sock.connect(f"/proc/self/fd/{directory}/{os.path.basename(path)}")
+            finally:
+                os.close(directory)
+            return SocketSession(sock, lambda: None)
+        ours, theirs = socket.socketpair()
+        theirs.close()
+        return SocketSession(ours, lambda: None)
 
 
 @pytest.fixture
@@ -84,6 +108,38 @@ def test_the_lifecycle_through_public_methods_only(shell):
         k.close()
         k.close()  # safe twice
     assert k.filenos() == [] and not k.ping()
+
+
+@pytest.mark.timeout(120)
+def test_a_reattach_reaches_the_keeper_socket_directly_when_the_transport_can(shell):
+    """No remote process for a re-attach: the keeper greets the direct stream as it greets a
+    relay, and the same checks (pid, ports) apply; commands and pings go the same way."""
+    shell.streams = "connect"
+    k = kernel(shell)
+    try:
+        info = k.start(60)
+        assert k.attach(shell, 30).pid == info.pid
+        assert len(shell.commands) == 1 and k.direct and k.attached_directly  # nothing started for the attach
+        assert k.ping() and wait_for(k, Event.PONG) == {"event": "pong"}
+        assert k.request_shutdown()
+        assert wait_for(k, Event.EXITED)["reason"] == "requested"
+    finally:
+        k.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_direct_stream_falls_back_on_the_relay_for_good(shell):
+    shell.streams = "refuse"
+    k = kernel(shell)
+    try:
+        info = k.start(60)
+        assert k.attach(shell, 30).pid == info.pid
+        assert len(shell.commands) == 2 and not k.direct and not k.attached_directly  # the relay, for good
+        assert k.attach(shell, 30).pid == info.pid
+        assert len(shell.commands) == 3
+        assert k.stop(15)["reason"] == "requested"
+    finally:
+        k.close()
 
 
 @pytest.mark.timeout(60)

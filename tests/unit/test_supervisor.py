@@ -4,6 +4,7 @@ import logging
 import socket
 import time
 
+from ssh_ipykernel.netwatch import NetworkWatch
 from ssh_ipykernel.signals import SignalRelay
 from ssh_ipykernel.supervisor import Supervisor
 
@@ -87,13 +88,20 @@ class _Recorder(_Stub):
         return 0.01  # somebody logged in 10 ms ago
 
 
+class _Deaf(NetworkWatch):
+    """No network changes heard (as on macOS): this machine's own would cut backoffs short."""
+
+    def __init__(self):
+        self._sock = None
+
+
 def recorded(signals, calls, **kw):
     stub = _Recorder(calls, **kw)
     states = []
     s = Supervisor(kernel=stub, transport=stub, tunnels=stub, new_transport=lambda t: stub,
                    signals=signals, log=logging.LoggerAdapter(logging.getLogger("t"), {}),
                    secret="s", grace=60, client_timeout=30, attach_timeout=10,
-                   on_state=lambda sup: states.append(sup.state.value))
+                   on_state=lambda sup: states.append(sup.state.value), network_watch=_Deaf)
     return s, states
 
 
@@ -165,3 +173,41 @@ def test_a_login_prompt_while_reconnecting_waits_for_the_login_then_attempts_at_
         "60 s and reattaches as soon as somebody logs in",
         "reconnecting: logged in to h (noticed 0.010 s after the login); reattaching",
     ]
+
+
+class _FakeWatch:
+    """A NetworkWatch whose 'kernel' is the test: readable once something was sent."""
+
+    def __init__(self):
+        self.r, self.w = socket.socketpair()
+
+    def fileno(self):
+        return self.r.fileno()
+
+    def changes(self):
+        self.r.setblocking(False)
+        try:
+            return ["link 3 up"] if self.r.recv(100) else []
+        except BlockingIOError:
+            return []
+
+
+def test_a_network_change_cuts_a_network_backoff_short_and_keeps_others(caplog):
+    from dataclasses import replace
+
+    from ssh_ipykernel import policy
+
+    with SignalRelay() as signals, caplog.at_level(logging.DEBUG, logger="t"):
+        for failure, cut_short in ((policy.Failure.NETWORK, True), (policy.Failure.OTHER, False)):
+            s = supervisor(signals)
+            now = time.monotonic()
+            s.status = replace(s.status, state=policy.State.RECONNECTING, attempt=3, attempt_started=now,
+                               failed=policy.AttemptFailed(failure, "x"))
+            s._dispatch(policy.Tick())
+            assert isinstance(s._next, policy.WaitUntil) and s._next.at > now + 0.5
+            s.network = watch = _FakeWatch()
+            watch.w.send(b"x")
+            t0 = time.monotonic()
+            assert s._wait(min(s._next.at, t0 + 1.0)) is None
+            assert (time.monotonic() - t0 < 0.3) == cut_short
+    assert "network changed (link 3 up): trying again now" in caplog.text

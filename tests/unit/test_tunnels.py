@@ -66,9 +66,12 @@ def tunnels():
     tunnels.close()
 
 
-def test_reconnect_opens_iopub_then_waits_for_its_client(tunnels):
+def test_reconnect_opens_iopub_control_and_hb_then_waits_for_its_client(tunnels):
+    """Shell and stdin wait for iopub's subscriber (a queued execute must not run before it);
+    control and heartbeat do not (kernel_info while a cell runs, interrupts: at once)."""
     ports, transport, tunnels = tunnels
     iopub = ports[CHANNELS.index("iopub_port")]
+    first = [ports[CHANNELS.index(name)] for name in ("iopub_port", "control_port", "hb_port")]
     connected_at = []
 
     def subscriber() -> None:  # a ZeroMQ SUB retrying every 100 ms until the port listens
@@ -85,8 +88,8 @@ def test_reconnect_opens_iopub_then_waits_for_its_client(tunnels):
 
     threading.Thread(target=subscriber, daemon=True).start()
     tunnels.open(iopub_first=True)
-    assert transport.calls[0][1] == [iopub]
-    assert sorted(transport.calls[1][1]) == sorted(p for p in ports if p != iopub)
+    assert transport.calls[0][1] == first
+    assert sorted(transport.calls[1][1]) == sorted(ports[CHANNELS.index(name)] for name in ("shell_port", "stdin_port"))
     assert connected_at and transport.calls[1][0] > connected_at[0]
 
 
