@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from kernels import CUT_KINDS, Kernel, cut, local_ssh_children, manage, wait_remote_clean
+from kernels import CUT_KINDS, Kernel, cut, iopub_back_after, local_ssh_children, manage, wait_remote_clean
 from test_reconnect import Watcher
 
 pytestmark = pytest.mark.slow
@@ -96,6 +96,9 @@ def test_the_kernel_answers_at_once_when_the_network_returns(kind, kernel, ssh_h
     reply = kernel.wait_reply(cell, timeout=30)
     watcher.stop()
     assert reply["status"] in ("ok", "error"), reply
+    # Values are read from the output: wait until iopub carries messages again (its subscriber
+    # may still be resubscribing, and what is published before that is lost: tests of issue 18).
+    iopub_back_after(kernel, time.monotonic())
     assert kernel.remote_pid() == pid and kernel.value("kept") == "yes"
 
 
