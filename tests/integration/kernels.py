@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -271,9 +272,16 @@ def ssh_agent(sock: Path, *keys: Path) -> Iterator[str]:
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        # The socket's name appears when the agent binds it, a moment before it listens: wait
+        # until it accepts a connection (ssh-add before that fails with exit 2, seen in CI).
         deadline = time.monotonic() + 10
-        while not sock.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                try:
+                    probe.connect(str(sock))
+                    break
+                except OSError:
+                    time.sleep(0.05)
         env = {**os.environ, "SSH_AUTH_SOCK": str(sock), "SSH_ASKPASS": str(askpass),
                "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
         for key in keys:

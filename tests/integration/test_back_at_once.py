@@ -132,4 +132,5 @@ def test_a_server_without_streamlocal_forwarding_gets_the_remote_relay(kernel, s
     log = kernel.log()[offset:]
     assert log.count("does not forward unix sockets") == 1, log
     print(f"\nno streamlocal: the control channel answered {answered:.3f} s after sshd dropped the connections")
+    iopub_back_after(kernel, time.monotonic())  # values are read from the output (see above)
     assert kernel.remote_pid() == pid
