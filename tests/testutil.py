@@ -5,23 +5,48 @@ The integration helpers that drive kernels live in tests/integration/kernels.py.
 """
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Callable, List
 
 
+#: Ports the tests pick for local listeners (connection files written by hand): below the
+#: kernel's range for automatic ports (net.ipv4.ip_local_port_range, 32768-60999 by default), so
+#: no outgoing connection (ssh, a ZeroMQ client) can be handed one between our pick and the
+#: proxy's bind, and one block of 1000 per pytest-xdist worker, so parallel workers never pick the
+#: same one. (Picking with bind(0) raced with both: "local port ... is already in use" in CI.)
+PORT_BLOCK = 1000
+_PORT_BASE = 19000
+_next_port = 0
+
+
+def _block() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...; unset: one process
+    return int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
 def free_ports(n: int) -> List[int]:
-    """``n`` distinct loopback ports that were free a moment ago (all bound at once, then
-    released, so that none is handed out twice)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct loopback ports, free at the moment, from this worker's own block (see
+    PORT_BLOCK), taken in turn so that a port just released by a test is not reused at once."""
+    global _next_port
+    base = _PORT_BASE + _block() * PORT_BLOCK
+    if base + PORT_BLOCK > 32768:
+        raise RuntimeError(f"too many test workers for the port blocks below 32768 (block {_block()})")
+    ports: List[int] = []
+    for _ in range(PORT_BLOCK):
+        port = base + _next_port
+        _next_port = (_next_port + 1) % PORT_BLOCK
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports in {base}-{base + PORT_BLOCK - 1}")
 
 
 def free_port() -> int:

@@ -299,8 +299,10 @@ def connection_file(directory: Path, name: str = "byhand") -> Path:
     session key of its own."""
     import secrets
 
+    shell, iopub, stdin, hb, control = free_ports(5)  # testutil: outside the automatic port range
     fname, _ = write_connection_file(str(directory / f"kernel-{name}.json"), ip="127.0.0.1",
-                                     key=secrets.token_hex(16).encode())
+                                     key=secrets.token_hex(16).encode(), shell_port=shell, iopub_port=iopub,
+                                     stdin_port=stdin, hb_port=hb, control_port=control)
     return Path(fname)
 
 
