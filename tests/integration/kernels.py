@@ -101,7 +101,14 @@ class Kernel:
             elif kind in ("execute_result", "display_data", "error"):
                 outputs.append(msg)
 
-        reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
+        for _ in range(3):
+            reply = self.kc.execute_interactive(code, timeout=timeout, output_hook=on_output)
+            # ipykernel aborts what reaches it while it still aborts its queue after an error
+            # (stop_on_error, e.g. right after an interrupted cell): a loaded machine can land
+            # the next request in that window. Sent again, as a person would run the cell again.
+            if reply["content"]["status"] != "aborted":
+                break
+            time.sleep(0.2)
         return reply["content"], "".join(stdout), outputs
 
     def value(self, expression: str, timeout: float = 60) -> str:
