@@ -19,7 +19,7 @@ import signal
 import time
 from typing import Dict, Mapping, Optional
 
-from .connection import kernel_id_from_path, load_connection_file
+from .connection import CHANNELS, kernel_id_from_path, load_connection_file
 from .exceptions import AuthenticationError, LoginRequiredError, SSHKernelError
 from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
@@ -30,6 +30,8 @@ from .status import format_duration
 from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import build_transport
 from .transport.base import Transport
+from .transport.forwarder import release_reserved
+from .transport.forwarder import reserve as reserve_ports
 from .transport.messages import login_command
 from .tunnels import Tunnels, plan_forwards
 
@@ -77,6 +79,8 @@ class Proxy:
             raise
         redact(info["key"])
         self._secret = info["key"]
+        # Hold Jupyter's ports from now on: they are listened on once the kernel is up.
+        reserve_ports(info["ip"], [info[channel] for channel in CHANNELS])  # type: ignore[literal-required]
         try:
             prune()  # files of proxies killed with SIGKILL, old final records
         except OSError:
@@ -194,6 +198,7 @@ class Proxy:
     def _finish(self) -> None:
         """The state file's end: the final record for whoever started us (``manage check``
         reads the error from it), or nothing when the proxy ends without an error."""
+        release_reserved()
         try:
             if self.failure is not None and self.failure.exit_code != 0:
                 record_error(self.kernel_id, self._state, self.failure, secret=self._secret)

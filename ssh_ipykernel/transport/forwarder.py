@@ -47,15 +47,64 @@ class BindError(Exception):
                                detail_label=detail_label)
 
 
-def _listen(fwd: Forward) -> socket.socket:
-    family = socket.AF_INET6 if ":" in fwd.local_host else socket.AF_INET
+#: Local ports bound at the proxy's start, before it connects, and listened on once the kernel is
+#: up (reserve(); _listen takes them). Jupyter picked the ports and released them when it wrote the
+#: connection file; a kernel of ours only listens after the login and the remote start (1-2 s), and
+#: on a busy machine an outgoing connection was handed one of them meanwhile ("local port ... is
+#: already in use"). A local kernel binds them at once: so do we.
+_reserved: Dict[Tuple[str, int], socket.socket] = {}
+_reserved_lock = threading.Lock()
+
+
+def _bound(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # As ssh does for -L: a port whose last connections linger in TIME_WAIT (the previous
         # proxy of a restarted kernel) can be listened on again at once. Two listeners on one
         # port are still refused.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((fwd.local_host, fwd.local_port))
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve(host: str, ports: Iterable[int]) -> List[int]:
+    """Bind ``ports`` on ``host`` now, without listening (a client's connect is refused, as before
+    the kernel is up, and ZeroMQ retries); the forwards listen on these sockets later. Returns the
+    ports that could not be bound (left to the forwards, which then say why)."""
+    failed = []
+    for port in ports:
+        try:
+            sock = _bound(host, port)
+        except OSError:
+            failed.append(port)
+            continue
+        with _reserved_lock:
+            old = _reserved.pop((host, port), None)
+            _reserved[(host, port)] = sock
+        if old is not None:
+            old.close()
+    return failed
+
+
+def release_reserved() -> None:
+    """Let go of reserved ports nobody listened on (a start-up that ended early)."""
+    with _reserved_lock:
+        socks = list(_reserved.values())
+        _reserved.clear()
+    for sock in socks:
+        sock.close()
+
+
+def _listen(fwd: Forward) -> socket.socket:
+    with _reserved_lock:
+        sock = _reserved.pop((fwd.local_host, fwd.local_port), None)
+    if sock is None:
+        sock = _bound(fwd.local_host, fwd.local_port)
+    try:
         sock.listen(128)
         sock.setblocking(False)
     except BaseException:

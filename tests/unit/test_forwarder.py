@@ -70,3 +70,29 @@ def test_accepted_connections_have_nagle_off():
     finally:
         client.close()
         listener.close()
+
+
+def test_reserved_ports_are_held_from_the_start_and_listened_on_later():
+    """The proxy binds Jupyter's ports as soon as it has read the connection file: nothing else
+    can take one while it logs in and starts the kernel; the forward listens on that socket."""
+    import errno
+    import socket
+
+    from ssh_ipykernel.transport import forwarder
+    from ssh_ipykernel.transport.base import Forward
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        assert forwarder.reserve("127.0.0.1", [port]) == []
+        with socket.socket() as other, pytest.raises(OSError) as info:
+            other.bind(("127.0.0.1", port))
+        assert info.value.errno == errno.EADDRINUSE
+        with socket.socket() as client:  # bound, not listening: refused, and ZeroMQ retries
+            assert client.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+        sock = forwarder._listen(Forward(local_port=port, remote_port=1, local_host="127.0.0.1"))
+        with sock, socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        forwarder.release_reserved()
