@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -353,3 +354,54 @@ def cut(host, kind: str = "blackhole") -> Iterator[float]:
         yield time.monotonic()
     finally:
         host.restore(kind)
+
+
+# ------------------------------------------------------------------ one kernel through faults
+@contextlib.contextmanager
+def started_kernel(host, tmp_path: Path, jupyter_env, name: str) -> Iterator["Kernel"]:
+    """A kernel of a kernelspec ``name`` for ``host``, started; at the end shut down, with nothing
+    left on the remote and no ssh child of ours left locally (the fault tests' fixture)."""
+    prefix = tmp_path / "prefix"
+    manage(host, prefix, "--host", host.alias, "--python", host.env_prefix, "--name", name)
+    k = Kernel(prefix, name, tmp_path / "proxy.log")
+    k.start()
+    yield k
+    k.shutdown()
+    assert not wait_remote_clean(host, timeout=15), k.log()
+    assert not local_ssh_children(str(jupyter_env.runtime))
+
+
+class Watcher:
+    """A restarter-like watch on the proxy: it must stay alive through every fault."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.died_at: Optional[float] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            if self.kernel.proxy.poll() is not None and self.died_at is None:
+                self.died_at = time.monotonic()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        assert self.died_at is None, f"the proxy exited during the fault\n{self.kernel.log()}"
+
+
+def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> float:
+    """Poll kernel_info every 0.2 s (requests queue in ZMQ meanwhile); seconds from ``since``."""
+    deadline = time.monotonic() + timeout
+    pending = set()
+    while time.monotonic() < deadline:
+        pending.add(kernel.kc.kernel_info())
+        try:
+            msg = kernel.kc.get_shell_msg(timeout=0.2)
+        except queue.Empty:
+            continue
+        if msg["parent_header"].get("msg_id") in pending and msg["msg_type"] == "kernel_info_reply":
+            return time.monotonic() - since
+    raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")

@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-from kernels import CUT_KINDS, Kernel, cut, iopub_back_after, local_ssh_children, manage, wait_remote_clean
-from test_reconnect import Watcher
+from kernels import CUT_KINDS, Kernel, Watcher, cut, iopub_back_after, started_kernel
 
 pytestmark = pytest.mark.slow
 
@@ -30,14 +29,8 @@ AFTER_NOTICED = 4.0
 
 @pytest.fixture
 def kernel(ssh_host, tmp_path, jupyter_env):
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--name", "bo")
-    k = Kernel(prefix, "bo", tmp_path / "proxy.log")
-    k.start()
-    yield k
-    k.shutdown()
-    assert not wait_remote_clean(ssh_host, timeout=15), k.log()
-    assert not local_ssh_children(str(jupyter_env.runtime))
+    with started_kernel(ssh_host, tmp_path, jupyter_env, "bo") as k:
+        yield k
 
 
 def control_answer(kernel: Kernel, since: float, timeout: float = 30) -> float:

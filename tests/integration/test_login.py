@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import pexpect
 import pytest
 
-from kernels import Kernel, manage, ssh_masters, wait_for, wait_remote_clean
+from kernels import Kernel, first_answer_after, manage, ssh_masters, wait_for, wait_remote_clean
 from nshosts import TwoFactor
 
 pytestmark = pytest.mark.slow
@@ -41,21 +41,10 @@ def otp_host(host_factory, two_factor):
 
 
 def answers(kernel: Kernel, timeout: float = 30) -> None:
-    """Until the kernel answers kernel_info (asked every 0.2 s, as test_reconnect does: a request
-    that crossed the reconnect may get its reply without its iopub messages), then drop the
-    replies, so that the next request starts clean."""
-    deadline = time.monotonic() + timeout
-    pending = set()
-    while time.monotonic() < deadline:
-        pending.add(kernel.kc.kernel_info())
-        try:
-            msg = kernel.kc.get_shell_msg(timeout=0.2)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") in pending:
-            break
-    else:
-        raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
+    """Until the kernel answers kernel_info (as test_reconnect waits: a request that crossed the
+    reconnect may get its reply without its iopub messages), then drop the replies, so that the
+    next request starts clean."""
+    first_answer_after(kernel, time.monotonic(), timeout)
     while True:
         try:
             kernel.kc.get_shell_msg(timeout=0.5)

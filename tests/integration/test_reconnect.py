@@ -13,15 +13,15 @@ import queue
 import re
 import signal
 import subprocess
-import threading
 import time
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import pytest
 
 from kernels import (
-    AGENT_PATTERN, KERNEL_PATTERN, Kernel, cut, iopub_back_after, local_ssh_children, manage, remote_leftovers,
-    ssh_masters, start_proxy, wait_for, wait_remote_clean,
+    AGENT_PATTERN, KERNEL_PATTERN, Kernel, Watcher, cut, first_answer_after, iopub_back_after, local_ssh_children,
+    manage, remote_leftovers, ssh_masters, start_proxy, started_kernel, wait_for,
+    wait_remote_clean,
 )
 
 pytestmark = pytest.mark.slow
@@ -29,50 +29,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def kernel(ssh_host, tmp_path, jupyter_env):
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--name", "rc")
-    k = Kernel(prefix, "rc", tmp_path / "proxy.log")
-    k.start()
-    yield k
-    k.shutdown()
-    assert not wait_remote_clean(ssh_host, timeout=15), k.log()
-    assert not local_ssh_children(str(jupyter_env.runtime))
-
-
-class Watcher:
-    """A restarter-like watch on the proxy: it must stay alive through every fault."""
-
-    def __init__(self, kernel: Kernel) -> None:
-        self.kernel = kernel
-        self.died_at: Optional[float] = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            if self.kernel.proxy.poll() is not None and self.died_at is None:
-                self.died_at = time.monotonic()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        assert self.died_at is None, f"the proxy exited during the fault\n{self.kernel.log()}"
-
-
-def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> float:
-    """Poll kernel_info every 0.2 s (requests queue in ZMQ meanwhile); seconds from ``since``."""
-    deadline = time.monotonic() + timeout
-    pending = set()
-    while time.monotonic() < deadline:
-        pending.add(kernel.kc.kernel_info())
-        try:
-            msg = kernel.kc.get_shell_msg(timeout=0.2)
-        except queue.Empty:
-            continue
-        if msg["parent_header"].get("msg_id") in pending and msg["msg_type"] == "kernel_info_reply":
-            return time.monotonic() - since
-    raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
+    with started_kernel(ssh_host, tmp_path, jupyter_env, "rc") as k:
+        yield k
 
 
 def reconnected_after(kernel: Kernel, wall: float) -> float:
