@@ -14,9 +14,9 @@ RECONNECTING tears down what is left of this proxy's use of the connection (``cl
 a shared connection that does not answer any more is ended for everyone, one that does is kept),
 waits for the host to answer a TCP connect (reachability.py; a change of the local network,
 netwatch.py, probes at once and ends a network failure's backoff) and tries again: the host's
-connection (a new one with a short ConnectTimeout if none is up), the same forwards, and a
-session to the same keeper (same kernel pid, same ports), reached directly over SSH when the
-server allows it (no remote process). A timed-out attempt is retried at once (each attempt puts a fresh SYN on
+connection (a new one with a short ConnectTimeout if none is up), a session to the same keeper (same kernel pid, same ports), reached directly over SSH when the
+server allows it (no remote process), then the channels resumed over a new stream
+(channels.py: the clients never lost their connections). A timed-out attempt is retried at once (each attempt puts a fresh SYN on
 the wire, so the first one after the network returns gets through within about a second);
 errors that fail fast back off exponentially, capped. The proxy never exits because of the
 network: only when the kernel ends, when its keeper is gone (the grace period ran out), or when
