@@ -35,13 +35,14 @@ from .agent import Agent
 from .clients import Client, Clients
 from .grace import FIRST_CLIENT_WAIT, GraceClock, describe_grace
 from .logrelay import LogRelay
-from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, Event, Op, event_line, parse_op
+from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, Event, Op, event_line, kernel_kept_for, parse_op
 from .streams import Notice, Relay, connect_endpoint
 
 TICK = 0.1  # how often the log is tailed and the timers checked (the kernel's exit wakes the loop)
 LISTENER = "listener"  # selector data of the keeper's listening socket
 EXIT_WAKER = "kernel-exit"  # selector data of the socket that wakes the loop when the kernel exits
-PORTS_WAIT = 120.0  # for ipykernel to bind its ports (imports on a slow, busy host)
+PORTS_WAIT = 120.0
+RELAY_MARGIN = 60.0  # beyond the proxy's give-up time (its own margin is 30 s)  # for ipykernel to bind its ports (imports on a slow, busy host)
 
 
 class Keeper:
@@ -207,8 +208,16 @@ class Keeper:
         if now - self._ticked < TICK:
             return
         self._ticked = now
+        # A proxy that has been away longer than it keeps trying (it gives up on the kernel after
+        # kernel_kept_for, plus its margin) will never resume its channels: free what they hold.
+        kept = kernel_kept_for(self.grace, self.client_timeout)
         for token, relay in list(self.relays.items()):
-            if relay.ended:
+            if relay.ended or (kept is not None and relay.detached_at is not None
+                               and now - relay.detached_at > kept + RELAY_MARGIN):
+                if not relay.ended:
+                    self.agent.log("a proxy's channels were not resumed for %.0f s; dropping what they held" % (
+                        now - relay.detached_at))
+                relay.close()
                 del self.relays[token]
             else:
                 relay.tick()
