@@ -31,8 +31,6 @@ imports it too.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import selectors
@@ -197,6 +195,9 @@ class Notice:
         }).encode()
         parts = [header, parent or b"{}", b"{}", json.dumps({"name": "stderr", "text": text}).encode()]
         if self.key:
+            import hashlib  # only here: the proxy imports this module too, and needs neither
+            import hmac
+
             mac = hmac.new(self.key, digestmod=getattr(hashlib, self.digest))
             for part in parts:
                 mac.update(part)
