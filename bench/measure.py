@@ -24,6 +24,8 @@ Results = Dict[str, List[float]]
 
 #: Processes of the benchmark's own latency relay are not the proxy's cost.
 RELAY_MARK = b"delay_relay.py"
+#: This bench's relay (not another checkout's).
+OWN_RELAY = str(Path(__file__).resolve().parent / "delay_relay.py").encode()
 
 
 #: A client's send to a kernel whose proxy died blocks for ever (a ZMQ DEALER with no peer
@@ -124,13 +126,14 @@ def cpu_roles(kernel_pid: int, *, ssh: bool, remote_pids: Optional[Callable[[], 
             roles[pid] = "ssh client"
         else:
             roles[pid] = "proxy child"
-    runtime = os.environ.get("JUPYTER_RUNTIME_DIR", "").encode()
+    # Only for an SSH kernel: the masters of earlier kinds linger (ControlPersist), idle.
+    runtime = os.environ.get("JUPYTER_RUNTIME_DIR", "").encode() if ssh else b""
     for entry in filter(str.isdigit, os.listdir("/proc")):
         cmdline = _cmdline(int(entry))
         if runtime and runtime in cmdline and b"ControlMaster=yes" in cmdline:
             roles[int(entry)] = "ssh master"
-        elif runtime and RELAY_MARK in cmdline and int(entry) not in roles:
-            roles[int(entry)] = "delay relay"  # the master's ProxyCommand
+        elif runtime and OWN_RELAY in cmdline and int(entry) not in roles:
+            roles[int(entry)] = "delay relay"  # the master's ProxyCommand (its parent, ssh, has exited)
     if ssh and remote_pids is not None:
         remote = {pid: _cmdline(pid) for pid in remote_pids()}
         kernels = [pid for pid, cmdline in remote.items() if b"ipykernel_launcher" in cmdline]
