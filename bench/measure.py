@@ -179,18 +179,31 @@ class CPUMeter:
                 self.spent[role] = self.spent.get(role, 0.0) + after - before
 
 
-def link_rtt(samples: int = 21) -> Optional[float]:
+def control_path(kernel_pid: int) -> Optional[str]:
+    """The control socket of the shared connection a proxy uses (from its ssh clients' command
+    lines), or None (paramiko, or no ssh client running)."""
+    for pid in descendants(kernel_pid):
+        for arg in _cmdline(pid).split(b"\0"):
+            if arg.startswith(b"ControlPath="):
+                return arg[len(b"ControlPath="):].decode()
+    return None
+
+
+def link_rtt(samples: int = 21, path: Optional[str] = None) -> Optional[float]:
     """Median round trip (s) of a request through the host's shared SSH connection (the master
-    asks the server for a forward it refuses: one round trip), or None without one."""
+    asks the server for a forward it refuses: one round trip), or None without one. ``path``:
+    its control socket; else the only one there is (earlier kinds' masters linger a while)."""
     from ssh_ipykernel.transport.mux import MuxClient, MuxError
     from ssh_ipykernel.transport.openssh import control_dir
 
-    directory = control_dir()
-    sockets = [n for n in os.listdir(directory) if n.startswith("cm-") and "." not in n]
-    if len(sockets) != 1:
-        return None
+    if path is None:
+        directory = control_dir()
+        sockets = [n for n in os.listdir(directory) if n.startswith("cm-") and "." not in n]
+        if len(sockets) != 1:
+            return None
+        path = os.path.join(directory, sockets[0])
     try:
-        client = MuxClient(os.path.join(directory, sockets[0]), timeout=5)
+        client = MuxClient(path, timeout=5)
     except MuxError:
         return None
     times = []
@@ -363,7 +376,7 @@ def single_kernel(ksm: KernelSpecManager, name: str, logs: Path, only: Iterable[
         out["start"] = [kernel.start()]
         if "rt" in only:
             out["rt"] = kernel.round_trips(round_trips)
-            rtt = link_rtt() if ssh else None
+            rtt = link_rtt(path=control_path(kernel.pid)) if ssh else None
             if rtt is not None:
                 out["link_rtt"] = [rtt]
         if "stream" in only:
