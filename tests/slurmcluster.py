@@ -39,6 +39,7 @@ from nshosts import (
     OWNED_NETNS, PREFIX, REMOTE_ENV_PREFIX, RUN_DIR, HostSetupError, NetnsHost, NetnsHostFactory,
     _allocate_subnet, _flock, _ip, _kill_ns_processes, _LOCK, _taken_subnets, log, ns_pids,
 )
+from nssetup import STALE_ROUTES_FILE
 from sshtesthost import host_env
 
 __all__ = ["SLURM_CONF_DIR", "SlurmCluster", "missing_slurm_prerequisites"]
@@ -182,6 +183,7 @@ class SlurmCluster:
         with _flock(_LOCK):
             self.subnet = _allocate_subnet()
             _ip("route", "replace", "blackhole", str(self.subnet))
+        (self.dir / STALE_ROUTES_FILE).write_text(f"{self.subnet}\n")  # for cleanup_stale() after a crash
         addresses = [str(a) for a in itertools.islice(self.subnet.hosts(), len(self.compute_hostnames) + 1)]
         self.login_address = addresses[0]
         self.bridge = f"{PREFIX}{tag}b{self.login.namespace.rsplit('-', 1)[1]}"
