@@ -38,12 +38,14 @@ def test_jobs_run_on_a_compute_node(slurm: SlurmCluster) -> None:
     assert set(states.splitlines()) == {f"{h} idle" for h in slurm.compute_hostnames}
     assert _ok(slurm, "hostname") == slurm.login.hostname
 
-    job = _submit(slurm, "--wrap 'hostname; sleep 1'")
+    job = _submit(slurm, "--wrap 'hostname; sleep 1; command -v python3; pwd'")
     assert slurm.wait_job_state(job, {"COMPLETED", "FAILED"}, timeout=20) == "COMPLETED", slurm.logs()
     # The output file is written on the node into the submit dir: the home the nodes share.
-    ran_on = _ok(slurm, f"cat slurm-{job}.out")
+    ran_on, python, cwd = _ok(slurm, f"cat slurm-{job}.out").splitlines()
     assert ran_on in slurm.compute_hostnames
     assert ran_on != slurm.login.hostname
+    # The job has the login session's environment (PATH: the remote env first) and its files.
+    assert (python, cwd) == (f"{REMOTE_ENV_PREFIX}/bin/python3", slurm.login.home)
 
 
 def test_step_in_running_job_relays_stdin_and_stdout(slurm: SlurmCluster) -> None:
