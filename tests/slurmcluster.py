@@ -23,6 +23,16 @@ the cgroup tree, and slurmd 22.05 always loads its cgroup plugin. Daemons listen
 ports inside their own network namespaces, so clusters of parallel test runs (xdist workers) never
 meet. Pytest-free: bench and demo scripts import it.
 
+Where it differs from a real cluster (what the feature's tests must not lean on):
+
+* No cgroups (``proctrack/linuxproc``): a job's processes are found by walking the process tree from
+  the step, so one that detaches (``setsid`` in a double fork) outlives ``scancel`` and the job's end,
+  and, holding the step's stdout, keeps ``srun`` from returning. A cgroup cluster would kill it.
+* /home is one directory bind-mounted on every host, not NFS: a unix socket made in it on a node
+  can be connected to from the login host (NFS would refuse). /tmp is private per host, as on nodes.
+* Time limits are whole minutes (``--time 00:00:05`` is 1 min) and slurmctld enforces them every
+  30 s; ``end_job_in(job, s)`` brings a job's end time forward instead of waiting out the minute.
+
 Typical use::
 
     with NetnsHostFactory() as factory, SlurmCluster(factory) as cluster:
@@ -447,3 +457,26 @@ def _read(path: Path) -> str:
 
 def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(_read(path).splitlines()[-lines:])
+
+
+def main() -> None:
+    """``python tests/slurmcluster.py`` (root): bring a cluster up, say how to log in, wait for
+    Enter or Ctrl-C, tear it down. For trying the feature by hand."""
+    import logging
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with NetnsHostFactory() as factory, SlurmCluster(factory) as cluster:
+        print(f"SLURM cluster {cluster.name} up in {cluster.startup_seconds:.2f} s\n"
+              f"  login:   ssh -F {cluster.login.ssh_config} {cluster.login.alias}   ({cluster.login.hostname})\n"
+              f"  nodes:   {', '.join(f'{h} ({a})' for h, a in cluster.compute_addresses.items())}\n"
+              f"  config:  {cluster.conf_path} on every host ({cluster.local_conf} here)\n"
+              f"  logs:    {cluster.dir}\n"
+              "Enter or Ctrl-C ends it.", flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt, EOFError):
+            input()
+
+
+if __name__ == "__main__":
+    main()
