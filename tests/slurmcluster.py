@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib, itertools, os, pwd, re, shlex, shutil, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import nshosts
 from nshosts import (
@@ -393,9 +393,29 @@ class SlurmCluster:
         return "\n".join(f"--- {p.name} ({p.parent.name})\n{_tail(p)}" for p in paths)
 
     # ------------------------------------------------------------------ between tests
+    def submit_as_root(self, *options: str) -> str:
+        """``sbatch --parsable <options>`` as root (another user than the test user's, as on a shared
+        cluster), with no output file; the job id."""
+        return self.admin("sbatch", "--parsable", "--chdir=/", "--output=/dev/null", *options).stdout.strip().split(";")[0]
+
+    @contextlib.contextmanager
+    def nodes_held(self) -> Iterator[list[str]]:
+        """Every compute node taken by an ``--exclusive`` job of root (someone else's jobs) for the
+        block: the test user's jobs pend meanwhile (reason Resources). Yields the holders' job ids,
+        running, one per node (``admin("scancel", id)`` frees that node early); cancelled at the end."""
+        holders = [self.submit_as_root("--exclusive", "--wrap", "sleep 3600") for _ in self.compute_hostnames]
+        try:
+            for job in holders:
+                self.wait_job_state(job, {"RUNNING"}, timeout=15)
+            yield holders
+        finally:
+            self.admin("scancel", *holders, check=False)
+
     def cancel_all(self, timeout: float = 15.0) -> None:
-        """Cancel every job and wait until both nodes are idle again (for the next test)."""
-        self.admin("scancel", "--full", f"--user={self.login.user}", check=False)
+        """Cancel every job (anyone's) and wait until the nodes are idle again (for the next test)."""
+        jobs = [row[0] for row in self.squeue(fmt="%i")]
+        if jobs:
+            self.admin("scancel", "--full", *jobs, check=False)
         self.wait_idle(timeout)
 
     def wait_idle(self, timeout: float = 15.0) -> float:

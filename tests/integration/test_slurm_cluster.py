@@ -122,6 +122,16 @@ def test_unknown_partition_refused_at_once(slurm: SlurmCluster) -> None:
     assert "invalid partition" in res.stderr.lower(), res.stderr
 
 
+def _pending(slurm: SlurmCluster, job: str) -> tuple[str, str]:
+    """State and reason from squeue, once slurmctld has given a reason (on its next pass)."""
+    state, reason = "", ""
+    deadline = time.monotonic() + 10
+    while reason in ("", "None") and time.monotonic() < deadline:
+        state, reason = (_ok(slurm, f"squeue -h -j {job} -o '%T %r'").split() + ["", ""])[:2]
+        time.sleep(0.2)
+    return state, reason
+
+
 def test_queued_job_pends_until_a_node_frees(slurm: SlurmCluster) -> None:
     holders = [_submit(slurm, "--exclusive --wrap 'sleep 300'") for _ in slurm.compute_hostnames]
     for job in holders:
@@ -129,11 +139,7 @@ def test_queued_job_pends_until_a_node_frees(slurm: SlurmCluster) -> None:
     assert {slurm.job(j)["NodeList"] for j in holders} == set(slurm.compute_hostnames)
 
     queued = _submit(slurm, "--wrap 'sleep 300'")
-    state, reason = "", ""
-    deadline = time.monotonic() + 10
-    while reason in ("", "None") and time.monotonic() < deadline:  # the reason is set on the next pass
-        state, reason = (_ok(slurm, f"squeue -h -j {queued} -o '%T %r'").split() + ["", ""])[:2]
-        time.sleep(0.2)
+    state, reason = _pending(slurm, queued)
     assert state == "PENDING" and reason in ("Resources", "Priority"), (state, reason)
 
     _ok(slurm, f"scancel {holders[0]}")
@@ -141,3 +147,11 @@ def test_queued_job_pends_until_a_node_frees(slurm: SlurmCluster) -> None:
     slurm.wait_job_state(queued, {"RUNNING"}, timeout=30)
     print(f"queued job started {time.monotonic() - started:.2f} s after a holder was cancelled")
     assert slurm.job(queued)["NodeList"] == slurm.job(holders[0])["NodeList"]
+
+
+def test_nodes_held_by_someone_else(slurm: SlurmCluster) -> None:
+    with slurm.nodes_held() as holders:
+        assert {slurm.job(j)["UserId"].split("(")[0] for j in holders} == {"root"}
+        queued = _submit(slurm, "--wrap 'sleep 300'")
+        assert _pending(slurm, queued) == ("PENDING", "Resources")
+    slurm.wait_job_state(queued, {"RUNNING"}, timeout=30)
