@@ -137,7 +137,14 @@ class SlurmCluster:
     user over ssh, ``login.alias`` is its alias in ``login.ssh_config``), ``compute_hostnames``,
     ``compute_addresses`` (hostname -> address on the cluster net), ``login_address`` (the login
     host's address on the cluster net), ``partitions`` (name -> time limit), ``default_partition``,
-    ``conf_path`` (slurm.conf as the hosts see it), ``name`` (ClusterName), ``startup_seconds``.
+    ``conf_path`` (slurm.conf as the hosts see it), ``name`` (ClusterName), ``startup_seconds``,
+    ``compute_namespaces``.
+
+    Looking and acting as root, without ssh (so during a cut too): ``admin(*argv)`` (any SLURM
+    command), ``squeue(job)``, ``job(job)`` (``scontrol show job`` as a dict), ``job_state(job)``,
+    ``wait_job_state(job, states)``, ``node_states()``, ``compute_pids(pattern)`` (the test user's
+    processes on the nodes), ``end_job_in(job, s)``, ``submit_as_root(...)``, ``nodes_held()``,
+    ``cancel_all()``, ``wait_idle()``, ``logs()`` (daemon log tails for failure messages).
     """
 
     def __init__(self, factory: NetnsHostFactory, *, alias: str = "slogin", nodes: int = 2,
