@@ -40,7 +40,7 @@ Typical use::
 """
 from __future__ import annotations
 
-import contextlib, itertools, os, pwd, re, shlex, shutil, subprocess, tempfile, time  # noqa: E401
+import atexit, contextlib, itertools, os, pwd, re, shlex, shutil, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -188,6 +188,7 @@ class SlurmCluster:
         except BaseException:
             self.close()
             raise
+        atexit.register(self.close)  # a crashed session still tears down (before the factory: LIFO)
         self.startup_seconds = time.monotonic() - started
         log.info("SLURM cluster %s up in %.1f s: login %s, nodes %s", self.name, self.startup_seconds,
                  self.login.alias, ", ".join(self.compute_hostnames))
@@ -446,6 +447,7 @@ class SlurmCluster:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self.close)
         for namespace in self.compute_namespaces:
             _kill_ns_processes(namespace, grace=2.0)
             _ip("netns", "delete", namespace, check=False)

@@ -155,3 +155,11 @@ def test_nodes_held_by_someone_else(slurm: SlurmCluster) -> None:
         queued = _submit(slurm, "--wrap 'sleep 300'")
         assert _pending(slurm, queued) == ("PENDING", "Resources")
     slurm.wait_job_state(queued, {"RUNNING"}, timeout=30)
+
+
+def test_cluster_survives_login_sshd_restart(slurm: SlurmCluster) -> None:
+    job = _submit(slurm, "--wrap 'sleep 300'")
+    slurm.wait_job_state(job, {"RUNNING"}, timeout=10)
+    slurm.login.restart_sshd(drop_connections=True)  # a new mount namespace: /etc/slurm again
+    assert _ok(slurm, f"squeue -h -j {job} -o %T") == "RUNNING"
+    assert _ok(slurm, f"srun --jobid={job} --overlap hostname") == slurm.job(job)["NodeList"]
