@@ -25,9 +25,12 @@ meet. Pytest-free: bench and demo scripts import it.
 
 Where it differs from a real cluster (what the feature's tests must not lean on):
 
-* No cgroups (``proctrack/linuxproc``): a job's processes are found by walking the process tree from
-  the step, so one that detaches (``setsid`` in a double fork) outlives ``scancel`` and the job's end,
-  and, holding the step's stdout, keeps ``srun`` from returning. A cgroup cluster would kill it.
+* Jobs are tracked with the cgroup v1 freezer (``proctrack/cgroup``, as on real clusters: a process
+  that detaches with ``setsid`` still dies with its step or job) where the machine has it mounted,
+  as these VMs do; cgroup trees ``slurm_<node>`` whose node names carry the cluster's name, so
+  parallel clusters never share one. Without it, ``proctrack/linuxproc`` (``cluster.proctrack``
+  says which): processes are found by walking the process tree from the step, so a detached one
+  outlives ``scancel`` and the job, and, holding the step's stdout, keeps ``srun`` from returning.
 * /home is one directory bind-mounted on every host, not NFS: a unix socket made in it on a node
   can be connected to from the login host (NFS would refuse). /tmp is private per host, as on nodes.
 * Time limits are whole minutes (``--time 00:00:05`` is 1 min) and slurmctld enforces them every
@@ -40,7 +43,7 @@ Typical use::
 """
 from __future__ import annotations
 
-import atexit, contextlib, itertools, os, pwd, re, shlex, shutil, subprocess, tempfile, time  # noqa: E401
+import atexit, contextlib, itertools, os, pwd, re, shlex, shutil, signal, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -49,10 +52,10 @@ from nshosts import (
     OWNED_NETNS, PREFIX, REMOTE_ENV_PREFIX, RUN_DIR, HostSetupError, NetnsHost, NetnsHostFactory,
     _allocate_subnet, _flock, _ip, _kill_ns_processes, _LOCK, _taken_subnets, log, ns_pids,
 )
-from nssetup import STALE_ROUTES_FILE
+from nssetup import STALE_ROUTES_FILE, _is_stale
 from sshtesthost import host_env
 
-__all__ = ["SLURM_CONF_DIR", "SlurmCluster", "missing_slurm_prerequisites"]
+__all__ = ["SLURM_CONF_DIR", "SlurmCluster", "missing_slurm_prerequisites", "remove_stale_cgroups"]
 
 SLURMCTLD, SLURMD, MUNGED = "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"
 CLIENT_COMMANDS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
@@ -86,7 +89,7 @@ SlurmdLogFile={dir}/nodes/%n/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 PlugStackConfig={SLURM_CONF_DIR}/plugstack.conf
-ProctrackType=proctrack/linuxproc
+ProctrackType={proctrack}
 TaskPlugin=task/none
 SlurmdParameters=config_overrides
 SchedulerType=sched/backfill
@@ -114,7 +117,58 @@ PartitionName=short Nodes={node_list} MaxTime=00:01:00 State=UP
 #: What the feature's tests may rely on: name -> time limit ("INFINITE" or [D-]HH:MM:SS).
 PARTITIONS = {"debug": "INFINITE", "short": "00:01:00"}
 NODE_CPUS = 2
+#: The cgroup v1 freezer hierarchy slurmd's proctrack/cgroup uses (slurm_<NodeName>/uid_U/job_J/step_S).
+FREEZER = Path("/sys/fs/cgroup/freezer")
+CGROUP_CONF = "CgroupPlugin=cgroup/v1\nCgroupAutomount=no\nConstrainCores=no\nConstrainRAMSpace=no\nConstrainDevices=no\n"
+_CGROUP_RE = re.compile(rf"^slurm_{PREFIX}([0-9a-f]+)n\d+-node\d+$")
 _clusters = itertools.count(1)
+
+
+def _have_freezer() -> bool:
+    """Whether the cgroup v1 freezer is mounted at FREEZER (slurm's cgroup/v1 plugin needs it)."""
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            if fields[4] == str(FREEZER) and " - cgroup " in line and "freezer" in fields[-1].split(","):
+                return True
+    return False
+
+
+def _remove_cgroup_tree(root: Path) -> None:
+    """Thaw, kill what is left in, and remove a slurm_<node> freezer tree (deepest first)."""
+    if not root.is_dir():
+        return
+    dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True) + [root]
+    for d in dirs:  # a frozen process would not even die of SIGKILL
+        with contextlib.suppress(OSError):
+            (d / "freezer.state").write_text("THAWED")
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            for pid in map(int, (d / "cgroup.procs").read_text().split()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    for d in dirs:
+        for _ in range(50):  # rmdir fails while the killed processes are still exiting
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)
+
+
+def remove_stale_cgroups() -> list[str]:
+    """Remove the freezer trees of clusters whose process is gone (a crashed run)."""
+    removed = []
+    for root in FREEZER.glob(f"slurm_{PREFIX}*") if FREEZER.is_dir() else ():
+        match = _CGROUP_RE.match(root.name)
+        if match and _is_stale(match.group(1)):
+            _remove_cgroup_tree(root)
+            removed.append(str(root))
+    if removed:
+        log.info("removed stale SLURM cgroups: %s", ", ".join(removed))
+    return removed
 
 
 def missing_slurm_prerequisites() -> list[str]:
@@ -169,10 +223,13 @@ class SlurmCluster:
         self.conf_path = f"{SLURM_CONF_DIR}/slurm.conf"
         self.local_conf = self.conf_dir / "slurm.conf"
         self.munge_socket = self.dir / "munge" / "munge.socket.2"
-        self.compute_hostnames = [f"{PREFIX}-node{i}" for i in range(1, nodes + 1)]
+        # Node name = hostname, unique on the machine: slurmd's cgroup tree is slurm_<node name>.
+        self.compute_hostnames = [f"{self.name}-node{i}" for i in range(1, nodes + 1)]
+        self.proctrack = "proctrack/cgroup" if _have_freezer() else "proctrack/linuxproc"
         self.compute_addresses: dict[str, str] = {}
         self.login: Optional[NetnsHost] = None
         try:
+            remove_stale_cgroups()
             for sub in ("etc", "ctld/state", *(f"nodes/{n}/spool" for n in self.compute_hostnames)):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
             Path(SLURM_CONF_DIR).mkdir(exist_ok=True)  # the mount point (slurm-client makes it anyway)
@@ -231,10 +288,12 @@ class SlurmCluster:
                           for h, a in self.compute_addresses.items())
         text = SLURM_CONF.format(cluster_name=self.name, login_hostname=self.login.hostname,
                                  login_address=self.login_address, munge_socket=self.munge_socket,
-                                 dir=self.dir, SLURM_CONF_DIR=SLURM_CONF_DIR, nodes=nodes,
+                                 dir=self.dir, SLURM_CONF_DIR=SLURM_CONF_DIR, nodes=nodes, proctrack=self.proctrack,
                                  node_list=",".join(self.compute_hostnames))
         self.local_conf.write_text(text)
         (self.conf_dir / "plugstack.conf").write_text("")
+        if self.proctrack == "proctrack/cgroup":
+            (self.conf_dir / "cgroup.conf").write_text(CGROUP_CONF)
         # Every host resolves every other by name, as cluster nodes do (the login host's own file
         # is its NetnsHost's, bind-mounted: appended in place so the mount sees it).
         names = f"{self.login_address}\t{self.login.hostname}\n" + "".join(
@@ -448,9 +507,13 @@ class SlurmCluster:
             return
         self._closed = True
         atexit.unregister(self.close)
+        for hostname in self.compute_hostnames:  # thawed, or its processes would not die
+            _remove_cgroup_tree(FREEZER / f"slurm_{hostname}")
         for namespace in self.compute_namespaces:
             _kill_ns_processes(namespace, grace=2.0)
             _ip("netns", "delete", namespace, check=False)
+        for hostname in self.compute_hostnames:  # slurmd leaves its slurm_<node> behind
+            _remove_cgroup_tree(FREEZER / f"slurm_{hostname}")
         for proc in self._procs:  # slurmctld, munged (their namespace dies with the login host)
             if proc.poll() is None:
                 proc.terminate()

@@ -163,3 +163,17 @@ def test_cluster_survives_login_sshd_restart(slurm: SlurmCluster) -> None:
     slurm.login.restart_sshd(drop_connections=True)  # a new mount namespace: /etc/slurm again
     assert _ok(slurm, f"squeue -h -j {job} -o %T") == "RUNNING"
     assert _ok(slurm, f"srun --jobid={job} --overlap hostname") == slurm.job(job)["NodeList"]
+
+
+def test_detached_processes_die_with_step_and_job(slurm: SlurmCluster) -> None:
+    """As on a cgroup cluster: what a step or job starts dies with it, even detached (setsid)."""
+    if slurm.proctrack != "proctrack/cgroup":
+        pytest.skip(f"{slurm.proctrack}: no cgroup v1 freezer on this machine, detached processes escape")
+    job = _submit(slurm, "--wrap '(setsid sleep 1234 &); sleep 300'")
+    slurm.wait_job_state(job, {"RUNNING"}, timeout=10)
+    step = f"srun --jobid={job} --overlap sh -c '(setsid sleep 2345 </dev/null >/dev/null 2>&1 &); echo started'"
+    assert _ok(slurm, step) == "started"
+    wait_until(lambda: not slurm.compute_pids(r"^sleep 2345"), 5, "the step's detached sleep gone with the step")
+    wait_until(lambda: slurm.compute_pids(r"^sleep 1234"), 5, "the job's detached sleep")
+    _ok(slurm, f"scancel {job}")
+    wait_until(lambda: not slurm.compute_pids(r"^sleep (1234|300)"), 5, "the job's processes gone with it")
