@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import atexit, contextlib, itertools, os, pwd, re, shlex, shutil, signal, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import nshosts
 from nshosts import (
@@ -218,7 +218,7 @@ class SlurmCluster:
         # the test user's commands reach the munge socket inside it.
         self.dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-hosts-{tag}-slurm-", dir=RUN_DIR))
         self.dir.chmod(0o755)
-        self.name = f"sik{tag}n{next(_clusters)}"  # ClusterName: unique on the machine
+        self.name = f"{PREFIX}{tag}n{next(_clusters)}"  # ClusterName: unique on the machine
         self.conf_dir = self.dir / "etc"  # mounted at SLURM_CONF_DIR on every host
         self.conf_path = f"{SLURM_CONF_DIR}/slurm.conf"
         self.local_conf = self.conf_dir / "slurm.conf"
@@ -304,16 +304,15 @@ class SlurmCluster:
         for path in self.conf_dir.iterdir():
             path.chmod(0o644)
 
-    def _spawn(self, what: str, argv: Sequence[str], log_path: Path) -> subprocess.Popen:
+    def _spawn(self, argv: Sequence[str], log_path: Path) -> subprocess.Popen:
         with open(log_path, "a") as out:
             # Own session: a Ctrl-C aimed at pytest must not kill the cluster mid-test.
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True, env={**host_env(), "SLURM_CONF": str(self.local_conf)})
-        proc.what = what  # type: ignore[attr-defined]
         self._procs.append(proc)
         return proc
 
-    def _wait(self, what: str, ready, proc: subprocess.Popen, log_path: Path, timeout: float = 10.0) -> None:
+    def _wait(self, what: str, ready: Callable[[], object], proc: subprocess.Popen, log_path: Path, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not ready():
             if proc.poll() is not None:
@@ -338,7 +337,7 @@ class SlurmCluster:
                 MUNGED, "--foreground", f"--socket={self.munge_socket}", f"--key-file={key}",
                 f"--pid-file={mdir / 'munged.pid'}", f"--seed-file={kdir / 'munged.seed'}",
                 f"--log-file={log_path}"]
-        self._munged = self._spawn("munged", argv, self.dir / "munged.out")
+        self._munged = self._spawn(argv, self.dir / "munged.out")
         self._wait("munged", self.munge_socket.exists, self._munged, self.dir / "munged.out")
 
     def _in_host(self, namespace: str, hostname: str, mounts: Iterable[str], command: str) -> list[str]:
@@ -356,7 +355,7 @@ class SlurmCluster:
                              [f"mount --bind {q(str(self.login.dir / 'hosts'))} /etc/hosts"],
                              f"{SLURMCTLD} -D -i -f {self.conf_path}")
         log_path = self.dir / "ctld" / "slurmctld.log"
-        self._slurmctld = self._spawn("slurmctld", argv, self.dir / "slurmctld.out")
+        self._slurmctld = self._spawn(argv, self.dir / "slurmctld.out")
         self._wait("slurmctld", lambda: "Running as primary controller" in _read(log_path), self._slurmctld,
                    log_path)
 
@@ -375,7 +374,7 @@ class SlurmCluster:
             "mount -t tmpfs -o mode=1777 sik-vartmp /var/tmp",
         ]
         argv = self._in_host(namespace, hostname, mounts, f"{SLURMD} -D -N {hostname} -f {self.conf_path}")
-        self._spawn(f"slurmd {hostname}", argv, self.dir / "nodes" / hostname / "slurmd.out")
+        self._spawn(argv, self.dir / "nodes" / hostname / "slurmd.out")
 
     # ------------------------------------------------------------------ looking
     def admin(self, *argv: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
