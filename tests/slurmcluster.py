@@ -197,7 +197,8 @@ class SlurmCluster:
     Looking and acting as root, without ssh (so during a cut too): ``admin(*argv)`` (any SLURM
     command), ``squeue(job)``, ``job(job)`` (``scontrol show job`` as a dict), ``job_state(job)``,
     ``wait_job_state(job, states)``, ``node_states()``, ``compute_pids(pattern)`` (the test user's
-    processes on the nodes), ``end_job_in(job, s)``, ``submit_as_root(...)``, ``nodes_held()``,
+    processes on the nodes), ``run_on(hostname, argv, user=...)`` (a command on a node, or as
+    another user), ``end_job_in(job, s)``, ``submit_as_root(...)``, ``nodes_held()``,
     ``cancel_all()``, ``wait_idle()``, ``logs()`` (daemon log tails for failure messages).
     """
 
@@ -210,6 +211,7 @@ class SlurmCluster:
         self.factory = factory
         self._closed = False
         self._procs: list[subprocess.Popen] = []
+        self._slurmd: dict[str, subprocess.Popen] = {}  # hostname -> slurmd (its namespaces are the node's)
         self.compute_namespaces: list[str] = []
         self.partitions = dict(PARTITIONS)
         self.default_partition = "debug"
@@ -374,7 +376,7 @@ class SlurmCluster:
             "mount -t tmpfs -o mode=1777 sik-vartmp /var/tmp",
         ]
         argv = self._in_host(namespace, hostname, mounts, f"{SLURMD} -D -N {hostname} -f {self.conf_path}")
-        self._spawn(argv, self.dir / "nodes" / hostname / "slurmd.out")
+        self._slurmd[hostname] = self._spawn(argv, self.dir / "nodes" / hostname / "slurmd.out")
 
     # ------------------------------------------------------------------ looking
     def admin(self, *argv: str, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
@@ -433,6 +435,24 @@ class SlurmCluster:
         SLURM takes. slurmctld ends jobs past their end time every 30 s, so the job reaches TIMEOUT
         0-30 s after that end time."""
         self.admin("scontrol", "update", f"JobId={job}", f"EndTime=now+{int(seconds)}")
+
+    def run_on(self, hostname: str, argv: Sequence[str], *, user: Optional[str] = None,
+               input: Optional[str] = None, timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """Run ``argv`` on the login host or a compute host (by hostname) inside its namespaces
+        (network, mount, hostname), as ``user`` (default the test user; ``"root"`` stays root), with a
+        fresh environment (setpriv --reset-env) in /: a look at a node that has no sshd, or another
+        user of the cluster (any local account, e.g. ``nobody``), without ssh."""
+        if hostname == self.login.hostname:
+            pid = self.login._proc.pid  # sshd: after restart_sshd() the new one
+        else:
+            pid = self._slurmd[hostname].pid
+        full = ["nsenter", "-t", str(pid), "--net", "--mount", "--uts", "--wd=/"]
+        user = user or self.login.user
+        if user != "root":
+            pw = pwd.getpwnam(user)
+            full += ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--reset-env"]
+        return subprocess.run([*full, *argv], capture_output=True, text=True, input=input, timeout=timeout,
+                              env=host_env())
 
     def compute_pids(self, pattern: str, hostname: Optional[str] = None) -> list[int]:
         """Pids of the test user's processes on the compute hosts (or one of them) whose command line

@@ -177,3 +177,14 @@ def test_detached_processes_die_with_step_and_job(slurm: SlurmCluster) -> None:
     wait_until(lambda: slurm.compute_pids(r"^sleep 1234"), 5, "the job's detached sleep")
     _ok(slurm, f"scancel {job}")
     wait_until(lambda: not slurm.compute_pids(r"^sleep (1234|300)"), 5, "the job's processes gone with it")
+
+
+def test_run_on_a_node_and_as_another_user(slurm: SlurmCluster) -> None:
+    node = slurm.compute_hostnames[0]
+    res = slurm.run_on(node, ["sh", "-c", f'hostname; cd; pwd; {REMOTE_ENV_PREFIX}/bin/python -c "import ipykernel"'])
+    assert res.returncode == 0 and res.stdout.split() == [node, slurm.login.home], res
+    # Another user of the cluster sees the queue but not into the test user's (shared) home.
+    other = slurm.run_on(slurm.login.hostname, ["squeue", "-h"], user="nobody")
+    assert other.returncode == 0, other.stderr
+    other = slurm.run_on(node, ["ls", slurm.login.home], user="nobody")
+    assert other.returncode != 0 and "Permission denied" in other.stderr, other
