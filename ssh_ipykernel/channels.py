@@ -26,7 +26,7 @@ from typing import Any, List, Optional
 from .connection import CHANNELS, ConnectionInfo
 from .exceptions import RemoteError
 from .remote.protocol import Event, Op, op_line
-from .remote.streams import DEFAULT_LIMIT, END, Relay, frame
+from .remote.streams import DEFAULT_LIMIT, END, Relay, describe_size, frame
 from .transport.base import Forward, end_process
 from .transport.forwarder import BindError, _listen
 
@@ -45,7 +45,8 @@ class Channels:
         self.limit = limit
         self.token = os.urandom(16).hex()
         self.sel = selectors.DefaultSelector()
-        self.relay = Relay(self.sel, limit=limit, note=note or log.warning)
+        self.note = note or log.warning
+        self.relay = Relay(self.sel, limit=limit, note=self.note)
         self.lock = threading.RLock()
         self.listeners: List[socket.socket] = []
         self.session: Any = None  # what carries the stream (a Popen-like session)
@@ -92,14 +93,16 @@ class Channels:
         try:
             os.set_blocking(wfd, True)
             os.write(wfd, hello)
-            reply, leftover = _read_line(rfd, timeout)
-            event = json.loads(reply)
-            if event.get("event") != Event.STREAM or not isinstance(event.get("conns"), dict):
-                raise ValueError(f"unexpected answer {reply[:200]!r}")
+            event, leftover = _read_answer(rfd, timeout)
         except (OSError, ValueError) as e:
             _close_session(session)
             raise RemoteError(f"the keeper on {self.host} did not take the kernel's channels: {e}",
                               host=self.host) from e
+        if event.get("dropped_messages"):
+            self.note("while the connection was down the kernel printed more than the output buffer holds "
+                      "(%s, --output-buffer): %d output messages (%s) were dropped, the oldest first; the "
+                      "notebook shows where", describe_size(int(event.get("limit") or self.limit)),
+                      event["dropped_messages"], describe_size(int(event.get("dropped_bytes") or 0)))
         with self.lock:
             self._retire()
             self.session = session
@@ -225,14 +228,25 @@ class Channels:
             sock.close()
 
 
-def _read_line(fd: int, timeout: float) -> "tuple[bytes, bytes]":
-    """One line from ``fd`` (blocking, up to ``timeout``) and the bytes read after it."""
+def _read_answer(fd: int, timeout: float) -> "tuple[dict, bytes]":
+    """The keeper's ``stream`` event from ``fd`` (blocking, up to ``timeout``) and the bytes
+    that followed it: the stream's first frames. Lines before it (the keeper's ``log`` events
+    to every client, until it knew this one was a stream) are passed over."""
     deadline = time.monotonic() + timeout
     data = b""
     os.set_blocking(fd, False)
     with selectors.DefaultSelector() as sel:
         sel.register(fd, selectors.EVENT_READ)
-        while b"\n" not in data:
+        while True:
+            while b"\n" in data:
+                line, _, data = data.partition(b"\n")
+                event = json.loads(line)
+                if not isinstance(event, dict):
+                    raise ValueError(f"unexpected answer {line[:200]!r}")
+                if event.get("event") == Event.STREAM and isinstance(event.get("conns"), dict):
+                    return event, data
+                if event.get("event") == Event.ERROR:
+                    raise ValueError(str(event.get("message")))
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sel.select(remaining):
                 raise TimeoutError(f"no answer within {timeout:.0f} s")
@@ -243,8 +257,6 @@ def _read_line(fd: int, timeout: float) -> "tuple[bytes, bytes]":
             if not chunk:
                 raise OSError("the stream ended")
             data += chunk
-    line, _, rest = data.partition(b"\n")
-    return line, rest
 
 
 def _close_session(session: Any) -> None:

@@ -205,8 +205,12 @@ class Keeper:
         sock = self.clients.release(client)
         haves = {number: value[1] for number, value in message["conns"].items()
                  if isinstance(value, list) and len(value) == 2}
+        # What was dropped while the proxy was away: its log would not hear it otherwise (the
+        # kernel log's lines of that time went to its old, dead session).
+        dropped = {"dropped_messages": relay.dropped, "dropped_bytes": relay.dropped_bytes, "limit": relay.limit}
+        relay.dropped = relay.dropped_bytes = 0
         relay.attach(sock.fileno(), sock.fileno(), haves, leftover=bytes(client.inbuf),
-                     first=event_line(Event.STREAM, conns=reply), on_end=sock.close)
+                     first=event_line(Event.STREAM, conns=reply, **dropped), on_end=sock.close)
 
     def _open_conn(self, number: int, channel: str):
         return connect_endpoint(self.agent.endpoint(channel))

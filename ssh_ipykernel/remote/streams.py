@@ -277,7 +277,8 @@ class Relay:
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.buffered = 0  # bytes in all conns' buffers
-        self.dropped = 0  # messages dropped in all
+        self.dropped = 0  # messages dropped since the last stream answer (keeper side)
+        self.dropped_bytes = 0
         self._closed_pending = []  # type: list
         self._cursor = 0  # round robin over conns when framing
         self.ended = False  # the proxy said END: forget this relay
@@ -491,23 +492,38 @@ class Relay:
         self.buffered += len(data)
         if conn.messages is not None:
             conn.messages.feed(data)
-        if self.buffered > self.limit:
+        if self.unsent() > self.limit:
             self._over_limit()
         self._pump()
 
+    def unsent(self) -> int:
+        """Bytes read from our ends and not sent yet. What was sent and not acknowledged is
+        not counted: it is bounded by what the stream holds (a cut link's SSH window), and it
+        cannot be dropped (the other side may have it)."""
+        return sum(conn.unsent() for conn in self.conns.values())
+
+    def _droppable(self, conn: Conn) -> bool:
+        return conn.messages is not None and not conn.messages.off
+
     def _over_limit(self) -> None:
-        """Drop the oldest whole IOPub messages not sent yet, down to half the limit; if what is
-        left cannot be dropped, stop reading until there is room."""
-        need = self.buffered - self.limit // 2
+        """Drop the oldest whole IOPub messages not sent yet, down to half the limit. IOPub is
+        never paused (the kernel's publisher would drop what follows, silently); the other
+        channels, whose messages are never dropped, are not read until there is room."""
+        need = self.unsent() - self.limit // 2
         for conn in self.conns.values():
             if need <= 0:
                 break
-            if conn.messages is not None and not conn.messages.off:
+            if self._droppable(conn):
                 need -= self._drop_messages(conn, need)
-        paused = self.buffered > self.limit
+        self._check_room()
+
+    def _check_room(self) -> None:
+        """Pause or resume reading the conns that cannot drop, by what is unsent."""
+        paused = self.unsent() > self.limit
         for conn in self.conns.values():
-            if conn.paused != paused:
-                conn.paused = paused
+            want = paused and not self._droppable(conn)
+            if conn.paused != want:
+                conn.paused = want
                 self._watch(conn)
 
     def _drop_messages(self, conn: Conn, need: int) -> int:
@@ -559,6 +575,7 @@ class Relay:
         conn.buf = kept
         self.buffered += shift
         self.dropped += count
+        self.dropped_bytes += size
         self.note("dropped %d output messages (%s) of a %s connection: the output buffer (%s) was full"
                   % (count, describe_size(size), conn.channel, describe_size(self.limit)))
         return -shift
@@ -674,11 +691,8 @@ class Relay:
         self.buffered -= before - len(conn.buf)
         if conn.eof and not conn.unsent() and self.stream_w is not None and conn.number in self.conns:
             self.drop_conn(conn, tell=True)
-        if self.buffered <= self.limit and any(c.paused for c in self.conns.values()):
-            for other in self.conns.values():
-                if other.paused:
-                    other.paused = False
-                    self._watch(other)
+        if any(c.paused for c in self.conns.values()):
+            self._check_room()
 
     def _ack(self, conn: Conn) -> None:
         conn.told = conn.received
@@ -720,6 +734,8 @@ class Relay:
         for conn in conns:
             if conn.eof and not conn.unsent() and conn.number in self.conns:
                 self.drop_conn(conn, tell=True)
+        if framed and any(c.paused for c in self.conns.values()):
+            self._check_room()
         return framed
 
     def _write_stream(self) -> None:
