@@ -22,10 +22,11 @@ from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import DEFAULT_CLIENT_TIMEOUT, ConnectOptions
 from .signals import SignalRelay
-from .supervisor import State, Supervisor
+from .channels import Channels
+from .supervisor import Carrier, State, Supervisor
 from .transport import build_transport
 from .transport.base import Forward, Transport
-from .tunnels import Tunnels
+from .tunnels import Forwarded, Tunnels
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +94,26 @@ class Connector:
                 )
                 written = True
                 os.chmod(fname, 0o600)
-                remote_ip = str(event.get("ip") or "127.0.0.1")
-                forwards = [Forward(local_port=int(local[ch]), remote_port=kernel.info.ports[ch],  # type: ignore[literal-required]
-                                    remote_host=remote_ip) for ch in CHANNELS]
-                tunnels = Tunnels(transport, forwards)
-                tunnels.open()
+                carrier: Carrier
+                if kernel.info.socket:
+                    # Through its keeper, resumable, as its proxy does (its channels may be unix
+                    # sockets that only the keeper reaches).
+                    carrier = channels = Channels(local, host=self.hostspec.label)  # type: ignore[arg-type]
+                    channels.listen()
+                    channels.resume(kernel.open_stream(self.timeout), self.timeout)
+                else:
+                    remote_ip = str(event.get("ip") or "127.0.0.1")
+                    forwards = [Forward(local_port=int(local[ch]), remote_port=kernel.info.ports[ch],  # type: ignore[literal-required]
+                                        remote_host=remote_ip) for ch in CHANNELS]
+                    tunnels = Tunnels(transport, forwards)
+                    tunnels.open()
+                    carrier = Forwarded(tunnels)
                 signals.raise_on_stop = False
                 self.log.info("up: connected to %s on %s in %.2f s; local connection file %s",
                               kernel.info.connection_file, self.hostspec.label, time.monotonic() - t0, fname)
                 on_ready(fname, kernel)
                 supervisor = Supervisor(
-                    kernel=kernel, transport=transport, tunnels=tunnels, new_transport=self.new_transport,
+                    kernel=kernel, transport=transport, channels=carrier, new_transport=self.new_transport,
                     signals=signals, log=self.log, secret=key, grace=None, client_timeout=DEFAULT_CLIENT_TIMEOUT,
                     attach_timeout=self.timeout, owns_kernel=False,
                 )

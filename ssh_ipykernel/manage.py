@@ -20,8 +20,8 @@ import click
 from . import __version__
 from .exceptions import LoginRequiredError
 from .api import KernelName, add_kernel, check_kernel, list_kernels, remove_kernel, upgrade_kernel, upgrade_kernels
-from .proxycli import (EnvWordsCommand, common_options, grace_option, launch_options, login_wait_option, persist_option,
-                       transport_option)
+from .proxycli import (EnvWordsCommand, common_options, grace_option, launch_options, login_wait_option,
+                       output_buffer_option, persist_option, transport_option)
 from .report import format_table, report_errors
 
 if TYPE_CHECKING:
@@ -69,6 +69,7 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
 @grace_option
 @persist_option
 @login_wait_option
+@output_buffer_option
 @transport_option
 @launch_options
 @click.option("-d", "--display-name", metavar="TEXT",

@@ -28,11 +28,13 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, TypedDic
 from .exceptions import UsageError
 from .hosts import HostSpec, parse_host
 from .remote.protocol import CONNECTION_FILE_FIELD, DEFAULT_CLIENT_TIMEOUT, KERNEL_NAME_RE
+from .remote.streams import DEFAULT_LIMIT
 
 __all__ = [
     "CONNECTION_FILE_FIELD", "DEFAULT_CLIENT_TIMEOUT", "DEFAULT_GRACE", "DEFAULT_GRACE_TEXT", "DEFAULT_PERSIST",
     "DEFAULT_TIMEOUT", "DEFAULT_TRANSPORT", "DEFAULT_LOGIN_WAIT", "DEFAULT_LOGIN_WAIT_TEXT", "DEFAULT_LOGIN_PERSIST",
-    "DEFAULT_LOGIN_PERSIST_TEXT", "parse_login_wait", "parse_login_persist", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
+    "DEFAULT_LOGIN_PERSIST_TEXT", "DEFAULT_OUTPUT_BUFFER", "DEFAULT_OUTPUT_BUFFER_TEXT", "parse_size", "format_size",
+    "parse_login_wait", "parse_login_persist", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
     "ProxyOptions", "ProxyParams", "check_launch", "check_python", "check_ssh_config", "format_duration",
     "EnvItem", "expand_env_words", "parse_env", "parse_grace", "read_env", "read_env_item", "split_kernel_cmd",
     "write_env_item",
@@ -56,6 +58,11 @@ DEFAULT_LOGIN_PERSIST: Optional[float] = 36000.0
 DEFAULT_TRANSPORT = "auto"
 # DEFAULT_CLIENT_TIMEOUT (the keeper forgets a proxy silent this long) comes from remote/protocol.py:
 # the keeper, shipped stdlib-only, cannot import this package; the local side imports from it.
+#: What each side keeps of the kernel's channels while they cannot be delivered (--output-buffer):
+#: remote/streams.py's default, so that the keeper has the same without being told.
+DEFAULT_OUTPUT_BUFFER = DEFAULT_LIMIT
+DEFAULT_OUTPUT_BUFFER_TEXT = "64M"
+MIN_OUTPUT_BUFFER = 64 << 10
 
 NEVER = ("never", "forever", "inf", "infinite")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -233,6 +240,29 @@ def parse_login_wait(value: str) -> float:
                f"(10m, 1h); 0 fails at once, as without a login")
         raise UsageError(msg)
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def parse_size(value: str, option: str = "--output-buffer") -> int:
+    """A size in bytes: a number, or with a unit k, M, G (64M)."""
+    match = _SIZE_RE.match(str(value))
+    if not match or float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()] < MIN_OUTPUT_BUFFER:
+        msg = (f"{option} {value!r} is not a size of at least 64k: give bytes or a number with a unit "
+               f"(512k, 64M, 1G)")
+        raise UsageError(msg)
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+
+
+def format_size(size: int) -> str:
+    """A size as parse_size reads it back: 64M, 512k, or bytes."""
+    for unit in ("G", "M", "k"):
+        scale = _SIZE_UNITS[unit.lower()]
+        if size % scale == 0:
+            return f"{size // scale}{unit}"
+    return str(size)
 
 
 def parse_login_persist(value: str) -> Optional[float]:
@@ -421,6 +451,7 @@ class ProxyParams(TypedDict, total=False):
     login_wait: str  # as given: a duration
     transport: str
     client_timeout: float
+    output_buffer: str  # as given: a size
     remote_kernel: Optional[str]
     kernel_cmd: Optional[str]  # as given: one shell-like line
     workdir: Optional[str]
@@ -447,6 +478,8 @@ class ProxyOptions:
     sudo: bool = False
     launch: LaunchOptions = field(default_factory=LaunchOptions)
     lifetime: Lifetime = field(default_factory=Lifetime)
+    #: Bytes of the kernel's channels kept while they cannot be delivered (an outage), per proxy.
+    output_buffer: int = DEFAULT_OUTPUT_BUFFER
     #: Jupyter's connection file (-f); in a kernelspec, the field Jupyter fills in.
     connection_file: str = CONNECTION_FILE_FIELD
     #: How --env arguments that read differently in 1.x's form were read: the proxy logs them.
@@ -484,8 +517,10 @@ class ProxyOptions:
             transport=params.get("transport", DEFAULT_TRANSPORT), persist=params.get("persist", DEFAULT_PERSIST),
             login_wait=parse_login_wait(params.get("login_wait") or DEFAULT_LOGIN_WAIT_TEXT),
         )
+        output_buffer = parse_size(params.get("output_buffer") or DEFAULT_OUTPUT_BUFFER_TEXT)
         return cls(connection=connection, python=python, env=env, sudo=bool(params.get("sudo")), launch=launch,
-                   lifetime=lifetime, connection_file=connection_file or CONNECTION_FILE_FIELD, env_notes=env_notes)
+                   lifetime=lifetime, output_buffer=output_buffer, connection_file=connection_file or CONNECTION_FILE_FIELD,
+                   env_notes=env_notes)
 
     def written_persist(self) -> Optional[float]:
         """--persist in a kernelspec; None when it is the default."""
@@ -525,6 +560,8 @@ class ProxyOptions:
                 argv += _option(option, value)
         if self.lifetime.client_timeout != DEFAULT_CLIENT_TIMEOUT:
             argv += ["--client-timeout", f"{self.lifetime.client_timeout:g}"]
+        if self.output_buffer != DEFAULT_OUTPUT_BUFFER:
+            argv += ["--output-buffer", format_size(self.output_buffer)]
         argv += ["-f", self.connection_file]
         return argv
 

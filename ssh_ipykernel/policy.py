@@ -134,6 +134,7 @@ class Status:
     failed: Optional["AttemptFailed"] = None  # the last attempt's failure, settled at the next Tick
     backoff_network: bool = True  # the backoff until retry_at is for a network failure (NetworkChanged ends it)
     last_report: float = 0.0
+    interrupt_pending: bool = False  # SIGINT came while the connection was down: sent once it is back
 
     def give_up_at(self) -> Optional[float]:
         """Wall-clock time after which the keeper has surely ended the kernel (None: never)."""
@@ -290,7 +291,11 @@ class AwaitLogin:
 
 @dataclass(frozen=True)
 class Attempt:
-    """Try to reconnect; stop signals abort it. Report its outcome."""
+    """Try to reconnect; stop signals abort it. Report its outcome. ``interrupt_first``: once
+    the keeper is reached, interrupt the kernel before the channels resume (an interrupt asked
+    for during the outage is for what ran then, not for a request queued meanwhile)."""
+
+    interrupt_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -451,9 +456,14 @@ def _reconnecting(s: Status, event: Event, now: Now) -> Tuple[Status, List[Actio
     if isinstance(event, NetworkChanged):
         return _network_changed(s, event, now)
     if isinstance(event, AttemptSucceeded):
-        s = _up(replace(s, reconnects=s.reconnects + 1), now)
-        return _enter(s, State.UP, "reconnected after %.2f s (attempt %d, reconnect #%d)",
-                      now.mono - s.lost_at, s.attempt, s.reconnects)
+        interrupted = s.interrupt_pending
+        s = _up(replace(s, reconnects=s.reconnects + 1, interrupt_pending=False), now)
+        s, actions = _enter(s, State.UP, "reconnected after %.2f s (attempt %d, reconnect #%d)",
+                            now.mono - s.lost_at, s.attempt, s.reconnects)
+        if interrupted:
+            actions.append(Log(logging.INFO, "interrupted the kernel as asked during the outage, before the "
+                                             "channels resumed"))
+        return s, actions
     if isinstance(event, AttemptFailed) and event.failure is Failure.LOGIN:
         grace = s.config.grace
         kept = "as long as it takes" if grace is None else f"up to {grace:.0f} s"
@@ -473,7 +483,11 @@ def _reconnecting(s: Status, event: Event, now: Now) -> Tuple[Status, List[Actio
                       "its keeper when the grace period ends", after=(Exit(0),))
     if isinstance(event, Signal):
         if event.signum == signal.SIGINT:
-            return s, [Log(logging.WARNING, "cannot interrupt the kernel while reconnecting")]
+            if s.interrupt_pending:
+                return s, []
+            return replace(s, interrupt_pending=True), [Log(
+                logging.WARNING, "interrupt asked for while the connection is down: the kernel is interrupted "
+                "as soon as the connection is back, before anything sent meanwhile reaches it")]
         return _enter(s, State.STOPPED, "%s while reconnecting; the remote kernel is shut down "
                       "by its keeper when the grace period ends", signal.Signals(event.signum).name,
                       after=(Exit(0),))
@@ -490,7 +504,8 @@ def _next_attempt(s: Status, now: Now) -> Tuple[Status, List[Action]]:
         return s, actions + [AwaitReachable()]
     if _past_grace(s, now):
         return _offline_too_long(s, now)
-    return replace(s, attempt=s.attempt + 1, attempt_started=now.mono, probed=False), actions + [Attempt()]
+    return (replace(s, attempt=s.attempt + 1, attempt_started=now.mono, probed=False),
+            actions + [Attempt(interrupt_first=s.interrupt_pending)])
 
 
 def _waiting_for_login(s: Status, event: Event, now: Now) -> Tuple[Status, List[Action]]:

@@ -33,7 +33,7 @@ from .transport.base import Transport
 from .transport.forwarder import release_reserved
 from .transport.forwarder import reserve as reserve_ports
 from .transport.messages import login_command
-from .tunnels import Tunnels, plan_forwards
+from .channels import Channels
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,7 @@ class Proxy:
         self._write_state()
         t0 = time.monotonic()
         kernel: Optional[RemoteKernel] = None
+        channels: Optional[Channels] = None
         try:
             with SignalRelay() as signals:
                 transport = self.new_transport(self.options.connection.timeout)
@@ -121,9 +122,14 @@ class Proxy:
                     )
                     self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
                                        remote_connection_file=ready.connection_file)
-                    tunnels = Tunnels(transport, plan_forwards(info, ready.ports))
-                    tunnels.open()
+                    channels = Channels(info, host=self.hostspec.label, limit=self.options.output_buffer,
+                                        note=self.log.warning)
+                    channels.listen()
+                    channels.resume(kernel.open_stream(self.options.connection.timeout),
+                                    self.options.connection.timeout)
                 except BaseException:
+                    if channels is not None:
+                        channels.close()
                     if kernel is not None:  # launched (or launching): it must not wait for nobody
                         kernel.stop(SHUTDOWN_TIMEOUT)
                     transport.close()
@@ -135,14 +141,14 @@ class Proxy:
                 if signal.SIGINT in early:
                     self.log.info("interrupt during start-up ignored")
                 supervisor = Supervisor(
-                    kernel=kernel, transport=transport, tunnels=tunnels,
+                    kernel=kernel, transport=transport, channels=channels,
                     new_transport=self.new_transport, signals=signals, log=self.log,
                     secret=info["key"], grace=self.options.lifetime.grace,
                     client_timeout=self.options.lifetime.client_timeout,
                     attach_timeout=min(self.options.connection.timeout, 15.0),
                     on_state=self._on_state,
                 )
-                supervisor.log.info("%s: tunnels up in %.3f s; ready %.2f s after start", State.UP.value,
+                supervisor.log.info("%s: channels up in %.3f s; ready %.2f s after start", State.UP.value,
                                     time.monotonic() - t2, time.monotonic() - t0)
                 self._on_state(supervisor)
                 code = supervisor.run(stop=any(s != signal.SIGINT for s in early))

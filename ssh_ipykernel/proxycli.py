@@ -20,6 +20,7 @@ from .options import (
     DEFAULT_CLIENT_TIMEOUT,
     DEFAULT_GRACE_TEXT,
     DEFAULT_LOGIN_WAIT_TEXT,
+    DEFAULT_OUTPUT_BUFFER_TEXT,
     DEFAULT_PERSIST,
     DEFAULT_TIMEOUT,
     DEFAULT_TRANSPORT,
@@ -65,6 +66,16 @@ def login_wait_option(func: F) -> F:
         "--login-wait", default=DEFAULT_LOGIN_WAIT_TEXT, show_default=True, metavar="DURATION",
         help="On a host that needs a person to log in (password, one-time code, passphrase): how long a "
              "kernel waits for `ssh-ipykernel login HOST` before it fails: seconds or 10m, 1h; 0 fails at once.",
+    )(func)
+
+
+def output_buffer_option(func: F) -> F:
+    """``--output-buffer``, shared by the proxy and manage (which records it in the kernelspec)."""
+    return click.option(
+        "--output-buffer", default=DEFAULT_OUTPUT_BUFFER_TEXT, show_default=True, metavar="SIZE",
+        help="How much of the kernel's output (and of what clients send it) is kept while the network is "
+             "down, to be delivered once it is back: 512k, 64M, 1G. Past it, the oldest output is dropped, "
+             "with a notice in the notebook and the log.",
     )(func)
 
 
@@ -149,6 +160,7 @@ def log_options(func: F) -> F:
               help="Seconds of silence after which the remote keeper counts a proxy as gone.")
 @persist_option
 @login_wait_option
+@output_buffer_option
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(log_level: str, log_file: Optional[str], **params: Any) -> None:
     """Start a kernel on HOST over SSH and forward it to the ports in the connection file.

@@ -14,9 +14,9 @@ RECONNECTING tears down what is left of this proxy's use of the connection (``cl
 a shared connection that does not answer any more is ended for everyone, one that does is kept),
 waits for the host to answer a TCP connect (reachability.py; a change of the local network,
 netwatch.py, probes at once and ends a network failure's backoff) and tries again: the host's
-connection (a new one with a short ConnectTimeout if none is up), the same forwards, and a
-session to the same keeper (same kernel pid, same ports), reached directly over SSH when the
-server allows it (no remote process). A timed-out attempt is retried at once (each attempt puts a fresh SYN on
+connection (a new one with a short ConnectTimeout if none is up), a session to the same keeper (same kernel pid, same ports), reached directly over SSH when the
+server allows it (no remote process), then the channels resumed over a new stream
+(channels.py: the clients never lost their connections). A timed-out attempt is retried at once (each attempt puts a fresh SYN on
 the wire, so the first one after the network returns gets through within about a second);
 errors that fail fast back off exponentially, capped. The proxy never exits because of the
 network: only when the kernel ends, when its keeper is gone (the grace period ran out), or when
@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import selectors
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Protocol
 
 from . import exceptions as exc
 from . import policy
@@ -42,13 +42,23 @@ from .reachability import wait_reachable
 from .remote.protocol import Event
 from .session.client import RemoteKernel
 from .signals import SignalRelay
-from .transport.base import Forward, Transport
-from .tunnels import Tunnels
+from .transport.base import Transport
 
 logger = logging.getLogger(__name__)
 
 #: The states in which _reconnect's loop runs.
 RECONNECTING = (State.RECONNECTING, State.WAITING_FOR_LOGIN)
+
+
+class Carrier(Protocol):
+    """How the kernel's channels reach it: channels.Channels (resumable, through the keeper), or
+    tunnels.Forwarded (the master's forwards to a kernel of somebody else's)."""
+
+    def reopen(self, transport: Transport, kernel: RemoteKernel, timeout: float) -> None: ...
+
+    def lost(self) -> None: ...
+
+    def close(self, *, forget: bool = False) -> None: ...
 
 
 class Supervisor:
@@ -59,7 +69,7 @@ class Supervisor:
         *,
         kernel: RemoteKernel,
         transport: Transport,
-        tunnels: Tunnels,
+        channels: "Carrier",
         new_transport: Callable[[float], Transport],
         signals: SignalRelay,
         log: logging.LoggerAdapter,  # type: ignore[type-arg]
@@ -73,8 +83,7 @@ class Supervisor:
     ) -> None:
         self.kernel = kernel
         self.transport = transport
-        self.tunnels = tunnels
-        self.forwards: List[Forward] = list(tunnels.forwards)
+        self.channels = channels
         self.new_transport = new_transport
         self.signals = signals
         self.log = log
@@ -95,6 +104,7 @@ class Supervisor:
         self._next: Optional[policy.Action] = None  # the last wait or attempt the policy asked for
         self.network: Optional[NetworkWatch] = None  # while RECONNECTING: changes of the local network
         self._network_watch = network_watch
+        self._detached = False
 
     @property
     def state(self) -> State:
@@ -127,9 +137,9 @@ class Supervisor:
             self.close()
 
     def close(self) -> None:
-        """Release the session, the forwards and the connection (the kernel is not touched)."""
+        """Release the session, the channels and the connection (the kernel is not touched)."""
         self.kernel.close()
-        self.tunnels.close()
+        self.channels.close(forget=self.state is State.STOPPED and self._detached)
         self.transport.close()
 
     # -- the policy's events in, its actions out ----------------------------------------------------
@@ -164,7 +174,7 @@ class Supervisor:
         elif isinstance(action, policy.Close):
             self._detail = self.transport.drain().strip() if action.drain else ""
             self.kernel.close()
-            self.tunnels.close()
+            self.channels.lost()
             self.transport.close(lost=action.lost)
         else:  # WaitUntil, AwaitReachable, Attempt: done by the loop of the state
             self._next = action
@@ -227,6 +237,7 @@ class Supervisor:
 
     def _detach(self) -> int:
         info = self.kernel.info
+        self._detached = True
         self.kernel.detach()
         kept = "until its grace period ends" if self.grace is None else f"for {self.grace:.0f} s"
         self._enter(
@@ -288,17 +299,17 @@ class Supervisor:
                             if code is None:
                                 code = self._dispatch(policy.Reachable())
                         else:
-                            code = self._dispatch(self._try())
+                            code = self._dispatch(self._try(action))
                     if code is not None:
                         return code
             finally:
                 self.network = None
         return None
 
-    def _try(self) -> policy.Event:
+    def _try(self, action: Optional[policy.Action]) -> policy.Event:
         """One attempt, as the event that reports its outcome."""
         try:
-            self._attempt()
+            self._attempt(isinstance(action, policy.Attempt) and action.interrupt_first)
         except exc.Cancelled:
             return policy.AttemptCancelled()
         except exc.KernelGoneError as e:
@@ -309,24 +320,24 @@ class Supervisor:
             return policy.AttemptFailed(kind, e.message if kind is policy.Failure.LOGIN else str(e))
         return policy.AttemptSucceeded()
 
-    def _attempt(self) -> None:
-        """One try: connect, forward, attach to the keeper. Stop signals abort it (Cancelled)."""
+    def _attempt(self, interrupt_first: bool = False) -> None:
+        """One try: connect, attach to the keeper, resume the channels. Stop signals abort it
+        (Cancelled). ``interrupt_first``: interrupt the kernel before the channels resume."""
         self.signals.raise_on_stop = True
         try:
             t0 = time.monotonic()
             self.transport = self.new_transport(RECONNECT_CONNECT_TIMEOUT)
             self.transport.connect()
             t1 = time.monotonic()
-            # Forwards first: the kernel's remote ports have not changed, so the clients can talk
-            # to it again while the attach is still on its way (it checks the same pid and ports).
-            self.tunnels = Tunnels(self.transport, self.forwards)
-            self.tunnels.open(iopub_first=True)
-            t2 = time.monotonic()
             self.kernel.attach(self.transport, self.attach_timeout)
+            if interrupt_first:
+                self.kernel.interrupt()
+            t2 = time.monotonic()
+            self.channels.reopen(self.transport, self.kernel, self.attach_timeout)
             t3 = time.monotonic()
-            self.log.debug("attempt: connected in %.3f s (%s), forwards in %.3f s, attached in %.3f s (%s)",
-                           t1 - t0, "joined" if self.transport.reused else "new login", t2 - t1, t3 - t2,
-                           "direct" if self.kernel.attached_directly else "remote relay")
+            self.log.debug("attempt: connected in %.3f s (%s), attached in %.3f s (%s), channels in %.3f s",
+                           t1 - t0, "joined" if self.transport.reused else "new login", t2 - t1,
+                           "direct" if self.kernel.attached_directly else "remote relay", t3 - t2)
         finally:
             self.signals.raise_on_stop = False
 

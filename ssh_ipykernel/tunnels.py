@@ -131,3 +131,23 @@ class Tunnels:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Forwarded:
+    """The supervisor's carrier of a kernel's channels when it has no keeper of ours (``connect``
+    to a kernel somebody else started): the master's forwards to its ports, made again after
+    each reconnect. What was in flight during an outage is not kept."""
+
+    def __init__(self, tunnels: Tunnels) -> None:
+        self.tunnels = tunnels
+        self.forwards = list(tunnels.forwards)
+
+    def reopen(self, transport: Transport, kernel: object, timeout: float) -> None:
+        self.tunnels = Tunnels(transport, self.forwards)
+        self.tunnels.open(iopub_first=True)
+
+    def lost(self) -> None:
+        self.tunnels.close()
+
+    def close(self, *, forget: bool = False) -> None:
+        self.tunnels.close()

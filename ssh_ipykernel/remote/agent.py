@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from .connfile import read_ports, write_connection_file
+from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
 from .kernelcmd import check_requirements, kernel_command
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)
@@ -37,57 +37,79 @@ class Agent:
         self.cwd = os.getcwd()  # the login directory: where the kernel starts (unless --workdir)
         self.command = {}  # type: dict
         self.ports = {}  # type: dict
-        self.ports_from_kernel = False
+        self.transport = "tcp"
+        self.ip = "127.0.0.1"
+        self.ipc_dir = ""  # the kernel's private directory of unix sockets (ipc transport)
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
-    def write_connection_file(self) -> None:
-        """A 0600 connection file holding the local session key.
-
-        ipykernel gets ports 0 and binds free ports itself, then rewrites the file
-        (wait_for_ports): picking ports here and binding them later in another process races
-        with every other kernel starting on the host and with sshd's outgoing connections
-        (EADDRINUSE). Other kernels may not take port 0, so they get ports picked here, under
-        a lock and skipping ports in other kernels' files. jupyter_client is not imported: that
-        costs the remote python 0.2-0.3 s before the kernel can even be started.
-        """
-        self.ports_from_kernel = self.params.default_kernel
+    def choose_paths(self) -> None:
+        """The names of the kernel's files in the remote runtime dir (0700)."""
         try:
             directory = runtime_dir()
-            # A random tag: two machines may well use the same kernel id on one account.
-            tag = os.urandom(3).hex()
-            fname = os.path.join(directory, "kernel-ssh-%s-%s.json" % (self.kernel_id, tag))
-            self.connection_file = fname
-            self.log_file = fname[: -len(".json")] + ".log"
-            self.socket_file = fname[: -len(".json")] + ".sock"
-            info = {
-                "ip": "127.0.0.1",
-                "key": self.params.key,
-                "transport": "tcp",
-                "signature_scheme": self.params.signature_scheme or "hmac-sha256",
-                "kernel_name": self.params.kernel_name or "",
-            }  # type: dict
-            self.ports = write_connection_file(fname, info, pick_ports=not self.ports_from_kernel)
+        except OSError as e:
+            raise BootstrapError("connection_file", "cannot make the runtime dir: %s" % e) from e
+        # A random tag: two machines may well use the same kernel id on one account.
+        tag = os.urandom(3).hex()
+        fname = os.path.join(directory, "kernel-ssh-%s-%s.json" % (self.kernel_id, tag))
+        self.connection_file = fname
+        self.log_file = fname[: -len(".json")] + ".log"
+        self.socket_file = fname[: -len(".json")] + ".sock"
+
+    def write_connection_file(self, ipc: bool) -> None:
+        """A 0600 connection file holding the local session key.
+
+        ``ipc`` (kernels that speak ZeroMQ's ipc transport: ipykernel's): the kernel listens on
+        unix sockets in a directory of its own (0700), which nobody else on the host can reach;
+        no TCP port of it listens (ipc_directory). Other kernels get loopback TCP ports, picked
+        under a lock and skipping ports in other kernels' files (every user of the host can
+        connect to those: the keeper says so in the kernel's log). jupyter_client is not
+        imported: that costs the remote python 0.2-0.3 s before the kernel can even be started.
+        """
+        info = {
+            "ip": "127.0.0.1",
+            "key": self.params.key,
+            "transport": "tcp",
+            "signature_scheme": self.params.signature_scheme or "hmac-sha256",
+            "kernel_name": self.params.kernel_name or "",
+        }  # type: dict
+        try:
+            if ipc:
+                self.ipc_dir = ipc_directory(os.path.dirname(self.connection_file), self.connection_file[-11:-5])
+                info.update(transport="ipc", ip=os.path.join(self.ipc_dir, "k"))
+                info.update({name: n + 1 for n, name in enumerate(PORT_NAMES)})
+            self.transport, self.ip = info["transport"], info["ip"]
+            self.ports = write_connection_file(self.connection_file, info, pick_ports=not ipc)
         except OSError as e:
             raise BootstrapError(
                 "connection_file", "cannot write the connection file %s: %s" % (self.connection_file, e)
             ) from e
 
     def wait_for_ports(self, timeout: float) -> None:
-        """In the keeper, after launch(): the ports ipykernel bound, once it wrote them back."""
+        """In the keeper, after launch(): until the kernel has bound its unix sockets."""
         deadline = time.monotonic() + timeout
-        while not self.ports or not all(self.ports.values()):
-            self.ports = read_ports(self.connection_file) or self.ports  # {}: not there yet, or half written
-            if self.ports and all(self.ports.values()):
-                return
+        while not all(os.path.exists(self.endpoint(name[: -len("_port")])[1]) for name in PORT_NAMES):
             if self.proc is not None and self.proc.poll() is not None:
                 raise BootstrapError("kernel_start", "the kernel exited (code %s) while starting: %s"
                                      % (self.proc.returncode, self.log_tail()))
             if time.monotonic() > deadline:
-                raise BootstrapError("kernel_start", "the kernel did not bind its ports within %.0f s: %s"
+                raise BootstrapError("kernel_start", "the kernel did not bind its sockets within %.0f s: %s"
                                      % (timeout, self.log_tail()))
-            time.sleep(0.02)
+            time.sleep(0.01)
+
+    @property
+    def ports_from_kernel(self) -> bool:
+        """Whether the kernel's sockets exist only once it has bound them (ipc)."""
+        return self.transport == "ipc"
+
+    def endpoint(self, channel: str) -> tuple:
+        """Where the kernel's ``channel`` (shell, iopub, ...) listens: ("unix", path) or
+        ("tcp", host, port)."""
+        port = int(self.ports["%s_port" % channel])
+        if self.transport == "ipc":
+            return ("unix", "%s-%d" % (self.ip, port))
+        return ("tcp", "127.0.0.1", port)
 
     def log_tail(self, size: int = 1500) -> str:
         try:
@@ -101,12 +123,9 @@ class Agent:
         """In the SSH session: check the remote python, write the connection and log files,
         work out the kernel's command (kernelcmd.py). Errors here reach the proxy directly."""
         check_requirements(self.params)
-        self.write_connection_file()
-        try:
-            self.command = kernel_command(self.params, self.connection_file, sys.executable)
-        except BootstrapError:
-            self.remove_files()
-            raise
+        self.choose_paths()
+        self.command = kernel_command(self.params, self.connection_file, sys.executable)
+        self.write_connection_file(ipc=speaks_ipc(self.command["argv"]))
         try:
             # O_APPEND: the kernel and the keeper (its own notes) both write to it.
             os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600))
@@ -145,6 +164,7 @@ class Agent:
         return {
             "pid": self.proc.pid if self.proc else None,
             "ports": self.ports,
+            "transport": self.transport,
             "hostname": socket.gethostname(),
             "python": sys.executable,
             "python_version": platform.python_version(),
@@ -265,6 +285,8 @@ class Agent:
                     pass
                 except OSError as e:
                     self.log("could not remove %s: %s" % (path, e))
+        if self.ipc_dir:
+            remove_ipc_directory(self.ipc_dir)
 
     def reap(self) -> "int | None":
         """The kernel's exit code once it has ended (and its process group is cleaned), else None."""

@@ -311,11 +311,27 @@ def remove_stale(directory: str) -> None:
             continue
         finally:
             probe.close()
+        remove_ipc_of(name[: -len(".sock")] + ".json")
         for suffix in (".sock", ".json", ".log"):
             try:
                 os.unlink(name[: -len(".sock")] + suffix)
             except OSError:
                 pass
+
+
+def remove_ipc_of(connection_file: str) -> None:
+    """The socket directory of a dead kernel (its connection file's ``ip``, with ipc)."""
+    import json
+
+    from .connfile import remove_ipc_directory
+
+    try:
+        with open(connection_file) as f:
+            info = json.load(f)
+        if info.get("transport") == "ipc":
+            remove_ipc_directory(os.path.dirname(info["ip"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ socket side of the keeper: accepting, reading command lines, queueing event line
 them without ever blocking the keeper, and dropping clients that are gone or read nothing.
 What a command means is the keeper's business (keeper.py dispatches it).
 
-Resumable channels (the kernel's output kept per client and sent again after a reconnect) will
-live next to this: a journal per client, filled where ``send`` queues and drained in ``write``.
+A client that asks to carry a proxy's channels (the ``stream`` op) is released from here: its
+socket then belongs to that proxy's relay (streams.py), and it no longer counts as attached.
 
 Part of the remote agent (see bootstrap.py): standard library only, Python >= 3.8.
 """
@@ -30,6 +30,7 @@ class Client:
         self.outbuf = bytearray()
         self.last_heard = now
         self.heard = False  # has it said anything yet
+        self.released = False  # handed over (release()): its bytes are not ours to read any more
 
 
 class Clients:
@@ -84,8 +85,11 @@ class Clients:
             self.note("proxy %d attached" % client.number)
         client.heard = True
         client.inbuf += data
-        *lines, client.inbuf = client.inbuf.split(b"\n")
-        for line in lines:
+        while not client.released:
+            line, newline, rest = client.inbuf.partition(b"\n")
+            if not newline:
+                break
+            client.inbuf = rest
             if line.strip():
                 self.on_line(client, line)
 
@@ -130,6 +134,17 @@ class Clients:
             if now - client.last_heard > timeout:
                 self.note("proxy %d silent for %.0f s; treating it as gone" % (client.number, timeout))
                 self.drop(client)
+
+    def release(self, client: Client):
+        """Stop serving ``client`` and hand its socket over (what it sent after its last
+        command line stays in ``client.inbuf``); it no longer counts as attached."""
+        client.released = True
+        self.by_fd.pop(client.sock.fileno(), None)
+        try:
+            self.sel.unregister(client.sock)
+        except (KeyError, ValueError):
+            pass
+        return client.sock
 
     def drop(self, client: Client) -> None:
         fd = client.sock.fileno()

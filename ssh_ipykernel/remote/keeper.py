@@ -36,6 +36,7 @@ from .clients import Client, Clients
 from .grace import FIRST_CLIENT_WAIT, GraceClock, describe_grace
 from .logrelay import LogRelay
 from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, Event, Op, event_line, parse_op
+from .streams import Notice, Relay, connect_endpoint
 
 TICK = 0.1  # how often the log is tailed and the timers checked (the kernel's exit wakes the loop)
 LISTENER = "listener"  # selector data of the keeper's listening socket
@@ -57,6 +58,8 @@ class Keeper:
         self.clock = None  # type: GraceClock | None
         self.log_relay = LogRelay(agent.log_file)
         self._stop_signal = threading.Event()
+        self.relays = {}  # type: dict  # proxy token -> its channels (streams.Relay)
+        self._ticked = 0.0
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -73,6 +76,12 @@ class Keeper:
             return
         self.agent.log("kernel pid %d started; keeper pid %d; grace period %s" % (
             self.agent.proc.pid, os.getpid(), describe_grace(self.grace)))
+        if self.agent.transport != "ipc":
+            self.agent.log(
+                "this kernel listens on TCP ports (127.0.0.1: %s), which every user of this host can "
+                "connect to: its messages are signed, not encrypted, so they can read its output. Kernels "
+                "that speak ZeroMQ's ipc transport (ipykernel) get private unix sockets instead"
+                % ", ".join(str(p) for p in sorted(self.agent.ports.values())))
         self.listener.setblocking(False)
         self.sel.register(self.listener, selectors.EVENT_READ, LISTENER)
         self.sel.register(self._exit_waker(), selectors.EVENT_READ, EXIT_WAKER)
@@ -86,13 +95,18 @@ class Keeper:
                         self.clients.send(client, Event.READY, **self.agent.ready_event())
                 elif key.data is EXIT_WAKER:
                     self.sel.unregister(key.fileobj)  # it has done its one job; reap() follows
+                elif isinstance(key.data, tuple):  # a proxy's channels: (relay, conn)
+                    key.data[0].service(key.data[1], mask)
                 else:
                     self.clients.service(key.data, mask)
+            self._tick_relays(time.monotonic())
             self._pump_log()
             returncode = self.agent.reap()
             if returncode is None:
                 self._watch(time.monotonic())
         self._pump_log()
+        for relay in self.relays.values():
+            relay.close()
         self.agent.remove_files()  # before telling anyone: whoever hears "exited" may look
         self.clients.broadcast(Event.EXITED, returncode=returncode, reason=self.agent.end_reason)
         self.clients.flush(2.0)
@@ -168,6 +182,37 @@ class Keeper:
     def _on_keepalive(self, client: Client, message: dict) -> None:
         pass  # hearing from the client is all it is for
 
+    def _on_stream(self, client: Client, message: dict) -> None:
+        """The client carries a proxy's channels from now on (streams.py): its relay (kept
+        across streams by the proxy's token) adopts the proxy's conns and resends what the
+        proxy lacks."""
+        token = message["token"]
+        relay = self.relays.get(token)
+        if relay is None:
+            relay = Relay(self.sel, limit=max(message["limit"], 1 << 16), note=self.agent.log,
+                          open_conn=self._open_conn,
+                          notice=Notice(self.agent.params.key, self.agent.params.signature_scheme))
+            self.relays[token] = relay
+        reply = relay.answer(message["conns"])
+        sock = self.clients.release(client)
+        haves = {number: value[1] for number, value in message["conns"].items()
+                 if isinstance(value, list) and len(value) == 2}
+        relay.attach(sock.fileno(), sock.fileno(), haves, leftover=bytes(client.inbuf),
+                     first=event_line(Event.STREAM, conns=reply), on_end=sock.close)
+
+    def _open_conn(self, number: int, channel: str):
+        return connect_endpoint(self.agent.endpoint(channel))
+
+    def _tick_relays(self, now: float) -> None:
+        if now - self._ticked < TICK:
+            return
+        self._ticked = now
+        for token, relay in list(self.relays.items()):
+            if relay.ended:
+                del self.relays[token]
+            else:
+                relay.tick()
+
     #: What each op does (protocol.Op); parse_op has refused any other.
     HANDLERS = {
         Op.PING: _on_ping,
@@ -176,6 +221,7 @@ class Keeper:
         Op.REPLACED: _on_replaced,
         Op.DETACH: _on_detach,
         Op.KEEPALIVE: _on_keepalive,
+        Op.STREAM: _on_stream,
     }
 
     # -- the kernel's log -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class Op:
     DETACH = "detach"  # this client leaves; the kernel stays
     REPLACED = "replaced"  # from a new kernel of the same Jupyter kernel (key_sha256)
     KEEPALIVE = "keepalive"  # counts as hearing from the client, nothing else
+    STREAM = "stream"  # this client carries a proxy's channels from now on (remote/streams.py)
 
 
 #: Each op and the fields it must carry (name -> type).
@@ -42,6 +43,8 @@ OP_FIELDS = {
     Op.DETACH: {},
     Op.REPLACED: {"key_sha256": str},
     Op.KEEPALIVE: {},
+    # token: the proxy's; conns: {number: [channel, bytes held]}; limit: bytes kept (--output-buffer)
+    Op.STREAM: {"token": str, "conns": dict, "limit": int},
 }
 
 
@@ -54,6 +57,7 @@ class Event:
     PONG = "pong"  # the answer to a ping
     LOG = "log"  # new text of the kernel's log
     PROBE = "probe"  # remote/probe.py's report (check, add --remote-kernel)
+    STREAM = "stream"  # the answer to the stream op: {number: bytes held, or -1 if gone}
 
 
 _NUMBER = (int, float)
@@ -67,6 +71,7 @@ EVENT_FIELDS = {
     Event.PONG: {},
     Event.LOG: {"text": str},
     Event.PROBE: {},
+    Event.STREAM: {"conns": dict},
 }
 
 # Sentinel exit codes, translated into sentences by ssh_ipykernel.remote_errors (keep in sync).

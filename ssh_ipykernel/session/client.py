@@ -216,6 +216,36 @@ class RemoteKernel:
         self.ready_event = event
         return KernelInfo.from_event(event)
 
+    def open_stream(self, timeout: float) -> "subprocess.Popen[bytes]":
+        """Another session to the kernel's keeper, for its channels (channels.py): direct when
+        the server allows it, else through a remote python's relay. The keeper's greeting is
+        read; what follows belongs to the caller. Raises RemoteError if the keeper is not there."""
+        assert self.info is not None and self.info.socket, "open_stream() without a keeper"
+        proc = self.transport.open_unix_stream(self.info.socket, timeout) if self.direct else None
+        if proc is None:
+            proc = self.transport.start_command(self.command.build(self.python))
+            assert proc.stdin is not None
+            try:
+                proc.stdin.write(agent_stdin(AgentParams.attach(kernel_id=self.kernel_id, socket=self.info.socket)))
+                proc.stdin.flush()
+            except BrokenPipeError:
+                pass
+        assert proc.stdout is not None
+        line = b""
+        deadline = time.monotonic() + timeout
+        fd = proc.stdout.fileno()
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while not line.endswith(b"\n"):  # the greeting, a byte at a time: what follows is not ours
+                remaining = deadline - time.monotonic()
+                byte = os.read(fd, 1) if remaining > 0 and sel.select(remaining) else b""
+                if not byte:
+                    end_process(proc)
+                    raise exc.RemoteError(f"no stream to the kernel's keeper on {self.host}",
+                                          host=self.host, detail=line.decode("utf-8", "replace")[-300:])
+                line += byte
+        return proc
+
     def _open(self, params: AgentParams, timeout: float) -> KernelInfo:
         self._stderr_tail = []
         proc = self._proc = self.transport.start_command(self.command.build(self.python))

@@ -33,7 +33,7 @@ def test_status_of_live_proxies(ssh_host, tmp_path, jupyter_env):
              for name, log in logs.items()}
     try:
         for log in logs.values():
-            wait_for(log, "tunnels up")
+            wait_for(log, "channels up")
         kernels = status()
         assert set(kernels) == {"alpha", "beta"}, kernels
         remote = set(ssh_host.remote_pids(KERNEL_PATTERN))
@@ -80,12 +80,12 @@ def log_lines(text: str) -> list:
 def test_log_file_and_debug_level(ssh_host, conn, tmp_path, jupyter_env):
     stderr, log_file = tmp_path / "stderr.log", tmp_path / "proxy-file.log"
     proc = start_proxy(ssh_host, conn, stderr, "--log-level", "DEBUG", "--log-file", str(log_file))
-    wait_for(stderr, "tunnels up")
+    wait_for(stderr, "channels up")
     stop_proxy(proc, stderr)
     written = log_file.read_text()
     assert log_lines(written) == log_lines(read_log(stderr)), (written, read_log(stderr))
     assert " DEBUG ssh_ipykernel " in written
-    for line in ("connecting to btest", "kernel pid", "tunnels up"):
+    for line in ("connecting to btest", "kernel pid", "channels up"):
         assert line in written, written
     key = json.loads(conn.read_text())["key"]
     assert key not in written and key not in read_log(stderr)

@@ -136,7 +136,7 @@ def test_connect_reattaches_to_a_detached_ssh_kernel(ssh_host, tmp_path, jupyter
         [sys.executable, "-m", "ssh_ipykernel", "--host", ssh_host.alias, "--ssh-config", str(ssh_host.ssh_config),
          "--python", ssh_host.env_prefix, "--grace", "3", "-f", conn],
         stdin=subprocess.DEVNULL, stdout=plog.open("wb"), stderr=subprocess.STDOUT)
-    wait_for(plog, "tunnels up")
+    wait_for(plog, "channels up")
     kernels = ssh_host.remote_pids("ipykernel_launcher")
     proxy.send_signal(signal.SIGQUIT)
     assert proxy.wait(10) == 0

@@ -70,7 +70,7 @@ def test_env_prefix_runs_code_on_the_remote(kernel, ssh_host, transport):
     kinds = {m["msg_type"]: m["content"]["data"] for m in outputs}
     assert kinds["display_data"]["text/html"] == "<b>rich</b>"
     assert kinds["execute_result"]["text/plain"] == "42"
-    assert "connected in" in k.log() and "tunnels up" in k.log()
+    assert "connected in" in k.log() and "channels up" in k.log()
     assert f"connection) with {transport}" in k.log()
 
 
@@ -225,16 +225,23 @@ def test_key_stays_secret(kernel, ssh_host):
     assert key.decode() not in k.log()
 
 
-def test_kernel_binds_loopback_only(kernel, ssh_host):
+def test_kernel_listens_on_private_unix_sockets_only(kernel, ssh_host):
     k = kernel("--python", ssh_host.env_prefix)
+    pid = int(k.value("__import__('os').getpid()"))
     info = remote_connection_info(ssh_host)
-    assert info["ip"] == "127.0.0.1"
-    ports = {info[f"{c}_port"] for c in ("shell", "iopub", "stdin", "control", "hb")}
-    listening = ssh_host.run("ss -Hltn").stdout.splitlines()
-    bound = {line.split()[3] for line in listening}
-    for port in ports:
-        addresses = {b.rsplit(":", 1)[0] for b in bound if b.rsplit(":", 1)[1] == str(port)}
-        assert addresses == {"127.0.0.1"}, (port, addresses)
+    assert info["transport"] == "ipc", info
+    directory = os.path.dirname(info["ip"])
+    mode = ssh_host.run(f"stat -c %a {directory}").stdout.strip()
+    assert mode == "700", (directory, mode)
+    sockets = ssh_host.run(f"ls {directory}").stdout.split()
+    assert sorted(sockets) == [f"k-{n}" for n in range(1, 6)], sockets
+    # No channel of the kernel listens on TCP. ipykernel's one TCP socket is the pipe its forked
+    # subprocesses push their output into (a PULL socket: nothing can be read from it, and it
+    # takes only messages carrying a secret of the kernel's).
+    pipe = int(k.value("getattr(getattr(__import__('sys').stdout, 'pub_thread', None), '_pipe_port', 0) or 0"))
+    listening = [line for line in ssh_host.run("ss -Hltnp").stdout.splitlines() if f"pid={pid}," in line]
+    ports = {int(line.split()[3].rsplit(":", 1)[1]) for line in listening}
+    assert ports <= {pipe}, listening
     assert k.value("1 + 1") == "2"
 
 
@@ -252,7 +259,7 @@ def test_env_values_arrive_exactly_and_run_nothing(kernel, ssh_host, tmp_path):
 def test_stderr_progress_lines(kernel, ssh_host):
     k = kernel("--python", ssh_host.env_prefix)
     log = k.log()
-    for stage in ("connecting to", "connected in", "launching kernel with", "launched in", "tunnels up in"):
+    for stage in ("connecting to", "connected in", "launching kernel with", "launched in", "channels up in"):
         assert stage in log, (stage, log)
 
 

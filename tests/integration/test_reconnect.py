@@ -177,7 +177,7 @@ def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, con
 
     log = tmp_path / "proxy.log"
     proc = start_proxy(ssh_host, conn, log, "--grace", "5")
-    wait_for(log, "tunnels up")
+    wait_for(log, "channels up")
     kernels = ssh_host.remote_pids("ipykernel_launcher")
     assert kernels and any(s["pid"] == proc.pid for s in read_states())
     proc.kill()
@@ -191,7 +191,7 @@ def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, con
     assert not local_ssh_children(str(jupyter_env.runtime))
     assert not read_states()  # the dead proxy's state file is not reported ...
     other = start_proxy(ssh_host, conn, tmp_path / "other.log", "--grace", "5")
-    wait_for(tmp_path / "other.log", "tunnels up")
+    wait_for(tmp_path / "other.log", "channels up")
     assert [f for f in os.listdir(state_dir()) if f.startswith("proxy-")] == ["proxy-byhand.json"]  # ... and pruned
     other.send_signal(signal.SIGTERM)
     assert other.wait(15) == 0
@@ -202,7 +202,7 @@ def test_kill_9_of_the_proxy_leaves_nothing_after_the_grace_period(ssh_host, con
 def test_sigquit_detaches_and_says_how_to_reattach(ssh_host, conn, tmp_path, jupyter_env):
     log = tmp_path / "proxy.log"
     proc = start_proxy(ssh_host, conn, log, "--grace", "4")
-    wait_for(log, "tunnels up")
+    wait_for(log, "channels up")
     kernels = ssh_host.remote_pids("ipykernel_launcher")
     proc.send_signal(signal.SIGQUIT)
     assert proc.wait(10) == 0, log.read_text()
@@ -218,7 +218,7 @@ def test_a_kernel_that_ended_during_the_outage_makes_the_proxy_exit(ssh_host, co
     log = tmp_path / "proxy.log"
     proc = start_proxy(ssh_host, conn, log, "--grace", "2", "--client-timeout", "3")
     try:
-        wait_for(log, "tunnels up")
+        wait_for(log, "channels up")
         with cut(ssh_host) as with_cut:
             wait_for(log, "reconnecting", timeout=20)
             # Client timeout + grace on the remote. Processes only (read in /proc): listing the
@@ -276,7 +276,7 @@ def test_offline_longer_than_the_grace_period_exits_26(ssh_host, conn, tmp_path,
     log = tmp_path / "proxy.log"
     proc = start_proxy(ssh_host, conn, log, "--grace", "2", "--client-timeout", "3")
     try:
-        wait_for(log, "tunnels up")
+        wait_for(log, "channels up")
         with cut(ssh_host, "down") as t_cut:
             wait_for(log, "reconnecting", timeout=20)
             code = proc.wait(90)

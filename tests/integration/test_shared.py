@@ -107,7 +107,7 @@ def test_the_connection_ends_persist_seconds_after_the_last_kernel(ssh_host, tmp
     runtime = str(jupyter_env.runtime)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     a = start_proxy(ssh_host, connection_file(tmp_path, "a"), logs[0], "--persist", "6")
-    wait_for(logs[0], "tunnels up")
+    wait_for(logs[0], "channels up")
     master = ssh_masters(runtime)
     assert len(master) == 1
     stop_proxy(a, logs[0])
@@ -115,7 +115,7 @@ def test_the_connection_ends_persist_seconds_after_the_last_kernel(ssh_host, tmp
     assert ssh_masters(runtime) == master, "the connection ended with its last kernel"
     # A kernel started within the persist time joins it; the clock restarts when it leaves.
     b = start_proxy(ssh_host, connection_file(tmp_path, "b"), logs[1], "--persist", "6")
-    wait_for(logs[1], "tunnels up")
+    wait_for(logs[1], "channels up")
     assert "(shared connection)" in logs[1].read_text()
     stop_proxy(b, logs[1])
     t0 = time.monotonic()
@@ -135,9 +135,9 @@ def test_kill_9_of_a_proxy_frees_its_ports_and_spares_the_other_kernels(ssh_host
     conns = [connection_file(tmp_path, name) for name in ("victim", "bystander")]
     logs = [tmp_path / "victim.log", tmp_path / "bystander.log"]
     victim = start_proxy(ssh_host, conns[0], logs[0], "--grace", "2")
-    wait_for(logs[0], "tunnels up")
+    wait_for(logs[0], "channels up")
     bystander = start_proxy(ssh_host, conns[1], logs[1])
-    wait_for(logs[1], "tunnels up")
+    wait_for(logs[1], "channels up")
     master = ssh_masters(runtime)
     import json
 
@@ -173,7 +173,7 @@ def test_kill_9_of_a_proxy_frees_its_ports_and_spares_the_other_kernels(ssh_host
     assert ssh_masters(runtime) == master
     # Its successor (Jupyter's restart after a kill: same connection file, same ports) starts.
     successor = start_proxy(ssh_host, conns[0], tmp_path / "successor.log")
-    wait_for(tmp_path / "successor.log", "tunnels up")
+    wait_for(tmp_path / "successor.log", "channels up")
     assert "(shared connection)" in (tmp_path / "successor.log").read_text()
     stop_proxy(successor, tmp_path / "successor.log")
     assert "reconnect" not in logs[1].read_text()
@@ -296,7 +296,7 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
     and logs in anew instead of hanging on it."""
     runtime = str(jupyter_env.runtime)
     first = start_proxy(ssh_host, connection_file(tmp_path, "first"), tmp_path / "first.log")
-    wait_for(tmp_path / "first.log", "tunnels up")
+    wait_for(tmp_path / "first.log", "channels up")
     stop_proxy(first, tmp_path / "first.log")
     master = ssh_masters(runtime)
     assert len(master) == 1
@@ -313,7 +313,7 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
         log = tmp_path / "second.log"
         t0 = time.monotonic()
         second = start_proxy(ssh_host, connection_file(tmp_path, "second"), log)
-        wait_for(log, "tunnels up")
+        wait_for(log, "channels up")
         print(f"\nstale connection checked and replaced; kernel up {time.monotonic() - t0:.1f} s after start")
         assert "does not answer; starting a new one" in log.read_text()
         assert "(new connection)" in log.read_text()

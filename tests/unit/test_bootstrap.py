@@ -128,8 +128,7 @@ def client_for(ready):
     from jupyter_client import BlockingKernelClient
 
     kc = BlockingKernelClient()
-    kc.load_connection_info(dict(ready["ports"], ip="127.0.0.1", key=KEY.encode(), transport="tcp",
-                                 signature_scheme="hmac-sha256"))
+    kc.load_connection_file(ready["connection_file"])  # the kernel's own sockets, on this machine
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
     return kc
@@ -157,8 +156,11 @@ def test_agent_runs_interrupts_and_shuts_down_a_kernel(agent, tmp_path):
     assert stat.S_IMODE(os.stat(cf).st_mode) == 0o600
     with open(cf) as f:
         info = json.load(f)
-    assert info["key"] == KEY and info["ip"] == "127.0.0.1"
+    assert info["key"] == KEY and info["transport"] == "ipc" == ready["transport"]
     assert {k: info[k] for k in ready["ports"]} == ready["ports"]
+    sockets = os.path.dirname(info["ip"])  # the kernel's unix sockets, in a directory of its own
+    assert stat.S_IMODE(os.stat(sockets).st_mode) == 0o700
+    assert sorted(os.listdir(sockets)) == [f"k-{n}" for n in range(1, 6)]
     # The key must not be visible in any process's command line.
     for pid in os.listdir("/proc"):
         if pid.isdigit():
@@ -196,6 +198,7 @@ def test_agent_runs_interrupts_and_shuts_down_a_kernel(agent, tmp_path):
     assert run.proc.wait(10) == 0
     assert not os.path.exists(cf)
     assert not os.path.exists(cf[:-5] + ".log")
+    assert not os.path.exists(sockets)
     assert not alive(ready["pid"])
 
 

@@ -74,6 +74,8 @@ DENIED = AttemptFailed(Failure.OTHER, "denied")
 TIMED_OUT = AttemptFailed(Failure.TIMEOUT, "no answer")
 GONE = exc.KernelGoneError("the remote kernel on btest is gone", host="btest", detail="no keeper at the socket",
                            detail_label="detail")
+OFFLINE_INTERRUPT = ("interrupt asked for while the connection is down: the kernel is interrupted as soon as the "
+                     "connection is back, before anything sent meanwhile reaches it")
 RECONNECTING_STOP = "%s while reconnecting; the remote kernel is shut down by its keeper when the grace period ends"
 
 
@@ -222,8 +224,15 @@ ROWS = [
     Row("reconnecting: attempt aborted by a stop signal", reconnecting(attempt=1), AttemptCancelled(), at(T0 + 1),
         State.STOPPED, enter(State.STOPPED, "stopped while reconnecting; the remote kernel is shut down by its "
                              "keeper when the grace period ends") + [Exit(0)]),
-    Row("reconnecting: SIGINT", reconnecting(), Signal(INT), at(T0 + 1), State.RECONNECTING,
-        [Log(WARNING, "cannot interrupt the kernel while reconnecting")]),
+    Row("reconnecting: SIGINT is kept for the reconnect", reconnecting(), Signal(INT), at(T0 + 1), State.RECONNECTING,
+        [Log(WARNING, OFFLINE_INTERRUPT)]),
+    Row("reconnecting: a second SIGINT adds nothing", reconnecting(interrupt_pending=True), Signal(INT), at(T0 + 1),
+        State.RECONNECTING, []),
+    Row("reconnecting: the attempt interrupts first", reconnecting(probed=True, interrupt_pending=True), Tick(),
+        at(T0 + 1), State.RECONNECTING, [Attempt(interrupt_first=True)]),
+    Row("reconnecting: reconnected, interrupted", reconnecting(attempt=1, interrupt_pending=True), AttemptSucceeded(),
+        at(T0 + 2), State.UP, enter(State.UP, "reconnected after %.2f s (attempt %d, reconnect #%d)", 2.0, 1, 1)
+        + [Log(INFO, "interrupted the kernel as asked during the outage, before the channels resumed")]),
     *(Row(f"reconnecting: {signal.Signals(s).name}", reconnecting(config), Signal(s), at(T0 + 1), State.STOPPED,
           enter(State.STOPPED, RECONNECTING_STOP, signal.Signals(s).name) + [Exit(0)])
       for s in (TERM, HUP, QUIT) for config in (CFG, GUEST)),
@@ -491,10 +500,10 @@ def test_a_stop_signal_while_waiting_for_a_login_leaves_the_kernel_to_its_keeper
     assert status.state is State.STOPPED and actions[-1] == Exit(0)
 
 
-def test_an_interrupt_while_waiting_for_a_login_is_refused_with_a_line() -> None:
+def test_an_interrupt_while_waiting_for_a_login_is_kept_for_the_reconnect() -> None:
     status, actions = p.step(waiting(), Signal(INT), at(T0 + 5))
-    assert status.state is State.WAITING_FOR_LOGIN
-    assert actions == [Log(WARNING, "cannot interrupt the kernel while reconnecting")]
+    assert status.state is State.WAITING_FOR_LOGIN and status.interrupt_pending
+    assert actions == [Log(WARNING, OFFLINE_INTERRUPT)]
 
 
 @pytest.mark.parametrize("event", [Heard(), SessionEOF(), MasterEOF(), Reachable(), AttemptSucceeded(), TIMED_OUT])

@@ -10,7 +10,7 @@ from ssh_ipykernel.supervisor import Supervisor
 
 
 class _Stub:
-    """Just enough of a transport/kernel/tunnels for the supervisor's constructor."""
+    """Just enough of a transport/kernel/channels for the supervisor's constructor."""
 
     forwards = []
     host = "h"
@@ -21,7 +21,7 @@ class _Stub:
 
 def supervisor(signals):
     stub = _Stub()
-    return Supervisor(kernel=stub, transport=stub, tunnels=stub, new_transport=lambda t: stub,
+    return Supervisor(kernel=stub, transport=stub, channels=stub, new_transport=lambda t: stub,
                       signals=signals, log=logging.LoggerAdapter(logging.getLogger("t"), {}),
                       secret="s", grace=60, client_timeout=30, attach_timeout=10)
 
@@ -66,7 +66,7 @@ def test_probe_returns_as_soon_as_the_host_answers_or_refuses(monkeypatch):
 
 # -- the I/O shell around policy.py: events in, actions performed ----------------------------------
 class _Recorder(_Stub):
-    """A kernel, tunnels and transport that record what the supervisor does to them."""
+    """A kernel, channels and transport that record what the supervisor does to them."""
 
     def __init__(self, calls, drained="", connect_errors=()):
         self.calls = calls
@@ -75,6 +75,9 @@ class _Recorder(_Stub):
 
     def close(self, **kw):
         self.calls.append(("close", kw))
+
+    def lost(self):
+        self.calls.append(("lost", {}))
 
     def drain(self):
         self.calls.append(("drain", {}))
@@ -98,7 +101,7 @@ class _Deaf(NetworkWatch):
 def recorded(signals, calls, **kw):
     stub = _Recorder(calls, **kw)
     states = []
-    s = Supervisor(kernel=stub, transport=stub, tunnels=stub, new_transport=lambda t: stub,
+    s = Supervisor(kernel=stub, transport=stub, channels=stub, new_transport=lambda t: stub,
                    signals=signals, log=logging.LoggerAdapter(logging.getLogger("t"), {}),
                    secret="s", grace=60, client_timeout=30, attach_timeout=10,
                    on_state=lambda sup: states.append(sup.state.value), network_watch=_Deaf)
@@ -112,7 +115,7 @@ def test_a_lost_session_closes_everything_and_says_what_the_connection_said(capl
     with SignalRelay() as signals, caplog.at_level(logging.INFO, logger="t"):
         s, states = recorded(signals, calls, drained="Connection reset by peer\n")
         assert s._dispatch(policy.SessionEOF()) is None
-    assert [c for c, _ in calls] == ["drain", "close", "close", "close"]
+    assert [c for c, _ in calls] == ["drain", "close", "lost", "close"]
     assert calls[-1] == ("close", {"lost": True})
     assert states == ["reconnecting"]
     assert caplog.messages == [("reconnecting: connection to h lost (the SSH session ended: Connection reset by "

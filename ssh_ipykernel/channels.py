@@ -1,0 +1,237 @@
+"""The kernel's channels on Jupyter's five ports, carried to its keeper so that an outage is a pause.
+
+The proxy listens on the ports of Jupyter's connection file itself and keeps every connection a
+client makes for as long as the client does, whatever happens to the network. Each connection's
+bytes go to the remote keeper over one stream (an SSH channel to the keeper's unix socket, or a
+relay through a remote python where the server forbids those), numbered and kept until the
+keeper has them (remote/streams.py: the same relay runs on both sides). When the connection to
+the host is lost, the supervisor calls ``suspend()``: clients stay connected, what they send is
+kept (a cell run while offline); once it has reached the keeper again, ``resume()`` opens a new
+stream, both sides say what they hold, and each sends again what the other lacks. The keeper
+kept the kernel's side of every connection and its output meanwhile.
+
+One thread serves the listeners, the clients' connections and the stream.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any, List, Optional
+
+from .connection import CHANNELS, ConnectionInfo
+from .exceptions import RemoteError
+from .remote.protocol import Event, Op, op_line
+from .remote.streams import DEFAULT_LIMIT, END, Relay, frame
+from .transport.base import Forward, end_process
+from .transport.forwarder import BindError, _listen
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # acknowledgements go out at least this often
+
+
+class Channels:
+    """Jupyter's ports, served by this proxy; their connections carried by a resumable stream."""
+
+    def __init__(self, local: ConnectionInfo, *, host: str, limit: int = DEFAULT_LIMIT,
+                 note=None) -> None:
+        self.local = local
+        self.host = host
+        self.limit = limit
+        self.token = os.urandom(16).hex()
+        self.sel = selectors.DefaultSelector()
+        self.relay = Relay(self.sel, limit=limit, note=note or log.warning)
+        self.lock = threading.RLock()
+        self.listeners: List[socket.socket] = []
+        self.session: Any = None  # what carries the stream (a Popen-like session)
+        self.opened = 0  # connections accepted
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._closing = False
+        self._thread: Optional[threading.Thread] = None
+
+    # -- set-up ------------------------------------------------------------------------------------
+    def listen(self) -> None:
+        """Listen on Jupyter's five ports (bound since the proxy's start: forwarder.reserve)."""
+        busy = []
+        for channel in CHANNELS:
+            port = self.local[channel]  # type: ignore[literal-required]
+            try:
+                sock = _listen(Forward(local_port=port, remote_port=0, local_host=self.local["ip"]))
+            except OSError:
+                busy.append(port)
+                continue
+            self.listeners.append(sock)
+            self.sel.register(sock, selectors.EVENT_READ, channel[: -len("_port")])
+        if busy:
+            self.close()
+            raise BindError(f"cannot listen on {busy}", busy).tunnel_error(self.host)
+        self._thread = threading.Thread(target=self._serve, name="channels", daemon=True)
+        self._thread.start()
+
+    # -- the stream ----------------------------------------------------------------------------------
+    def resume(self, session: Any, timeout: float) -> None:
+        """Carry the connections over ``session`` (a new stream to the keeper, its greeting read):
+        say what we hold of each, read what the keeper holds, send again what it lacks.
+        Raises RemoteError if the keeper does not answer."""
+        assert session.stdin is not None and session.stdout is not None
+        rfd, wfd = session.stdout.fileno(), session.stdin.fileno()
+        with self.lock:
+            listing = self.relay.listing()
+        hello = op_line(Op.STREAM, token=self.token, conns=listing, limit=self.limit)
+        try:
+            os.set_blocking(wfd, True)
+            os.write(wfd, hello)
+            reply, leftover = _read_line(rfd, timeout)
+            event = json.loads(reply)
+            if event.get("event") != Event.STREAM or not isinstance(event.get("conns"), dict):
+                raise ValueError(f"unexpected answer {reply[:200]!r}")
+        except (OSError, ValueError) as e:
+            _close_session(session)
+            raise RemoteError(f"the keeper on {self.host} did not take the kernel's channels: {e}",
+                              host=self.host) from e
+        with self.lock:
+            self._retire()
+            self.session = session
+            self.relay.attach(rfd, wfd, event["conns"], leftover=leftover,
+                              on_end=lambda: self._ended(session))
+        self._wake()
+
+    def reopen(self, transport: Any, kernel: Any, timeout: float) -> None:
+        """After a reconnect (the supervisor's Carrier): a new stream to the keeper, resumed."""
+        self.resume(kernel.open_stream(timeout), timeout)
+
+    def lost(self) -> None:
+        self.suspend()
+
+    def suspend(self) -> None:
+        """The connection is lost: keep the clients and what they send, carry nothing."""
+        with self.lock:
+            self.relay.detach()
+            self._retire()
+        self._wake()
+
+    def _ended(self, session: Any) -> None:
+        """The relay let go of the stream (its end, or a new one replacing it)."""
+        if self.session is session:
+            self.session = None
+        threading.Thread(target=_close_session, args=(session,), daemon=True).start()
+
+    def _retire(self) -> None:
+        session, self.session = self.session, None
+        if session is not None:
+            threading.Thread(target=_close_session, args=(session,), daemon=True).start()
+
+    @property
+    def attached(self) -> bool:
+        return self.relay.attached
+
+    # -- the thread --------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        last_tick = 0.0
+        while not self._closing:
+            events = self.sel.select(TICK)
+            with self.lock:
+                if self._closing:
+                    break
+                for key, mask in events:
+                    data = key.data
+                    if data == "wake":
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                    elif isinstance(data, str):
+                        self._accept(key.fileobj, data)  # type: ignore[arg-type]
+                    else:
+                        data[0].service(data[1], mask)
+                now = time.monotonic()
+                if now - last_tick >= TICK:
+                    last_tick = now
+                    self.relay.tick()
+
+    def _accept(self, listener: socket.socket, channel: str) -> None:
+        try:
+            sock, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, OSError):
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.opened += 1
+        self.relay.add(self.opened, channel, sock)
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    # -- the end -----------------------------------------------------------------------------------
+    def close(self, *, forget: bool = False) -> None:
+        """Stop serving: the listeners and the clients' connections close. ``forget``: tell the
+        keeper (if reachable) to drop this proxy's connections too (a detach; a shutdown ends
+        the kernel anyway)."""
+        with self.lock:
+            if self._closing:
+                return
+            self._closing = True
+            if forget and self.relay.attached and self.relay.stream_w is not None:
+                try:
+                    os.set_blocking(self.relay.stream_w, True)
+                    os.write(self.relay.stream_w, bytes(self.relay.outbuf) + frame(END, 0))
+                except OSError:
+                    pass
+            self.relay.close()
+            self._retire()
+            for sock in self.listeners:
+                try:
+                    self.sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()
+            self.listeners = []
+        self._wake()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+
+def _read_line(fd: int, timeout: float) -> "tuple[bytes, bytes]":
+    """One line from ``fd`` (blocking, up to ``timeout``) and the bytes read after it."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    os.set_blocking(fd, False)
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        while b"\n" not in data:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not sel.select(remaining):
+                raise TimeoutError(f"no answer within {timeout:.0f} s")
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise OSError("the stream ended")
+            data += chunk
+    line, _, rest = data.partition(b"\n")
+    return line, rest
+
+
+def _close_session(session: Any) -> None:
+    try:
+        end_process(session)
+    except Exception:  # noqa: BLE001 - it is being thrown away
+        pass
+    for stream in (session.stdin, session.stdout, session.stderr):
+        try:
+            if stream is not None:
+                stream.close()
+        except (OSError, ValueError):
+            pass
