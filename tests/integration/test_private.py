@@ -12,6 +12,7 @@ as the kernel's own user do receive its output: the probe can see what it looks 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -97,6 +98,20 @@ def other_user():
 
 
 @pytest.fixture
+def open_home(ssh_host):
+    """The remote user's home traversable by everyone (0755, as on many sites: the test host's
+    is 0750, which alone would keep another user out of everything below it), so that only the
+    kernel's own directories and files protect it; 0750 again afterwards."""
+    home = ssh_host.local_home  # bind-mounted as the home inside the host
+    mode = home.stat().st_mode & 0o777
+    home.chmod(0o755)
+    try:
+        yield
+    finally:
+        home.chmod(mode)
+
+
+@pytest.fixture
 def kernel(ssh_host, tmp_path, jupyter_env):
     with started_kernel(ssh_host, tmp_path, jupyter_env, "pv") as k:
         yield k
@@ -133,14 +148,15 @@ def listener_pids(line: str) -> Set[int]:
 
 
 def unix_listeners(processes: Set[int]) -> List[str]:
-    """Paths (``@name`` for abstract ones) of the listening unix sockets these processes hold."""
-    inodes: Set[str] = set()
+    """Paths (``@name`` for abstract ones) of the listening unix sockets these processes hold; a
+    path bound relative to its process's working directory is made absolute."""
+    owner: Dict[str, int] = {}  # socket inode -> pid
     for pid in processes:
         try:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 target = str(fd.readlink()) if fd.is_symlink() else ""
                 if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
+                    owner[target[8:-1]] = pid
         except OSError:
             continue
     paths = []
@@ -148,8 +164,11 @@ def unix_listeners(processes: Set[int]) -> List[str]:
     for row in Path(f"/proc/{any_pid}/net/unix").read_text().splitlines()[1:]:
         fields = row.split()
         # Flags 00010000: __SO_ACCEPTCON, a listening socket.
-        if len(fields) >= 8 and fields[6] in inodes and int(fields[3], 16) & 0x10000:
-            paths.append(fields[7])
+        if len(fields) >= 8 and fields[6] in owner and int(fields[3], 16) & 0x10000:
+            path = fields[7]
+            if not path.startswith(("/", "@")):
+                path = os.path.join(os.readlink(f"/proc/{owner[fields[6]]}/cwd"), path)
+            paths.append(path)
     return paths
 
 
@@ -186,12 +205,17 @@ def test_the_kernel_listens_on_no_tcp_port_of_the_remote(kernel, ssh_host):
     their children; the kernel's channels are unix sockets."""
     pid = kernel.remote_pid()
     ours = kernel_processes(ssh_host, pid)
-    theirs = [line for line in tcp_listeners(pid) if listener_pids(line) & ours]
+    # ipykernel's own TCP socket: the pipe its forked subprocesses push their output into (a PULL
+    # socket on 127.0.0.1: nothing can be read from it, and it takes only messages carrying a
+    # secret of the kernel's). Not a channel of the kernel; the probe below tries it anyway.
+    pipe = kernel.value("getattr(getattr(__import__('sys').stdout, 'pub_thread', None), '_pipe_port', 0) or 0")
+    theirs = [line for line in tcp_listeners(pid)
+              if listener_pids(line) & ours and line.split()[3] != f"127.0.0.1:{pipe}"]
     assert not theirs, "TCP ports the kernel's processes listen on, on the remote:\n" + "\n".join(theirs)
     assert unix_listeners(ours), "the kernel's processes listen on no unix socket either"
 
 
-def test_another_user_on_the_remote_reaches_nothing_of_the_kernel(kernel, ssh_host, other_user):
+def test_another_user_on_the_remote_reaches_nothing_of_the_kernel(open_home, kernel, ssh_host, other_user):
     pid = kernel.remote_pid()
     ours = kernel_processes(ssh_host, pid)
     sockets = unix_listeners(ours)
