@@ -544,6 +544,8 @@ def client_of(conn: Path, timeout: float = 60):
 
     kc = BlockingKernelClient(connection_file=str(conn))
     kc.load_connection_file()
-    kc.start_channels()
+    # No heartbeat channel: without a KernelManager, wait_for_ready() takes a heartbeat not yet
+    # answered (the proxy is still starting the kernel) for a dead kernel and gives up at once.
+    kc.start_channels(hb=False)
     kc.wait_for_ready(timeout=timeout)
     return kc
