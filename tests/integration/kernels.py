@@ -524,7 +524,7 @@ def printing_cell(lines: int, every: float, size: int = 0) -> str:
 
 
 def cell_through_cut(cell: Cell, host, *, after_lines: int, seconds: float, kind: str = "blackhole",
-                     log="", timeout: float = 120) -> Tuple[float, float]:
+                     log="", timeout: float = 60) -> Tuple[float, float]:
     """Follow ``cell``; once ``after_lines`` of its lines have arrived, cut ``host`` off for
     ``seconds``; then follow it until its reply and final idle have come (AssertionError after
     ``timeout`` from the restore). Returns the monotonic times of the cut and of the restore."""
