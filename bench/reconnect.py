@@ -12,8 +12,8 @@ way back needs a new one; --after, --spread), restores the link, and sends a con
 kernel_info every 20 ms until one is answered: the time from the restore (once its commands
 returned) to that answer is the result. The link's own round-trip time (a TCP connect to sshd)
 is reported beside it. --show-log runs the proxy with --log-level DEBUG and prints its lines of
-each reconnect: the breakdown of where the time goes (the attempt's "connected in / forwards in
-/ attached in" line). A tool, not a test.
+each reconnect: the breakdown of where the time goes (the attempt's "connected in / attached in
+/ channels in" line). A tool, not a test.
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ def measure(host, transport: str, kinds: List[str], repeat: int, after: float, s
     kc = BlockingKernelClient(connection_file=conn)
     kc.load_connection_file()
     try:
-        wait_log(log, r"tunnels up", 0, 60)
+        wait_log(log, r"channels up", 0, 60)
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
         kc.execute("import time; time.sleep(100000)")

@@ -52,6 +52,10 @@ class Channels:
         self.opened = 0  # connections accepted
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        #: Readable once the stream ended by itself (not by suspend() or a new stream): the
+        #: supervisor treats it as a lost connection (broken_fileno).
+        self._broken_r, self._broken_w = socket.socketpair()
+        self._broken_r.setblocking(False)
         self.sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._closing = False
         self._thread: Optional[threading.Thread] = None
@@ -101,6 +105,8 @@ class Channels:
             self.session = session
             self.relay.attach(rfd, wfd, event["conns"], leftover=leftover,
                               on_end=lambda: self._ended(session))
+            if self.session is session:
+                self.take_broken()  # an end noticed before this stream is not this stream's
         self._wake()
 
     def reopen(self, transport: Any, kernel: Any, timeout: float) -> None:
@@ -113,15 +119,32 @@ class Channels:
     def suspend(self) -> None:
         """The connection is lost: keep the clients and what they send, carry nothing."""
         with self.lock:
+            session, self.session = self.session, None
             self.relay.detach()
-            self._retire()
+            if session is not None:
+                threading.Thread(target=_close_session, args=(session,), daemon=True).start()
         self._wake()
 
     def _ended(self, session: Any) -> None:
-        """The relay let go of the stream (its end, or a new one replacing it)."""
+        """The relay let go of the stream: replaced or suspended (the session was taken off
+        first), or ended by itself (the keeper closed it, a write failed): then say so."""
         if self.session is session:
             self.session = None
+            try:
+                self._broken_w.send(b"x")
+            except OSError:
+                pass
         threading.Thread(target=_close_session, args=(session,), daemon=True).start()
+
+    def broken_fileno(self) -> Optional[int]:
+        """Readable when the stream ended by itself while the connection seemed fine."""
+        return self._broken_r.fileno()
+
+    def take_broken(self) -> bool:
+        try:
+            return bool(self._broken_r.recv(4096))
+        except OSError:
+            return False
 
     def _retire(self) -> None:
         session, self.session = self.session, None
@@ -198,8 +221,8 @@ class Channels:
         self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)
-        self._wake_r.close()
-        self._wake_w.close()
+        for sock in (self._wake_r, self._wake_w, self._broken_r, self._broken_w):
+            sock.close()
 
 
 def _read_line(fd: int, timeout: float) -> "tuple[bytes, bytes]":

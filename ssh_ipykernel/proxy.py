@@ -20,7 +20,7 @@ import time
 from typing import Dict, Mapping, Optional
 
 from .connection import CHANNELS, kernel_id_from_path, load_connection_file
-from .exceptions import AuthenticationError, LoginRequiredError, SSHKernelError
+from .exceptions import AuthenticationError, LoginRequiredError, RemoteError, SSHKernelError
 from .session.client import RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
@@ -125,8 +125,14 @@ class Proxy:
                     channels = Channels(info, host=self.hostspec.label, limit=self.options.output_buffer,
                                         note=self.log.warning)
                     channels.listen()
-                    channels.resume(kernel.open_stream(self.options.connection.timeout),
-                                    self.options.connection.timeout)
+                    try:
+                        channels.resume(kernel.open_stream(self.options.connection.timeout),
+                                        self.options.connection.timeout)
+                    except RemoteError:
+                        # A kernel that died at once takes its keeper along: its "exited" says why,
+                        # and the supervisor reports it as for any kernel that died.
+                        if not kernel.exited_meanwhile(2.0):
+                            raise
                 except BaseException:
                     if channels is not None:
                         channels.close()

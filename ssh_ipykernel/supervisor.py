@@ -60,6 +60,10 @@ class Carrier(Protocol):
 
     def close(self, *, forget: bool = False) -> None: ...
 
+    def broken_fileno(self) -> Optional[int]: ...
+
+    def take_broken(self) -> bool: ...
+
 
 class Supervisor:
     """Serve a started kernel until it ends; reconnect whenever the connection is lost."""
@@ -139,7 +143,9 @@ class Supervisor:
     def close(self) -> None:
         """Release the session, the channels and the connection (the kernel is not touched)."""
         self.kernel.close()
-        self.channels.close(forget=self.state is State.STOPPED and self._detached)
+        # Forget: tell the keeper this proxy's channels will not resume (a detach; connect,
+        # whose stop is a disconnect). A proxy that shuts its kernel down needs not.
+        self.channels.close(forget=self._detached or not self.status.config.owns_kernel)
         self.transport.close()
 
     # -- the policy's events in, its actions out ----------------------------------------------------
@@ -192,6 +198,9 @@ class Supervisor:
         master_fd = self.transport.fileno()
         if master_fd is not None:
             sel.register(master_fd, selectors.EVENT_READ, "master")
+        broken_fd = self.channels.broken_fileno()
+        if broken_fd is not None:
+            sel.register(broken_fd, selectors.EVENT_READ, "channels")
         try:
             while True:
                 code = self._handle_events(kernel.take_events())
@@ -209,6 +218,10 @@ class Supervisor:
                         if not self.transport.alive():
                             sel.unregister(key.fd)
                             code = self._dispatch(policy.MasterEOF())  # the master exited, or paramiko's transport
+                    elif key.data == "channels":
+                        if self.channels.take_broken():
+                            self.log.info("the channels' stream to the keeper ended")
+                            code = self._dispatch(policy.SessionEOF())
                     elif key.data == "session":
                         got = kernel.read(key.fd)
                         if got.stderr:

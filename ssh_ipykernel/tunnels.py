@@ -149,5 +149,11 @@ class Forwarded:
     def lost(self) -> None:
         self.tunnels.close()
 
+    def broken_fileno(self) -> None:
+        return None  # the forwards have no stream of their own
+
+    def take_broken(self) -> bool:
+        return False
+
     def close(self, *, forget: bool = False) -> None:
         self.tunnels.close()

@@ -35,13 +35,14 @@ from .agent import Agent
 from .clients import Client, Clients
 from .grace import FIRST_CLIENT_WAIT, GraceClock, describe_grace
 from .logrelay import LogRelay
-from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, Event, Op, event_line, parse_op
+from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, Event, Op, event_line, kernel_kept_for, parse_op
 from .streams import Notice, Relay, connect_endpoint
 
 TICK = 0.1  # how often the log is tailed and the timers checked (the kernel's exit wakes the loop)
 LISTENER = "listener"  # selector data of the keeper's listening socket
 EXIT_WAKER = "kernel-exit"  # selector data of the socket that wakes the loop when the kernel exits
-PORTS_WAIT = 120.0  # for ipykernel to bind its ports (imports on a slow, busy host)
+PORTS_WAIT = 120.0
+RELAY_MARGIN = 60.0  # beyond the proxy's give-up time (its own margin is 30 s)  # for ipykernel to bind its ports (imports on a slow, busy host)
 
 
 class Keeper:
@@ -59,7 +60,6 @@ class Keeper:
         self.log_relay = LogRelay(agent.log_file)
         self._stop_signal = threading.Event()
         self.relays = {}  # type: dict  # proxy token -> its channels (streams.Relay)
-        self._ticked = 0.0
 
     # -- main loop --------------------------------------------------------------------------------
     def run(self) -> None:
@@ -87,7 +87,9 @@ class Keeper:
         self.sel.register(self._exit_waker(), selectors.EVENT_READ, EXIT_WAKER)
         self.clock = GraceClock(self.grace, time.monotonic())
         returncode = None
+        ticked = 0.0
         while returncode is None:
+            exited = False
             for key, mask in self.sel.select(TICK):
                 if key.data is LISTENER:
                     client = self.clients.accept(self.listener)
@@ -95,15 +97,21 @@ class Keeper:
                         self.clients.send(client, Event.READY, **self.agent.ready_event())
                 elif key.data is EXIT_WAKER:
                     self.sel.unregister(key.fileobj)  # it has done its one job; reap() follows
+                    exited = True
                 elif isinstance(key.data, tuple):  # a proxy's channels: (relay, conn)
                     key.data[0].service(key.data[1], mask)
                 else:
                     self.clients.service(key.data, mask)
-            self._tick_relays(time.monotonic())
-            self._pump_log()
-            returncode = self.agent.reap()
-            if returncode is None:
-                self._watch(time.monotonic())
+            # The timers once per TICK, not at every wake-up: the channels wake the loop for
+            # every chunk of output, and the log is a file to open.
+            now = time.monotonic()
+            if exited or now - ticked >= TICK:
+                ticked = now
+                self._tick_relays(now)
+                self._pump_log()
+                returncode = self.agent.reap()
+                if returncode is None:
+                    self._watch(now)
         self._pump_log()
         for relay in self.relays.values():
             relay.close()
@@ -204,11 +212,16 @@ class Keeper:
         return connect_endpoint(self.agent.endpoint(channel))
 
     def _tick_relays(self, now: float) -> None:
-        if now - self._ticked < TICK:
-            return
-        self._ticked = now
+        # A proxy that has been away longer than it keeps trying (it gives up on the kernel after
+        # kernel_kept_for, plus its margin) will never resume its channels: free what they hold.
+        kept = kernel_kept_for(self.grace, self.client_timeout)
         for token, relay in list(self.relays.items()):
-            if relay.ended:
+            if relay.ended or (kept is not None and relay.detached_at is not None
+                               and now - relay.detached_at > kept + RELAY_MARGIN):
+                if not relay.ended:
+                    self.agent.log("a proxy's channels were not resumed for %.0f s; dropping what they held" % (
+                        now - relay.detached_at))
+                relay.close()
                 del self.relays[token]
             else:
                 relay.tick()

@@ -31,8 +31,6 @@ imports it too.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import selectors
@@ -197,6 +195,9 @@ class Notice:
         }).encode()
         parts = [header, parent or b"{}", b"{}", json.dumps({"name": "stderr", "text": text}).encode()]
         if self.key:
+            import hashlib  # only here: the proxy imports this module too, and needs neither
+            import hmac
+
             mac = hmac.new(self.key, digestmod=getattr(hashlib, self.digest))
             for part in parts:
                 mac.update(part)
@@ -278,6 +279,7 @@ class Relay:
         self._closed_pending = []  # type: list
         self._cursor = 0  # round robin over conns when framing
         self.ended = False  # the proxy said END: forget this relay
+        self.detached_at = None  # type: float | None  # monotonic: when its last stream went
 
     # -- conns -------------------------------------------------------------------------------------
     def add(self, number: int, channel: str, sock) -> Conn:
@@ -375,6 +377,7 @@ class Relay:
         read from the stream; ``first``: bytes to send before any frame (the keeper's answer)."""
         self.detach()
         self.stream_r, self.stream_w, self.on_stream_end = rfd, wfd, on_end
+        self.detached_at = None
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         self.inbuf = bytearray(leftover)
@@ -423,6 +426,8 @@ class Relay:
             except (KeyError, ValueError):
                 pass
         on_end, self.on_stream_end = self.on_stream_end, None
+        if self.stream_w is not None:
+            self.detached_at = time.monotonic()
         self.stream_r = self.stream_w = None
         self.outbuf = bytearray()
         self.inbuf = bytearray()

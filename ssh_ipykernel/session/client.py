@@ -338,6 +338,22 @@ class RemoteKernel:
         """Events that arrived but were not consumed yet (e.g. an ``exited`` right after ready)."""
         return self._reader.take() if self._reader is not None else []
 
+    def exited_meanwhile(self, timeout: float) -> bool:
+        """Whether the keeper says (within ``timeout``) that the kernel has ended; the event
+        stays pending for the caller's loop (take_events)."""
+        reader = self._reader
+        if reader is None:
+            return False
+        is_exit: Callable[[Dict[str, object]], bool] = lambda e: e.get("event") == Event.EXITED  # noqa: E731
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(reader.fd, selectors.EVENT_READ)
+            while not any(is_exit(e) for e in reader.pending):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not sel.select(remaining) or reader.read():
+                    break
+        return any(is_exit(e) for e in reader.pending)
+
     # -- commands -----------------------------------------------------------------------------------
     def send(self, op: str, **fields: object) -> bool:
         """Send a command (protocol.Op) to the keeper; False if the session is gone."""
