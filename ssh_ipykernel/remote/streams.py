@@ -398,12 +398,19 @@ class Relay:
         self._parse()
         self._pump()
 
+    def _backlogged(self) -> bool:
+        """Whether what waits for our ends to read it passed the limit: the stream is not read
+        until they catch up (a client that reads nothing holds up its proxy's other conns, but
+        memory stays bounded)."""
+        return sum(len(c.out) for c in self.conns.values()) > self.limit
+
     def _register_stream(self) -> None:
+        read = 0 if self._backlogged() else selectors.EVENT_READ
         if self.stream_r == self.stream_w:
-            mask = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbuf else 0)
+            mask = read | (selectors.EVENT_WRITE if self.outbuf else 0)
             self._set(self.stream_r, mask)
         else:
-            self._set(self.stream_r, selectors.EVENT_READ)
+            self._set(self.stream_r, read)
             self._set(self.stream_w, selectors.EVENT_WRITE if self.outbuf else 0)
 
     def _set(self, fd, mask: int) -> None:
@@ -576,9 +583,14 @@ class Relay:
     def _flush_out(self, conn: Conn) -> None:
         if conn.sock is None or not conn.out:
             return
+        backlogged = len(conn.out) > self.limit // 2
         try:
             sent = conn.sock.send(conn.out)
             del conn.out[:sent]
+            if not conn.out:
+                conn.out = bytearray()  # let a large buffer go (a bytearray keeps its capacity)
+            if backlogged and self.stream_r is not None:
+                self._register_stream()
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
@@ -595,6 +607,8 @@ class Relay:
 
     # -- the stream's bytes ------------------------------------------------------------------------
     def _read_stream(self) -> None:
+        if self._backlogged():
+            return
         try:
             data = os.read(self.stream_r, READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -645,6 +659,8 @@ class Relay:
                 return
             payload.release()
         del buf[:i]
+        if not buf and buf is self.inbuf:
+            self.inbuf = bytearray()
         for conn in touched:
             if conn.received - conn.told >= ACK_EVERY:
                 self._ack(conn)
@@ -718,6 +734,8 @@ class Relay:
                 self.detach()
                 return
             del self.outbuf[:sent]
+            if not self.outbuf:
+                self.outbuf = bytearray()
         self._register_stream()
 
 
