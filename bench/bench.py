@@ -4,14 +4,17 @@
     .venv/bin/python bench/bench.py --rtt 0,50 --repeat 5 --plot docs/bench.png --json out.json
     .venv/bin/python bench/bench.py --host btest --python /opt/env [--ssh-config FILE]
     .venv/bin/python bench/bench.py --replot out.json --plot docs/bench.png   # table + plot again
+    .venv/bin/python bench/bench.py --replot after.json --baseline before.json  # before beside after
 
 Measures, for a local ipykernel (the reference) and the SSH kernel on each link: cold start
 (start_kernel until the first kernel_info reply), start with a connection up (a second kernel
 while one runs on the same host), restart, execute round trip p50/p99, 20 MB stream throughput,
 interrupt latency, shutdown, the proxy's resident memory (alone, and with its ssh processes),
 and N kernels started at once (until all answer kernel_info). Prints a table with each target
-of issue 7 and whether it is met, computed from the local medians and the link's round-trip
-time, and can write the raw numbers as JSON and a PNG plot.
+of issues 7 and 13 and whether it is met, computed from the local medians and the link's
+round-trip time, the CPU seconds each process (proxy, ssh, sshd, keeper, kernel, ...) spent
+on the stream, and can write the raw numbers as JSON and a PNG plot. --baseline puts an
+earlier run's medians beside the new ones.
 
 --rtt adds latency to the SSH link with a delaying ProxyCommand (bench/delay_relay.py): netem
 is not available here. The kinds are measured in turns within each repeat, so that load from
@@ -33,7 +36,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from links import BenchHost, base_rtt, delayed_config, install_kernelspecs, netns_host
 from measure import many_kernels, single_kernel
-from report import summarize, table, targets_text
+from report import cpu_table, summarize, table, targets_text
 
 METRICS = ("start", "warm_start", "restart", "rt", "stream", "interrupt", "shutdown", "rss", "many")
 SINGLE = set(METRICS) - {"many"}
@@ -57,6 +60,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib: the bench extra)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--replot", metavar="JSON", help="no measuring: table (and --plot) from a --json file")
+    parser.add_argument("--baseline", metavar="JSON",
+                        help="an earlier run's --json (say, before a change): its medians beside the new ones, "
+                             "and start and restart (over local) no slower than in it")
     args = parser.parse_args(argv)
     args.only = set(args.only.split(",")) if args.only else set(METRICS)
     unknown = args.only - set(METRICS)
@@ -115,7 +121,8 @@ def run(args: argparse.Namespace) -> dict:
                 if args.only & SINGLE:
                     results.update(single_kernel(ksm, info["kernel"], logs, args.only, ssh=info["ssh"],
                                                  round_trips=args.round_trips,
-                                                 stream_bytes=int(args.stream_mb * 1e6)))
+                                                 stream_bytes=int(args.stream_mb * 1e6),
+                                                 remote_pids=host.remote_pids))
                 if "many" in args.only:
                     results.update(many_kernels(ksm, info["kernel"], args.many, logs,
                                                 connections=host.connections if info["ssh"] else None))
@@ -156,8 +163,18 @@ def main() -> None:
     title = (f"{meta['repeat']} repeats on {meta['host']}{' (netns test host)' if meta['netns'] else ''}, "
              f"{meta['cpus']} CPUs, load {meta['loadavg_before']} -> {meta['loadavg_after']}, {meta['started']}")
     print(title)
-    print(table(data["kinds"], markdown=args.markdown, many=meta["many"]))
+    baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
+    if baseline:
+        before = baseline["meta"]
+        print(f"before: {args.baseline}, {before['repeat']} repeats, load {before['loadavg_before']} -> "
+              f"{before['loadavg_after']}, {before['started']}")
+    print(table(data["kinds"], markdown=args.markdown, many=meta["many"],
+                baseline=baseline["kinds"] if baseline else None))
     print(targets_text(data["kinds"]))
+    cpu = cpu_table(data["kinds"], markdown=args.markdown, baseline=baseline["kinds"] if baseline else None)
+    if cpu:
+        print()
+        print(cpu)
     for note in sanity(data):
         print("warning:", note)
     if args.plot:

@@ -28,6 +28,8 @@ class BenchHost:
     ssh_config: Optional[str]
     #: Counts the SSH connections the host has open (netns hosts only: their sshd is ours to see).
     connections: Optional[Callable[[], int]] = None
+    #: Lists the host's processes (netns hosts only), for the CPU each spends on the stream.
+    remote_pids: Optional[Callable[[], List[int]]] = None
 
 
 def netns_host(stack: ExitStack) -> BenchHost:
@@ -47,7 +49,8 @@ def netns_host(stack: ExitStack) -> BenchHost:
                     count += 1
         return count
 
-    return BenchHost(host.alias, host.env_prefix, str(host.ssh_config), connections)
+    return BenchHost(host.alias, host.env_prefix, str(host.ssh_config), connections,
+                     lambda: ns_pids(host.namespace))
 
 
 def destination(host: BenchHost) -> Tuple[str, int]:

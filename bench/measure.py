@@ -24,6 +24,8 @@ Results = Dict[str, List[float]]
 
 #: Processes of the benchmark's own latency relay are not the proxy's cost.
 RELAY_MARK = b"delay_relay.py"
+#: This bench's relay (not another checkout's).
+OWN_RELAY = str(Path(__file__).resolve().parent / "delay_relay.py").encode()
 
 
 #: A client's send to a kernel whose proxy died blocks for ever (a ZMQ DEALER with no peer
@@ -92,18 +94,116 @@ def tree_rss_mb(pid: int) -> float:
     return total
 
 
-def link_rtt(samples: int = 21) -> Optional[float]:
+def cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU time of one process (all its threads), in seconds; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def cpu_roles(kernel_pid: int, *, ssh: bool, remote_pids: Optional[Callable[[], List[int]]] = None) -> Dict[int, str]:
+    """The processes that carry a kernel's messages, by role: this process (jupyter_client's
+    client), the proxy and its ssh clients, the bench's delay relay, the host's shared ssh
+    master (found by the bench's runtime directory in its control path) and, where the host's
+    processes can be listed (a netns host), sshd, the agent, the keeper and the kernel."""
+    roles = {os.getpid(): "client", kernel_pid: "proxy" if ssh else "kernel"}
+    for pid in descendants(kernel_pid):
+        cmdline = _cmdline(pid)
+        if RELAY_MARK in cmdline:
+            roles[pid] = "delay relay"
+        elif cmdline.split(b"\0", 1)[0].endswith(b"ssh"):
+            roles[pid] = "ssh client"
+        else:
+            roles[pid] = "proxy child"
+    # Only for an SSH kernel: the masters of earlier kinds linger (ControlPersist), idle.
+    runtime = os.environ.get("JUPYTER_RUNTIME_DIR", "").encode() if ssh else b""
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        cmdline = _cmdline(int(entry))
+        if runtime and runtime in cmdline and b"ControlMaster=yes" in cmdline:
+            roles[int(entry)] = "ssh master"
+        elif runtime and OWN_RELAY in cmdline and int(entry) not in roles:
+            roles[int(entry)] = "delay relay"  # the master's ProxyCommand (its parent, ssh, has exited)
+    if ssh and remote_pids is not None:
+        remote = {pid: _cmdline(pid) for pid in remote_pids()}
+        kernels = [pid for pid, cmdline in remote.items() if b"ipykernel_launcher" in cmdline]
+        keepers = {_ppid(pid) for pid in kernels}
+        for pid, cmdline in remote.items():
+            if pid in kernels:
+                roles[pid] = "remote kernel"
+            elif pid in keepers:
+                roles[pid] = "keeper"
+            elif b"sshd" in cmdline.split(b"\0", 1)[0] or cmdline.startswith(b"sshd"):
+                roles[pid] = "sshd"
+            elif b"python" in cmdline:
+                roles[pid] = "agent"
+            else:
+                roles[pid] = "remote other"
+    return roles
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class CPUMeter:
+    """CPU seconds each role spends between ``__enter__`` and ``__exit__`` (processes that end
+    in between are not counted: none do during a cell)."""
+
+    def __init__(self, roles: Dict[int, str]) -> None:
+        self.roles = roles
+        self.spent: Dict[str, float] = {}
+
+    def __enter__(self) -> "CPUMeter":
+        self._before = {pid: cpu_seconds(pid) for pid in self.roles}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pid, role in self.roles.items():
+            before, after = self._before.get(pid), cpu_seconds(pid)
+            if before is not None and after is not None:
+                self.spent[role] = self.spent.get(role, 0.0) + after - before
+
+
+def control_path(kernel_pid: int) -> Optional[str]:
+    """The control socket of the shared connection a proxy uses (from its ssh clients' command
+    lines), or None (paramiko, or no ssh client running)."""
+    for pid in descendants(kernel_pid):
+        for arg in _cmdline(pid).split(b"\0"):
+            if arg.startswith(b"ControlPath="):
+                return arg[len(b"ControlPath="):].decode()
+    return None
+
+
+def link_rtt(samples: int = 21, path: Optional[str] = None) -> Optional[float]:
     """Median round trip (s) of a request through the host's shared SSH connection (the master
-    asks the server for a forward it refuses: one round trip), or None without one."""
+    asks the server for a forward it refuses: one round trip), or None without one. ``path``:
+    its control socket; else the only one there is (earlier kinds' masters linger a while)."""
     from ssh_ipykernel.transport.mux import MuxClient, MuxError
     from ssh_ipykernel.transport.openssh import control_dir
 
-    directory = control_dir()
-    sockets = [n for n in os.listdir(directory) if n.startswith("cm-") and "." not in n]
-    if len(sockets) != 1:
-        return None
+    if path is None:
+        directory = control_dir()
+        sockets = [n for n in os.listdir(directory) if n.startswith("cm-") and "." not in n]
+        if len(sockets) != 1:
+            return None
+        path = os.path.join(directory, sockets[0])
     try:
-        client = MuxClient(os.path.join(directory, sockets[0]), timeout=5)
+        client = MuxClient(path, timeout=5)
     except MuxError:
         return None
     times = []
@@ -257,8 +357,11 @@ class Kernel:
 
 
 def single_kernel(ksm: KernelSpecManager, name: str, logs: Path, only: Iterable[str], *, ssh: bool = True,
-                  round_trips: int = 200, stream_bytes: int = 20_000_000) -> Results:
-    """One kernel's life; returns {metric: [value]} for the metrics in ``only``."""
+                  round_trips: int = 200, stream_bytes: int = 20_000_000,
+                  remote_pids: Optional[Callable[[], List[int]]] = None) -> Results:
+    """One kernel's life; returns {metric: [value]} for the metrics in ``only``, and with the
+    stream the CPU seconds each process role spent on it ("cpu:<role>"; the remote roles with
+    ``remote_pids``, which lists the host's processes)."""
     only = set(only)
     out: Results = {}
     kernel = Kernel(ksm, name, logs / f"{name}-{time.time_ns()}.log")
@@ -273,11 +376,13 @@ def single_kernel(ksm: KernelSpecManager, name: str, logs: Path, only: Iterable[
         out["start"] = [kernel.start()]
         if "rt" in only:
             out["rt"] = kernel.round_trips(round_trips)
-            rtt = link_rtt() if ssh else None
+            rtt = link_rtt(path=control_path(kernel.pid)) if ssh else None
             if rtt is not None:
                 out["link_rtt"] = [rtt]
         if "stream" in only:
-            out["stream"] = [kernel.stream(stream_bytes)]
+            with CPUMeter(cpu_roles(kernel.pid, ssh=ssh, remote_pids=remote_pids)) as meter:
+                out["stream"] = [kernel.stream(stream_bytes)]
+            out.update({f"cpu:{role}": [seconds] for role, seconds in meter.spent.items()})
         if "interrupt" in only:
             out["interrupt"] = [kernel.interrupt()]
         if "rss" in only:
@@ -297,7 +402,8 @@ def single_kernel(ksm: KernelSpecManager, name: str, logs: Path, only: Iterable[
         for k in (second, kernel):
             if k is not None:
                 k.kill()
-    return {k: v for k, v in out.items() if k in only or k == "rss_tree" and "rss" in only or k == "link_rtt"}
+    return {k: v for k, v in out.items()
+            if k in only or k == "rss_tree" and "rss" in only or k == "link_rtt" or k.startswith("cpu:")}
 
 
 async def _many(ksm: KernelSpecManager, name: str, count: int, logs: Path, timeout: float,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import atexit, contextlib, itertools, json  # noqa: E401
 import os, pwd, re, shlex, shutil, signal, socket, subprocess, tempfile, time  # noqa: E401
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 # The host-independent interface and the machine-level groundwork live in
 # their own modules; every name importers know from here is re-exported.
@@ -98,8 +98,10 @@ class NetnsHost(SSHTestHost):
 
     def __init__(self, factory: "NetnsHostFactory", name: str, hostname: str,
                  reachable_from: Optional["NetnsHost"], port: int = 22, ipv6: bool = False,
-                 two_factor: Optional[TwoFactor] = None, pw: Optional[pwd.struct_passwd] = None) -> None:
+                 two_factor: Optional[TwoFactor] = None, pw: Optional[pwd.struct_passwd] = None,
+                 binds: Sequence[tuple[str, str]] = ()) -> None:
         self.factory, self.reachable_from = factory, reachable_from
+        self.binds = tuple(binds)
         self.ipv6 = ipv6
         self.address6 = self.outer_address6 = ""  # set by _make_network() with ipv6
         self.two_factor, self.pw = two_factor, pw or factory.user
@@ -209,6 +211,7 @@ class NetnsHost(SSHTestHost):
             f"mount --bind {q(str(self.local_home))} {q(self.home)}",
             f"mount --bind {q(str(self.dir / 'hosts'))} /etc/hosts",
             *([f"mount --bind {q(str(self.dir / 'pam_sshd'))} /etc/pam.d/sshd"] if self.two_factor else []),
+            *(f"mount --bind {q(src)} {q(dst)}" for src, dst in self.binds),
             "mount -t tmpfs -o mode=1777 sik-tmp /tmp",  # remote files stay remote
             "mount -t tmpfs -o mode=1777 sik-vartmp /var/tmp",
             f"exec {SSHD} -D -e -f {q(str(self.dir / 'sshd_config'))} -E {q(str(self.log_path))}",
@@ -379,7 +382,7 @@ class NetnsHostFactory:
 
     def create_host(self, name: str = "btest", hostname: Optional[str] = None,
                     reachable_from: Optional[NetnsHost] = None, port: int = 22, ipv6: bool = False,
-                    two_factor: Optional[TwoFactor] = None) -> NetnsHost:
+                    two_factor: Optional[TwoFactor] = None, binds: Sequence[tuple[str, str]] = ()) -> NetnsHost:
         """Start host ``name`` (ssh alias) with remote hostname ``sik-<name>`` by default.
 
         ``port``: sshd listens there instead of 22. ``ipv6``: the link also gets an IPv6 address
@@ -391,12 +394,14 @@ class NetnsHostFactory:
         namespace, unroutable from here: the alias goes through ProxyJump.
         With ``two_factor`` its login needs the password and a one-time code of
         TWO_FACTOR_USER (keyboard-interactive through PAM), as at HPC centres.
+        ``binds``: (source, mount point) pairs bind-mounted in the host's mount namespace (every
+        sshd session sees them; the mount point must exist), e.g. a SLURM login host's /etc/slurm.
         """
         if self._closed or name in self.hosts:
             raise HostSetupError(f"factory closed or host {name!r} exists")
         pw = ensure_password_user(TWO_FACTOR_USER, two_factor.password) if two_factor else None
         host = NetnsHost(self, name, hostname or f"{PREFIX}-{name}", reachable_from, port=port, ipv6=ipv6,
-                         two_factor=two_factor, pw=pw)
+                         two_factor=two_factor, pw=pw, binds=binds)
         self.hosts[name] = host
         self.client.add_host(name, host.address, port, host.user, host.host_key,
                              proxy_jump=reachable_from.alias if reachable_from else None,

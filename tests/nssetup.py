@@ -25,6 +25,9 @@ RUN_DIR = Path("/run")
 _LOCK = RUN_DIR / f"{PREFIX}-nshosts.lock"
 _NS_RE = re.compile(rf"^{PREFIX}-([0-9a-f]+)-\d+$")
 _taken_subnets: set[ipaddress.IPv4Network] = set()
+#: A file in a run's ``sik-hosts-<pid>-*`` dir naming (one a line) the blackhole routes that run added
+#: for subnets routed only inside its namespaces: cleanup_stale() deletes them after a crash.
+STALE_ROUTES_FILE = "blackhole-routes"
 
 
 def _ip(*args: str, ns: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -113,6 +116,9 @@ def cleanup_stale() -> list[str]:
             removed.append(ns)
     for path in RUN_DIR.glob(f"{PREFIX}-hosts-*-*"):
         if _is_stale(path.name.split("-")[2]):
+            with contextlib.suppress(OSError):
+                for subnet in (path / STALE_ROUTES_FILE).read_text().split():
+                    _ip("route", "del", "blackhole", subnet, check=False)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(str(path))
     if removed:

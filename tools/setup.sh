@@ -3,7 +3,8 @@
 # the OpenSSH server and iproute2 (for the network-namespace test hosts), Debian's python3-venv
 # (the test hosts' remote environment is built from /usr/bin/python3), Chromium and its driver
 # (the JupyterLab browser test, tests/frontends), PAM's google-authenticator module and oathtool (the 2FA
-# test host), and a virtualenv .venv with this package and its
+# test host), SLURM's controller, node daemon and client commands with munge (the SLURM test cluster,
+# tests/slurmcluster.py), and a virtualenv .venv with this package and its
 # test and frontend extras. Run as root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,11 @@ ls /lib/*/security/pam_google_authenticator.so /usr/lib/*/security/pam_google_au
     || missing+=(libpam-google-authenticator)
 command -v oathtool >/dev/null || missing+=(oathtool)   # the codes the tests type
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# The SLURM test cluster (tests/slurmcluster.py): a login host with slurmctld, compute hosts with slurmd.
+[ -x /usr/sbin/slurmctld ] || missing+=(slurmctld)
+[ -x /usr/sbin/slurmd ] || missing+=(slurmd)
+command -v sbatch >/dev/null || missing+=(slurm-client)
+[ -x /usr/sbin/munged ] || missing+=(munge)
 command -v chromium >/dev/null || missing+=(chromium)              # headless, for tests/frontends
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then

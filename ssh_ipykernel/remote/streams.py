@@ -47,7 +47,9 @@ KINDS = (OPEN, DATA, ACK, CLOSE, END)
 READ_SIZE = 256 << 10  # one read from a conn's end or the stream
 FRAME_MAX = 256 << 10  # payload of one DATA frame
 STREAM_HIGH = 512 << 10  # framed bytes waiting for the stream before conns stop being framed
-ACK_EVERY = 128 << 10  # acknowledge after this many bytes of a conn, and at every tick
+#: Acknowledge after this many bytes of a conn, and at every tick (0.1 s): an acknowledgement is an
+#: SSH packet of its own, and what it frees is only memory (the limit is 64 MB).
+ACK_EVERY = 2 << 20
 DEFAULT_LIMIT = 64 << 20  # bytes kept per relay (--output-buffer)
 #: The channels whose connections a relay may open (a conn's name on the wire).
 CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
@@ -635,7 +637,7 @@ class Relay:
             conn = self.conns.get(number)
             if kind == DATA:
                 if conn is not None:
-                    self._deliver(conn, bytes(payload))
+                    self._deliver(conn, payload)  # copied only if our end cannot take it at once
                     touched.add(conn)
             elif kind == ACK:
                 if conn is not None:
@@ -733,9 +735,12 @@ class Relay:
             except OSError:
                 self.detach()
                 return
+            short = sent < len(self.outbuf)
             del self.outbuf[:sent]
             if not self.outbuf:
                 self.outbuf = bytearray()
+            if short:
+                break  # full: wait until the selector says it takes more, instead of failing writes
         self._register_stream()
 
 

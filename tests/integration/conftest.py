@@ -31,6 +31,7 @@ from nshosts import (  # noqa: E402
     REMOTE_ENV_PREFIX, REMOTE_USER, ClientFiles, HostSetupError, NetnsHostFactory,
     SSHTestHost, keygen, missing_prerequisites,
 )
+from slurmcluster import SlurmCluster, missing_slurm_prerequisites  # noqa: E402
 
 T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
@@ -148,6 +149,30 @@ def ssh_host(request: pytest.FixtureRequest) -> Iterator[SSHTestHost]:
     factory: NetnsHostFactory = request.getfixturevalue("host_factory")
     with _built("starting the btest host", lambda: factory.create_host(HOST_ALIAS)) as host:
         yield host
+
+
+# --------------------------------------------------------------------- SLURM
+@pytest.fixture(scope="session")
+def slurm_cluster(request: pytest.FixtureRequest) -> Iterator[SlurmCluster]:
+    """This worker's SLURM cluster (tests/slurmcluster.py): login host ``slurm_cluster.login``
+    (alias ``slogin`` in its ``ssh_config``, sshd + slurmctld), compute hosts
+    ``slurm_cluster.compute_hostnames`` (slurmd only, reachable only from the login host).
+    Built on first use (well under a second). Tests use it through ``slurm``, which clears the queue."""
+    factory: NetnsHostFactory = request.getfixturevalue("host_factory")
+    problems = missing_slurm_prerequisites()
+    if problems:
+        _unavailable("; ".join(problems))
+    with _built("starting the SLURM test cluster", lambda: SlurmCluster(factory)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def slurm(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    """The session's SLURM cluster with an empty queue and idle nodes, before and after the test
+    (the tests of one worker share it; a job left running would hold a node for the next one)."""
+    slurm_cluster.cancel_all()
+    yield slurm_cluster
+    slurm_cluster.cancel_all()
 
 
 # -------------------------------------------------------------------- Jupyter
