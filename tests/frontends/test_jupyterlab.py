@@ -20,7 +20,7 @@ import pytest
 from frontend_support import require_executables, require_modules
 from jupyter_servers import JupyterServer, start_jupyterlab
 from lab_page import CHROMEDRIVER, CHROMIUM, LabPage, start_chromium
-from kernels import wait_remote_clean
+from kernels import cut, wait_remote_clean
 
 WHERE = "import socket, os; print(socket.gethostname(), os.getpid())"
 
@@ -118,3 +118,41 @@ def test_jupyterlab_runs_interrupts_and_restarts_an_ssh_kernel(lab, ssh_host, ss
         assert status == 204
         left = wait_remote_clean(ssh_host)
         assert not left, f"left on the remote after the session was deleted: {left}"
+
+
+#: One line of code (what run_cell types): 40 numbered lines, one every 0.8 s (32 s: it ends after the cut).
+PRINTING = "for n in range(40): print('line %d' % n, flush=True); __import__('time').sleep(0.8)"
+
+
+@pytest.mark.both_transports
+@pytest.mark.timeout(240)
+def test_jupyterlab_cell_printing_through_a_cut_ends_with_all_its_lines(lab, ssh_host, ssh_kernelspec,
+                                                                       artifacts_dir):
+    """Issue 13: the link to the remote is cut for 20 s while a cell prints; once it is back the
+    cell shows all 40 lines, in order, once each, and an execution count, not ``[*]``."""
+    server, page = lab
+    step = Steps(page, server, artifacts_dir)
+    with step("open JupyterLab, new notebook on the SSH kernel"):
+        page.open(server.url, server.token)
+        page.menu("File", "New", "Notebook")
+        page.pick_kernel(ssh_kernelspec.display_name)
+        page.wait("the kernel to be idle", lambda: page.kernel_status() == "idle", 90)
+        assert page.wait_output(page.run_cell("x = 42; print('x =', x)"), timeout=90) == "x = 42"
+
+    with step("a cell printing through a 20 s cut"):
+        cell = page.run_cell(PRINTING)
+        page.wait("the first lines", lambda: "line 4" in page.output(cell), 60)
+        with cut(ssh_host):
+            time.sleep(20)
+            shown = page.output(cell).split("\n")
+            assert len(shown) < 40, "all lines shown during the cut: the link was not cut?"
+        prompt, _ = page.cell_state(cell)
+        assert prompt == "[*]:", f"the cell does not look running right after the cut: {prompt!r}"
+        out = page.wait_output(cell, timeout=90)
+        lines = out.split("\n")
+        assert lines == [f"line {n}" for n in range(40)], f"{len(lines)} lines shown: {lines}"
+        assert re.fullmatch(r"\[\d+\]:", page.prompt(cell)), page.prompt(cell)
+        page.wait("the kernel to be idle", lambda: page.kernel_status() == "idle", 30)
+
+    with step("the same kernel, with its state"):
+        assert page.wait_output(page.run_cell("print('x =', x)"), timeout=60) == "x = 42"

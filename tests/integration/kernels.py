@@ -383,7 +383,10 @@ class Watcher:
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
-            if self.kernel.proxy.poll() is not None and self.died_at is None:
+            proc = getattr(self.kernel.km.provisioner, "process", None)
+            if proc is None:  # shut down: the test failed before stop() and its fixture ended it
+                return
+            if proc.poll() is not None and self.died_at is None:
                 self.died_at = time.monotonic()
 
     def stop(self) -> None:
@@ -405,3 +408,144 @@ def first_answer_after(kernel: Kernel, since: float, timeout: float = 30) -> flo
         if msg["parent_header"].get("msg_id") in pending and msg["msg_type"] == "kernel_info_reply":
             return time.monotonic() - since
     raise AssertionError(f"no kernel_info_reply within {timeout} s\n{kernel.log()}")
+
+
+# ------------------------------------------------------------------ what a client sees of a cell
+#: How the proxy's own messages to the user on iopub begin (e.g. output dropped during an outage).
+NOTICE = "[ssh_ipykernel]"
+
+
+class Cell:
+    """One execute request as a client sees it: its stdout lines (numbered ``line <n>`` by the
+    tests) with their arrival times, its stderr texts, its execute_reply and its final idle
+    status, read from ``kc``'s iopub and shell channels. ``msg_id`` follows a request sent by
+    another client on the same kernel (its reply then never comes to this one)."""
+
+    def __init__(self, kc, code: Optional[str] = None, *, msg_id: Optional[str] = None, **kw: Any) -> None:
+        self.kc = kc
+        self.msg_id = msg_id if msg_id is not None else kc.execute(code, **kw)
+        self.lines: List[Tuple[float, str]] = []
+        self.stderr: List[str] = []
+        self.errors: List[Dict[str, Any]] = []
+        self.reply: Optional[Dict[str, Any]] = None
+        self.reply_at: Optional[float] = None
+        self.busy_at: Optional[float] = None
+        self.idle_at: Optional[float] = None
+        #: The proxy's own notices on iopub (stderr streams starting "[ssh_ipykernel]"), whatever
+        #: their parent.
+        self.notices: List[str] = []
+        self._partial = ""
+
+    def pump(self, timeout: float = 0.1) -> None:
+        """Read what has come on iopub (waiting up to ``timeout``) and on shell (not waiting)."""
+        try:
+            while True:
+                self._iopub(self.kc.get_iopub_msg(timeout=timeout))
+                timeout = 0  # then whatever else is queued already
+        except queue.Empty:
+            pass
+        if self.reply is None:
+            try:
+                while True:
+                    msg = self.kc.get_shell_msg(timeout=0)
+                    if msg["parent_header"].get("msg_id") == self.msg_id:
+                        self.reply, self.reply_at = msg["content"], time.monotonic()
+                        break
+            except queue.Empty:
+                pass
+
+    def _iopub(self, msg: Dict[str, Any]) -> None:
+        now, kind, content = time.monotonic(), msg["msg_type"], msg["content"]
+        if kind == "stream" and content["text"].startswith(NOTICE):
+            self.notices.append(content["text"])
+            return
+        if msg["parent_header"].get("msg_id") != self.msg_id:
+            return
+        if kind == "stream" and content["name"] == "stdout":
+            text = self._partial + content["text"]
+            *complete, self._partial = text.split("\n")
+            self.lines += [(now, line) for line in complete]
+        elif kind == "stream":
+            self.stderr.append(content["text"])
+        elif kind == "error":
+            self.errors.append(content)
+        elif kind == "status" and content["execution_state"] == "busy":
+            self.busy_at = now
+        elif kind == "status" and content["execution_state"] == "idle":
+            self.idle_at = now
+
+    @property
+    def done(self) -> bool:
+        """Its reply and its final idle status have both arrived (the reply only if ours)."""
+        return self.idle_at is not None and self.reply is not None
+
+    def wait(self, condition, timeout: float, what: str, log: str = "") -> float:
+        """Pump until ``condition()``; the monotonic time it became true. AssertionError naming
+        ``what`` (and the proxy's ``log``, given as a callable or text) after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                text = log() if callable(log) else log
+                raise AssertionError(f"{what}: not within {timeout} s ({self.summary()})\n{text}")
+            self.pump()
+        return time.monotonic()
+
+    def numbers(self) -> List[int]:
+        """The ``n`` of every ``line <n>`` received, in arrival order (duplicates kept)."""
+        return [int(line.split()[1]) for _, line in self.lines if line.startswith("line ")]
+
+    def arrived_after(self, t: float) -> List[int]:
+        return [int(line.split()[1]) for at, line in self.lines if at > t and line.startswith("line ")]
+
+    def summary(self) -> str:
+        numbers = self.numbers()
+        return (f"{len(numbers)} lines {compress(numbers)}, reply "
+                f"{(self.reply or {}).get('status')}, idle {'yes' if self.idle_at else 'no'}, "
+                f"stderr {self.stderr!r:.300}, notices {self.notices!r:.300}")
+
+
+def compress(numbers: List[int]) -> str:
+    """``[0-9, 12, 15-20]``: a list of line numbers as runs, for assertion messages."""
+    runs: List[List[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return "[" + ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs) + "]"
+
+
+def printing_cell(lines: int, every: float, size: int = 0) -> str:
+    """Code printing ``line <n>`` (padded with ``size`` characters) ``lines`` times, one every
+    ``every`` seconds, each flushed at once."""
+    pad = f" + ' ' + 'x' * {size}" if size else ""
+    return (f"import time\nfor n in range({lines}):\n    print('line %d' % n{pad}, flush=True)\n"
+            f"    time.sleep({every})")
+
+
+def cell_through_cut(cell: Cell, host, *, after_lines: int, seconds: float, kind: str = "blackhole",
+                     log="", timeout: float = 60) -> Tuple[float, float]:
+    """Follow ``cell``; once ``after_lines`` of its lines have arrived, cut ``host`` off for
+    ``seconds``; then follow it until its reply and final idle have come (AssertionError after
+    ``timeout`` from the restore). Returns the monotonic times of the cut and of the restore."""
+    cell.wait(lambda: len(cell.lines) >= after_lines, 60, f"{after_lines} lines before the cut", log)
+    with cut(host, kind) as t_down:
+        end = t_down + seconds
+        while time.monotonic() < end:
+            cell.pump(timeout=min(0.1, max(0.0, end - time.monotonic())))
+    t_up = time.monotonic()
+    cell.wait(lambda: cell.done, timeout, "the cell's reply and idle after the cut", log)
+    return t_down, t_up
+
+
+def client_of(conn: Path, timeout: float = 60):
+    """A BlockingKernelClient on the connection file ``conn`` (a proxy run by hand), ready."""
+    from jupyter_client import BlockingKernelClient
+
+    kc = BlockingKernelClient(connection_file=str(conn))
+    kc.load_connection_file()
+    # No heartbeat channel: without a KernelManager, wait_for_ready() takes a heartbeat not yet
+    # answered (the proxy is still starting the kernel) for a dead kernel and gives up at once.
+    kc.start_channels(hb=False)
+    kc.wait_for_ready(timeout=timeout)
+    return kc
