@@ -54,6 +54,8 @@ DEFAULT_LIMIT = 64 << 20  # bytes kept per relay (--output-buffer)
 #: The channels whose connections a relay may open (a conn's name on the wire).
 CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
 
+COALESCE_FROM = 100  # output messages kept for a client before they are merged on resume
+COALESCE_MAX = 1 << 20  # characters of text in one merged message
 GREETING = 64  # ZMTP 3 greeting: signature, version, mechanism, as-server, filler
 MORE, LONG, COMMAND = 1, 2, 4
 DELIMITER = b"<IDS|MSG>"
@@ -189,13 +191,16 @@ class Notice:
         self.digest = (signature_scheme or "hmac-sha256").split("-", 1)[-1]
         self.session = os.urandom(16).hex()
 
-    def message(self, parent: bytes, text: str) -> bytes:
-        header = json.dumps({
-            "msg_id": os.urandom(16).hex(), "msg_type": "stream", "username": "ssh_ipykernel",
-            "session": self.session, "version": "5.3",
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
-        }).encode()
-        parts = [header, parent or b"{}", b"{}", json.dumps({"name": "stderr", "text": text}).encode()]
+    def message(self, parent: bytes, text: str, *, name: str = "stderr", header: "bytes | None" = None) -> bytes:
+        """A signed ``stream`` message: ``header`` (raw) if given (a message this one stands
+        for), else a new one of ours."""
+        if header is None:
+            header = json.dumps({
+                "msg_id": os.urandom(16).hex(), "msg_type": "stream", "username": "ssh_ipykernel",
+                "session": self.session, "version": "5.3",
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()),
+            }).encode()
+        parts = [header, parent or b"{}", b"{}", json.dumps({"name": name, "text": text}).encode()]
         if self.key:
             import hashlib  # only here: the proxy imports this module too, and needs neither
             import hmac
@@ -206,7 +211,26 @@ class Notice:
             signature = mac.hexdigest().encode()
         else:
             signature = b""
-        return zmtp_message([b"stream.stderr", DELIMITER, signature] + parts)
+        return zmtp_message([b"stream." + name.encode(), DELIMITER, signature] + parts)
+
+
+def _stream_message(message: bytes):
+    """(parent header, stream name, text, header) of a Jupyter ``stream`` message in ZMTP
+    framing, raw headers as sent; None for any other message."""
+    try:
+        frames = zmtp_frames(message)
+        i = frames.index(DELIMITER)
+        if len(frames) != i + 6 or b'"stream"' not in frames[i + 2]:
+            return None
+        if json.loads(frames[i + 2]).get("msg_type") != "stream":
+            return None
+        content = json.loads(frames[i + 5])
+        name, text = content.get("name"), content.get("text")
+        if not isinstance(name, str) or not isinstance(text, str) or len(content) != 2:
+            return None
+        return frames[i + 3], name, text, frames[i + 2]
+    except (ValueError, IndexError, struct.error, AttributeError):
+        return None
 
 
 def parent_of(message: bytes) -> bytes:
@@ -395,6 +419,8 @@ class Relay:
                 continue
             self._trim(conn, have)
             conn.sent = conn.base
+            if self._droppable(conn) and self.notice is not None:
+                self._coalesce(conn)
         self._register_stream()
         for conn in list(self.conns.values()):
             self._flush_out(conn)
@@ -579,6 +605,68 @@ class Relay:
         self.note("dropped %d output messages (%s) of a %s connection: the output buffer (%s) was full"
                   % (count, describe_size(size), conn.channel, describe_size(self.limit)))
         return -shift
+
+    def _coalesce(self, conn: Conn) -> None:
+        """Before output kept during an outage goes out: runs of ``stream`` messages of one
+        cell and one stream (stdout, stderr) become one message each, signed again. A client's
+        SUB socket holds 1000 messages and drops what comes beyond that, silently: a cell that
+        printed a line at a time through a long outage would otherwise arrive as a burst of
+        thousands of messages and lose some."""
+        messages = conn.messages
+        assert messages is not None and self.notice is not None
+        units = list(messages.units)
+        pending = [u for u in units if u[0] >= conn.sent]
+        if len(pending) < COALESCE_FROM:
+            return
+        out = bytearray()
+        # From the first whole message on: the one the other side holds the beginning of is
+        # left alone, bytes and all.
+        start = cursor = pending[0][0]
+        new_units = deque(u for u in units if u[0] < start)
+        run = []  # type: list  # (parent, name, text) of the stream messages being merged
+        merged = 0
+
+        def flush_run() -> None:
+            nonlocal merged
+            if not run:
+                return
+            if len(run) == 1:
+                data = run[0][4]
+            else:
+                parent, name, _, header, _ = run[0]
+                data = self.notice.message(parent, "".join(r[2] for r in run), name=name, header=header)
+                merged += len(run) - 1
+            at = start + len(out)
+            out.extend(data)
+            new_units.append((at, at + len(data), True))
+            del run[:]
+
+        size = 0
+        for unit_start, unit_stop, droppable in pending:
+            data = bytes(conn.buf[unit_start - conn.base:unit_stop - conn.base])
+            cursor = unit_stop
+            info = _stream_message(data) if droppable is True else None
+            if info is not None and run and info[:2] == run[0][:2] and size < COALESCE_MAX:
+                run.append(info + (data,))
+                size += len(info[2])
+                continue
+            flush_run()
+            if info is not None:
+                run.append(info + (data,))
+                size = len(info[2])
+                continue
+            at = start + len(out)
+            out.extend(data)
+            new_units.append((at, at + len(data), droppable))
+        flush_run()
+        if not merged:
+            return
+        tail = conn.buf[cursor - conn.base:]
+        shift = len(out) - (cursor - start)
+        conn.buf[start - conn.base:] = out + tail
+        messages.units = new_units
+        messages.shift(cursor, shift)
+        self.buffered += shift
 
     # -- writing our ends --------------------------------------------------------------------------
     def _deliver(self, conn: Conn, payload) -> None:
