@@ -78,8 +78,10 @@ class Messages:
     Fed each chunk as it is read (``feed``): bytes may be acknowledged and freed before a frame
     they begin is complete, so the parser keeps only a frame's header and skips its body.
     ``units`` holds (start, end, droppable) in the conn's stream offsets: the greeting and ZMTP
-    commands are never dropped, a message (its frames up to the last) may be. A peer that does
-    not speak ZMTP 3 turns the parser off (nothing is ever dropped then).
+    commands are never dropped (False), a message (its frames up to the last) may be: True, or
+    the number of the kernel's messages merged into it (Relay._coalesce), or (count, bytes) for
+    a notice of ours that stands for that many dropped ones. A peer that does not speak ZMTP 3
+    turns the parser off (nothing is ever dropped then).
     """
 
     def __init__(self) -> None:
@@ -560,7 +562,7 @@ class Relay:
         kept = bytearray()
         units = deque()  # type: deque
         cursor = conn.base
-        removed = count = size = 0
+        removed = count = size = fresh = 0
         at = None
         parent = b""
         for start, stop, droppable in messages.units:
@@ -569,12 +571,13 @@ class Relay:
                 if at is None:
                     at = start - removed
                     parent = parent_of(conn.buf[start - conn.base:stop - conn.base])
-                if droppable is True:
-                    count += 1
-                    size += stop - start
-                else:  # an earlier notice: its count goes into the new one
+                if isinstance(droppable, tuple):  # an earlier notice: its count goes into the new one
                     count += droppable[0]
                     size += droppable[1]
+                else:  # a message: True, or the number of messages merged into it
+                    count += int(droppable)
+                    fresh += int(droppable)
+                    size += stop - start
                 cursor = stop
                 removed += stop - start
             else:
@@ -600,7 +603,7 @@ class Relay:
         messages.shift(cursor, shift)
         conn.buf = kept
         self.buffered += shift
-        self.dropped += count
+        self.dropped += fresh
         self.dropped_bytes += size
         self.note("dropped %d output messages (%s) of a %s connection: the output buffer (%s) was full"
                   % (count, describe_size(size), conn.channel, describe_size(self.limit)))
@@ -630,15 +633,17 @@ class Relay:
             nonlocal merged
             if not run:
                 return
+            weight = True
             if len(run) == 1:
                 data = run[0][4]
             else:
+                weight = len(run)
                 parent, name, _, header, _ = run[0]
                 data = self.notice.message(parent, "".join(r[2] for r in run), name=name, header=header)
                 merged += len(run) - 1
             at = start + len(out)
             out.extend(data)
-            new_units.append((at, at + len(data), True))
+            new_units.append((at, at + len(data), weight))
             del run[:]
 
         size = 0

@@ -169,7 +169,7 @@ def test_iopub_past_the_limit_drops_the_oldest_messages_and_says_so_in_their_cel
     from jupyter_client.session import Session
 
     zmq, ctx, pub, open_conn = zmq_pair(tmp_path)
-    pair = Pair(limit=256 << 10, open_conn=open_conn)
+    pair = Pair(limit=512 << 10, open_conn=open_conn)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -271,3 +271,51 @@ def test_the_parser_finds_the_same_messages_fed_in_any_pieces():
     older.feed(b"\xff" + b"\0" * 8 + b"\x7f" + bytes([1]) + b"\0" * 60)  # ZMTP 2: not ours to split
     assert older.off and not older.units
 
+
+
+def test_output_cut_mid_message_arrives_whole_and_merged_once(tmp_path):
+    """The link dies while a message is half across: what the proxy holds of it stays, the rest
+    follows after the reconnect, and the messages behind it arrive merged, each line once."""
+    from jupyter_client.session import Session
+
+    zmq, ctx, pub, open_conn = zmq_pair(tmp_path)
+    pair = Pair(limit=64 << 20, open_conn=open_conn)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect("tcp://127.0.0.1:%d" % listener.getsockname()[1])
+    pair.proxy.add(1, "iopub", listener.accept()[0])
+    pair.connect()
+    pair.spin(0.3)
+    session = Session(key=b"secret")
+    cell = session.msg("execute_request", {})
+    for i in range(400):
+        session.send(pub, "stream", {"name": "stdout", "text": "%d %s\n" % (i, "y" * 3000)}, parent=cell)
+    # The keeper reads and frames onto the link; the proxy reads only a little of it, in pieces
+    # that end anywhere (a message's middle, most likely); then the link dies with the rest.
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        for key, mask in pair.sel_keeper.select(0.002):
+            key.data[0].service(key.data[1], mask)
+    ours = pair.link[0]
+    held = pair.proxy.conns[1].received
+    pair.proxy.inbuf += os.read(ours.fileno(), 100_003)
+    pair.proxy._parse()
+    assert pair.proxy.conns[1].received > held
+    pair.cut()
+    pair.connect()
+    pair.spin(1.0)
+    lines = []
+    count = 0
+    while sub.poll(300):
+        _, frames = session.feed_identities(sub.recv_multipart())
+        msg = session.deserialize(frames)
+        count += 1
+        lines += [int(line.split()[0]) for line in msg["content"]["text"].splitlines()]
+    assert lines == list(range(400))
+    assert count < 400  # merged on the way
+    sub.close()
+    pub.close()
+    ctx.term()
