@@ -219,7 +219,9 @@ class Supervisor:
                             sel.unregister(key.fd)
                             code = self._dispatch(policy.MasterEOF())  # the master exited, or paramiko's transport
                     elif key.data == "channels":
-                        if self.channels.take_broken():
+                        # The stream ends with the kernel too: its "exited" on the session
+                        # (handled at the loop's next turn) says so, else the connection is gone.
+                        if self.channels.take_broken() and not kernel.exited_meanwhile(1.0):
                             self.log.info("the channels' stream to the keeper ended")
                             code = self._dispatch(policy.SessionEOF())
                     elif key.data == "session":

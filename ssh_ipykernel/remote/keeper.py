@@ -113,12 +113,14 @@ class Keeper:
                 if returncode is None:
                     self._watch(now)
         self._pump_log()
-        for relay in self.relays.values():
-            relay.close()
         self.agent.remove_files()  # before telling anyone: whoever hears "exited" may look
         self.clients.broadcast(Event.EXITED, returncode=returncode, reason=self.agent.end_reason)
         self.clients.flush(2.0)
         self.clients.close()
+        # After "exited" has gone out: a proxy that saw its channels' stream end first would
+        # take it for a lost connection.
+        for relay in self.relays.values():
+            relay.close()
         self.listener.close()
 
     def _exit_waker(self) -> socket.socket:
