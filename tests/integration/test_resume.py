@@ -266,14 +266,18 @@ def test_an_interrupt_asked_while_offline_is_delivered_when_the_link_is_back(ker
 BIG_SIZE = 1000
 
 
+#: What a cut link holds when it goes (written, neither delivered nor droppable): the SSH channel's
+#: window (OpenSSH 2 MB; our paramiko backend 8 MB) and the sockets' buffers.
+IN_FLIGHT = {"openssh": 4 << 20, "paramiko": 10 << 20}
+
+
 @pytest.mark.both_transports
-@pytest.mark.parametrize("limit, mib, flood", [
-    ("1M", 1, 3000),
-    pytest.param("8M", 8, 12000, marks=pytest.mark.xfail(
-        strict=False, reason="known bug (issue 13 closing note): with 8 MB kept and three times as much printed "
-        "during the cut, a few hundred lines sometimes go missing without a notice; not found yet")),
-])
-def test_output_beyond_the_buffer_is_dropped_oldest_first_with_a_notice(limit, mib, flood, ssh_host, conn,
+@pytest.mark.parametrize("limit, mib", [("1M", 1), ("8M", 8)])
+@pytest.mark.xfail(strict=False, reason=(
+    "known bug (issue 13 closing note): with twice what can be kept printed as fast as the kernel can, a few "
+    "hundred to a few thousand lines go missing without a notice (the notices cover the rest); not found yet, "
+    "suspect: bursts past the client's own 1000-message queue"))
+def test_output_beyond_the_buffer_is_dropped_oldest_first_with_a_notice(limit, mib, ssh_host, conn, transport,
                                                                          tmp_path, nothing_left):
     """``--output-buffer`` (1M, 8M) and about 3 times as much printed during a cut: older output
     is dropped; the client is told so on iopub (a stderr stream from ssh_ipykernel, "... N output
@@ -283,6 +287,8 @@ def test_output_beyond_the_buffer_is_dropped_oldest_first_with_a_notice(limit, m
     What had already gone into the SSH connection when it was cut (ssh's channel window, socket
     buffers: about 1 MB) cannot be dropped any more: it arrives, then a gap with its notice, then
     the newest lines; several rounds of dropping may leave several gaps, each with a notice."""
+    in_flight = IN_FLIGHT[transport]
+    flood = 2 * ((mib << 20) + in_flight) // (BIG_SIZE + 10)  # twice what can be kept
     log = tmp_path / "proxy.log"
     proc = start_proxy(ssh_host, conn, log, "--output-buffer", limit)
     kc = None
@@ -317,12 +323,10 @@ def test_output_beyond_the_buffer_is_dropped_oldest_first_with_a_notice(limit, m
     assert numbers[:3] == [0, 1, 2], compress(numbers)
     assert numbers == sorted(set(numbers)), f"out of order or duplicated: {compress(numbers)}"
     assert numbers[-1] == last, f"the newest lines did not arrive: {compress(numbers)}\n{text()}"
+    assert missing > 0, "nothing was dropped: the buffer is not bounded by --output-buffer"
     tail = next(i for i in range(len(numbers) - 1, 0, -1) if numbers[i - 1] != numbers[i] - 1)
     assert len(numbers) - tail >= 100, f"only the last {len(numbers) - tail} lines arrived whole: {compress(numbers)}"
-    assert missing > 0, "nothing was dropped: the buffer is not bounded by --output-buffer"
-    # Kept: the buffer, plus what was in flight on the cut link when it went (the SSH channel's
-    # 2 MB window and the sockets' buffers), which can be neither delivered nor dropped.
-    in_flight = 4 << 20
+    # Kept: the buffer, plus what was in flight on the cut link when it went.
     assert received < (mib << 20) + in_flight, (
         f"{received} bytes arrived after the cut, more than the {limit} buffer and what a cut link holds")
     assert cell.notices and all(NOTICE in notice and "dropped" in notice for notice in cell.notices), cell.notices
