@@ -150,7 +150,9 @@ def test_a_kernel_side_that_refuses_closes_the_client():
 
 
 # -- IOPub: whole messages, dropped oldest first past the limit, with a signed notice ----------------
-def zmq_pair(tmp_path):
+def iopub_through_relays(limit):
+    """A kernel's PUB socket (ipc), the two relays, and a client's SUB connected through them as
+    Jupyter's would be: (zmq, ctx, pub, sub, pair)."""
     zmq = pytest.importorskip("zmq")
     path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "iopub")
     ctx = zmq.Context()
@@ -162,14 +164,7 @@ def zmq_pair(tmp_path):
         sock.connect(path)
         return sock
 
-    return zmq, ctx, pub, open_conn
-
-
-def test_iopub_past_the_limit_drops_the_oldest_messages_and_says_so_in_their_cell(tmp_path):
-    from jupyter_client.session import Session
-
-    zmq, ctx, pub, open_conn = zmq_pair(tmp_path)
-    pair = Pair(limit=512 << 10, open_conn=open_conn)
+    pair = Pair(limit=limit, open_conn=open_conn)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -177,8 +172,16 @@ def test_iopub_past_the_limit_drops_the_oldest_messages_and_says_so_in_their_cel
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect("tcp://127.0.0.1:%d" % listener.getsockname()[1])
     pair.proxy.add(1, "iopub", listener.accept()[0])
+    listener.close()
     pair.connect()
     pair.spin(0.3)
+    return zmq, ctx, pub, sub, pair
+
+
+def test_iopub_past_the_limit_drops_the_oldest_messages_and_says_so_in_their_cell():
+    from jupyter_client.session import Session
+
+    zmq, ctx, pub, sub, pair = iopub_through_relays(512 << 10)
     session = Session(key=b"secret")
     cell = session.msg("execute_request", {})
     other = session.msg("execute_request", {})
@@ -272,23 +275,12 @@ def test_the_parser_finds_the_same_messages_fed_in_any_pieces():
     assert older.off and not older.units
 
 
-
-def test_output_cut_mid_message_arrives_whole_and_merged_once(tmp_path):
+def test_output_cut_mid_message_arrives_whole_and_merged_once():
     """The link dies while a message is half across: what the proxy holds of it stays, the rest
     follows after the reconnect, and the messages behind it arrive merged, each line once."""
     from jupyter_client.session import Session
 
-    zmq, ctx, pub, open_conn = zmq_pair(tmp_path)
-    pair = Pair(limit=64 << 20, open_conn=open_conn)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect("tcp://127.0.0.1:%d" % listener.getsockname()[1])
-    pair.proxy.add(1, "iopub", listener.accept()[0])
-    pair.connect()
-    pair.spin(0.3)
+    zmq, ctx, pub, sub, pair = iopub_through_relays(64 << 20)
     session = Session(key=b"secret")
     cell = session.msg("execute_request", {})
     for i in range(400):
