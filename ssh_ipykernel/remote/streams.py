@@ -556,21 +556,34 @@ class Relay:
 
     def _drop_messages(self, conn: Conn, need: int) -> int:
         """Cut up to ``need`` bytes of whole unsent messages out of ``conn``; one notice takes
-        their place (it absorbs an earlier notice in the range). Returns the bytes freed."""
+        their place (it absorbs an earlier notice in the range). Returns the bytes freed.
+
+        Only the unsent end of the buffer and its units are touched: the kernel keeps writing
+        meanwhile, and a keeper that stalls lets the kernel's publisher drop (silently) what its
+        socket's queue cannot hold."""
         messages = conn.messages
         assert messages is not None
-        kept = bytearray()
-        units = deque()  # type: deque
-        cursor = conn.base
+        units = messages.units
+        pending = []
+        while units and units[-1][0] >= conn.sent:
+            pending.append(units.pop())
+        pending.reverse()
+        if not any(u[2] for u in pending):
+            units.extend(pending)
+            return 0
+        base = conn.base
+        region = cursor = pending[0][0]
+        out = bytearray()
+        kept = []
         removed = count = size = fresh = 0
         at = None
         parent = b""
-        for start, stop, droppable in messages.units:
-            if droppable and start >= conn.sent and removed < need:
-                kept += conn.buf[cursor - conn.base:start - conn.base]
+        for start, stop, droppable in pending:
+            if droppable and removed < need:
+                out += conn.buf[cursor - base:start - base]
                 if at is None:
                     at = start - removed
-                    parent = parent_of(conn.buf[start - conn.base:stop - conn.base])
+                    parent = parent_of(conn.buf[start - base:stop - base])
                 if isinstance(droppable, tuple):  # an earlier notice: its count goes into the new one
                     count += droppable[0]
                     size += droppable[1]
@@ -581,27 +594,21 @@ class Relay:
                 cursor = stop
                 removed += stop - start
             else:
-                units.append((start - removed, stop - removed, droppable))
-        if at is None:
-            return 0
-        kept += conn.buf[cursor - conn.base:]
+                kept.append((start - removed, stop - removed, droppable))
+        assert at is not None
+        out += conn.buf[cursor - base:]
         text = ("[ssh_ipykernel] %d output messages (%s) were dropped here: nobody could receive them "
                 "and they passed the output buffer (%s, --output-buffer).\n"
                 % (count, describe_size(size), describe_size(self.limit)))
         insert = self.notice.message(parent, text) if self.notice is not None else b""
-        i = at - conn.base
-        kept[i:i] = insert
-        shifted = deque()
-        for start, stop, droppable in units:
-            if start >= at:
-                start, stop = start + len(insert), stop + len(insert)
-            shifted.append((start, stop, droppable))
+        out[at - region:at - region] = insert
+        units.extend(u for u in kept if u[0] < at)
         if insert:
-            shifted.append((at, at + len(insert), (count, size)))
-        messages.units = deque(sorted(shifted, key=lambda unit: unit[0]))
+            units.append((at, at + len(insert), (count, size)))
+        units.extend((u[0] + len(insert), u[1] + len(insert), u[2]) for u in kept if u[0] >= at)
+        conn.buf[region - base:] = out
         shift = len(insert) - removed
         messages.shift(cursor, shift)
-        conn.buf = kept
         self.buffered += shift
         self.dropped += fresh
         self.dropped_bytes += size
