@@ -154,8 +154,16 @@ class LabPage:
         return names[0].text.strip() if names else ""
 
     def kernel_status(self) -> str:
-        """idle / busy / starting / restarting / unknown ..., from the toolbar's indicator."""
-        return self.find(f"{NOTEBOOK} .jp-Notebook-ExecutionIndicator")[0].get_attribute("data-status")
+        """idle / busy / starting / restarting / unknown ..., from the toolbar's indicator, or
+        from the status bar ("SSH btest | Idle") when the toolbar has not drawn it (seen once in
+        CI: the toolbar stayed empty but for one button)."""
+        found = self.find(f"{NOTEBOOK} .jp-Notebook-ExecutionIndicator")
+        if found:
+            return found[0].get_attribute("data-status")
+        for item in self.find("#jp-main-statusbar .jp-StatusBar-TextItem"):
+            if " | " in item.text:
+                return item.text.rsplit(" | ", 1)[1].strip().lower()
+        return "unknown"
 
     def toolbar(self, command: str) -> None:
         """Click a notebook toolbar button (e.g. ``notebook:interrupt-kernel``)."""
