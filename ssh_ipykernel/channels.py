@@ -104,8 +104,7 @@ class Channels:
                       "notebook shows where", describe_size(int(event.get("limit") or self.limit)),
                       event["dropped_messages"], describe_size(int(event.get("dropped_bytes") or 0)))
         with self.lock:
-            self._retire()
-            self.session = session
+            self.session = session  # the old one, if any, is closed by its on_end (_ended)
             self.relay.attach(rfd, wfd, event["conns"], leftover=leftover,
                               on_end=lambda: self._ended(session))
             if self.session is session:
@@ -116,21 +115,17 @@ class Channels:
         """After a reconnect (the supervisor's Carrier): a new stream to the keeper, resumed."""
         self.resume(kernel.open_stream(timeout), timeout)
 
-    def lost(self) -> None:
-        self.suspend()
-
     def suspend(self) -> None:
         """The connection is lost: keep the clients and what they send, carry nothing."""
         with self.lock:
-            session, self.session = self.session, None
-            self.relay.detach()
-            if session is not None:
-                threading.Thread(target=_close_session, args=(session,), daemon=True).start()
+            self.session = None
+            self.relay.detach()  # closes the session (_ended)
         self._wake()
 
     def _ended(self, session: Any) -> None:
-        """The relay let go of the stream: replaced or suspended (the session was taken off
-        first), or ended by itself (the keeper closed it, a write failed): then say so."""
+        """The relay let go of the stream, the one place a stream's session is closed: replaced,
+        suspended or closed (the session was taken off first), or ended by itself (the keeper
+        closed it, a write failed): then say so."""
         if self.session is session:
             self.session = None
             try:
@@ -148,15 +143,6 @@ class Channels:
             return bool(self._broken_r.recv(4096))
         except OSError:
             return False
-
-    def _retire(self) -> None:
-        session, self.session = self.session, None
-        if session is not None:
-            threading.Thread(target=_close_session, args=(session,), daemon=True).start()
-
-    @property
-    def attached(self) -> bool:
-        return self.relay.attached
 
     # -- the thread --------------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -206,14 +192,14 @@ class Channels:
             if self._closing:
                 return
             self._closing = True
-            if forget and self.relay.attached and self.relay.stream_w is not None:
+            if forget and self.relay.stream_w is not None:
                 try:
                     os.set_blocking(self.relay.stream_w, True)
                     os.write(self.relay.stream_w, bytes(self.relay.outbuf) + frame(END, 0))
                 except OSError:
                     pass
-            self.relay.close()
-            self._retire()
+            self.session = None
+            self.relay.close()  # closes the session (_ended)
             for sock in self.listeners:
                 try:
                     self.sel.unregister(sock)

@@ -56,7 +56,7 @@ class Carrier(Protocol):
 
     def reopen(self, transport: Transport, kernel: RemoteKernel, timeout: float) -> None: ...
 
-    def lost(self) -> None: ...
+    def suspend(self) -> None: ...
 
     def close(self, *, forget: bool = False) -> None: ...
 
@@ -180,7 +180,7 @@ class Supervisor:
         elif isinstance(action, policy.Close):
             self._detail = self.transport.drain().strip() if action.drain else ""
             self.kernel.close()
-            self.channels.lost()
+            self.channels.suspend()
             self.transport.close(lost=action.lost)
         else:  # WaitUntil, AwaitReachable, Attempt: done by the loop of the state
             self._next = action

@@ -1,52 +1,18 @@
-"""The kernel's five channels, forwarded from Jupyter's local ports to the remote kernel's.
-
-Local ports come from the connection file Jupyter wrote (allocated by its LocalPortCache), so
-clients connect exactly where they expect; the remote ports are whatever the remote
-``write_connection_file`` picked. Both ends bind loopback only.
+"""The master's forwards from Jupyter's local ports to a kernel's TCP ports, as one owned
+resource: how ``connect`` reaches a kernel without a keeper of ours (``Forwarded``). Kernels of
+ours go through their keeper instead (channels.py). Both ends bind loopback only.
 """
 from __future__ import annotations
 
-import errno
 import logging
-import socket
 import sys
 import time
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Sequence
 
-from .connection import CHANNELS, ConnectionInfo
-from .exceptions import TunnelError
+from .connection import CHANNELS
 from .transport.base import Forward, Transport
 
 log = logging.getLogger(__name__)
-
-
-def plan_forwards(local: ConnectionInfo, remote_ports: Dict[str, int]) -> List[Forward]:
-    """One forward per channel: local port of the connection file -> remote kernel port."""
-    forwards = []
-    for channel in CHANNELS:
-        if channel not in remote_ports:
-            raise TunnelError(f"the remote kernel reported no {channel}; cannot forward it")
-        forwards.append(
-            Forward(
-                local_port=local[channel],  # type: ignore[literal-required]
-                remote_port=remote_ports[channel],
-                local_host=local["ip"],
-            )
-        )
-    return forwards
-
-
-def busy_ports(addresses: Iterable[Tuple[str, int]]) -> List[int]:
-    """Which of these local (host, port) cannot be bound right now."""
-    busy = []
-    for host, port in addresses:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError as e:
-                if e.errno in (errno.EADDRINUSE, errno.EACCES):
-                    busy.append(port)
-    return busy
 
 
 #: How long a reconnect waits for the client's iopub socket to come back before the other
@@ -146,7 +112,7 @@ class Forwarded:
         self.tunnels = Tunnels(transport, self.forwards)
         self.tunnels.open(iopub_first=True)
 
-    def lost(self) -> None:
+    def suspend(self) -> None:
         self.tunnels.close()
 
     def broken_fileno(self) -> None:

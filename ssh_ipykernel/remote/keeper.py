@@ -41,8 +41,8 @@ from .streams import Notice, Relay, connect_endpoint
 TICK = 0.1  # how often the log is tailed and the timers checked (the kernel's exit wakes the loop)
 LISTENER = "listener"  # selector data of the keeper's listening socket
 EXIT_WAKER = "kernel-exit"  # selector data of the socket that wakes the loop when the kernel exits
-PORTS_WAIT = 120.0
-RELAY_MARGIN = 60.0  # beyond the proxy's give-up time (its own margin is 30 s)  # for ipykernel to bind its ports (imports on a slow, busy host)
+PORTS_WAIT = 120.0  # for ipykernel to bind its ports (imports on a slow, busy host)
+RELAY_MARGIN = 60.0  # beyond the proxy's give-up time (its own margin is 30 s)
 
 
 class Keeper:

@@ -356,10 +356,6 @@ class Relay:
                 self._control(frame(CLOSE, conn.number))
 
     # -- the stream --------------------------------------------------------------------------------
-    @property
-    def attached(self) -> bool:
-        return self.stream_w is not None
-
     def listing(self) -> dict:
         """What the proxy says when it opens a stream: each conn's channel and what it holds."""
         return {str(n): [c.channel, c.received] for n, c in self.conns.items()}

@@ -387,18 +387,9 @@ class RemoteKernel:
         """
         exited = None
         reader = self._reader
-        if self._proc is not None and reader is not None and self.request_shutdown():
-            deadline = time.monotonic() + timeout
-            is_exit: Callable[[Dict[str, object]], bool] = lambda e: e.get("event") == Event.EXITED  # noqa: E731
-            with selectors.DefaultSelector() as sel:
-                sel.register(reader.fd, selectors.EVENT_READ)
-                while exited is None and time.monotonic() < deadline:
-                    exited = next((e for e in reader.pending if is_exit(e)), None)
-                    if exited is not None or not sel.select(deadline - time.monotonic()):
-                        break
-                    if reader.read():
-                        exited = next((e for e in reader.pending if is_exit(e)), None)
-                        break
+        if self._proc is not None and reader is not None and self.request_shutdown() \
+                and self.exited_meanwhile(timeout):
+            exited = next(e for e in reader.pending if e.get("event") == Event.EXITED)
         self.close()
         return exited
 

@@ -76,8 +76,8 @@ class _Recorder(_Stub):
     def close(self, **kw):
         self.calls.append(("close", kw))
 
-    def lost(self):
-        self.calls.append(("lost", {}))
+    def suspend(self):
+        self.calls.append(("suspend", {}))
 
     def drain(self):
         self.calls.append(("drain", {}))
@@ -115,7 +115,7 @@ def test_a_lost_session_closes_everything_and_says_what_the_connection_said(capl
     with SignalRelay() as signals, caplog.at_level(logging.INFO, logger="t"):
         s, states = recorded(signals, calls, drained="Connection reset by peer\n")
         assert s._dispatch(policy.SessionEOF()) is None
-    assert [c for c, _ in calls] == ["drain", "close", "lost", "close"]
+    assert [c for c, _ in calls] == ["drain", "close", "suspend", "close"]
     assert calls[-1] == ("close", {"lost": True})
     assert states == ["reconnecting"]
     assert caplog.messages == [("reconnecting: connection to h lost (the SSH session ended: Connection reset by "
