@@ -219,6 +219,29 @@ def local_ssh_children(runtime_dir: str) -> List[str]:
     return [line for line in _control_path_users(runtime_dir) if " -M " not in line]
 
 
+def listeners_of(ports: List[int], runtime_dir: str) -> List[str]:
+    """Listening sockets on ``ports`` held by this test's proxies (a command line naming its
+    runtime dir, where its connection files are) or by this process. Other tests running
+    beside it may be given the same ports afterwards; their listeners are not leaks."""
+    import re
+
+    listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    leaks = []
+    for line in listening.splitlines():
+        found = re.search(r"127\.0\.0\.1:(\d+)\b", line)
+        if not found or int(found.group(1)) not in ports:
+            continue
+        for pid in map(int, re.findall(r"pid=(\d+)", line)):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if pid == os.getpid() or runtime_dir in cmdline:
+                leaks.append(f"{line.strip()} [{cmdline}]")
+    return leaks
+
+
 def ssh_masters(runtime_dir: str) -> List[int]:
     """Pids of the shared ssh masters (ControlMaster) under this test's runtime dir."""
     return [int(line.split()[0]) for line in _control_path_users(runtime_dir) if " -M " in line]

@@ -12,14 +12,14 @@ import os
 import queue
 import re
 import signal
-import subprocess
 import time
 from typing import List, Tuple
 
 import pytest
 
 from kernels import (
-    AGENT_PATTERN, KERNEL_PATTERN, Kernel, Watcher, cut, first_answer_after, iopub_back_after, local_ssh_children,
+    AGENT_PATTERN, KERNEL_PATTERN, Kernel, Watcher, cut, first_answer_after, iopub_back_after, listeners_of,
+    local_ssh_children,
     manage, remote_leftovers, ssh_masters, start_proxy, started_kernel, wait_for,
     wait_remote_clean,
 )
@@ -263,8 +263,7 @@ def test_fifty_start_shutdown_cycles_leak_nothing(ssh_host, tmp_path, jupyter_en
     # Left: only the host's shared connection (socket and lock file), until it persists out.
     assert not [f for f in os.listdir(state_dir()) if not f.startswith((".", "cm-"))], os.listdir(state_dir())
     assert len(ssh_masters(str(jupyter_env.runtime))) == 1
-    listening = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
-    assert not [p for p in ports if re.search(rf"127\.0\.0\.1:{p}\b", listening)]
+    assert not listeners_of(ports, str(jupyter_env.runtime))
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
     assert not remote_leftovers(ssh_host)
 
