@@ -15,7 +15,7 @@ import threading
 import time
 
 from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
-from .kernelcmd import check_requirements, kernel_command
+from .kernelcmd import check_requirements, kernel_command, launch_argv
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)
 
@@ -135,7 +135,7 @@ class Agent:
 
     def launch(self) -> None:
         """In the keeper: start the kernel in its own session, bound to 127.0.0.1."""
-        argv = self.command["argv"]
+        argv = launch_argv(self.command["argv"])
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
         except OSError as e:

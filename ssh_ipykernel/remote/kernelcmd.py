@@ -24,6 +24,48 @@ from .protocol import CONNECTION_FILE_FIELD, AgentParams, BootstrapError
 
 _FIELD_RE = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
+#: Messages the kernel's IOPub publisher queues for a subscriber that is not reading. ZeroMQ's
+#: default, 1000, is then dropped silently; the keeper is that subscriber, and a stall of half a
+#: second (a busy host) lost thousands of lines and a cell's final idle status. At the rate a
+#: kernel prints, this holds about half a minute of a stalled keeper; the keeper itself then
+#: bounds what is kept (--output-buffer) and says what it dropped.
+IOPUB_HWM = 100000
+#: What ``-m ipykernel_launcher`` becomes (launch_argv): the same module run the same way
+#: (sys.argv, sys.path[0], ``__main__``), after ZeroMQ's next publisher socket, the kernel's
+#: IOPub (made after its ROUTERs), is given IOPUB_HWM; the patch undoes itself there.
+LAUNCHER = (
+    "import os, runpy, sys\n"
+    "sys.path[0] = os.getcwd()\n"
+    "try:\n"
+    "    import zmq\n"
+    "    def _ssh_ipykernel_iopub(socket):\n"
+    "        def make(self, kind, *args, **kwargs):\n"
+    "            made = socket(self, kind, *args, **kwargs)\n"
+    "            if kind in (zmq.PUB, zmq.XPUB):\n"
+    "                zmq.Context.socket = socket\n"
+    "                made.sndhwm = %d\n"
+    "            return made\n"
+    "        return make\n"
+    "    zmq.Context.socket = _ssh_ipykernel_iopub(zmq.Context.socket)\n"
+    "    del _ssh_ipykernel_iopub\n"
+    "except Exception:\n"
+    "    pass\n"
+    "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)\n"
+) % IOPUB_HWM
+
+
+def launch_argv(argv: "list[str]") -> "list[str]":
+    """``argv`` as the keeper starts it: ipykernel (``python [options] -m ipykernel_launcher
+    ...``) through LAUNCHER, so that its output is not dropped while the keeper is slow to read
+    it; any other command as it is. ``argv`` itself (what check shows, what the log names) keeps
+    the plain form."""
+    for i, arg in enumerate(argv[1:-1], 1):
+        if arg == "-m":
+            if argv[i + 1] == "ipykernel_launcher":
+                return argv[:i] + ["-c", LAUNCHER] + argv[i + 2:]
+            break
+    return list(argv)
+
 
 def check_requirements(params: AgentParams) -> None:
     """Fail early, before any file is written, if this python cannot run the chosen kernel.

@@ -174,3 +174,54 @@ def test_new_params_are_validated(over, words):
 def test_valid_new_params_pass():
     p = raw(remote_kernel="julia-1.10", workdir="~/w", kernel_cmd=None)
     assert validate_params(p) == params(remote_kernel="julia-1.10", workdir="~/w")
+
+
+@pytest.mark.parametrize("argv, started", [
+    (["/env/bin/python", "-m", "ipykernel_launcher", "-f", CF],
+     ["/env/bin/python", "-c", kernelcmd.LAUNCHER, "-f", CF]),
+    (["/env/bin/python", "-O", "-m", "ipykernel_launcher", "-f", CF, "--debug"],
+     ["/env/bin/python", "-O", "-c", kernelcmd.LAUNCHER, "-f", CF, "--debug"]),
+    (["/env/bin/python", "-m", "ipykernel", "-f", CF], None),  # another entry point: as it is
+    (["/opt/julia", "-i", "kernel.jl", CF], None),
+    (["python3", "-m", "other", "-m", "ipykernel_launcher", CF], None),  # a module's own arguments
+])
+def test_ipykernel_is_started_through_the_launcher_and_anything_else_as_it_is(argv, started):
+    assert kernelcmd.launch_argv(argv) == (started or argv)
+
+
+#: Stands in for ipykernel_launcher: makes sockets in the order ipykernel does (its ROUTERs,
+#: then IOPub), one more publisher as user code would, and says what it sees.
+FAKE_LAUNCHER = """
+import json, sys, zmq
+ctx = zmq.Context()
+shell = ctx.socket(zmq.ROUTER)
+iopub = ctx.socket(zmq.XPUB)
+users = ctx.socket(zmq.PUB)
+print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name__, "file": __file__,
+                  "shell": shell.sndhwm, "iopub": iopub.sndhwm, "users": users.sndhwm,
+                  "main": sys.modules["__main__"].__file__}))
+"""
+
+
+def test_the_launcher_runs_ipykernel_as_python_m_does_with_a_larger_iopub_queue(tmp_path):
+    """The same sys.argv, sys.path[0], ``__main__`` as ``python -m ipykernel_launcher``; only the
+    kernel's IOPub publisher gets IOPUB_HWM, a publisher made after it (user code) ZeroMQ's default."""
+    import subprocess
+
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "ipykernel_launcher.py").write_text(FAKE_LAUNCHER)
+    (tmp_path / "cwd").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "mods"))
+    seen = {}
+    for way in ("plain", "launcher"):
+        argv = kernelcmd.launch_argv([sys.executable, "-m", "ipykernel_launcher", "-f", CF]) if way == "launcher" \
+            else [sys.executable, "-m", "ipykernel_launcher", "-f", CF]
+        out = subprocess.run(argv, cwd=tmp_path / "cwd", env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        seen[way] = json.loads(out.stdout)
+    plain, launched = seen["plain"], seen["launcher"]
+    assert launched["iopub"] == kernelcmd.IOPUB_HWM and plain["iopub"] == 1000
+    assert launched["users"] == plain["users"] == 1000 and launched["shell"] == plain["shell"] == 1000
+    for field in ("argv", "path0", "name", "file", "main"):
+        assert launched[field] == plain[field], field
+    assert plain["argv"] == [str(tmp_path / "mods" / "ipykernel_launcher.py"), "-f", CF]
