@@ -313,7 +313,7 @@ def check_command(name: Optional[str], prefix: Optional[str], **params: Any) -> 
     def run() -> int:
         if name and params["host"]:
             raise UsageError("check takes a kernelspec NAME or --host HOST with options, not both")
-        target = _target_from_spec(name, prefix) if name else None
+        target = _target_from_spec(name, prefix, _given_timeout(params)) if name else None
         if target is None:
             if not params["host"]:
                 raise UsageError("check needs a kernelspec NAME (see `list`) or --host HOST")
@@ -333,14 +333,28 @@ for _param in check_command.params:
         _param.required = False
 
 
-def _target_from_spec(name: str, prefix: Optional[str]) -> "Target":
-    """check NAME: the installed kernelspec, and the options its argv gives the proxy (with its
-    --timeout, or the default, whatever check itself was given)."""
+def _given_timeout(params: Dict[str, Any]) -> Optional[float]:
+    """check's --timeout if the user gave it (not its default)."""
+    from click.core import ParameterSource
+
+    source = click.get_current_context().get_parameter_source("timeout")
+    return params["timeout"] if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT) else None
+
+
+def _target_from_spec(name: str, prefix: Optional[str], timeout: Optional[float] = None) -> "Target":
+    """check NAME: the installed kernelspec, and the options its argv gives the proxy; check's
+    own waits use ``timeout`` if given (check NAME --timeout 60), else the kernelspec's. The
+    kernel start step starts the kernelspec as Jupyter would, with its own --timeout."""
+    import dataclasses
+
     from .check import Target
     from .specs import get_spec
 
     spec = get_spec(name, prefix)
-    return Target(spec.proxy_options(), kernelspec=spec.spec, resource_dir=spec.resource_dir)
+    options = spec.proxy_options()
+    if timeout is not None:
+        options = dataclasses.replace(options, connection=dataclasses.replace(options.connection, timeout=timeout))
+    return Target(options, kernelspec=spec.spec, resource_dir=spec.resource_dir)
 
 
 def _target_from_options(params: Dict[str, Any]) -> "Target":

@@ -184,3 +184,18 @@ def test_a_value_that_would_read_as_shell_words_is_written_quoted(tmp_path):
     spec = get_spec("ssh_btest", str(tmp_path))
     assert spec.proxy_options().env == {"A": "x B=y"}
     assert "--env" in spec.spec["argv"] and "A='x B=y'" in spec.spec["argv"]
+
+
+def test_check_name_takes_its_own_timeout(tmp_path):
+    """check NAME --timeout: check's own waits use it (the kernelspec's argv has the default).
+    The host is a listener that accepts and never says a word, as a firewalled port can."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        add(tmp_path, "--host", f"127.0.0.1:{port}", "--name", "quiet")
+        r = invoke("check", "quiet", "--prefix", str(tmp_path), "--timeout", "2")
+    assert r.exit_code != 0, r.output
+    assert "did not answer within 2 s" in r.output, r.output
