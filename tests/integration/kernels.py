@@ -394,6 +394,31 @@ def started_kernel(host, tmp_path: Path, jupyter_env, name: str) -> Iterator["Ke
     assert not local_ssh_children(str(jupyter_env.runtime))
 
 
+@contextlib.contextmanager
+def kernel_factory(host, tmp_path: Path, name: str, runtime_dir: Optional[str] = None) -> Iterator[Any]:
+    """Make (not yet started) kernels of one kernelspec ``name`` for ``host``: ``make()``; at the
+    end all are shut down, with nothing left on the remote (and, given the test's Jupyter
+    ``runtime_dir``, no ssh child of ours left locally)."""
+    prefix = tmp_path / "prefix"
+    manage(host, prefix, "--host", host.alias, "--python", host.env_prefix, "--name", name)
+    made: List[Kernel] = []
+
+    def make() -> Kernel:
+        k = Kernel(prefix, name, tmp_path / f"proxy-{len(made)}.log")
+        made.append(k)
+        return k
+
+    yield make
+    for k in made:
+        try:
+            k.shutdown()
+        except Exception:  # noqa: BLE001 - the test itself reports the failure
+            pass
+    assert not wait_remote_clean(host, timeout=20)
+    if runtime_dir is not None:
+        assert not local_ssh_children(runtime_dir)
+
+
 class Watcher:
     """A restarter-like watch on the proxy: it must stay alive through every fault."""
 

@@ -19,7 +19,7 @@ from typing import List, Optional, Tuple
 import pexpect
 import pytest
 
-from kernels import Kernel, first_answer_after, manage, ssh_masters, wait_for, wait_remote_clean
+from kernels import Kernel, first_answer_after, kernel_factory, manage, ssh_masters, wait_for, wait_remote_clean
 from nshosts import TwoFactor
 
 pytestmark = pytest.mark.slow
@@ -91,21 +91,10 @@ def person(two_factor: TwoFactor, code: Optional[str] = None) -> List[Tuple[str,
 
 @pytest.fixture
 def kernels(otp_host, tmp_path):
-    """Start kernels of a kernelspec for ``otest`` (``kernels(n, launch_only=False)``); all shut
-    down at the end, nothing left on the remote."""
-    prefix = tmp_path / "prefix"
-    manage(otp_host, prefix, "--host", otp_host.alias, "--python", otp_host.env_prefix, "--name", "otp")
-    started: List[Kernel] = []
-
-    def make() -> Kernel:
-        k = Kernel(prefix, "otp", tmp_path / f"proxy{len(started)}.log")
-        started.append(k)
-        return k
-
-    yield make
-    for k in started:
-        k.shutdown()
-    assert not wait_remote_clean(otp_host, timeout=20)
+    """Kernels of a kernelspec for ``otest``, made by ``kernels()``; all shut down at the end,
+    nothing left on the remote."""
+    with kernel_factory(otp_host, tmp_path, "otp") as make:
+        yield make
 
 
 def test_login_then_kernels_start_without_a_prompt(otp_host, two_factor, kernels, jupyter_env, capsys):

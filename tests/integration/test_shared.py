@@ -18,7 +18,8 @@ from typing import List
 import pytest
 
 from kernels import (
-    Kernel, accepted_logins, connection_file, cut, iopub_back_after, local_ssh_children, manage, ssh_masters,
+    Kernel, accepted_logins, connection_file, cut, iopub_back_after, kernel_factory, local_ssh_children, manage,
+    ssh_masters,
     start_proxy, stop_proxy, wait_for, wait_remote_clean, wait_until,
 )
 
@@ -28,23 +29,8 @@ from ssh_ipykernel.connection import CHANNELS
 @pytest.fixture
 def kernels(ssh_host, tmp_path, jupyter_env):
     """Factory of (not yet started) kernels on one kernelspec; all shut down at the end."""
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--name", "sh")
-    made: List[Kernel] = []
-
-    def make() -> Kernel:
-        k = Kernel(prefix, "sh", tmp_path / f"proxy-{len(made)}.log")
-        made.append(k)
-        return k
-
-    yield make
-    for k in made:
-        try:
-            k.shutdown()
-        except Exception:  # noqa: BLE001 - the test itself reports the failure
-            pass
-    assert not wait_remote_clean(ssh_host, timeout=20)
-    assert not local_ssh_children(str(jupyter_env.runtime))
+    with kernel_factory(ssh_host, tmp_path, "sh", str(jupyter_env.runtime)) as make:
+        yield make
 
 
 def local_ports(k: Kernel) -> List[int]:
