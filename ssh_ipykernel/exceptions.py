@@ -221,3 +221,21 @@ class Cancelled(SSHKernelError):
     """Start-up was cancelled by a signal (Jupyter gave up or the user pressed stop)."""
 
     exit_code = 0
+
+
+# --- the batch scheduler (SLURM) ---------------------------------------------------------------
+
+
+class SchedulerError(RemoteError):
+    """The batch scheduler refused the kernel's job (unknown partition, over a limit, bad
+    option), or the job ended before the kernel could start in it. ``detail`` is what the
+    scheduler said."""
+
+    exit_code = 50
+    detail_label = "the scheduler said"
+
+
+class QueueTimeoutError(SchedulerError):
+    """The kernel's job waited in the queue for longer than --queue-timeout (it is cancelled)."""
+
+    exit_code = 51

@@ -23,12 +23,15 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, TypedDict
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Tuple, TypedDict
 
 from .exceptions import UsageError
 from .hosts import HostSpec, parse_host
 from .remote.protocol import CONNECTION_FILE_FIELD, DEFAULT_CLIENT_TIMEOUT, KERNEL_NAME_RE
 from .remote.streams import DEFAULT_LIMIT
+
+if TYPE_CHECKING:
+    from .slurm import SlurmOptions
 
 __all__ = [
     "CONNECTION_FILE_FIELD", "DEFAULT_CLIENT_TIMEOUT", "DEFAULT_GRACE", "DEFAULT_GRACE_TEXT", "DEFAULT_PERSIST",
@@ -456,6 +459,8 @@ class ProxyParams(TypedDict, total=False):
     kernel_cmd: Optional[str]  # as given: one shell-like line
     workdir: Optional[str]
     pre_command: Optional[str]
+    slurm: Optional[str]  # as given: sbatch options on one line
+    queue_timeout: str  # as given: a duration
     connection_file: str
     log_level: str
     log_file: Optional[str]
@@ -484,6 +489,10 @@ class ProxyOptions:
     connection_file: str = CONNECTION_FILE_FIELD
     #: How --env arguments that read differently in 1.x's form were read: the proxy logs them.
     env_notes: Tuple[str, ...] = field(default=(), compare=False)
+    #: --slurm and --queue-timeout: the kernel runs in a SLURM job (slurm.py); None: on the host.
+    slurm: Optional["SlurmOptions"] = None
+    #: --queue-timeout as the user wrote it (what a kernelspec records).
+    queue_timeout_text: Optional[str] = None
 
     @property
     def host(self) -> HostSpec:
@@ -518,9 +527,11 @@ class ProxyOptions:
             login_wait=parse_login_wait(params.get("login_wait") or DEFAULT_LOGIN_WAIT_TEXT),
         )
         output_buffer = parse_size(params.get("output_buffer") or DEFAULT_OUTPUT_BUFFER_TEXT)
+        slurm, queue_timeout_text = check_slurm(params.get("slurm"), params.get("queue_timeout"),
+                                                sudo=bool(params.get("sudo")))
         return cls(connection=connection, python=python, env=env, sudo=bool(params.get("sudo")), launch=launch,
                    lifetime=lifetime, output_buffer=output_buffer, connection_file=connection_file or CONNECTION_FILE_FIELD,
-                   env_notes=env_notes)
+                   env_notes=env_notes, slurm=slurm, queue_timeout_text=queue_timeout_text)
 
     def written_persist(self) -> Optional[float]:
         """--persist in a kernelspec; None when it is the default."""
@@ -562,8 +573,33 @@ class ProxyOptions:
             argv += ["--client-timeout", f"{self.lifetime.client_timeout:g}"]
         if self.output_buffer != DEFAULT_OUTPUT_BUFFER:
             argv += ["--output-buffer", format_size(self.output_buffer)]
+        if self.slurm is not None:
+            argv += [f"--slurm={self.slurm.text}"]  # one word even when it starts with "-" or "~"
+            if self.queue_timeout_text is not None:
+                argv += ["--queue-timeout", self.queue_timeout_text]
         argv += ["-f", self.connection_file]
         return argv
+
+
+def check_slurm(text: Optional[str], queue_timeout: Optional[str], *,
+                sudo: bool = False) -> "Tuple[Optional[SlurmOptions], Optional[str]]":
+    """--slurm and --queue-timeout, checked (slurm.parse_slurm_options); (None, None) without --slurm."""
+    from .slurm import DEFAULT_QUEUE_TIMEOUT, parse_slurm_options
+
+    if text is None:
+        if queue_timeout is not None:
+            raise UsageError("--queue-timeout only applies with --slurm")
+        return None, None
+    if sudo:
+        raise UsageError("--sudo and --slurm exclude each other: a job runs as you, on the node the scheduler picks")
+    seconds = DEFAULT_QUEUE_TIMEOUT
+    if queue_timeout is not None:
+        match = _DURATION_RE.match(queue_timeout)
+        seconds = float(match.group(1)) * _UNITS[match.group(2).lower()] if match else 0.0
+        if seconds < 1:
+            raise UsageError(f"--queue-timeout {queue_timeout!r} is not a duration of at least a second: "
+                             f"give seconds (600) or a number with a unit (30m, 2h)")
+    return parse_slurm_options(text, seconds), (queue_timeout.strip() if queue_timeout is not None else None)
 
 
 # -- ssh-ipykernel connect -------------------------------------------------------------------------------

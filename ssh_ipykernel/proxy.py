@@ -17,11 +17,12 @@ import logging
 import os
 import signal
 import time
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from .connection import CHANNELS, kernel_id_from_path, load_connection_file
-from .exceptions import AuthenticationError, LoginRequiredError, RemoteError, SSHKernelError
+from .exceptions import AuthenticationError, KernelDiedError, LoginRequiredError, RemoteError, SSHKernelError
 from .session.client import RemoteKernel
+from .session.slurmkernel import SlurmKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay
@@ -99,7 +100,7 @@ class Proxy:
                     self.log.info("connected in %.2f s (%s) with %s", t1 - t0,
                                   "shared connection" if transport.reused else "new connection",
                                   self.options.connection.transport)
-                    kernel = RemoteKernel(
+                    kernel = self._new_kernel(
                         transport,
                         kernel_id=self.kernel_id,
                         key=info["key"],
@@ -122,6 +123,10 @@ class Proxy:
                     )
                     self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
                                        remote_connection_file=ready.connection_file)
+                    if isinstance(kernel, SlurmKernel) and kernel.job is not None:
+                        self._state.update(slurm_job=kernel.job_id, slurm_node=kernel.job.nodes,
+                                           slurm_ends=time.time() + kernel.job.time_left
+                                           if kernel.job.time_left is not None else None)
                     channels = Channels(info, host=self.hostspec.label, limit=self.options.output_buffer,
                                         note=self.log.warning)
                     channels.listen()
@@ -159,12 +164,24 @@ class Proxy:
                 self._on_state(supervisor)
                 code = supervisor.run(stop=any(s != signal.SIGINT for s in early))
                 self.failure = supervisor.error
+                why = kernel.why_ended() if isinstance(kernel, SlurmKernel) else None
+                if why:
+                    # The scheduler ended the job (time limit, scancel, preemption): a dead
+                    # kernel for Jupyter, whatever the keeper's last words were.
+                    self.log.error("the kernel ended with its job: %s", why)
+                    code = code or KernelDiedError.exit_code
                 return code
         except SSHKernelError as e:
             self.failure = e
             raise
         finally:
             self._finish()
+
+    def _new_kernel(self, transport: Transport, **kwargs: Any) -> RemoteKernel:
+        """The session client: in a SLURM job with --slurm (session/slurmkernel.py), else on the host."""
+        if self.options.slurm is not None:
+            return SlurmKernel(transport, slurm=self.options.slurm, log_to=self.log, **kwargs)
+        return RemoteKernel(transport, **kwargs)
 
     def _connect(self, transport: Transport) -> Transport:
         """``transport.connect()``; on a host that needs a person to log in, wait for

@@ -132,6 +132,14 @@ def launch_options(func: F) -> F:
         click.option("--workdir", metavar="DIR",
                      help="The kernel's working directory on the remote (~ is the remote home). "
                           "Default: the remote home."),
+        click.option("--slurm", metavar="'SBATCH OPTIONS'",
+                     help="Run the kernel in a SLURM job on a compute node, HOST being the login node: these "
+                          "sbatch options ('--partition gpu --time 2:00:00 --gres gpu:1'), split like a shell "
+                          "would but never run through one. --python, --pre-command, --env, --workdir apply "
+                          "on the node."),
+        click.option("--queue-timeout", metavar="DURATION",
+                     help="With --slurm: how long the job may wait in the queue before the start fails "
+                          "(seconds or 30m, 2h). Default: 1h."),
         click.option("--pre-command", metavar="'CMD'",
                      help="One command line your remote login shell runs first, to prepare the "
                           "environment, e.g. 'source /opt/conda/bin/activate py311' or 'module "

@@ -110,8 +110,11 @@ class LoginShell(StartCommand):
     )
     NOT_FOUND = 'echo "ssh_ipykernel: python not found: $N" >&2; exit %d' % protocol.EXIT_PYTHON_NOT_FOUND
 
-    def __init__(self, steps: Sequence[Step] = ()) -> None:
+    def __init__(self, steps: Sequence[Step] = (), *, program: Optional[str] = None) -> None:
         self.steps = tuple(steps)
+        #: What python runs (``-c``): the loader that reads the agent from stdin, unless a
+        #: scheduler gives a program of its own (slurm.py: the job's launcher, a step's spawn).
+        self.program = program
 
     def build(self, python: Optional[str]) -> str:
         return self.TEMPLATE.format(
@@ -119,7 +122,7 @@ class LoginShell(StartCommand):
             python=quote_remote_path(python or "python3"),
             notfound=self.NOT_FOUND,
             prefix="".join(step.exec_prefix() for step in self.steps),
-            loader=sh_quote(LOADER),
+            loader=sh_quote(LOADER if self.program is None else self.program),
         )
 
 
