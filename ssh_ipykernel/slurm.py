@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -289,6 +290,16 @@ class Scheduler:
         if rc != 0 and "Invalid job id" not in err:
             return None
         return parse_squeue(out, job_id)
+
+    def settled_status(self, job_id: str, wait: float = 15.0) -> Optional[JobStatus]:
+        """The job's status once it is no longer COMPLETING (the scheduler says why a job ended
+        only then: CANCELLED, TIMEOUT ...), waiting up to ``wait`` seconds for that."""
+        deadline = time.monotonic() + wait
+        while True:
+            job = self.status(job_id)
+            if job is None or job.state != "COMPLETING" or time.monotonic() > deadline:
+                return job
+            time.sleep(0.5)
 
     def cancel(self, job_id: str) -> bool:
         rc, _out, _err = run_remote(self.transport, scancel_command(job_id), timeout=20)

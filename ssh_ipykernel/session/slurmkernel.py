@@ -138,7 +138,7 @@ class SlurmKernel(RemoteKernel):
         try:
             return super().attach(transport, timeout)
         except exc.RemoteError as e:
-            job = self.scheduler.status(self.job_id) if self.job_id else None
+            job = self.scheduler.settled_status(self.job_id) if self.job_id else None
             if job is not None and not job.running:
                 JobRecord.remove(self.kernel_id)
                 raise exc.KernelGoneError(f"the kernel is gone: {job.why_ended()}", host=self.host) from e
@@ -161,7 +161,7 @@ class SlurmKernel(RemoteKernel):
         """After the kernel ended: why, if its job ended for the scheduler's reasons; else None."""
         if not self.job_id:
             return None
-        job = self.scheduler.status(self.job_id)
+        job = self.scheduler.settled_status(self.job_id)
         if job is None or job.running or job.waiting:
             return None
         JobRecord.remove(self.kernel_id)

@@ -63,3 +63,133 @@ def test_start_execute_shutdown_in_a_job(slurm: SlurmCluster, slurm_kernel) -> N
     assert proc.wait(20) == 0, k.log()
     # The job ends by itself a few seconds after its last kernel (a restart would reuse it).
     wait_until(lambda: not job_ids(slurm), timeout=40, what="the job to leave the queue")
+
+
+def the_job(slurm: SlurmCluster) -> str:
+    jobs = job_ids(slurm)
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+def test_restart_stays_in_the_same_job(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    k.start(timeout=90)
+    k.execute("x = 1")
+    job, pid = the_job(slurm), int(k.value(PID))
+    t0 = time.monotonic()
+    k.km.restart_kernel()
+    k.kc.wait_for_ready(timeout=60)
+    took = time.monotonic() - t0
+    print(f"restart in the same job took {took:.2f} s")
+    assert k.value("'x' in dir()") == "False"
+    assert int(k.value(PID)) != pid
+    assert the_job(slurm) == job, k.log()
+    assert f"restarting in SLURM job {job} (no new job queued)" in k.log()
+    assert slurm.compute_pids(rf"^\S*python\S* .*ipykernel.* -f \S*kernel-ssh-") != [], "no kernel on a node"
+    assert pid not in slurm.compute_pids(r"ipykernel"), "the old kernel is still alive"
+
+
+def test_interrupt_keeps_the_kernel(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    k.start(timeout=90)
+    k.execute("x = 42; import time")
+    pid = k.value(PID)
+    msg_id = k.kc.execute("print('sleeping', flush=True); time.sleep(60)")
+    k.wait_busy(msg_id)
+    time.sleep(1.0)
+    k.km.interrupt_kernel()
+    reply = k.wait_reply(msg_id, timeout=15)
+    assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt", f"{reply}\n{k.log()}"
+    assert k.value("x") == "42" and k.value(PID) == pid
+
+
+def test_a_refused_partition_fails_at_once_with_the_schedulers_message(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel("--partition nosuch --time 5")
+    t0 = time.monotonic()
+    k.launch()
+    code = k.proxy.wait(30)
+    assert code == 50, k.log()
+    assert time.monotonic() - t0 < 15
+    assert "invalid partition" in k.log().lower(), k.log()
+    assert not job_ids(slurm)
+
+
+def test_a_queued_start_reports_progress_then_runs(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    with slurm.nodes_held() as holders:
+        t0 = time.monotonic()
+        k.launch()
+        wait_until(lambda: len(re.findall(r"PENDING \(reason: (?:Resources|Priority)\), waited \d+ s", k.log())) >= 2,
+                   timeout=30, what="two queue progress lines")
+        waited = time.monotonic() - t0
+        slurm.admin("scancel", holders[0])
+        k.wait_ready(timeout=90)
+        print(f"queued start: progress for {waited:.1f} s, ready {time.monotonic() - t0:.1f} s after launch")
+        assert k.value(HOSTNAME) in slurm.compute_hostnames
+
+
+def test_scancel_from_outside_ends_the_proxy_and_says_why(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    k.start(timeout=90)
+    job = the_job(slurm)
+    proc = k.proxy
+    slurm.admin("scancel", job)
+    assert proc.wait(60) != 0, k.log()
+    assert f"SLURM job {job} is CANCELLED" in k.log(), k.log()
+
+
+@pytest.mark.slow
+def test_the_time_limit_ends_the_proxy_with_a_warning_first(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel("--partition short")
+    k.start(timeout=90)
+    job = the_job(slurm)
+    assert f"SLURM job {job} reaches its time limit in" in k.log(), k.log()
+    proc = k.proxy
+    slurm.end_job_in(job, 2)
+    assert proc.wait(75) != 0, k.log()
+    assert f"SLURM job {job} is TIMEOUT" in k.log() and "time limit was reached" in k.log(), k.log()
+
+
+@pytest.mark.slow
+def test_a_20_s_cut_keeps_the_kernel(slurm: SlurmCluster, slurm_kernel) -> None:
+    from kernels import cut
+
+    k = slurm_kernel()
+    k.start(timeout=90)
+    k.execute("x = 'kept'")
+    pid, job = k.value(PID), the_job(slurm)
+    with cut(slurm.login, "blackhole"):
+        time.sleep(20)
+    assert k.value("x", timeout=90) == "kept", k.log()
+    assert k.value(PID) == pid and the_job(slurm) == job
+
+
+def test_another_user_cannot_reach_the_kernel(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    k.start(timeout=90)
+    job = the_job(slurm)
+    node = k.value(HOSTNAME)
+    uid = slurm.login.pw.pw_uid
+    job_dir = f"/tmp/sik-{uid}-{job}"
+    conn = k.value("__import__('ipykernel.connect', fromlist=['_']).get_connection_file()")
+    runtime = conn.rsplit("/", 1)[0]
+    assert runtime.startswith(job_dir), runtime
+    for path in (job_dir, runtime):
+        res = slurm.run_on(node, ["ls", path], user="nobody")
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (path, res)
+    key = k.km.session.key.decode()
+    for host in (slurm.login.hostname, node):
+        res = slurm.run_on(host, ["sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"], user="root")
+        assert key not in res.stdout, f"the key is on a command line on {host}"
+    # Nothing of the kernel listens on the login host: no TCP port, no unix socket of ours.
+    res = slurm.run_on(slurm.login.hostname, ["ss", "-lnxtH"], user="root")
+    assert res.returncode == 0, res
+    assert not [line for line in res.stdout.splitlines() if "kernel-ssh-" in line or f"sik-{uid}-" in line], res.stdout
+    # On the node the kernel's channels are unix sockets in the job's 0700 dir, no TCP port (ipykernel's
+    # one TCP socket is the PULL pipe of its forked subprocesses' output, as on any host).
+    pid = int(k.value(PID))
+    pipe = int(k.value("getattr(getattr(__import__('sys').stdout, 'pub_thread', None), '_pipe_port', 0) or 0"))
+    res = slurm.run_on(node, ["ss", "-lntpH"], user="root")
+    listening = [line for line in res.stdout.splitlines() if f"pid={pid}," in line]
+    assert {int(line.split()[3].rsplit(":", 1)[1]) for line in listening} <= {pipe}, listening
+    assert sorted(slurm.run_on(node, ["ls", runtime], user="root").stdout.split()) != []
