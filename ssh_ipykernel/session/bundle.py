@@ -25,6 +25,8 @@ LOADER = (
 #: The agent's modules (bootstrap.main is its entry point) and the probe's (probe.main).
 AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "keeper", "bootstrap")
 PROBE_MODULES = ("protocol", "kernelcmd", "probe")
+#: Not bundled: sent whole as the program of a ``python -c`` (slurm.py: the job's launcher, a step's spawn).
+NODE_MODULES = ("slurmnode",)
 #: How a shipped module's file is named on the remote (in tracebacks).
 FILENAME = "ssh_ipykernel/remote/%s.py"
 

@@ -85,7 +85,7 @@ def test_restart_stays_in_the_same_job(slurm: SlurmCluster, slurm_kernel) -> Non
     assert int(k.value(PID)) != pid
     assert the_job(slurm) == job, k.log()
     assert f"restarting in SLURM job {job} (no new job queued)" in k.log()
-    assert slurm.compute_pids(rf"^\S*python\S* .*ipykernel.* -f \S*kernel-ssh-") != [], "no kernel on a node"
+    assert slurm.compute_pids(r"^\S*python\S* .*ipykernel.* -f \S*kernel-ssh-") != [], "no kernel on a node"
     assert pid not in slurm.compute_pids(r"ipykernel"), "the old kernel is still alive"
 
 

@@ -50,7 +50,7 @@ def test_each_bundle_ships_every_module_its_modules_import(modules, main):
 
 
 def test_every_remote_module_is_shipped_somewhere():
-    shipped = set(bundle.AGENT_MODULES) | set(bundle.PROBE_MODULES) | {"loader", "__init__"}
+    shipped = set(bundle.AGENT_MODULES) | set(bundle.PROBE_MODULES) | set(bundle.NODE_MODULES) | {"loader", "__init__"}
     assert {p.stem for p in REMOTE.glob("*.py")} == shipped
 
 

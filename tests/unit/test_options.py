@@ -104,6 +104,12 @@ def proxy_params(draw: st.DrawFn) -> dict:
         "workdir": draw(st.none() | TEXT | st.just("~")),
         "pre_command": draw(st.none() | TEXT),
     }
+    if not params["sudo"] and draw(st.booleans()):
+        # sbatch options as a user writes them: words with quotes, spaces, ~ and $ inside values.
+        words = draw(st.lists(st.sampled_from(["--partition", "-p", "--time=2:00:00", "--gres", "gpu:1", "-A",
+                                                "proj x", "--comment=$HOME ~/a 'q'", "-c4"]) | TEXT, max_size=5))
+        params["slurm"] = shlex.join(["--partition", *words])
+        params["queue_timeout"] = draw(st.none() | st.sampled_from(["600", "30m", "2h"]))
     kind = draw(st.sampled_from(["ipykernel", "remote", "cmd"]))
     if kind == "remote":
         params["remote_kernel"] = draw(st.from_regex(r"[A-Za-z0-9._-]{1,10}", fullmatch=True))
@@ -125,6 +131,7 @@ def test_argv_round_trip(params):
     assert dict(back.env) == dict(opts.env)
     assert back.lifetime.grace == opts.lifetime.grace
     assert back.launch.kernel_cmd_text == opts.launch.kernel_cmd_text
+    assert back.slurm == opts.slurm and back.queue_timeout_text == opts.queue_timeout_text
     assert back.argv() == argv
     if params["grace"] == o.DEFAULT_GRACE_TEXT or params["grace"] == opts.lifetime.written_grace():
         assert back == opts
