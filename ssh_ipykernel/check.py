@@ -108,9 +108,10 @@ class Checker:
         ``manage add --remote-kernel`` stops after "kernel command" to build the kernelspec from
         what the remote said, then (with --check) resumes with the kernel start.
         """
-        last = STEPS.index(until) if until else len(STEPS) - 1
+        names = self.names
+        last = names.index(until) if until else len(names) - 1
         try:
-            for name in STEPS[len(self.steps):last + 1]:
+            for name in names[len(self.steps):last + 1]:
                 if self.failed is not None:
                     self._record(Step(name, None, "not run"))
                     continue
@@ -130,6 +131,14 @@ class Checker:
         finally:
             self._close()
         return self.steps
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        """The steps of this check: with --slurm, the scheduler's verdict after the login."""
+        if self.target.options.slurm is None:
+            return STEPS
+        at = STEPS.index("authenticate") + 1
+        return (*STEPS[:at], "scheduler", *STEPS[at:])
 
     @property
     def failed(self) -> Optional[Step]:
@@ -240,6 +249,19 @@ class Checker:
             return (f"logged in as {self.ssh.get('user', '?')} through the connection opened by "
                     f"`ssh-ipykernel login` (host key known, no prompt)")
         return f"logged in as {self.ssh.get('user', '?')} (host key known, key accepted, no prompt)"
+
+    def step_scheduler(self) -> str:
+        """--slurm: ``sbatch --test-only`` with the kernel's options and batch script on the login node."""
+        from .session.startcmd import start_command
+        from .slurm import Scheduler, batch_script
+
+        slurm = self.target.options.slurm
+        assert slurm is not None
+        steps = start_command(pre_command=self.target.launch.pre_command).steps  # type: ignore[attr-defined]
+        found = Scheduler(self.transport, host=self.hostspec.label).test_only(
+            slurm, f"check-{os.getpid()}", batch_script(steps, self.target.python))
+        return (f"sbatch --test-only: would start at {found['start']} on {found['nodes']} in partition "
+                f"{found['partition']} ({found['processors']} CPUs); the remote python below is the login node's")
 
     # -- the remote python (one probe round trip) ---------------------------------------------------
     def _part_error(self, part: Dict[str, Any]) -> exc.SSHKernelError:

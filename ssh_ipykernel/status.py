@@ -43,13 +43,25 @@ def format_duration(seconds: Optional[float]) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600:02d} h"
 
 
+def slurm_text(k: Dict[str, object], now: Optional[float] = None) -> str:
+    """A SLURM kernel's job for the table: ``SLURM job 12 RUNNING on node1, 55 min left``."""
+    now = time.time() if now is None else now
+    ends = k.get("slurm_ends")
+    left = f"{format_duration(ends - now)} left" if isinstance(ends, (int, float)) else "no time limit"
+    # The proxy writes its state file while the kernel is up: its job is running (the tunnel
+    # column says when the proxy is reconnecting to it).
+    return f"SLURM job {k.get('slurm_job')} RUNNING on {k.get('slurm_node') or '?'}, {left}"
+
+
 def table_rows(kernels: List[Dict[str, object]]) -> List[List[str]]:
     """Rows for the status table: host, kernel id, remote pid, uptime, tunnel, reconnects, proxy pid."""
     rows = []
     for k in kernels:
         host = str(k.get("host") or "?")
         remote_host = k.get("remote_hostname")
-        if remote_host and remote_host != host:
+        if k.get("slurm_job"):
+            host += f" ({slurm_text(k)})"
+        elif remote_host and remote_host != host:
             host += f" ({remote_host})"
         tunnel = str(k.get("state") or "?")
         if tunnel != "up" and k.get("in_state") is not None:
