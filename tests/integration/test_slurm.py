@@ -193,3 +193,31 @@ def test_another_user_cannot_reach_the_kernel(slurm: SlurmCluster, slurm_kernel)
     listening = [line for line in res.stdout.splitlines() if f"pid={pid}," in line]
     assert {int(line.split()[3].rsplit(":", 1)[1]) for line in listening} <= {pipe}, listening
     assert sorted(slurm.run_on(node, ["ls", runtime], user="root").stdout.split()) != []
+
+
+def test_an_sshd_restart_on_the_login_node_keeps_the_kernel(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    k.start(timeout=90)
+    k.execute("x = 'kept'")
+    pid, job = k.value(PID), the_job(slurm)
+    offset = len(k.log())
+    slurm.login.restart_sshd(drop_connections=True)
+    wait_until(lambda: "up: reconnected" in k.log()[offset:], timeout=60, what="the proxy to reconnect")
+    assert k.value("x", timeout=60) == "kept", k.log()
+    assert k.value(PID) == pid and the_job(slurm) == job
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_proxy_leaves_the_job_to_end_after_the_grace_period(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel("--partition debug", "--grace", "8")
+    k.start(timeout=90)
+    job = the_job(slurm)
+    proc = k.proxy
+    proc.kill()
+    proc.wait(10)
+    time.sleep(4)
+    assert the_job(slurm) == job, "the job ended before the grace period"
+    assert slurm.compute_pids(r"ipykernel"), "the kernel ended before the grace period"
+    took = wait_until(lambda: not job_ids(slurm), timeout=90, what="the job to end after the grace period")
+    print(f"job gone {4 + took:.1f} s after kill -9 (grace 8 s)")
+    assert not slurm.compute_pids(r"ipykernel")
