@@ -221,3 +221,15 @@ def test_kill_9_of_the_proxy_leaves_the_job_to_end_after_the_grace_period(slurm:
     took = wait_until(lambda: not job_ids(slurm), timeout=90, what="the job to end after the grace period")
     print(f"job gone {4 + took:.1f} s after kill -9 (grace 8 s)")
     assert not slurm.compute_pids(r"ipykernel")
+
+
+def test_a_start_given_up_while_queued_cancels_the_job(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    with slurm.nodes_held() as holders:
+        k.launch()
+        wait_until(lambda: "PENDING (reason: Resources)" in k.log(), timeout=30, what="a queue progress line")
+        ours = [job for job in job_ids(slurm) if job not in holders]
+        assert len(ours) == 1, job_ids(slurm)
+        k.proxy.terminate()  # Jupyter gives up on the start (or the user closes the notebook)
+        k.proxy.wait(20)
+        wait_until(lambda: ours[0] not in job_ids(slurm), timeout=20, what="the queued job to be cancelled")
