@@ -79,6 +79,11 @@ class SlurmKernel(RemoteKernel):
     def _start_in(self, job: JobStatus, timeout: float) -> KernelInfo:
         self.job_id, self.job = job.job_id, job
         self._ends_at = None if job.time_left is None else time.monotonic() + job.time_left
+        if job.time_left is not None:
+            # The job's time limit caps the grace period: a keeper waiting past it would be
+            # killed with the job anyway, and nothing should count on it.
+            grace = self.params.grace
+            self.params.grace = job.time_left if grace is None else min(float(grace), job.time_left)  # type: ignore[arg-type]
         self.command = Srun(job.job_id, self.steps, spawn=True)
         try:
             info = super().start(timeout)

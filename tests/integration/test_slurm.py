@@ -233,3 +233,14 @@ def test_a_start_given_up_while_queued_cancels_the_job(slurm: SlurmCluster, slur
         k.proxy.terminate()  # Jupyter gives up on the start (or the user closes the notebook)
         k.proxy.wait(20)
         wait_until(lambda: ours[0] not in job_ids(slurm), timeout=20, what="the queued job to be cancelled")
+
+
+def test_a_job_queued_past_the_queue_timeout_fails_and_is_cancelled(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel("--partition debug", "--queue-timeout", "3")
+    with slurm.nodes_held() as holders:
+        t0 = time.monotonic()
+        k.launch()
+        assert k.proxy.wait(30) == 51, k.log()
+        assert time.monotonic() - t0 < 20
+        assert "in the queue without starting; it is cancelled" in k.log(), k.log()
+        assert sorted(job_ids(slurm)) == sorted(holders), "the timed-out job is still queued"
