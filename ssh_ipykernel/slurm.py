@@ -225,15 +225,17 @@ class Srun(StartCommand):
     its launcher (remote/slurmnode.py), so that a keeper it starts outlives this step.
     """
 
-    def __init__(self, job_id: str, steps: Sequence[Step] = (), *, spawn: bool = False) -> None:
+    def __init__(self, job_id: str, steps: Sequence[Step] = (), *, spawn: bool = False,
+                 launcher_wait: float = 0.0) -> None:
         self.job_id = job_id
         self.steps = tuple(steps)
         self.spawn = spawn
+        self.launcher_wait = launcher_wait  # seconds the spawn waits for a new job's launcher
 
     def build(self, python: Optional[str]) -> str:
         inner = LoginShell(self.steps).build(python)
         if self.spawn:
-            inner = LoginShell(self.steps, program=program(node_source(), f"spawn_main({inner!r})")).build(python)
+            inner = LoginShell(self.steps, program=program(node_source(), f"spawn_main({inner!r}, {self.launcher_wait!r})")).build(python)
         task = "stty raw -echo <&1 2>/dev/null; " + inner
         return (f"exec srun --jobid={sh_quote(self.job_id)} --overlap --nodes=1 --ntasks=1 --unbuffered --quiet "
                 f"--job-name=sik-step /bin/sh -c {sh_quote(task)}")
@@ -300,6 +302,12 @@ class Scheduler:
             if job is None or job.state != "COMPLETING" or time.monotonic() > deadline:
                 return job
             time.sleep(0.5)
+
+    def exit_code(self, job_id: str) -> Optional[int]:
+        """The batch script's exit code (``scontrol show job``'s ExitCode), None if unknown."""
+        rc, out, _err = run_remote(self.transport, f"scontrol show job -o {sh_quote(job_id)}", timeout=20)
+        match = re.search(r"\bExitCode=(\d+):(\d+)", out) if rc == 0 else None
+        return int(match.group(1)) if match else None
 
     def cancel(self, job_id: str) -> bool:
         rc, _out, _err = run_remote(self.transport, scancel_command(job_id), timeout=20)

@@ -199,16 +199,28 @@ def launcher_main() -> None:
     Launcher(os.environ["SLURM_JOB_ID"]).run()
 
 
-def spawn_main(command: str) -> None:
-    """A session's job step: run ``command`` through the launcher, on our stdin/stdout/stderr."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(os.path.join(job_dir(os.environ["SLURM_JOB_ID"]), SOCKET_NAME))
-    except OSError as e:
-        sys.stderr.write("ssh_ipykernel: no kernel launcher in SLURM job %s: %s\n"
-                         % (os.environ.get("SLURM_JOB_ID"), e))
-        sys.stderr.flush()
-        os._exit(EXIT_NO_LAUNCHER)
+def spawn_main(command: str, wait: float = 0.0) -> None:
+    """A session's job step: run ``command`` through the launcher, on our stdin/stdout/stderr.
+
+    ``wait``: seconds to wait for the launcher to listen (a job that has just started may still be
+    running its --pre-command); 0 for a job that ran kernels before, whose launcher is there or
+    gone for good."""
+    path = os.path.join(job_dir(os.environ["SLURM_JOB_ID"]), SOCKET_NAME)
+    deadline = time.monotonic() + wait
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            break
+        except OSError as e:
+            sock.close()
+            if time.monotonic() < deadline and isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+                time.sleep(0.05)
+                continue
+            sys.stderr.write("ssh_ipykernel: no kernel launcher in SLURM job %s: %s\n"
+                             % (os.environ.get("SLURM_JOB_ID"), e))
+            sys.stderr.flush()
+            os._exit(EXIT_NO_LAUNCHER)
     request = (json.dumps({"command": command}) + "\n").encode("utf-8")
     sock.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("3i", 0, 1, 2))])
     # From here on the command owns our stdio: close our copies so that its end of file is real.

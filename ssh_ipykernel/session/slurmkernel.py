@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from .. import exceptions as exc
 from ..slurm import JobRecord, JobStatus, Scheduler, SlurmOptions, Srun, batch_script, format_duration
+from ..remote_errors import error_for_exit
 from ..transport.base import Transport
 from .client import KernelInfo, RemoteKernel
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 5.0
 #: Seconds between squeue polls while the job waits (fast at first: a free cluster starts it at once).
 POLL_FIRST, POLL_LATER = 0.3, 2.0
+#: Seconds a new job's first session waits for the job's launcher to listen.
+LAUNCHER_WAIT = 60.0
 #: The log warns once when the job has less than this left (or at start if it has less already).
 WARN_BEFORE = 300.0
 
@@ -84,9 +87,15 @@ class SlurmKernel(RemoteKernel):
             # killed with the job anyway, and nothing should count on it.
             grace = self.params.grace
             self.params.grace = job.time_left if grace is None else min(float(grace), job.time_left)  # type: ignore[arg-type]
-        self.command = Srun(job.job_id, self.steps, spawn=True)
+        # A new job's launcher may still be starting (its --pre-command, python): wait for it.
+        self.command = Srun(job.job_id, self.steps, spawn=True, launcher_wait=0.0 if self.reused else LAUNCHER_WAIT)
         try:
             info = super().start(timeout)
+        except exc.RemoteError as e:
+            failure = self._batch_failure(job.job_id)
+            if failure is None:
+                raise
+            raise failure from e
         finally:
             self.command = Srun(job.job_id, self.steps)
         JobRecord(job_id=job.job_id, host=self.host_spec, options=self.slurm.text).save(self.kernel_id)
@@ -124,6 +133,9 @@ class SlurmKernel(RemoteKernel):
                 if job.running and job.nodes:
                     return job
                 if job.final:
+                    failure = self._batch_failure(job_id, job)
+                    if failure is not None:
+                        raise failure
                     msg = f"SLURM job {job_id} ended before the kernel started in it ({job.state}, {job.reason})"
                     raise exc.SchedulerError(msg, host=self.host, detail=job.why_ended())
                 if waited - last_line >= PROGRESS_EVERY:
@@ -137,6 +149,21 @@ class SlurmKernel(RemoteKernel):
                 raise exc.QueueTimeoutError(msg, host=self.host)
             polls += 1
             time.sleep(POLL_FIRST if polls < 10 else POLL_LATER)
+
+    def _batch_failure(self, job_id: str, job: Optional[JobStatus] = None) -> Optional[exc.SSHKernelError]:
+        """When the job's batch script (the launcher, after --pre-command and the python lookup)
+        failed on the node: the error its exit code stands for, as for a login shell; else None."""
+        job = job or self.scheduler.settled_status(job_id, wait=5.0)
+        if job is None or not job.final:
+            return None
+        code = self.scheduler.exit_code(job_id)
+        if code in (None, 0):
+            return None
+        error = error_for_exit(code, "", host=self.host, python=self.python, pre_command=self.pre_command)
+        error.message = f"{error.message} (SLURM job {job_id}: its batch script on {job.nodes or 'the node'} " \
+                        f"exited with code {code})"
+        error.args = (error.message,)
+        return error
 
     # -- while it runs --------------------------------------------------------------------------
     def attach(self, transport: Transport, timeout: float) -> KernelInfo:

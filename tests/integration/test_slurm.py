@@ -7,6 +7,8 @@ here: whatever the kernel does, it does through the scheduler's job steps.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, List
@@ -244,3 +246,38 @@ def test_a_job_queued_past_the_queue_timeout_fails_and_is_cancelled(slurm: Slurm
         assert time.monotonic() - t0 < 20
         assert "in the queue without starting; it is cancelled" in k.log(), k.log()
         assert sorted(job_ids(slurm)) == sorted(holders), "the timed-out job is still queued"
+
+
+def _check(slurm: SlurmCluster, options: str) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([sys.executable, "-m", "ssh_ipykernel.manage", "check", "--ssh-config",
+                           str(slurm.login.ssh_config), "--host", slurm.login.alias, "--python", REMOTE_ENV_PREFIX,
+                           f"--slurm={options}"], capture_output=True, text=True, timeout=120)
+
+
+def test_manage_check_asks_the_scheduler_and_starts_a_kernel_in_a_job(slurm: SlurmCluster) -> None:
+    r = _check(slurm, "--partition debug")
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = next(line for line in r.stdout.splitlines() if "scheduler" in line)
+    assert "sbatch --test-only: would start at" in line and "in partition debug" in line, r.stdout
+    assert any(node in line for node in slurm.compute_hostnames), line
+    wait_until(lambda: not job_ids(slurm), timeout=40, what="check's job to leave the queue")
+    r = _check(slurm, "--partition nosuch")
+    assert r.returncode == 50, r.stdout + r.stderr
+    assert "invalid partition" in r.stdout.lower(), r.stdout
+
+
+@pytest.mark.parametrize("extra, code, words", [
+    (("--python", "/nonexistent/env"), 31, "remote python /nonexistent/env not found"),
+    (("--pre-command", "false"), 37, "the --pre-command failed"),
+])
+def test_a_batch_script_that_fails_on_the_node_says_what_failed(slurm: SlurmCluster, tmp_path: Path, extra, code,
+                                                                 words) -> None:
+    from kernels import connection_file
+
+    conn = connection_file(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "ssh_ipykernel", "--ssh-config", str(slurm.login.ssh_config),
+                        "--host", slurm.login.alias, "--python", REMOTE_ENV_PREFIX, *extra, "--slurm=-p debug",
+                        "-f", str(conn)], capture_output=True, text=True, timeout=90)
+    assert r.returncode == code, r.stderr
+    assert words in r.stderr and "its batch script on" in r.stderr, r.stderr
+    assert not job_ids(slurm)
