@@ -32,8 +32,9 @@ WAITING_STATES = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "RESIZING", "S
                             "REQUEUE_FED"})
 #: Options ssh_ipykernel sets itself (the job must be a batch job with our script).
 RESERVED = ("--wrap", "--parsable", "--test-only", "-W", "--wait", "--array", "-a")
-#: squeue's fields, separated by "|": id, state, reason, node list, time left, time used, limit.
-SQUEUE_FORMAT = "%i|%T|%r|%N|%L|%M|%l"
+#: squeue's fields, separated by "|": id, state, reason, node list, time left, time used, limit,
+#: batch host (the node of the batch step: the launcher's).
+SQUEUE_FORMAT = "%i|%T|%r|%N|%L|%M|%l|%B"
 #: What the job's state means, for the log.
 WHY = {
     "TIMEOUT": "its time limit was reached",
@@ -120,6 +121,7 @@ class JobStatus:
     time_left: Optional[float] = None  # seconds; None: unlimited or unknown
     time_used: Optional[float] = None
     time_limit: Optional[float] = None
+    batch_host: str = ""
 
     @property
     def running(self) -> bool:
@@ -143,10 +145,10 @@ def parse_squeue(text: str, job_id: str) -> JobStatus:
     """squeue's line (SQUEUE_FORMAT) for ``job_id``; state GONE if it has none."""
     for line in text.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 7 and parts[0] == job_id:
+        if len(parts) == 8 and parts[0] == job_id:
             return JobStatus(job_id=job_id, state=parts[1].split()[0] if parts[1] else "GONE", reason=parts[2],
                              nodes=parts[3], time_left=parse_duration(parts[4]), time_used=parse_duration(parts[5]),
-                             time_limit=parse_duration(parts[6]))
+                             time_limit=parse_duration(parts[6]), batch_host=parts[7].strip())
     return JobStatus(job_id=job_id, state="GONE")
 
 
@@ -226,8 +228,9 @@ class Srun(StartCommand):
     """
 
     def __init__(self, job_id: str, steps: Sequence[Step] = (), *, spawn: bool = False,
-                 launcher_wait: float = 0.0) -> None:
+                 launcher_wait: float = 0.0, node: str = "") -> None:
         self.job_id = job_id
+        self.node = node  # the batch host, where the launcher and the keeper are (a multi-node job)
         self.steps = tuple(steps)
         self.spawn = spawn
         self.launcher_wait = launcher_wait  # seconds the spawn waits for a new job's launcher
@@ -237,8 +240,9 @@ class Srun(StartCommand):
         if self.spawn:
             inner = LoginShell(self.steps, program=program(node_source(), f"spawn_main({inner!r}, {self.launcher_wait!r})")).build(python)
         task = "stty raw -echo <&1 2>/dev/null; " + inner
-        return (f"exec srun --jobid={sh_quote(self.job_id)} --overlap --nodes=1 --ntasks=1 --unbuffered --quiet "
-                f"--job-name=sik-step /bin/sh -c {sh_quote(task)}")
+        where = f"--nodelist={sh_quote(self.node)} " if self.node else ""
+        return (f"exec srun --jobid={sh_quote(self.job_id)} --overlap --nodes=1 --ntasks=1 {where}--unbuffered "
+                f"--quiet --job-name=sik-step /bin/sh -c {sh_quote(task)}")
 
 
 # -- running them on the login node ---------------------------------------------------------------------

@@ -88,7 +88,8 @@ class SlurmKernel(RemoteKernel):
             grace = self.params.grace
             self.params.grace = job.time_left if grace is None else min(float(grace), job.time_left)  # type: ignore[arg-type]
         # A new job's launcher may still be starting (its --pre-command, python): wait for it.
-        self.command = Srun(job.job_id, self.steps, spawn=True, launcher_wait=0.0 if self.reused else LAUNCHER_WAIT)
+        self.command = Srun(job.job_id, self.steps, spawn=True, launcher_wait=0.0 if self.reused else LAUNCHER_WAIT,
+                            node=job.batch_host)
         try:
             info = super().start(timeout)
         except exc.RemoteError as e:
@@ -97,7 +98,7 @@ class SlurmKernel(RemoteKernel):
                 raise
             raise failure from e
         finally:
-            self.command = Srun(job.job_id, self.steps)
+            self.command = Srun(job.job_id, self.steps, node=job.batch_host)
         JobRecord(job_id=job.job_id, host=self.host_spec, options=self.slurm.text).save(self.kernel_id)
         self._warn_time_limit()
         return info

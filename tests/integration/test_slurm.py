@@ -60,6 +60,10 @@ def test_start_execute_shutdown_in_a_job(slurm: SlurmCluster, slurm_kernel) -> N
     assert len(jobs) == 1, jobs
     assert f"SLURM job {jobs[0]} running on" in k.log()
     print(f"start in a job took {took:.2f} s")
+    status = subprocess.run([sys.executable, "-c", "from ssh_ipykernel.cli import main; main()", "status"],
+                            capture_output=True, text=True, timeout=30)
+    node = k.value(HOSTNAME)
+    assert f"SLURM job {jobs[0]} RUNNING on {node}" in status.stdout, status.stdout + status.stderr
     proc = k.proxy
     k.shutdown()
     assert proc.wait(20) == 0, k.log()
@@ -260,7 +264,6 @@ def test_manage_check_asks_the_scheduler_and_starts_a_kernel_in_a_job(slurm: Slu
     line = next(line for line in r.stdout.splitlines() if "scheduler" in line)
     assert "sbatch --test-only: would start at" in line and "in partition debug" in line, r.stdout
     assert any(node in line for node in slurm.compute_hostnames), line
-    wait_until(lambda: not job_ids(slurm), timeout=40, what="check's job to leave the queue")
     r = _check(slurm, "--partition nosuch")
     assert r.returncode == 50, r.stdout + r.stderr
     assert "invalid partition" in r.stdout.lower(), r.stdout
@@ -281,3 +284,14 @@ def test_a_batch_script_that_fails_on_the_node_says_what_failed(slurm: SlurmClus
     assert r.returncode == code, r.stderr
     assert words in r.stderr and "its batch script on" in r.stderr, r.stderr
     assert not job_ids(slurm)
+
+
+def test_a_two_node_job_runs_the_kernel_on_its_batch_host(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel("--partition debug --nodes 2")
+    k.start(timeout=90)
+    job = the_job(slurm)
+    batch_host = slurm.job(job)["BatchHost"]
+    assert k.value(HOSTNAME) == batch_host
+    k.km.restart_kernel()
+    k.kc.wait_for_ready(timeout=60)
+    assert k.value(HOSTNAME) == batch_host and the_job(slurm) == job

@@ -50,15 +50,15 @@ def test_durations(text, seconds):
 
 
 def test_squeue_line():
-    job = slurm.parse_squeue("12|PENDING|Resources|(Resources)|1:00:00|0:00|1:00:00\n", "12")
+    job = slurm.parse_squeue("12|PENDING|Resources|(Resources)|1:00:00|0:00|1:00:00|n/a\n", "12")
     assert (job.state, job.reason, job.waiting, job.running, job.final) == ("PENDING", "Resources", True, False, False)
-    job = slurm.parse_squeue("12|RUNNING|None|node1|59:30|0:30|1:00:00\n", "12")
-    assert job.running and job.nodes == "node1" and job.time_left == 3570 and job.time_limit == 3600
+    job = slurm.parse_squeue("12|RUNNING|None|node[1-2]|59:30|0:30|1:00:00|node1\n", "12")
+    assert job.running and job.nodes == "node[1-2]" and job.batch_host == "node1" and job.time_left == 3570 and job.time_limit == 3600
     gone = slurm.parse_squeue("", "12")
     assert gone.state == "GONE" and gone.final
-    timeout = slurm.parse_squeue("12|TIMEOUT|TimeLimit|node1|0:00|1:00|1:00\n", "12")
+    timeout = slurm.parse_squeue("12|TIMEOUT|TimeLimit|node1|0:00|1:00|1:00|node1\n", "12")
     assert timeout.final and "time limit was reached" in timeout.why_ended() and "TimeLimit" in timeout.why_ended()
-    assert "cancelled (scancel)" in slurm.parse_squeue("12|CANCELLED|None|n|0:00|1:00|1:00", "12").why_ended()
+    assert "cancelled (scancel)" in slurm.parse_squeue("12|CANCELLED|None|n|0:00|1:00|1:00|n", "12").why_ended()
 
 
 def test_sbatch_output_and_refusals():
@@ -89,9 +89,10 @@ def test_a_refusal_is_a_scheduler_error_with_its_own_exit_code():
 
 
 def test_srun_runs_the_login_shell_text_in_the_job_and_spawns_through_the_launcher():
-    plain = slurm.Srun("7", [PreCommand("module load x")]).build("/env")
+    plain = slurm.Srun("7", [PreCommand("module load x")], node="n1").build("/env")
     words = shlex.split(plain)
     assert words[:3] == ["exec", "srun", "--jobid=7"] and "--overlap" in words and "--unbuffered" in words
+    assert "--nodelist=n1" in words
     assert words[-3:-1] == ["/bin/sh", "-c"] and "module load x" in words[-1]
     spawned = shlex.split(slurm.Srun("7", spawn=True).build(None))[-1]
     assert "spawn_main(" in spawned and "launcher_main()" not in spawned.split("spawn_main(")[1]
