@@ -71,6 +71,9 @@ class Launcher:
         self.lock = threading.Lock()
         self.idle_since = time.monotonic()
         self.first = True
+        #: The job's working directory (sbatch's: the login session's, usually the home): the
+        #: kernels start there, as they would in a login shell, not in our socket's directory.
+        self.workdir = os.getcwd()
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.finish(143))
@@ -169,6 +172,7 @@ class Launcher:
                         for target, fd in enumerate(fds):
                             os.dup2(fd, target)
                         os.closerange(3, 65536)
+                        os.chdir(self.workdir)
                         os.environ["JUPYTER_RUNTIME_DIR"] = os.path.join(self.directory, "runtime")
                         signal.signal(signal.SIGTERM, signal.SIG_DFL)
                         signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -56,6 +56,7 @@ def test_start_execute_shutdown_in_a_job(slurm: SlurmCluster, slurm_kernel) -> N
     took = k.start(timeout=90)
     assert k.value(HOSTNAME) in slurm.compute_hostnames, k.log()
     assert k.value("6 * 7") == "42"
+    assert k.value("__import__('os').getcwd()") == slurm.login.home  # as in a login shell (no --workdir)
     jobs = job_ids(slurm)
     assert len(jobs) == 1, jobs
     assert f"SLURM job {jobs[0]} running on" in k.log()
