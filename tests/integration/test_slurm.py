@@ -158,16 +158,20 @@ def test_the_time_limit_ends_the_proxy_with_a_warning_first(slurm: SlurmCluster,
 
 
 @pytest.mark.slow
-def test_a_20_s_cut_keeps_the_kernel(slurm: SlurmCluster, slurm_kernel) -> None:
-    from kernels import cut
+def test_a_20_s_cut_keeps_the_kernel_and_its_output(slurm: SlurmCluster, slurm_kernel) -> None:
+    from kernels import Cell, cell_through_cut, printing_cell
 
     k = slurm_kernel()
     k.start(timeout=90)
     k.execute("x = 'kept'")
     pid, job = k.value(PID), the_job(slurm)
-    with cut(slurm.login, "blackhole"):
-        time.sleep(20)
-    assert k.value("x", timeout=90) == "kept", k.log()
+    cell = Cell(k.kc, printing_cell(30, 1.0))
+    cell_through_cut(cell, slurm.login, after_lines=3, seconds=20, log=k.log, timeout=90)
+    # Printed on the node during the cut, delivered after it through a new srun step: all, once, in order.
+    assert cell.numbers() == list(range(30)), cell.summary()
+    assert cell.reply is not None and cell.reply["status"] == "ok"
+    assert "up: reconnected" in k.log(), k.log()
+    assert k.value("x", timeout=60) == "kept", k.log()
     assert k.value(PID) == pid and the_job(slurm) == job
 
 
