@@ -154,7 +154,7 @@ class Proxy:
                 supervisor = Supervisor(
                     kernel=kernel, transport=transport, channels=channels,
                     new_transport=self.new_transport, signals=signals, log=self.log,
-                    secret=info["key"], grace=self.options.lifetime.grace,
+                    secret=info["key"], grace=kernel.params.grace,  # capped by a SLURM job's time limit
                     client_timeout=self.options.lifetime.client_timeout,
                     attach_timeout=min(self.options.connection.timeout, 15.0),
                     on_state=self._on_state,

@@ -17,11 +17,14 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from . import exceptions as exc
 from .remote import slurmnode
 from .session.startcmd import LoginShell, StartCommand, Step, sh_quote
+
+if TYPE_CHECKING:
+    from .transport.base import Transport
 
 #: Default of --queue-timeout: how long a job may wait in the queue before the start fails.
 DEFAULT_QUEUE_TIMEOUT = 3600.0
@@ -247,9 +250,10 @@ class Srun(StartCommand):
 
 # -- running them on the login node ---------------------------------------------------------------------
 
-def run_remote(transport: "object", command: str, *, stdin: bytes = b"", timeout: float = 30.0) -> Tuple[int, str, str]:
+def run_remote(transport: "Transport", command: str, *, stdin: bytes = b"",
+               timeout: float = 30.0) -> Tuple[int, str, str]:
     """Run ``command`` on the login node over ``transport``; (exit code, stdout, stderr)."""
-    proc = transport.start_command(command)  # type: ignore[attr-defined]
+    proc = transport.start_command(command)
     try:
         out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -263,7 +267,7 @@ def run_remote(transport: "object", command: str, *, stdin: bytes = b"", timeout
 class Scheduler:
     """SLURM's commands on the login node, over one transport."""
 
-    transport: object
+    transport: "Transport"
     host: str = ""
 
     def submit(self, options: SlurmOptions, kernel_id: str, script: str) -> str:

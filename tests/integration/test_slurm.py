@@ -188,6 +188,9 @@ def test_another_user_cannot_reach_the_kernel(slurm: SlurmCluster, slurm_kernel)
     for path in (job_dir, runtime):
         res = slurm.run_on(node, ["ls", path], user="nobody")
         assert res.returncode != 0 and "Permission denied" in res.stderr, (path, res)
+    # Another user on the login host cannot put a step into the kernel's job (the only way in).
+    res = slurm.run_on(slurm.login.hostname, ["srun", f"--jobid={job}", "--overlap", "true"], user="nobody")
+    assert res.returncode != 0 and "permission denied" in res.stderr.lower(), res
     key = k.km.session.key.decode()
     for host in (slurm.login.hostname, node):
         res = slurm.run_on(host, ["sh", "-c", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '"], user="root")
