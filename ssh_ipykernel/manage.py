@@ -200,6 +200,7 @@ def show_command(name: str, prefix: Optional[str], as_json: bool) -> None:
             ("host", o.get("host")), ("remote python", o.get("python") or "python3 (remote PATH)"),
             ("remote kernel", o.get("remote_kernel")), ("kernel command", o.get("kernel_cmd")),
             ("workdir", o.get("workdir")), ("pre-command", o.get("pre_command")),
+            ("slurm", o.get("slurm")), ("queue timeout", o.get("queue_timeout")),
             ("env", _shown_env(spec)), ("sudo", "yes" if o.get("sudo") else None),
             ("ssh config", o.get("ssh_config")), ("timeout", o.get("timeout")),
             ("interrupt mode", spec.spec.get("interrupt_mode")), ("command", spec.command_line()),

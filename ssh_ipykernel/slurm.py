@@ -364,6 +364,30 @@ class JobRecord:
             pass
 
 
+#: Records older than this are removed (their kernel never came back; no job lives that long).
+RECORD_MAX_AGE = 14 * 86400.0
+
+
+def prune_records(directory: Optional[str] = None, now: Optional[float] = None) -> None:
+    """Remove job records not written for RECORD_MAX_AGE (a restart rewrites its kernel's)."""
+    from .state import state_dir
+
+    directory = directory or state_dir()
+    now = time.time() if now is None else now
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("slurm-") and name.endswith(".json"):
+            path = os.path.join(directory, name)
+            try:
+                if now - os.stat(path).st_mtime > RECORD_MAX_AGE:
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
 def read_records(directory: Optional[str] = None) -> List[Tuple[str, JobRecord]]:
     """Every (kernel id, record) in the state dir (``status``)."""
     from .state import state_dir

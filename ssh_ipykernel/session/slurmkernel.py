@@ -21,7 +21,8 @@ import time
 from typing import Any, Optional
 
 from .. import exceptions as exc
-from ..slurm import JobRecord, JobStatus, Scheduler, SlurmOptions, Srun, batch_script, format_duration
+from ..slurm import (JobRecord, JobStatus, Scheduler, SlurmOptions, Srun, batch_script, format_duration,
+                     prune_records)
 from ..remote_errors import error_for_exit
 from ..transport.base import Transport
 from .client import KernelInfo, RemoteKernel
@@ -105,6 +106,7 @@ class SlurmKernel(RemoteKernel):
 
     def _reusable_job(self) -> Optional[JobStatus]:
         """The job this Jupyter kernel ran in before (a restart), if it runs with time to spare."""
+        prune_records()
         record = JobRecord.load(self.kernel_id)
         if record is None or record.host != self.host_spec or record.options != self.slurm.text:
             return None

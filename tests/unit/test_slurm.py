@@ -139,3 +139,14 @@ def test_status_shows_job_node_and_time_left():
          "remote_hostname": "node1", "state": "up", "pid": 1, "uptime": 5}
     assert slurm_text(k, now=1000.0) == "SLURM job 12 RUNNING on node1, 55 min left"
     assert table_rows([k])[0][0].startswith("login (SLURM job 12 RUNNING on node1, ")
+
+
+def test_old_job_records_are_pruned(tmp_path):
+    import os
+
+    slurm.JobRecord(job_id="1", host="h", options="").save("old", str(tmp_path))
+    slurm.JobRecord(job_id="2", host="h", options="").save("new", str(tmp_path))
+    old = tmp_path / "slurm-old.json"
+    os.utime(old, (1000.0, 1000.0))
+    slurm.prune_records(str(tmp_path), now=1000.0 + slurm.RECORD_MAX_AGE + 1)
+    assert [k for k, _ in slurm.read_records(str(tmp_path))] == ["new"]
