@@ -245,7 +245,7 @@ class Srun(StartCommand):
         task = "stty raw -echo <&1 2>/dev/null; " + inner
         where = f"--nodelist={sh_quote(self.node)} " if self.node else ""
         return (f"exec srun --jobid={sh_quote(self.job_id)} --overlap --nodes=1 --ntasks=1 {where}--unbuffered "
-                f"--quiet --job-name=sik-step /bin/sh -c {sh_quote(task)}")
+                f"--quiet /bin/sh -c {sh_quote(task)}")
 
 
 # -- running them on the login node ---------------------------------------------------------------------

@@ -92,6 +92,7 @@ def test_restart_stays_in_the_same_job(slurm: SlurmCluster, slurm_kernel) -> Non
     assert int(k.value(PID)) != pid
     assert the_job(slurm) == job, k.log()
     assert f"restarting in SLURM job {job} (no new job queued)" in k.log()
+    assert slurm.squeue(job, fmt="%j")[0][0].startswith("sik-"), "the job's name changed"
     assert slurm.compute_pids(r"^\S*python\S* .*ipykernel.* -f \S*kernel-ssh-") != [], "no kernel on a node"
     assert pid not in slurm.compute_pids(r"ipykernel"), "the old kernel is still alive"
 
@@ -303,3 +304,13 @@ def test_a_two_node_job_runs_the_kernel_on_its_batch_host(slurm: SlurmCluster, s
     k.km.restart_kernel()
     k.kc.wait_for_ready(timeout=60)
     assert k.value(HOSTNAME) == batch_host and the_job(slurm) == job
+
+
+def test_a_hard_restart_stays_in_the_job_and_retires_the_old_kernel(slurm: SlurmCluster, slurm_kernel) -> None:
+    k = slurm_kernel()
+    k.start(timeout=90)
+    job, pid = the_job(slurm), int(k.value(PID))
+    k.km.restart_kernel(now=True)  # the proxy is killed with SIGKILL: its kernel is left to the keeper
+    k.kc.wait_for_ready(timeout=60)
+    assert int(k.value(PID)) != pid and the_job(slurm) == job, k.log()
+    wait_until(lambda: pid not in slurm.compute_pids(r"ipykernel"), timeout=20, what="the old kernel to be retired")
