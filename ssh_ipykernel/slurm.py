@@ -50,6 +50,8 @@ WHY = {
     "FAILED": "its batch step failed",
     "COMPLETED": "its launcher ended",
     "GONE": "the scheduler no longer knows it",
+    "PENDING": "it was requeued (preempted, or its node failed); it is cancelled",
+    "REQUEUED": "it was requeued (preempted, or its node failed); it is cancelled",
 }
 
 

@@ -175,8 +175,7 @@ class SlurmKernel(RemoteKernel):
         except exc.RemoteError as e:
             job = self.scheduler.settled_status(self.job_id) if self.job_id else None
             if job is not None and not job.running:
-                JobRecord.remove(self.kernel_id)
-                raise exc.KernelGoneError(f"the kernel is gone: {job.why_ended()}", host=self.host) from e
+                raise exc.KernelGoneError(f"the kernel is gone: {self._forget(job)}", host=self.host) from e
             raise
 
     def ping(self) -> bool:
@@ -197,9 +196,16 @@ class SlurmKernel(RemoteKernel):
         if not self.job_id:
             return None
         job = self.scheduler.settled_status(self.job_id)
-        if job is None or job.running or job.waiting:
+        if job is None or job.running:
             return None
+        return self._forget(job)
+
+    def _forget(self, job: JobStatus) -> str:
+        """The job no longer holds this kernel: drop its record; a job requeued (preempted, its
+        node failed) is cancelled, or it would run again later for nobody. Why, for the log."""
         JobRecord.remove(self.kernel_id)
+        if job.waiting:
+            self.scheduler.cancel(job.job_id)
         return job.why_ended()
 
     def stop(self, timeout: float) -> Optional[dict]:  # type: ignore[override]

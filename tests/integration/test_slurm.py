@@ -314,3 +314,15 @@ def test_a_hard_restart_stays_in_the_job_and_retires_the_old_kernel(slurm: Slurm
     k.kc.wait_for_ready(timeout=60)
     assert int(k.value(PID)) != pid and the_job(slurm) == job, k.log()
     wait_until(lambda: pid not in slurm.compute_pids(r"ipykernel"), timeout=20, what="the old kernel to be retired")
+
+
+def test_a_requeued_job_ends_the_proxy_and_is_cancelled(slurm: SlurmCluster, slurm_kernel) -> None:
+    """As after a preemption with requeue: the kernel is gone, the job would run again for nobody."""
+    k = slurm_kernel()
+    k.start(timeout=90)
+    job = the_job(slurm)
+    proc = k.proxy
+    slurm.admin("scontrol", "requeue", job)
+    assert proc.wait(60) != 0, k.log()
+    assert f"SLURM job {job} is" in k.log() and "requeued" in k.log(), k.log()
+    wait_until(lambda: not job_ids(slurm), timeout=30, what="the requeued job to be cancelled")
