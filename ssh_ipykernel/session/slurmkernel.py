@@ -55,6 +55,7 @@ class SlurmKernel(RemoteKernel):
         self._ends_at: Optional[float] = None  # monotonic time of the job's time limit
         self._warned = False
         self._kernel_started = False
+        self._end_reason = ""  # why the job ended, once known
 
     @property
     def scheduler(self) -> Scheduler:
@@ -195,6 +196,8 @@ class SlurmKernel(RemoteKernel):
         """After the kernel ended: why, if its job ended for the scheduler's reasons; else None."""
         if not self.job_id:
             return None
+        if self._end_reason:
+            return self._end_reason  # found out while re-attaching (before we cancelled a requeued job)
         job = self.scheduler.settled_status(self.job_id)
         if job is None or job.running:
             return None
@@ -206,7 +209,8 @@ class SlurmKernel(RemoteKernel):
         JobRecord.remove(self.kernel_id)
         if job.waiting:
             self.scheduler.cancel(job.job_id)
-        return job.why_ended()
+        self._end_reason = job.why_ended()
+        return self._end_reason
 
     def stop(self, timeout: float) -> Optional[dict]:  # type: ignore[override]
         exited = super().stop(timeout)
