@@ -70,6 +70,9 @@ def test_start_execute_shutdown_in_a_job(slurm: SlurmCluster, slurm_kernel) -> N
     assert proc.wait(20) == 0, k.log()
     # The job ends by itself a few seconds after its last kernel (a restart would reuse it).
     wait_until(lambda: not job_ids(slurm), timeout=40, what="the job to leave the queue")
+    # Nothing of it is left on the node: the job's directory (runtime files, sockets) is gone.
+    left = slurm.run_on(node, ["ls", "-a", "/tmp"], user="root").stdout.split()
+    assert f"sik-{slurm.login.pw.pw_uid}-{jobs[0]}" not in left, left
 
 
 def the_job(slurm: SlurmCluster) -> str:
