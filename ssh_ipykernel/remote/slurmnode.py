@@ -145,12 +145,12 @@ class Launcher:
 
     def serve(self, conn: socket.socket) -> None:
         """One spawn request: a JSON line with the command, the client's stdio attached."""
+        fds = []  # type: list
         try:
             creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             _pid, uid, _gid = struct.unpack("3i", creds)
             if uid != os.getuid():
                 return
-            fds = []  # type: list
             data = b""
             while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
                 msg, ancdata, _flags, _addr = conn.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
@@ -160,11 +160,9 @@ class Launcher:
                 if not msg:
                     break
                 data += msg
-            if len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                return
             command = json.loads(data.decode("utf-8"))["command"]
+            if len(fds) != 3 or not isinstance(command, str):
+                return
             with self.lock:
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - the child
@@ -182,7 +180,9 @@ class Launcher:
                 self.spawned.add(pid)
             for fd in fds:
                 os.close(fd)
-            # The launcher's own loop reaps; poll for the child's end here to answer the step.
+            fds = []
+            # Reaped here, not by the main loop (reap() leaves self.spawned alone): its exit code
+            # is the step's.
             _, status = os.waitpid(pid, 0)
             with self.lock:
                 self.spawned.discard(pid)
@@ -191,6 +191,11 @@ class Launcher:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         finally:
+            for fd in fds:  # not handed to a command
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             conn.close()
 
     def finish(self, code: int) -> None:

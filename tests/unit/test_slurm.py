@@ -150,3 +150,34 @@ def test_old_job_records_are_pruned(tmp_path):
     os.utime(old, (1000.0, 1000.0))
     slurm.prune_records(str(tmp_path), now=1000.0 + slurm.RECORD_MAX_AGE + 1)
     assert [k for k, _ in slurm.read_records(str(tmp_path))] == ["new"]
+
+
+def test_the_launcher_runs_a_steps_command_on_the_steps_stdio_and_ends_when_idle(tmp_path):
+    """remote/slurmnode.py on this machine, as in a job: the launcher (short waits), a step's spawn
+    whose command reads the step's stdin and writes its stdout; its exit code is the step's; a
+    command's own detached child keeps the launcher (and so the job) until it ends."""
+    import os
+    import sys
+    import time
+
+    job = f"t{os.getpid()}"
+    env = {**os.environ, "SLURM_JOB_ID": job}
+    source = slurm.node_source() + "\nFIRST_WAIT = 5.0\nLINGER = 1.0\n"
+    launcher = subprocess.Popen([sys.executable, "-c", slurm.program(source, "launcher_main()")], env=env, cwd=tmp_path)
+    try:
+        spawn = slurm.program(source, "spawn_main('cat; pwd; (sleep 2 &) ; exit 7', 5.0)")
+        t0 = time.monotonic()
+        step = subprocess.run([sys.executable, "-c", spawn], input=b"\x00bytes\xff\n", capture_output=True,
+                              env=env, timeout=20)
+        assert step.returncode == 7, step.stderr
+        assert step.stdout == b"\x00bytes\xff\n" + str(tmp_path).encode() + b"\n"  # the job's working dir
+        assert launcher.poll() is None, "ended while the detached child still ran"
+        assert launcher.wait(15) == 0
+        assert time.monotonic() - t0 > 2.0  # the sleep, then the linger
+        assert not os.path.exists(slurmnode.job_dir(job))
+    finally:
+        launcher.kill()
+    # No launcher: the step says so, with its own exit code, at once.
+    step = subprocess.run([sys.executable, "-c", slurm.program(slurm.node_source(), "spawn_main('true')")],
+                          capture_output=True, env=env, timeout=20)
+    assert step.returncode == slurmnode.EXIT_NO_LAUNCHER and b"no kernel launcher" in step.stderr
