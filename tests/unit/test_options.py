@@ -11,6 +11,7 @@ from ssh_ipykernel import options as o
 from ssh_ipykernel.hosts import parse_host
 from ssh_ipykernel.proxycli import parse_proxy_argv, proxy_command
 from ssh_ipykernel.remote import keeper, protocol
+from ssh_ipykernel.slurm import RESERVED
 
 
 def read_back(options: o.ProxyOptions) -> o.ProxyOptions:
@@ -107,7 +108,8 @@ def proxy_params(draw: st.DrawFn) -> dict:
     if not params["sudo"] and draw(st.booleans()):
         # sbatch options as a user writes them: words with quotes, spaces, ~ and $ inside values.
         words = draw(st.lists(st.sampled_from(["--partition", "-p", "--time=2:00:00", "--gres", "gpu:1", "-A",
-                                                "proj x", "--comment=$HOME ~/a 'q'", "-c4"]) | TEXT, max_size=5))
+                                                "proj x", "--comment=$HOME ~/a 'q'", "-c4"])
+                              | TEXT.filter(lambda w: w.split("=")[0] not in RESERVED), max_size=5))
         params["slurm"] = shlex.join(["--partition", *words])
         params["queue_timeout"] = draw(st.none() | st.sampled_from(["600", "30m", "2h"]))
     kind = draw(st.sampled_from(["ipykernel", "remote", "cmd"]))
