@@ -15,6 +15,7 @@ import threading
 import time
 
 from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
+from .warm import hold_pool, is_default_ipykernel, pool_socket, start_kernel
 from .kernelcmd import check_requirements, kernel_command
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)
@@ -41,6 +42,9 @@ class Agent:
         self.ip = "127.0.0.1"
         self.ipc_dir = ""  # the kernel's private directory of unix sockets (ipc transport)
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
+        self.warm_pool = ""  # the socket of this configuration's warm pool (remote/warm.py), if any
+        self.started_warm = False  # forked by that pool rather than started cold
+        self.pool_hold = None  # type: socket.socket | None  # keeps the pool while we live
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
@@ -134,8 +138,21 @@ class Agent:
             raise BootstrapError("connection_file", "cannot create %s: %s" % (self.log_file, e)) from e
 
     def launch(self) -> None:
-        """In the keeper: start the kernel in its own session, bound to 127.0.0.1."""
+        """In the keeper: start the kernel in its own session: forked by this configuration's
+        warm pool if there is one (remote/warm.py), else as a new process."""
         argv = self.command["argv"]
+        cwd = self.command["cwd"] or self.cwd
+        env = kernel_environment(os.environ, self.command["env"], os.getpid())
+        if self.params.warm is not None and is_default_ipykernel(argv, sys.executable):
+            path = pool_socket(os.path.dirname(self.connection_file), sys.executable, env, cwd)
+            if len(path.encode()) < 100:  # a socket address's limit (~104-108 bytes)
+                self.warm_pool = path
+                self.proc = start_kernel(path, argv=argv, env=env, cwd=cwd, log_file=self.log_file,
+                                              note=self.log)
+                if self.proc is not None:
+                    self.started_warm = True
+                    self.pool_hold = self.proc.sock
+                    return
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
@@ -148,8 +165,8 @@ class Agent:
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                cwd=self.command["cwd"] or self.cwd,
-                env=kernel_environment(os.environ, self.command["env"], os.getpid()),
+                cwd=cwd,
+                env=env,
                 start_new_session=True,
                 close_fds=True,
             )
@@ -157,6 +174,20 @@ class Agent:
             raise BootstrapError("kernel_start", "cannot start %s: %s" % (argv[0], e)) from e
         finally:
             os.close(log_fd)
+
+    def keep_warm(self) -> None:
+        """In the keeper, after a cold start: start this configuration's warm pool (if none
+        serves it) and hold it while the kernel lives, so that the next start is warm."""
+        if not self.warm_pool or self.started_warm:
+            return
+        env = kernel_environment(os.environ, self.command["env"], os.getpid())
+        cwd = self.command["cwd"] or self.cwd
+
+        def hold() -> None:
+            self.pool_hold = hold_pool(self.warm_pool, python=sys.executable, env=env, cwd=cwd,
+                                            idle=float(self.params.warm), note=self.log)
+
+        threading.Thread(target=hold, name="warm-pool", daemon=True).start()
 
     def ready_event(self) -> dict:
         import platform
@@ -173,6 +204,7 @@ class Agent:
             "socket": self.socket_file,
             "kernel_id": self.kernel_id,
             "keeper_pid": os.getpid(),
+            "warm": self.started_warm,
         }
 
     # -- control --------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ LOADER = (
 ) % protocol.EXIT_PYTHON_TOO_OLD
 
 #: The agent's modules (bootstrap.main is its entry point) and the probe's (probe.main).
-AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "keeper", "bootstrap")
+AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm", "warmpool", "keeper",
+                 "bootstrap")
 PROBE_MODULES = ("protocol", "kernelcmd", "probe")
 #: How a shipped module's file is named on the remote (in tracebacks).
 FILENAME = "ssh_ipykernel/remote/%s.py"
