@@ -342,11 +342,16 @@ def become_kernel(request: dict, kernel_modules: set) -> None:
 
     for trait, variable in (("parent_handle", "JPY_PARENT_PID"), ("interrupt", "JPY_INTERRUPT_EVENT")):
         declared = IPKernelApp.class_traits().get(trait)
+        try:
+            value = int(os.environ.get(variable) or 0)
+        except ValueError:
+            continue
         if declared is not None:
-            try:
-                declared.default_value = int(os.environ.get(variable) or 0)
-            except ValueError:
-                pass
+            declared.default_value = value
+            # traitlets >= 5.x also keeps a class's static defaults in a cache of its own.
+            cached = IPKernelApp.__dict__.get("_static_immutable_initial_values")
+            if isinstance(cached, dict) and trait in cached:
+                cached[trait] = value
     for name in set(sys.modules) - kernel_modules:
         del sys.modules[name]  # the pool's own imports: not a fresh kernel's
     sys.argv[:] = ["-m"] + argv[3:]
