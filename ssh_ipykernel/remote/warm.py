@@ -33,6 +33,7 @@ BOOT = ('import sys;b=sys.stdin.buffer;p=b.readline();exec(compile(b.read(),"ssh
 TITLE_ROOM = 2048
 TITLE = "ssh_ipykernel-warm-pool"
 REPLY_WAIT = 10.0  # for the pool's answer to a request (a fork: milliseconds)
+SPAWN_DELAY = 1.0  # after a cold start, before a pool is started
 POOL_START_WAIT = 120.0  # for a new pool to import ipykernel and listen (a slow, busy host)
 
 
@@ -168,11 +169,29 @@ def spawn_pool(path: str, *, python: str, env: dict, cwd: str, idle: float) -> N
         proc.wait()
 
 
+def _pool_starting(path: str) -> bool:
+    """Whether a pool holds the lock of ``path`` (it is importing, or serving): kernels started
+    together then start one python for their pool, not one each."""
+    import fcntl
+
+    try:
+        fd = os.open(path[: -len(".sock")] + ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also lets go of the lock if we took it
+    return False
+
+
 def hold_pool(path: str, *, python: str, env: dict, cwd: str, idle: float, note) -> "socket.socket | None":
     """A connection that keeps the pool of this configuration alive while the caller lives,
     after starting the pool if there is none. Blocks while a new pool imports ipykernel."""
     try:
-        spawned = False
+        spawned, first = False, True
         deadline = time.monotonic() + POOL_START_WAIT
         while True:
             try:
@@ -185,7 +204,12 @@ def hold_pool(path: str, *, python: str, env: dict, cwd: str, idle: float, note)
                 sock.close()
             except (OSError, ValueError):
                 pass
-            if not spawned:
+            if not spawned and not _pool_starting(path):
+                if first:
+                    # Not while this kernel boots: the pool's imports would compete with its own.
+                    time.sleep(SPAWN_DELAY)
+                    first = False
+                    continue
                 spawn_pool(path, python=python, env=env, cwd=cwd, idle=idle)
                 spawned = True
             if time.monotonic() > deadline:

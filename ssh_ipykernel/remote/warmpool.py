@@ -159,7 +159,7 @@ class Pool:
             if terminated and not self.stale:
                 self.stale = "terminated"
                 self._retire()
-            if self.conns or self.children:
+            if self.children or (self.conns and not self.stale):
                 idle_since = now
             elif self.stale or now - idle_since >= self.idle:
                 self.log("ending (%s)" % (self.stale or "idle for %.0f s" % self.idle))
@@ -267,6 +267,11 @@ class Pool:
             pass
         os.close(self.lock_fd)
         self.lock_fd = -1
+        for conn in list(self.conns):
+            if conn not in self.children.values():  # a hold: nothing to keep it for now
+                self.sel.unregister(conn)
+                del self.conns[conn]
+                conn.close()
         if self.stale:
             self.log("no more kernels from this pool: %s" % self.stale)
 
