@@ -15,10 +15,14 @@ import threading
 import time
 
 from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
-from .warm import hold_pool, is_default_ipykernel, pool_socket, start_kernel
+from .warm import ensure_pool, is_default_ipykernel, pool_socket, start_kernel
 from .kernelcmd import check_requirements, kernel_command
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)
+
+
+#: How long a kernel waits for a new warm pool to import ipykernel (then it starts cold).
+POOL_WAIT = 60.0
 
 
 class Agent:
@@ -43,8 +47,7 @@ class Agent:
         self.ipc_dir = ""  # the kernel's private directory of unix sockets (ipc transport)
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self.warm_pool = ""  # the socket of this configuration's warm pool (remote/warm.py), if any
-        self.started_warm = False  # forked by that pool rather than started cold
-        self.pool_hold = None  # type: socket.socket | None  # keeps the pool while we live
+        self.started_warm = False  # forked by a pool that was ready (not one started for this kernel)
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
@@ -148,10 +151,15 @@ class Agent:
             if len(path.encode()) < 100:  # a socket address's limit (~104-108 bytes)
                 self.warm_pool = path
                 self.proc = start_kernel(path, argv=argv, env=env, cwd=cwd, log_file=self.log_file,
-                                              note=self.log)
+                                         note=self.log)
+                self.started_warm = self.proc is not None
+                if self.proc is None and ensure_pool(path, python=sys.executable, env=env, cwd=cwd,
+                                                     idle=float(self.params.warm), timeout=POOL_WAIT,
+                                                     note=self.log):
+                    # The first kernel of a configuration: its pool's imports are its own boot.
+                    self.proc = start_kernel(path, argv=argv, env=env, cwd=cwd, log_file=self.log_file,
+                                             note=self.log)
                 if self.proc is not None:
-                    self.started_warm = True
-                    self.pool_hold = self.proc.sock
                     return
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
@@ -174,20 +182,6 @@ class Agent:
             raise BootstrapError("kernel_start", "cannot start %s: %s" % (argv[0], e)) from e
         finally:
             os.close(log_fd)
-
-    def keep_warm(self) -> None:
-        """In the keeper, after a cold start: start this configuration's warm pool (if none
-        serves it) and hold it while the kernel lives, so that the next start is warm."""
-        if not self.warm_pool or self.started_warm:
-            return
-        env = kernel_environment(os.environ, self.command["env"], os.getpid())
-        cwd = self.command["cwd"] or self.cwd
-
-        def hold() -> None:
-            self.pool_hold = hold_pool(self.warm_pool, python=sys.executable, env=env, cwd=cwd,
-                                            idle=float(self.params.warm), note=self.log)
-
-        threading.Thread(target=hold, name="warm-pool", daemon=True).start()
 
     def ready_event(self) -> dict:
         import platform

@@ -76,7 +76,6 @@ class Keeper:
             return
         self.agent.log("kernel pid %d started%s; keeper pid %d; grace period %s" % (
             self.agent.proc.pid, " warm" if self.agent.started_warm else "", os.getpid(), describe_grace(self.grace)))
-        self.agent.keep_warm()
         if self.agent.transport != "ipc":
             self.agent.log(
                 "this kernel listens on TCP ports (127.0.0.1: %s), which every user of this host can "

@@ -33,8 +33,7 @@ BOOT = ('import sys;b=sys.stdin.buffer;p=b.readline();exec(compile(b.read(),"ssh
 TITLE_ROOM = 2048
 TITLE = "ssh_ipykernel-warm-pool"
 REPLY_WAIT = 10.0  # for the pool's answer to a request (a fork: milliseconds)
-SPAWN_DELAY = 1.0  # after a cold start, before a pool is started
-POOL_START_WAIT = 120.0  # for a new pool to import ipykernel and listen (a slow, busy host)
+LOCK_WAIT = 5.0  # for a new pool to take its lock (a python's start on a busy host)
 
 
 def is_default_ipykernel(argv: list, python: str) -> bool:
@@ -169,7 +168,7 @@ def spawn_pool(path: str, *, python: str, env: dict, cwd: str, idle: float) -> N
         proc.wait()
 
 
-def _pool_starting(path: str) -> bool:
+def pool_starting(path: str) -> bool:
     """Whether a pool holds the lock of ``path`` (it is importing, or serving): kernels started
     together then start one python for their pool, not one each."""
     import fcntl
@@ -187,35 +186,28 @@ def _pool_starting(path: str) -> bool:
     return False
 
 
-def hold_pool(path: str, *, python: str, env: dict, cwd: str, idle: float, note) -> "socket.socket | None":
-    """A connection that keeps the pool of this configuration alive while the caller lives,
-    after starting the pool if there is none. Blocks while a new pool imports ipykernel."""
+def ensure_pool(path: str, *, python: str, env: dict, cwd: str, idle: float, timeout: float, note) -> bool:
+    """Start the pool of this configuration unless one is starting or serving; wait until it
+    serves. False: it did not come (its log, beside its socket, says why)."""
     try:
-        spawned, first = False, True
-        deadline = time.monotonic() + POOL_START_WAIT
-        while True:
+        deadline = time.monotonic() + timeout
+        spawned_at = None  # type: float | None
+        while time.monotonic() < deadline:
             try:
-                sock = _connect(path, REPLY_WAIT)
-                sock.sendall(b'{"op": "hold"}\n')
-                reply = _read_line(sock, bytearray())
-                if reply and isinstance(reply.get("pid"), int):
-                    sock.settimeout(None)
-                    return sock
-                sock.close()
-            except (OSError, ValueError):
+                _connect(path, REPLY_WAIT).close()
+                return True
+            except OSError:
                 pass
-            if not spawned and not _pool_starting(path):
-                if first:
-                    # Not while this kernel boots: the pool's imports would compete with its own.
-                    time.sleep(SPAWN_DELAY)
-                    first = False
-                    continue
-                spawn_pool(path, python=python, env=env, cwd=cwd, idle=idle)
-                spawned = True
-            if time.monotonic() > deadline:
-                note("the warm pool did not start within %.0f s (see %s)" % (POOL_START_WAIT, path[:-5] + ".log"))
-                return None
-            time.sleep(0.1)
+            if not pool_starting(path):
+                now = time.monotonic()
+                if spawned_at is None:
+                    spawn_pool(path, python=python, env=env, cwd=cwd, idle=idle)
+                    spawned_at = now
+                elif now - spawned_at > LOCK_WAIT:
+                    break  # it never took its lock, or died while importing
+            time.sleep(0.01)
     except Exception as e:  # noqa: BLE001 - warm kernels are an optimisation: never fail the kernel
         note("could not start a warm pool: %s" % e)
-        return None
+        return False
+    note("the warm pool did not start (see %s); starting the kernel cold" % (path[: -len(".sock")] + ".log"))
+    return False

@@ -53,7 +53,7 @@ def set_title(title: str) -> bool:
 class Pool:
     """The server: a listener, connections, children; see the module docstring."""
 
-    def __init__(self, params: dict) -> None:
+    def __init__(self, params: dict, lock_fd: int) -> None:
         import selectors
         import signal
         import socket
@@ -66,7 +66,7 @@ class Pool:
         self.conns = {}  # type: dict  # socket -> bytearray of what it sent
         self.children = {}  # type: dict  # pid -> the connection that asked for it
         self.listener = None  # type: socket.socket | None
-        self.lock_fd = -1
+        self.lock_fd = lock_fd
         self.stale = ""
         self.mtimes = self._path_mtimes()
         self.signals = {s: signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM,
@@ -75,8 +75,11 @@ class Pool:
 
     @staticmethod
     def _path_mtimes() -> dict:
+        """When each ``sys.path`` entry last changed (a package installed, upgraded, removed
+        changes its directory). Not the working directory (sys.path[0]): files come and go
+        there all the time, and what the pool imported does not come from there."""
         mtimes = {}
-        for entry in sys.path:
+        for entry in sys.path[1:]:
             try:
                 mtimes[entry] = os.stat(entry or ".").st_mtime_ns
             except OSError:
@@ -90,18 +93,12 @@ class Pool:
             pass
 
     # -- set-up -----------------------------------------------------------------------------
-    def claim(self) -> bool:
-        """The pool's lock (one pool per socket), then its socket: bound under a temporary name
-        and renamed once it listens. False: another pool has it."""
-        import fcntl
+    def claim(self) -> None:
+        """The pool's socket (its lock is held already): bound under a temporary name and
+        renamed once it listens."""
         import socket
 
         directory, name = os.path.split(self.socket_path)
-        self.lock_fd = os.open(self.socket_path[: -len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False
         cwd = os.getcwd()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         temporary = ".%s.%d" % (name, os.getpid())
@@ -116,7 +113,6 @@ class Pool:
             os.chdir(cwd)
         listener.setblocking(False)
         self.listener = listener
-        return True
 
     # -- the loop ---------------------------------------------------------------------------
     def serve(self) -> "dict | None":
@@ -365,6 +361,20 @@ def become_kernel(request: dict, kernel_modules: set) -> None:
     runpy._run_module_as_main(argv[2])  # what -m does: argv[0], __main__'s spec and file
 
 
+def take_lock(socket_path: str) -> int:
+    """The pool's lock file, locked (one pool per socket); -1 if another pool has it. Taken
+    before the imports: keepers see a pool that is starting (remote/warm.py: pool_starting)."""
+    import fcntl
+
+    fd = os.open(socket_path[: -len(".sock")] + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return -1
+    return fd
+
+
 def main() -> "dict | None":
     """The pool's life; returns only in a forked child, with its request."""
     # Daemonised first: the keeper that starts the pool waits for this first process only.
@@ -374,9 +384,13 @@ def main() -> "dict | None":
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    # json and fcntl (subprocess's) are imported by ipykernel anyway.
     import json
 
     params = json.loads(PARAMS_LINE.decode("utf-8"))
+    lock_fd = take_lock(params["socket"])
+    if lock_fd < 0:
+        return None  # another pool serves (or is about to serve) this configuration
     set_title(params.get("title", "ssh_ipykernel-warm-pool"))
     # As -m does (-c put '' there): the kernel's sys.path[0] is its working directory.
     if sys.path and sys.path[0] == "":
@@ -389,9 +403,8 @@ def main() -> "dict | None":
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         os.write(2, b"ssh_ipykernel warm pool: importing ipykernel started a thread; no warm kernels here\n")
         return None
-    pool = Pool(params)
-    if not pool.claim():
-        return None  # another pool serves this socket
+    pool = Pool(params, lock_fd)
+    pool.claim()
     pool.log("serving %s" % pool.socket_path)
     request = pool.serve()
     if request is not None:

@@ -19,6 +19,11 @@ WARM_LINE = " s (warm)\n"  # the proxy's "launched in ..." line of a warm kernel
 #: What a kernel shows of itself, compared field by field between a warm and a cold kernel.
 SNAPSHOT = """
 import json as _j, os as _o, sys as _s
+def _target(fd):
+    try:
+        return _o.readlink("/proc/self/fd/" + fd)
+    except OSError:  # the listing's own
+        return ""
 print(_j.dumps({
     "environ": dict(_o.environ), "path": _s.path, "argv": _s.argv,
     "orig_argv": getattr(_s, "orig_argv", None), "cwd": _o.getcwd(),
@@ -27,11 +32,12 @@ print(_j.dumps({
     "executable": _s.executable, "flags": list(_s.flags), "umask": _o.umask(0o22),
     "signals": {n: str(__import__("signal").getsignal(getattr(__import__("signal"), n)))
                 for n in ("SIGINT", "SIGTERM", "SIGCHLD", "SIGHUP", "SIGPIPE")},
-    "fds": sorted(_o.listdir("/proc/self/fd")),
+    "stdio": [_target(str(fd)).split("[")[0] for fd in (0, 1, 2)],  # ipykernel pipes 1 and 2
+    "pool_fds": [t for t in map(_target, _o.listdir("/proc/self/fd")) if "warm-" in t],
     "cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip(),
     "parent_handle": __import__("ipykernel.kernelapp").kernelapp.IPKernelApp.instance().parent_handle,
 }))
-del _j, _o, _s
+del _j, _o, _s, _target
 """
 #: Differ between any two kernels, warm or cold (each has its own keeper, SSH session and file).
 PER_KERNEL = {"JPY_PARENT_PID", "SSH_CLIENT", "SSH_CONNECTION", "JPY_SESSION_NAME"}
@@ -121,6 +127,7 @@ def test_a_warm_kernel_is_indistinguishable_from_a_cold_one(ssh_host, tmp_path, 
     assert w["environ"]["SIK_TAG"] == tag and w["environ"]["SIK_SPACES"] == "a b  c"
     assert w["environ"]["SIK_PRE"] == f"pre-{tag}"
     assert w["cwd"] == workdir and w["own_group"] and w["own_session"]
+    assert w["stdio"][0] == "/dev/null" and w["pool_fds"] == []
     assert w["parent_handle"] == int(w["environ"]["JPY_PARENT_PID"])
     assert w["argv"][1:] == ["-f", w["argv"][2]] and "kernel-ssh-" in w["argv"][2]
     assert f"-m ipykernel_launcher -f {w['argv'][2]}" in w["cmdline"]
