@@ -103,6 +103,7 @@ def proxy_params(draw: st.DrawFn) -> dict:
         "client_timeout": draw(st.sampled_from([30.0, 5.0, 2.5])),
         "workdir": draw(st.none() | TEXT | st.just("~")),
         "pre_command": draw(st.none() | TEXT),
+        "warm": draw(st.sampled_from(["10m", "600", "off", "OFF", "0", "1h", "90s", "2.5m"])),
     }
     kind = draw(st.sampled_from(["ipykernel", "remote", "cmd"]))
     if kind == "remote":
@@ -124,6 +125,7 @@ def test_argv_round_trip(params):
     back = read_back(opts)
     assert dict(back.env) == dict(opts.env)
     assert back.lifetime.grace == opts.lifetime.grace
+    assert back.launch.warm == opts.launch.warm == o.parse_warm(params["warm"])
     assert back.launch.kernel_cmd_text == opts.launch.kernel_cmd_text
     assert back.argv() == argv
     if params["grace"] == o.DEFAULT_GRACE_TEXT or params["grace"] == opts.lifetime.written_grace():
