@@ -283,7 +283,12 @@ class Pool:
             return None
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:  # out of processes or memory: the keeper starts it cold
+            os.close(log_fd)
+            self._send(conn, {"error": "fork", "reason": "cannot fork: %s" % e})
+            return None
         if pid == 0:  # pragma: no cover - the kernel-to-be
             self._become_child(log_fd)
             return request
