@@ -334,13 +334,16 @@ class Pool:
                 self._send(conn, {"exited": pid, "returncode": code})
 
 
-def become_kernel(request: dict, kernel_modules: set) -> None:
+def become_kernel(request: dict, kernel_modules: set, set_by_imports: dict, unset_by_imports: list) -> None:
     """Turn this forked child into ``python -m ipykernel_launcher -f FILE`` (then run it)."""
     import runpy
 
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    os.environ.update(set_by_imports)
+    for name in unset_by_imports:
+        os.environ.pop(name, None)
     argv = request["argv"]  # [python, -m, ipykernel_launcher, -f, FILE]
     set_title(" ".join(argv))
     # Defaults ipykernel read from the environment when the pool imported it.
@@ -364,6 +367,24 @@ def become_kernel(request: dict, kernel_modules: set) -> None:
     if hasattr(sys, "orig_argv"):
         sys.orig_argv[:] = argv
     runpy._run_module_as_main(argv[2])  # what -m does: argv[0], __main__'s spec and file
+
+
+#: What every kernel imports while it initialises (ipykernel 6-7: IPKernelApp.initialize), after
+#: ipykernel_launcher's own import and before it answers: done once in the pool instead. None of
+#: them starts a thread, a loop or a ZeroMQ context on import (checked: main() refuses to serve
+#: otherwise); a kernel has all of them in sys.modules by its first cell either way.
+INIT_IMPORTS = ("argcomplete", "pdb", "IPython.core.debugger", "tornado.platform.asyncio", "faulthandler",
+                "ipykernel.debugger", "IPython.core.oinspect", "sqlite3", "IPython.core.completerlib")
+
+
+def preimport() -> None:
+    import importlib
+
+    for name in INIT_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the kernel imports it itself (and reports what fails)
+            pass
 
 
 def take_lock(socket_path: str) -> int:
@@ -402,9 +423,15 @@ def main() -> "dict | None":
         sys.path[0] = os.getcwd()
     import threading
 
+    environ = dict(os.environ)
     import ipykernel.kernelapp  # noqa: F401 - the work a kernel's start does not repeat
 
+    preimport()
     kernel_modules = set(sys.modules) | {"runpy"}
+    # What the imports did to the environment (debugpy sets PYDEVD_USE_FRAME_EVAL): a kernel's
+    # own imports would have done it to its environment.
+    set_by_imports = {k: v for k, v in os.environ.items() if environ.get(k) != v}
+    unset_by_imports = [k for k in environ if k not in os.environ]
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         os.write(2, b"ssh_ipykernel warm pool: importing ipykernel started a thread; no warm kernels here\n")
         return None
@@ -413,7 +440,7 @@ def main() -> "dict | None":
     pool.log("serving %s" % pool.socket_path)
     request = pool.serve()
     if request is not None:
-        become_kernel(request, kernel_modules | _BASELINE)
+        become_kernel(request, kernel_modules | _BASELINE, set_by_imports, unset_by_imports)
     return None
 
 
