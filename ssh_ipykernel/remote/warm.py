@@ -42,9 +42,11 @@ def is_default_ipykernel(argv: list, python: str) -> bool:
 
 
 def pool_socket(directory: str, python: str, env: dict, cwd: str) -> str:
-    """The socket of the pool that serves kernels of this configuration."""
+    """The socket of the pool that serves kernels of this configuration on this host (the
+    runtime dir may be a home directory shared by the nodes of a cluster)."""
     fixed = sorted((k, v) for k, v in env.items() if k not in PER_START)
-    digest = hashlib.sha256(json.dumps([python, cwd, fixed]).encode("utf-8")).hexdigest()[:20]
+    identity = [socket.gethostname(), python, cwd, fixed]
+    digest = hashlib.sha256(json.dumps(identity).encode("utf-8")).hexdigest()[:20]
     return os.path.join(directory, "warm-%s.sock" % digest)
 
 

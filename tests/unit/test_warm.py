@@ -28,6 +28,14 @@ def test_the_pool_is_chosen_by_python_environment_and_directory_not_by_per_start
         assert warm.pool_socket("/run/x", args["python"], args["env"], args["cwd"]) != path, changed
 
 
+def test_each_host_has_its_own_pools_in_a_shared_home(monkeypatch):
+    env = {"PATH": "/usr/bin"}
+    monkeypatch.setattr(warm.socket, "gethostname", lambda: "node1")
+    one = warm.pool_socket("/home/u/rt", "/env/bin/python", env, "/home/u")
+    monkeypatch.setattr(warm.socket, "gethostname", lambda: "node2")
+    assert warm.pool_socket("/home/u/rt", "/env/bin/python", env, "/home/u") != one
+
+
 def test_only_the_default_kernel_is_started_warm():
     py = "/env/bin/python"
     assert warm.is_default_ipykernel([py, "-m", "ipykernel_launcher", "-f", "/r/k.json"], py)
