@@ -22,7 +22,7 @@ from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT,
 
 
 #: How long a kernel waits for a new warm pool to import ipykernel (then it starts cold).
-POOL_WAIT = 60.0
+POOL_WAIT = 20.0  # a cold start would take as long; the proxy gives the whole start 30 s (--timeout)
 
 
 class Agent:
