@@ -155,7 +155,7 @@ def spawn_pool(path: str, *, python: str, env: dict, cwd: str, idle: float) -> N
 
     module = sys.modules[pool_main.__module__]
     source = module.__loader__.get_source(module.__name__)  # type: ignore[union-attr]
-    params = {"socket": path, "idle": idle, "title": "%s %s" % (TITLE, python)}
+    params = {"socket": path, "idle": idle, "title": [TITLE, python]}
     log_fd = os.open(path[: -len(".sock")] + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     pool_env = {k: v for k, v in env.items() if k not in ("JPY_PARENT_PID", "JPY_SESSION_NAME")}
     try:

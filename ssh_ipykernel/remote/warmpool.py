@@ -30,20 +30,21 @@ PARAMS_LINE = globals().get("PARAMS_LINE") or b"{}"  # from the keeper (remote/w
 _BASELINE = set(sys.modules)
 
 
-def set_title(title: str) -> bool:
-    """What ``ps`` shows for this process: the argv area overwritten in place (Linux).
-
-    The pool is started with spare room at the end of its argv; the end byte of that area is
-    left non-zero, which tells Linux to read the title up to its first NUL (setproctitle's rule).
-    """
+def set_title(argv: list) -> bool:
+    """What ``ps`` and /proc/PID/cmdline show for this process: ``argv``, NUL-separated as the
+    kernel passes a command line, written over the argv area in place (Linux; the pool is
+    started with spare room at the end of its own). The rest of the area is NULs: a tool that
+    splits the command line at NULs finds ``argv`` and then empty strings."""
     try:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
         import ctypes
 
-        data = title.encode("utf-8", "replace")[: end - start - 2] + b"\0"
-        data += b" " * (end - start - len(data))
+        data = b"\0".join(arg.encode("utf-8", "surrogateescape") for arg in argv) + b"\0"
+        if len(data) > end - start:
+            return False
+        data += b"\0" * (end - start - len(data))
         ctypes.memmove(start, data, len(data))
         return True
     except (OSError, ValueError, IndexError, ImportError):
@@ -345,7 +346,7 @@ def become_kernel(request: dict, kernel_modules: set, set_by_imports: dict, unse
     for name in unset_by_imports:
         os.environ.pop(name, None)
     argv = request["argv"]  # [python, -m, ipykernel_launcher, -f, FILE]
-    set_title(" ".join(argv))
+    set_title(argv)
     # Defaults ipykernel read from the environment when the pool imported it.
     from ipykernel.kernelapp import IPKernelApp
 
@@ -417,7 +418,7 @@ def main() -> "dict | None":
     lock_fd = take_lock(params["socket"])
     if lock_fd < 0:
         return None  # another pool serves (or is about to serve) this configuration
-    set_title(params.get("title", "ssh_ipykernel-warm-pool"))
+    set_title(params.get("title", ["ssh_ipykernel-warm-pool"]))
     # As -m does (-c put '' there): the kernel's sys.path[0] is its working directory.
     if sys.path and sys.path[0] == "":
         sys.path[0] = os.getcwd()

@@ -34,7 +34,7 @@ print(_j.dumps({
                 for n in ("SIGINT", "SIGTERM", "SIGCHLD", "SIGHUP", "SIGPIPE")},
     "stdio": [_target(str(fd)).split("[")[0] for fd in (0, 1, 2)],  # ipykernel pipes 1 and 2
     "pool_fds": [t for t in map(_target, _o.listdir("/proc/self/fd")) if "warm-" in t],
-    "cmdline": open("/proc/self/cmdline", "rb").read().replace(b"\\0", b" ").decode().strip(),
+    "cmdline": open("/proc/self/cmdline", "rb").read().rstrip(b"\\0").decode().split("\\0"),
     "parent_handle": __import__("ipykernel.kernelapp").kernelapp.IPKernelApp.instance().parent_handle,
 }))
 del _j, _o, _s, _target
@@ -130,12 +130,12 @@ def test_a_warm_kernel_is_indistinguishable_from_a_cold_one(ssh_host, tmp_path, 
     assert w["stdio"][0] == "/dev/null" and w["pool_fds"] == []
     assert w["parent_handle"] == int(w["environ"]["JPY_PARENT_PID"])
     assert w["argv"][1:] == ["-f", w["argv"][2]] and "kernel-ssh-" in w["argv"][2]
-    assert f"-m ipykernel_launcher -f {w['argv'][2]}" in w["cmdline"]
+    assert w["cmdline"][1:] == ["-m", "ipykernel_launcher", "-f", w["argv"][2]]
     for snap in (w, c):
         for name in PER_KERNEL:
             assert name in snap["environ"], name
             del snap["environ"][name]
-        snap["argv"][2] = snap["cmdline"] = snap["parent_handle"] = snap["session"] = "<per kernel>"
+        snap["argv"][2] = snap["cmdline"][4] = snap["parent_handle"] = snap["session"] = "<per kernel>"
         if snap["orig_argv"]:
             snap["orig_argv"][4] = "<per kernel>"
     for field in w:
