@@ -122,3 +122,58 @@ def test_a_pool_on_this_machine_forks_a_kernel_and_ends_when_idle(tmp_path):
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [name for name in os.listdir(runtime) if name.startswith("warm-")]
+
+
+def lock_holder(lock_file: str) -> int:
+    """The pid holding an flock on ``lock_file`` (/proc/locks), 0 if none."""
+    inode = os.stat(lock_file).st_ino
+    with open("/proc/locks") as f:
+        for line in f:
+            fields = line.split()
+            if "FLOCK" in fields and fields[-3].endswith(":%d" % inode):
+                return int(fields[-4])
+    return 0
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_retires_a_pool_and_its_kernels_keep_running(tmp_path):
+    import signal
+
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    python = sys.executable
+    env = dict(os.environ, JPY_PARENT_PID=str(os.getpid()))
+    path = warm.pool_socket(str(runtime), python, env, str(tmp_path))
+    notes = []
+    assert warm.ensure_pool(path, python=python, env=env, cwd=str(tmp_path), idle=600, timeout=30,
+                            note=notes.append), notes
+    pool = lock_holder(path[:-5] + ".lock")
+    assert pool > 0
+    connection_file = str(runtime / "kernel-ssh-term.json")
+    write_connection_file(connection_file, transport="ipc", ip=str(runtime / "k"), key=b"k")
+    log = connection_file[:-5] + ".log"
+    open(log, "w").close()
+    kernel = warm.start_kernel(path, argv=[python, "-m", "ipykernel_launcher", "-f", connection_file], env=env,
+                               cwd=str(tmp_path), log_file=log, note=notes.append)
+    assert kernel is not None, notes
+    os.kill(pool, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path), "a retired pool takes no more requests"
+    client = BlockingKernelClient()
+    client.load_connection_file(connection_file)
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=30)  # the kernel it forked runs on
+        client.shutdown()
+    finally:
+        client.stop_channels()
+    assert kernel.wait(20) == 0
+    deadline = time.monotonic() + 10  # and the pool ends with its last kernel, idle time or not
+    while os.path.exists(f"/proc/{pool}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pool}") or "Z" in open(f"/proc/{pool}/stat").read().split(")")[1][:3]
