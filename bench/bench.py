@@ -56,6 +56,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--round-trips", type=int, default=200, help="round trips per repeat (default 200)")
     parser.add_argument("--stream-mb", type=float, default=20, help="MB printed by the stream cell (default 20)")
     parser.add_argument("--many", type=int, default=20, help="kernels started at once (default 20)")
+    parser.add_argument("--cold-too", action="store_true",
+                        help="also measure each link with --warm off (kinds '<link> cold'): every kernel starts cold")
     parser.add_argument("--json", help="write the raw results here")
     parser.add_argument("--plot", help="write a PNG plot here (needs matplotlib: the bench extra)")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -102,9 +104,12 @@ def run(args: argparse.Namespace) -> dict:
                 label = kind if rtt == 0 else f"{kind}+{rtt:g}ms"
                 name = f"bench_{kind}" if rtt == 0 else f"bench_{kind}_rtt{rtt:g}"
                 config = host.ssh_config if rtt == 0 else delayed_config(host, tmp, rtt)
-                links.append((name, config, transport))
+                links.append((name, config, transport, []))
                 kinds[label] = {"ssh": True, "kernel": name, "added_rtt_ms": rtt, "link_rtt_ms": rtt + 1000 * base,
                                 "transport": transport}
+                if args.cold_too:  # the same link without warm kernels, measured in the same turns
+                    links.append((f"{name}_cold", config, transport, ["--warm", "off"]))
+                    kinds[f"{label} cold"] = dict(kinds[label], kernel=f"{name}_cold")
         prefix, logs = tmp / "prefix", tmp / "logs"
         logs.mkdir()
         install_kernelspecs(host, prefix, links)

@@ -94,13 +94,14 @@ def delayed_config(host: BenchHost, directory: Path, rtt_ms: float) -> str:
     return str(path)
 
 
-def install_kernelspecs(host: BenchHost, prefix: Path, links: List[Tuple[str, Optional[str], str]]) -> None:
-    """A local ipykernel spec "local" and one SSH kernelspec per (name, ssh config, transport)."""
+def install_kernelspecs(host: BenchHost, prefix: Path, links: List[Tuple[str, Optional[str], str, List[str]]]) -> None:
+    """A local ipykernel spec "local" and one SSH kernelspec per (name, ssh config, transport,
+    further manage options)."""
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(prefix), "--name", "local"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for name, config, transport in links:
+    for name, config, transport, extra in links:
         cmd = [sys.executable, "-m", "ssh_ipykernel.manage", "--host", host.alias, "--name", name,
                "--prefix", str(prefix), "--transport", transport]
         cmd += ["--python", host.python] if host.python else []
         cmd += ["--ssh-config", config] if config else []
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(cmd + extra, check=True, stdout=subprocess.DEVNULL)

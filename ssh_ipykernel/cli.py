@@ -72,7 +72,7 @@ def status_command(as_json: bool) -> None:
     `ssh-ipykernel login` and since when."""
     import json
 
-    from .status import login_rows, logins, running_kernels, table_rows
+    from .status import WARM_NOTE, login_rows, logins, running_kernels, table_rows
 
     def run() -> int:
         kernels = running_kernels()
@@ -84,6 +84,7 @@ def status_command(as_json: bool) -> None:
         else:
             headers = ["HOST", "KERNEL ID", "REMOTE PID", "UPTIME", "TUNNEL", "RECONNECTS", "PROXY PID"]
             click.echo(format_table(headers, table_rows(kernels)))
+            click.echo(f"\n{WARM_NOTE}")
         records = logins()
         if records:
             click.echo("\nLogged in (ssh-ipykernel login):")

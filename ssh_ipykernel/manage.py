@@ -21,7 +21,7 @@ from . import __version__
 from .exceptions import LoginRequiredError
 from .api import KernelName, add_kernel, check_kernel, list_kernels, remove_kernel, upgrade_kernel, upgrade_kernels
 from .proxycli import (EnvWordsCommand, common_options, grace_option, launch_options, login_wait_option,
-                       output_buffer_option, persist_option, transport_option)
+                       output_buffer_option, persist_option, transport_option, warm_option)
 from .report import format_table, report_errors
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ def _location(location: str, prefix: Optional[str]) -> Optional[str]:
 @persist_option
 @login_wait_option
 @output_buffer_option
+@warm_option
 @transport_option
 @launch_options
 @click.option("-d", "--display-name", metavar="TEXT",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, 
 
 from .exceptions import UsageError
 from .hosts import HostSpec, parse_host
-from .remote.protocol import CONNECTION_FILE_FIELD, DEFAULT_CLIENT_TIMEOUT, KERNEL_NAME_RE
+from .remote.protocol import CONNECTION_FILE_FIELD, DEFAULT_CLIENT_TIMEOUT, DEFAULT_WARM_IDLE, KERNEL_NAME_RE
 from .remote.streams import DEFAULT_LIMIT
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ __all__ = [
     "parse_login_wait", "parse_login_persist", "ConnectOptions", "ConnectionOptions", "LaunchOptions", "Lifetime",
     "ProxyOptions", "ProxyParams", "check_launch", "check_python", "check_ssh_config", "format_duration",
     "EnvItem", "expand_env_words", "parse_env", "parse_grace", "read_env", "read_env_item", "split_kernel_cmd",
-    "write_env_item",
+    "write_env_item", "DEFAULT_WARM", "DEFAULT_WARM_TEXT", "parse_warm",
 ]
 
 # -- defaults: the only place they are written ----------------------------------------------------
@@ -235,6 +235,23 @@ def parse_grace(value: str) -> Optional[float]:
     return float(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+#: --warm's spelling of "no warm kernels".
+WARM_OFF = "off"
+
+
+def parse_warm(value: str) -> Optional[float]:
+    """``--warm``: how long the host's warm pool outlives its last kernel (a duration), or
+    ``off`` (None: every kernel starts cold)."""
+    if value.strip().lower() in (WARM_OFF, "no", "false", "none"):
+        return None
+    match = _DURATION_RE.match(value)
+    if not match:
+        msg = (f"--warm {value!r} is not a duration: give seconds (600), a number with a unit (10m, 1h), "
+               f"or 'off' for no warm kernels")
+        raise UsageError(msg)
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 def parse_login_wait(value: str) -> float:
     """``--login-wait``: seconds, or a number with unit s/m/h/d (0: fail at once)."""
     match = _DURATION_RE.match(value)
@@ -295,6 +312,9 @@ def format_duration(seconds: Optional[float]) -> str:
 DEFAULT_GRACE_TEXT = format_duration(DEFAULT_GRACE)
 DEFAULT_LOGIN_WAIT_TEXT = format_duration(DEFAULT_LOGIN_WAIT)
 DEFAULT_LOGIN_PERSIST_TEXT = format_duration(DEFAULT_LOGIN_PERSIST)
+#: How long a host's warm pool (ready-imported kernels) outlives its last kernel (--warm).
+DEFAULT_WARM: Optional[float] = DEFAULT_WARM_IDLE
+DEFAULT_WARM_TEXT = format_duration(DEFAULT_WARM)
 
 
 def check_python(python: Optional[str]) -> Optional[str]:
@@ -377,6 +397,8 @@ class LaunchOptions:
     pre_command: Optional[str] = None  # one command line for the remote login shell
     #: --kernel-cmd as the user wrote it: what a kernelspec records (its quoting is theirs).
     kernel_cmd_text: Optional[str] = None
+    #: Seconds the warm pool outlives its last kernel (--warm); None: no warm kernels.
+    warm: Optional[float] = DEFAULT_WARM
 
     def params(self) -> Dict[str, object]:
         """The agent parameters these add (data, never part of a command line)."""
@@ -384,7 +406,14 @@ class LaunchOptions:
             "remote_kernel": self.remote_kernel,
             "kernel_cmd": list(self.kernel_cmd) if self.kernel_cmd is not None else None,
             "workdir": self.workdir,
+            "warm": self.warm,
         }
+
+    def written_warm(self) -> Optional[str]:
+        """--warm's value in a kernelspec; None when it is the default."""
+        if self.warm == DEFAULT_WARM:
+            return None
+        return WARM_OFF if self.warm is None else format_duration(self.warm)
 
     def written_kernel_cmd(self) -> Optional[str]:
         """--kernel-cmd's value in a kernelspec: as written, else the argv shell-quoted."""
@@ -400,6 +429,7 @@ def check_launch(
     workdir: Optional[str] = None,
     pre_command: Optional[str] = None,
     connection_file: Optional[str] = None,
+    warm: Optional[str] = None,
 ) -> LaunchOptions:
     """Validate which kernel to start and how; see LaunchOptions."""
     if remote_kernel is not None and kernel_cmd is not None:
@@ -418,6 +448,7 @@ def check_launch(
         workdir=_one_line("--workdir", workdir),
         pre_command=pre_command,
         kernel_cmd_text=kernel_cmd,
+        warm=parse_warm(warm) if warm is not None else DEFAULT_WARM,
     )
 
 
@@ -455,6 +486,7 @@ class ProxyParams(TypedDict, total=False):
     transport: str
     client_timeout: float
     output_buffer: str  # as given: a size
+    warm: str  # as given: a duration or 'off'
     remote_kernel: Optional[str]
     kernel_cmd: Optional[str]  # as given: one shell-like line
     workdir: Optional[str]
@@ -514,7 +546,7 @@ class ProxyOptions:
         connection_file = params.get("connection_file")
         launch = check_launch(remote_kernel=params.get("remote_kernel"), kernel_cmd=params.get("kernel_cmd"),
                               workdir=params.get("workdir"), pre_command=params.get("pre_command"),
-                              connection_file=connection_file)
+                              connection_file=connection_file, warm=params.get("warm"))
         grace_text = params.get("grace")
         lifetime = Lifetime(
             grace=parse_grace(grace_text) if grace_text is not None else DEFAULT_GRACE,
@@ -577,6 +609,9 @@ class ProxyOptions:
             argv += [f"--slurm={self.slurm.text}"]  # one word even when it starts with "-" or "~"
             if self.queue_timeout_text is not None:
                 argv += ["--queue-timeout", self.queue_timeout_text]
+        warm = launch.written_warm()
+        if warm is not None:
+            argv += ["--warm", warm]
         argv += ["-f", self.connection_file]
         return argv
 

@@ -117,12 +117,12 @@ class Proxy:
                     ready = kernel.start(self.options.connection.timeout)
                     t2 = time.monotonic()
                     self.log.info(
-                        "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s",
+                        "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s%s",
                         ready.pid, ready.hostname, ready.python, ready.python_version,
-                        ready.ipykernel_version, t2 - t1,
+                        ready.ipykernel_version, t2 - t1, " (warm)" if ready.warm else "",
                     )
                     self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
-                                       remote_connection_file=ready.connection_file)
+                                       remote_connection_file=ready.connection_file, warm=ready.warm)
                     if isinstance(kernel, SlurmKernel) and kernel.job is not None:
                         self._state.update(slurm_job=kernel.job_id, slurm_node=kernel.job.nodes,
                                            slurm_ends=time.time() + kernel.job.time_left

@@ -24,6 +24,7 @@ from .options import (
     DEFAULT_PERSIST,
     DEFAULT_TIMEOUT,
     DEFAULT_TRANSPORT,
+    DEFAULT_WARM_TEXT,
     ProxyParams,
     expand_env_words,
 )
@@ -76,6 +77,17 @@ def output_buffer_option(func: F) -> F:
         help="How much of the kernel's output (and of what clients send it) is kept while the network is "
              "down, to be delivered once it is back: 512k, 64M, 1G. Past it, the oldest output is dropped, "
              "with a notice in the notebook and the log.",
+    )(func)
+
+
+def warm_option(func: F) -> F:
+    """``--warm``, shared by the proxy and manage (which records it in the kernelspec)."""
+    return click.option(
+        "--warm", default=DEFAULT_WARM_TEXT, show_default=True, metavar="DURATION|off",
+        help="Keep a warm pool on HOST (a python with ipykernel imported, per python, environment and "
+             "working directory), so that a restart or the next kernel starts in about one round trip; "
+             "it ends this long after the host's last kernel: seconds or 10m, 1h. 'off': every kernel "
+             "starts cold. Only the default ipykernel kernel starts warm.",
     )(func)
 
 
@@ -169,6 +181,7 @@ def log_options(func: F) -> F:
 @persist_option
 @login_wait_option
 @output_buffer_option
+@warm_option
 @click.version_option(__version__, prog_name="ssh_ipykernel")
 def proxy_command(log_level: str, log_file: Optional[str], **params: Any) -> None:
     """Start a kernel on HOST over SSH and forward it to the ports in the connection file.

@@ -54,7 +54,8 @@ def slurm_text(k: Dict[str, object], now: Optional[float] = None) -> str:
 
 
 def table_rows(kernels: List[Dict[str, object]]) -> List[List[str]]:
-    """Rows for the status table: host, kernel id, remote pid, uptime, tunnel, reconnects, proxy pid."""
+    """Rows for the status table: host, kernel id, remote pid (and "(warm)" for a kernel forked
+    by the host's warm pool), uptime, tunnel, reconnects, proxy pid."""
     rows = []
     for k in kernels:
         host = str(k.get("host") or "?")
@@ -67,10 +68,18 @@ def table_rows(kernels: List[Dict[str, object]]) -> List[List[str]]:
         if tunnel != "up" and k.get("in_state") is not None:
             tunnel += f" for {format_duration(k['in_state'])}"  # type: ignore[arg-type]
         remote_pid = k.get("remote_pid")
-        rows.append([host, str(k.get("kernel_id") or "?"), str(remote_pid) if remote_pid else "-",
+        shown_pid = str(remote_pid) if remote_pid else "-"
+        if remote_pid and k.get("warm") is True:
+            shown_pid += " (warm)"  # forked by the host's warm pool (remote/warm.py)
+        rows.append([host, str(k.get("kernel_id") or "?"), shown_pid,
                      format_duration(k.get("uptime")), tunnel,  # type: ignore[arg-type]
                      str(k.get("reconnects") or 0), str(k.get("pid"))])
     return rows
+
+
+#: After the kernels table: where the warm pools are (they live on the hosts, not here).
+WARM_NOTE = ("Warm pools (ipykernel imported, ready to fork the next kernel) stay on each host for --warm "
+             "(default 10m) after its last kernel; there: ps -u $USER -o pid,rss,args | grep ssh_ipykernel-warm-pool")
 
 
 def logins(directory: Optional[str] = None) -> "List[LoginRecord]":

@@ -15,9 +15,14 @@ import threading
 import time
 
 from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
-from .kernelcmd import check_requirements, kernel_command, launch_argv
+from .kernelcmd import IOPUB_HWM, check_requirements, kernel_command, launch_argv
+from .warm import ensure_pool, is_default_ipykernel, pool_socket, start_kernel
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)
+
+
+#: How long a kernel waits for a new warm pool to import ipykernel (then it starts cold).
+POOL_WAIT = 20.0  # a cold start would take as long; the proxy gives the whole start 30 s (--timeout)
 
 
 class Agent:
@@ -41,6 +46,8 @@ class Agent:
         self.ip = "127.0.0.1"
         self.ipc_dir = ""  # the kernel's private directory of unix sockets (ipc transport)
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
+        self.warm_pool = ""  # the socket of this configuration's warm pool (remote/warm.py), if any
+        self.started_warm = False  # forked by a pool that was ready (not one started for this kernel)
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
@@ -134,8 +141,26 @@ class Agent:
             raise BootstrapError("connection_file", "cannot create %s: %s" % (self.log_file, e)) from e
 
     def launch(self) -> None:
-        """In the keeper: start the kernel in its own session, bound to 127.0.0.1."""
-        argv = launch_argv(self.command["argv"])
+        """In the keeper: start the kernel in its own session: forked by this configuration's
+        warm pool if there is one (remote/warm.py), else as a new process."""
+        argv = self.command["argv"]
+        cwd = self.command["cwd"] or self.cwd
+        env = kernel_environment(os.environ, self.command["env"], os.getpid())
+        if self.params.warm is not None and is_default_ipykernel(argv, sys.executable):
+            path = pool_socket(os.path.dirname(self.connection_file), sys.executable, env, cwd)
+            if len(path.encode()) < 100:  # a socket address's limit (~104-108 bytes)
+                self.warm_pool = path
+                self.proc = start_kernel(path, argv=argv, env=env, cwd=cwd, log_file=self.log_file,
+                                         note=self.log, iopub_hwm=IOPUB_HWM)
+                self.started_warm = self.proc is not None
+                if self.proc is None and ensure_pool(path, python=sys.executable, env=env, cwd=cwd,
+                                                     idle=float(self.params.warm), timeout=POOL_WAIT,
+                                                     note=self.log):
+                    # The first kernel of a configuration: its pool's imports are its own boot.
+                    self.proc = start_kernel(path, argv=argv, env=env, cwd=cwd, log_file=self.log_file,
+                                             note=self.log, iopub_hwm=IOPUB_HWM)
+                if self.proc is not None:
+                    return
         try:
             log_fd = os.open(self.log_file, os.O_WRONLY | os.O_APPEND)
         except OSError as e:
@@ -144,12 +169,12 @@ class Agent:
             # start_new_session: signals for the keeper's group (a terminal, a killpg) must not
             # reach the kernel; interrupts go to the kernel's own group.
             self.proc = subprocess.Popen(
-                argv,
+                launch_argv(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                cwd=self.command["cwd"] or self.cwd,
-                env=kernel_environment(os.environ, self.command["env"], os.getpid()),
+                cwd=cwd,
+                env=env,
                 start_new_session=True,
                 close_fds=True,
             )
@@ -173,6 +198,7 @@ class Agent:
             "socket": self.socket_file,
             "kernel_id": self.kernel_id,
             "keeper_pid": os.getpid(),
+            "warm": self.started_warm,
         }
 
     # -- control --------------------------------------------------------------------------------

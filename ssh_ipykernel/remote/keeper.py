@@ -74,8 +74,8 @@ class Keeper:
             self.agent.signal_kernel(signal.SIGKILL)
             self._report_start_error(e)
             return
-        self.agent.log("kernel pid %d started; keeper pid %d; grace period %s" % (
-            self.agent.proc.pid, os.getpid(), describe_grace(self.grace)))
+        self.agent.log("kernel pid %d started%s; keeper pid %d; grace period %s" % (
+            self.agent.proc.pid, " warm" if self.agent.started_warm else "", os.getpid(), describe_grace(self.grace)))
         if self.agent.transport != "ipc":
             self.agent.log(
                 "this kernel listens on TCP ports (127.0.0.1: %s), which every user of this host can "

@@ -31,27 +31,49 @@ _FIELD_RE = re.compile(r"\{([A-Za-z0-9_]+)\}")
 #: bounds what is kept (--output-buffer) and says what it dropped.
 IOPUB_HWM = 100000
 #: What ``-m ipykernel_launcher`` becomes (launch_argv): the same module run the same way
-#: (sys.argv, sys.path[0], ``__main__``), after ZeroMQ's next publisher socket, the kernel's
-#: IOPub (made after its ROUTERs), is given IOPUB_HWM; the patch undoes itself there.
-LAUNCHER = (
-    "import os, runpy, sys\n"
-    "sys.path[0] = os.getcwd()\n"
-    "try:\n"
-    "    import zmq\n"
-    "    def _ssh_ipykernel_iopub(socket):\n"
-    "        def make(self, kind, *args, **kwargs):\n"
-    "            made = socket(self, kind, *args, **kwargs)\n"
-    "            if kind in (zmq.PUB, zmq.XPUB):\n"
-    "                zmq.Context.socket = socket\n"
-    "                made.sndhwm = %d\n"
-    "            return made\n"
-    "        return make\n"
-    "    zmq.Context.socket = _ssh_ipykernel_iopub(zmq.Context.socket)\n"
-    "    del _ssh_ipykernel_iopub\n"
-    "except Exception:\n"
-    "    pass\n"
-    "runpy.run_module('ipykernel_launcher', run_name='__main__', alter_sys=True)\n"
-) % IOPUB_HWM
+#: (sys.argv, sys.path[0], ``__main__``), showing the same command line (``sys.orig_argv``, and
+#: /proc/PID/cmdline, which ``ps`` shows, rewritten in place as a warm kernel's is, NUL-padded),
+#: after ZeroMQ's next publisher socket, the kernel's IOPub (made after its ROUTERs), is given
+#: IOPUB_HWM; that patch undoes itself there. A warm kernel gets the same patch
+#: (warmpool.become_kernel, with ``iopub_hwm`` from the request).
+LAUNCHER = """\
+import os, runpy, sys
+def _ssh_ipykernel_launch():
+    sys.path[0] = os.getcwd()
+    if "-c" in getattr(sys, "orig_argv", ()):
+        at = sys.orig_argv.index("-c")
+        sys.orig_argv[at:at + 2] = ["-m", "ipykernel_launcher"]
+    try:
+        with open("/proc/self/cmdline", "rb") as f:
+            shown = f.read().split(b"\\0")[:-1]
+        at = shown.index(b"-c")
+        shown[at:at + 2] = [b"-m", b"ipykernel_launcher"]
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+        data = b"\\0".join(shown) + b"\\0"
+        if len(data) <= end - start:
+            with open("/proc/self/mem", "r+b", buffering=0) as mem:
+                mem.seek(start)
+                mem.write(data + b"\\0" * (end - start - len(data)))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import zmq
+    except ImportError:
+        return
+    socket = zmq.Context.socket
+    def make(self, kind, *args, **kwargs):
+        made = socket(self, kind, *args, **kwargs)
+        if kind in (zmq.PUB, zmq.XPUB):
+            zmq.Context.socket = socket
+            made.sndhwm = %d
+        return made
+    zmq.Context.socket = make
+_ssh_ipykernel_launch()
+del _ssh_ipykernel_launch
+runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+""" % IOPUB_HWM
 
 
 def launch_argv(argv: "list[str]") -> "list[str]":

@@ -108,6 +108,9 @@ CONNECTION_FILE_FIELD = "{connection_file}"
 SHUTDOWN_REQUEST_WAIT = 2.5  # as jupyter_client: SIGTERM after half its shutdown_wait_time (5 s)
 SHUTDOWN_REPLY_WAIT = 1.0
 SIGTERM_WAIT = 2.0
+#: How long a warm pool outlives the last kernel it served (--warm): a restart or the next
+#: notebook within this time starts warm.
+DEFAULT_WARM_IDLE = 600.0
 #: The keeper forgets a client (a proxy's session) silent for this long: a cut link gives no EOF.
 DEFAULT_CLIENT_TIMEOUT = 30.0
 
@@ -159,6 +162,7 @@ class AgentParams:
         "remote_kernel": None,  # a kernelspec name on the remote
         "kernel_cmd": None,  # an argv list with {connection_file}
         "workdir": None,
+        "warm": None,  # seconds a warm pool outlives its last kernel (remote/warm.py); None: no warm kernels
         # attach
         "socket": None,
         # watch
@@ -167,7 +171,7 @@ class AgentParams:
     #: The parameters each mode sends (the others keep their defaults).
     MODE_FIELDS = {
         Mode.START: ("protocol", "mode", "kernel_id", "key", "signature_scheme", "kernel_name", "env", "grace",
-                     "client_timeout", "remote_kernel", "kernel_cmd", "workdir"),
+                     "client_timeout", "remote_kernel", "kernel_cmd", "workdir", "warm"),
         Mode.ATTACH: ("protocol", "mode", "kernel_id", "socket"),
         Mode.WATCH: ("protocol", "mode", "kernel_id", "connection_file"),
     }
@@ -255,7 +259,7 @@ class AgentParams:
         for name in ("key", "signature_scheme", "kernel_name"):
             if not isinstance(getattr(self, name), str):
                 raise BootstrapError("bad_params", "%s is not a string" % name)
-        for name in ("client_timeout", "grace"):
+        for name in ("client_timeout", "grace", "warm"):
             value = getattr(self, name)
             # grace None means "never": the kernel waits for its proxy forever.
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0

@@ -58,6 +58,7 @@ class KernelInfo:
     connection_file: str = ""
     socket: str = ""
     kernel_id: str = ""
+    warm: bool = False  # forked by the host's warm pool (remote/warm.py)
 
     @classmethod
     def from_event(cls, event: Dict[str, object]) -> "KernelInfo":
@@ -73,6 +74,7 @@ class KernelInfo:
             connection_file=str(event.get("connection_file", "")),
             socket=str(event.get("socket", "")),
             kernel_id=str(event.get("kernel_id", "")),
+            warm=event.get("warm") is True,
         )
 
 

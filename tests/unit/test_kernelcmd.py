@@ -197,15 +197,19 @@ ctx = zmq.Context()
 shell = ctx.socket(zmq.ROUTER)
 iopub = ctx.socket(zmq.XPUB)
 users = ctx.socket(zmq.PUB)
+with open("/proc/self/cmdline", "rb") as f:
+    cmdline = f.read().rstrip(b"\\0").decode().split("\\0")
 print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name__, "file": __file__,
                   "shell": shell.sndhwm, "iopub": iopub.sndhwm, "users": users.sndhwm,
-                  "main": sys.modules["__main__"].__file__}))
+                  "main": sys.modules["__main__"].__file__, "cmdline": cmdline,
+                  "orig_argv": getattr(sys, "orig_argv", None)}))
 """
 
 
 def test_the_launcher_runs_ipykernel_as_python_m_does_with_a_larger_iopub_queue(tmp_path):
-    """The same sys.argv, sys.path[0], ``__main__`` as ``python -m ipykernel_launcher``; only the
-    kernel's IOPub publisher gets IOPUB_HWM, a publisher made after it (user code) ZeroMQ's default."""
+    """The same sys.argv, sys.path[0], ``__main__``, sys.orig_argv and command line (ps) as
+    ``python -m ipykernel_launcher``; only the kernel's IOPub publisher gets IOPUB_HWM, a
+    publisher made after it (user code) ZeroMQ's default."""
     import subprocess
 
     (tmp_path / "mods").mkdir()
@@ -222,6 +226,7 @@ def test_the_launcher_runs_ipykernel_as_python_m_does_with_a_larger_iopub_queue(
     plain, launched = seen["plain"], seen["launcher"]
     assert launched["iopub"] == kernelcmd.IOPUB_HWM and plain["iopub"] == 1000
     assert launched["users"] == plain["users"] == 1000 and launched["shell"] == plain["shell"] == 1000
-    for field in ("argv", "path0", "name", "file", "main"):
+    for field in ("argv", "path0", "name", "file", "main", "cmdline", "orig_argv"):
         assert launched[field] == plain[field], field
     assert plain["argv"] == [str(tmp_path / "mods" / "ipykernel_launcher.py"), "-f", CF]
+    assert plain["cmdline"] == [sys.executable, "-m", "ipykernel_launcher", "-f", CF]

@@ -104,6 +104,7 @@ def proxy_params(draw: st.DrawFn) -> dict:
         "client_timeout": draw(st.sampled_from([30.0, 5.0, 2.5])),
         "workdir": draw(st.none() | TEXT | st.just("~")),
         "pre_command": draw(st.none() | TEXT),
+        "warm": draw(st.sampled_from(["10m", "600", "off", "OFF", "0", "1h", "90s", "2.5m"])),
     }
     if not params["sudo"] and draw(st.booleans()):
         # sbatch options as a user writes them: words with quotes, spaces, ~ and $ inside values.
@@ -132,6 +133,7 @@ def test_argv_round_trip(params):
     back = read_back(opts)
     assert dict(back.env) == dict(opts.env)
     assert back.lifetime.grace == opts.lifetime.grace
+    assert back.launch.warm == opts.launch.warm == o.parse_warm(params["warm"])
     assert back.launch.kernel_cmd_text == opts.launch.kernel_cmd_text
     assert back.slurm == opts.slurm and back.queue_timeout_text == opts.queue_timeout_text
     assert back.argv() == argv

@@ -50,7 +50,8 @@ def test_lists_running_proxies_and_prunes_dead_ones(runtime, live_pid):
     state.write_state("5b0c1e2a-live", {
         "pid": live_pid, "host": "btest", "kernel_id": "5b0c1e2a-live", "connection_file": "/x/kernel-5b0c1e2a-live.json",
         "transport": "openssh", "state": "up", "reconnects": 2, "started": now - 3725, "since": now - 60,
-        "remote_pid": 4242, "remote_hostname": "sik-btest", "remote_connection_file": "/home/u/kernel-ssh-5b.json"})
+        "remote_pid": 4242, "remote_hostname": "sik-btest", "remote_connection_file": "/home/u/kernel-ssh-5b.json",
+        "warm": True})
     state.write_state("77aa-reconnecting", {
         "pid": live_pid, "host": "gpu", "kernel_id": "77aa-reconnecting", "state": "reconnecting", "reconnects": 0,
         "started": now - 30, "since": now - 12})
@@ -58,11 +59,13 @@ def test_lists_running_proxies_and_prunes_dead_ones(runtime, live_pid):
                                           "started": now - 99})
     r = status()
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
+    lines, note = r.stdout.split("\n\n", 1)
+    assert "ssh_ipykernel-warm-pool" in note  # where to see the hosts' warm pools
+    lines = lines.splitlines()
     assert lines[0].split() == ["HOST", "KERNEL", "ID", "REMOTE", "PID", "UPTIME", "TUNNEL", "RECONNECTS", "PROXY", "PID"]
     assert len(lines) == 3, r.stdout
     first = lines[1]  # oldest first
-    for word in ("btest (sik-btest)", "5b0c1e2a-live", "4242", "1 h 02 min", " up ", " 2 ", str(live_pid)):
+    for word in ("btest (sik-btest)", "5b0c1e2a-live", "4242 (warm)", "1 h 02 min", " up ", " 2 ", str(live_pid)):
         assert word in first, (word, first)
     assert "gpu" in lines[2] and re.search(r"reconnecting for 1[2-9] s", lines[2]) and " - " in lines[2]
     assert "old" not in r.stdout and "dead-one" not in r.stdout
@@ -79,7 +82,7 @@ def test_a_torn_state_file_is_skipped(runtime, live_pid):
         f.write('{"pid": ')
     r = status()
     assert r.returncode == 0 and "Traceback" not in r.stderr
-    assert len(r.stdout.splitlines()) == 2
+    assert len(r.stdout.split("\n\n")[0].splitlines()) == 2
 
 
 @pytest.mark.parametrize("seconds, text", [(None, "?"), (-5, "0 s"), (59, "59 s"), (61, "1 min"),
