@@ -36,8 +36,19 @@ LINGER = 10.0
 #: spawn_main's exit code when there is no launcher in the job (it ended, or never started).
 EXIT_NO_LAUNCHER = 75
 SOCKET_NAME = "launcher.sock"
+#: How a warm pool (remote/warm.py: TITLE) shows in /proc/PID/cmdline. An orphaned pool (its
+#: keeper ended) is adopted by the launcher, but it is no kernel: it must not hold the job.
+WARM_POOL_TITLE = "ssh_ipykernel-warm-pool"
 PR_SET_CHILD_SUBREAPER = 36
 MAX_REQUEST = 1 << 20
+
+
+def _is_warm_pool(pid: int) -> bool:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read(len(WARM_POOL_TITLE) + 1) == WARM_POOL_TITLE.encode() + b"\0"
+    except OSError:
+        return False
 
 
 def job_dir(job_id: str) -> str:
@@ -131,7 +142,8 @@ class Launcher:
                 continue
             pid = int(name)
             if fields[0] != "Z":
-                alive.add(pid)
+                if not _is_warm_pool(pid):
+                    alive.add(pid)
                 continue
             with self.lock:
                 spawned = pid in self.spawned

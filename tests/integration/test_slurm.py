@@ -15,7 +15,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from kernels import Kernel, manage
+from kernels import Kernel, iopub_back_after, manage
 from nshosts import REMOTE_ENV_PREFIX
 from slurmcluster import SlurmCluster
 from testutil import wait_until
@@ -90,6 +90,7 @@ def test_restart_stays_in_the_same_job(slurm: SlurmCluster, slurm_kernel) -> Non
     k.km.restart_kernel()
     k.kc.wait_for_ready(timeout=60)
     took = time.monotonic() - t0
+    iopub_back_after(k, time.monotonic())
     print(f"restart in the same job took {took:.2f} s")
     assert k.value("'x' in dir()") == "False"
     assert int(k.value(PID)) != pid
@@ -307,6 +308,7 @@ def test_a_two_node_job_runs_the_kernel_on_its_batch_host(slurm: SlurmCluster, s
     assert k.value(HOSTNAME) == batch_host
     k.km.restart_kernel()
     k.kc.wait_for_ready(timeout=60)
+    iopub_back_after(k, time.monotonic())
     assert k.value(HOSTNAME) == batch_host and the_job(slurm) == job
 
 
@@ -316,6 +318,7 @@ def test_a_hard_restart_stays_in_the_job_and_retires_the_old_kernel(slurm: Slurm
     job, pid = the_job(slurm), int(k.value(PID))
     k.km.restart_kernel(now=True)  # the proxy is killed with SIGKILL: its kernel is left to the keeper
     k.kc.wait_for_ready(timeout=60)
+    iopub_back_after(k, time.monotonic())
     assert int(k.value(PID)) != pid and the_job(slurm) == job, k.log()
     wait_until(lambda: pid not in slurm.compute_pids(r"."), timeout=20, what="the old kernel to be retired")
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from kernels import Kernel, manage, wait_remote_clean
+from kernels import Kernel, iopub_back_after, manage, wait_remote_clean
 
 POOL_PATTERN = r"^ssh_ipykernel-warm-pool "
 WARM_LINE = " s (warm)\n"  # the proxy's "launched in ..." line of a warm kernel
@@ -217,5 +217,6 @@ def test_a_changed_environment_is_picked_up(ssh_host, tmp_path, kernels):
     assert ssh_host.run(f"echo 'VALUE = 42' > {libdir}/sikwarmmod_{tag}.py").returncode == 0
     k.km.restart_kernel(now=False)
     k.kc.wait_for_ready(timeout=30)
+    iopub_back_after(k, time.monotonic())  # output of a cell sent at once could go before IOPub is back
     assert WARM_LINE not in launches(k, 2), k.log()
     assert k.value(f"__import__('sikwarmmod_{tag}').VALUE") == "42"

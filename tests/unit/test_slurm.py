@@ -2,6 +2,7 @@
 texts (every user word one quoted word), the job record, and the node-side module's stdlib-only rule."""
 import ast
 import shlex
+import time
 import subprocess
 
 import pytest
@@ -181,3 +182,23 @@ def test_the_launcher_runs_a_steps_command_on_the_steps_stdio_and_ends_when_idle
     step = subprocess.run([sys.executable, "-c", slurm.program(slurm.node_source(), "spawn_main('true')")],
                           capture_output=True, env=env, timeout=20)
     assert step.returncode == slurmnode.EXIT_NO_LAUNCHER and b"no kernel launcher" in step.stderr
+
+
+def test_a_warm_pool_adopted_by_the_launcher_does_not_hold_the_job():
+    """A process showing the warm pool's title (as warmpool.set_title writes it) is no kernel
+    for the launcher; anything else is."""
+    from ssh_ipykernel.remote import warm
+
+    assert slurmnode.WARM_POOL_TITLE == warm.TITLE
+    pool = subprocess.Popen(["ssh_ipykernel-warm-pool", "30"], executable="sleep")
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while not slurmnode._is_warm_pool(pool.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slurmnode._is_warm_pool(pool.pid)
+        assert not slurmnode._is_warm_pool(other.pid)
+    finally:
+        for proc in (pool, other):
+            proc.kill()
+            proc.wait()
