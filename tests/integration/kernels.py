@@ -394,6 +394,16 @@ def started_kernel(host, tmp_path: Path, jupyter_env, name: str) -> Iterator["Ke
     assert not local_ssh_children(str(jupyter_env.runtime))
 
 
+def shutdown_all(kernels: List["Kernel"]) -> None:
+    """Shut each kernel down, as a fixture's teardown does: a failure to shut one down is not
+    this teardown's to report (the test itself says what went wrong)."""
+    for k in kernels:
+        try:
+            k.shutdown()
+        except Exception:  # noqa: BLE001 - see above
+            pass
+
+
 @contextlib.contextmanager
 def kernel_factory(host, tmp_path: Path, name: str, runtime_dir: Optional[str] = None) -> Iterator[Any]:
     """Make (not yet started) kernels of one kernelspec ``name`` for ``host``: ``make()``; at the
@@ -409,11 +419,7 @@ def kernel_factory(host, tmp_path: Path, name: str, runtime_dir: Optional[str] =
         return k
 
     yield make
-    for k in made:
-        try:
-            k.shutdown()
-        except Exception:  # noqa: BLE001 - the test itself reports the failure
-            pass
+    shutdown_all(made)
     assert not wait_remote_clean(host, timeout=20)
     if runtime_dir is not None:
         assert not local_ssh_children(runtime_dir)

@@ -18,6 +18,7 @@ from kernels import (
     manage,
     passphrase_copy,
     remote_connection_info,
+    shutdown_all,
     ssh_agent,
     wait_remote_clean,
 )
@@ -41,11 +42,7 @@ def kernel(ssh_host, jupyter_env, tmp_path):
         return k
 
     yield make
-    for k in started:
-        try:
-            k.shutdown()
-        except Exception:  # noqa: BLE001 - the test itself reports the failure
-            pass
+    shutdown_all(started)
     left = wait_remote_clean(ssh_host)
     assert not left, f"left on the remote after the test: {left}"
 

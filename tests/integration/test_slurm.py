@@ -15,7 +15,7 @@ from typing import Callable, Iterator, List
 
 import pytest
 
-from kernels import Kernel, iopub_back_after, manage
+from kernels import Kernel, iopub_back_after, manage, shutdown_all
 from nshosts import REMOTE_ENV_PREFIX
 from slurmcluster import SlurmCluster
 from testutil import wait_until
@@ -38,11 +38,7 @@ def slurm_kernel(slurm: SlurmCluster, jupyter_env, tmp_path: Path) -> Iterator[C
         return k
 
     yield make
-    for k in made:
-        try:
-            k.shutdown()
-        except Exception:  # noqa: BLE001 - the test itself reports the failure
-            pass
+    shutdown_all(made)
 
 
 def job_ids(slurm: SlurmCluster) -> List[str]:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from kernels import Kernel, iopub_back_after, manage, wait_remote_clean
+from kernels import Kernel, iopub_back_after, manage, shutdown_all, wait_remote_clean
 
 POOL_PATTERN = r"^ssh_ipykernel-warm-pool "
 WARM_LINE = " s (warm)\n"  # the proxy's "launched in ..." line of a warm kernel
@@ -92,11 +92,7 @@ def started_warm(k: Kernel) -> bool:
 def kernels(ssh_host, jupyter_env, tmp_path):
     started: List[Kernel] = []
     yield started
-    for k in started:
-        try:
-            k.shutdown()
-        except Exception:  # noqa: BLE001 - the test itself reports the failure
-            pass
+    shutdown_all(started)
     assert not wait_remote_clean(ssh_host)
 
 
