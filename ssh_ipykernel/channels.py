@@ -37,9 +37,8 @@ TICK = 0.1  # acknowledgements go out at least this often
 #: most this long, for an iopub connection made about when it was to have subscribed (HOLD_PAIR).
 HOLD_MAX = 1.0
 #: How long before a held connection an iopub connection may have been made and still count as
-#: the same client's (a client connects its sockets together; reconnecting, each on its own
-#: 0.1 s timer).
-HOLD_PAIR = 0.5
+#: the same client's (a client connects its sockets together).
+HOLD_PAIR = 1.0
 HELD_CHANNELS = ("shell", "control", "stdin")
 
 

@@ -150,7 +150,6 @@ def test_a_cell_sent_before_the_clients_iopub_is_connected_keeps_its_output(kern
     until that client's IOPub has subscribed (at most 1 s); a publisher drops what it publishes
     before a subscription arrives, so without the hold the kernel ran the cell for nobody."""
     k = kernel("--python", ssh_host.env_prefix)
-    time.sleep(1)  # another client, later than the first one's (whose iopub is subscribed)
     kc = k.km.client()
     kc.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)  # noqa: S604 - a channel
     try:
