@@ -26,20 +26,13 @@ from typing import Any, List, Optional
 from .connection import CHANNELS, ConnectionInfo
 from .exceptions import RemoteError
 from .remote.protocol import Event, Op, op_line
-from .remote.streams import DEFAULT_LIMIT, END, Relay, describe_size, frame, zmtp_subscribed
+from .remote.streams import DEFAULT_LIMIT, END, Relay, describe_size, frame
 from .transport.base import Forward, end_process
 from .transport.forwarder import BindError, _listen
 
 log = logging.getLogger(__name__)
 
 TICK = 0.1  # acknowledgements go out at least this often
-#: A new connection to a channel whose answers are published (shell, control, stdin) waits, at
-#: most this long, for an iopub connection made about when it was to have subscribed (HOLD_PAIR).
-HOLD_MAX = 1.0
-#: How long before a held connection an iopub connection may have been made and still count as
-#: the same client's (a client connects its sockets together).
-HOLD_PAIR = 1.0
-HELD_CHANNELS = ("shell", "control", "stdin")
 
 
 class Channels:
@@ -58,11 +51,6 @@ class Channels:
         self.listeners: List[socket.socket] = []
         self.session: Any = None  # what carries the stream (a Popen-like session)
         self.opened = 0  # connections accepted
-        #: New connections not carried yet (_accept): [accepted at, channel, socket].
-        self.held: List[list] = []
-        #: When each iopub conn was accepted (number -> monotonic), until it has subscribed.
-        self._iopub_at: dict = {}
-        self._subscribed_at: List[float] = []  # accept times of iopub conns that subscribed
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         #: Readable once the stream ended by itself (not by suspend() or a new stream): the
@@ -160,7 +148,7 @@ class Channels:
     def _serve(self) -> None:
         last_tick = 0.0
         while not self._closing:
-            events = self.sel.select(0.01 if self.held else TICK)
+            events = self.sel.select(TICK)
             with self.lock:
                 if self._closing:
                     break
@@ -176,8 +164,6 @@ class Channels:
                     else:
                         data[0].service(data[1], mask)
                 now = time.monotonic()
-                if self.held:
-                    self._release(now)
                 if now - last_tick >= TICK:
                     last_tick = now
                     self.relay.tick()
@@ -188,41 +174,8 @@ class Channels:
         except (BlockingIOError, InterruptedError, OSError):
             return
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        now = time.monotonic()
-        if channel in HELD_CHANNELS:
-            # A request on it could be answered before the same client's iopub subscription
-            # reaches the kernel, and a publisher drops what it publishes before that: a cell
-            # sent right after a (re)start would lose its output and its idle (a restart's
-            # kernel_info is answered before the client's SUB has reconnected).
-            self.held.append([now, channel, sock])
-            self._release(now)
-            return
-        self._carry(channel, sock, now)
-
-    def _carry(self, channel: str, sock: socket.socket, accepted_at: float) -> None:
         self.opened += 1
         self.relay.add(self.opened, channel, sock)
-        if channel == "iopub":
-            self._iopub_at[self.opened] = accepted_at
-
-    def _release(self, now: float) -> None:
-        """Carry held connections whose client's iopub has subscribed, or that waited HOLD_MAX."""
-        for number, at in list(self._iopub_at.items()):
-            conn = self.relay.conns.get(number)
-            if conn is None:
-                del self._iopub_at[number]
-            elif zmtp_subscribed(bytes(conn.head)):
-                del self._iopub_at[number]
-                self._subscribed_at.append(at)
-        self._subscribed_at = [at for at in self._subscribed_at if now - at < HOLD_PAIR + HOLD_MAX]
-        keep = []
-        for held in self.held:
-            at, channel, sock = held
-            if now - at >= HOLD_MAX or any(sub >= at - HOLD_PAIR for sub in self._subscribed_at):
-                self._carry(channel, sock, at)
-            else:
-                keep.append(held)
-        self.held = keep
 
     def _wake(self) -> None:
         try:
@@ -254,9 +207,6 @@ class Channels:
                     pass
                 sock.close()
             self.listeners = []
-            for _, _, sock in self.held:
-                sock.close()
-            self.held = []
         self._wake()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(2.0)

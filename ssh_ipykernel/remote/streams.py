@@ -59,7 +59,6 @@ COALESCE_MAX = 1 << 20  # characters of text in one merged message
 GREETING = 64  # ZMTP 3 greeting: signature, version, mechanism, as-server, filler
 MORE, LONG, COMMAND = 1, 2, 4
 DELIMITER = b"<IDS|MSG>"
-HEAD_SIZE = 512  # bytes kept of what a conn's end sent first (its greeting, handshake, subscription)
 
 
 def frame(kind: int, conn: int, payload: bytes = b"") -> bytes:
@@ -245,30 +244,6 @@ def parent_of(message: bytes) -> bytes:
         return b""
 
 
-def zmtp_subscribed(head: bytes) -> bool:
-    """Whether ``head``, the first bytes a ZeroMQ SUB socket sent, holds its first subscription:
-    the greeting, then the handshake's READY command, then a frame (a ZMTP 3.0 subscription
-    message, or 3.1's SUBSCRIBE command)."""
-    at, frames = GREETING, 0
-    while at < len(head):
-        flags = head[at]
-        if flags & 0x02:  # a long frame: an 8-byte size
-            if at + 9 > len(head):
-                return False
-            size, at = COUNT.unpack_from(head, at + 1)[0], at + 9
-        else:
-            if at + 2 > len(head):
-                return False
-            size, at = head[at + 1], at + 2
-        if at + size > len(head):
-            return False
-        at += size
-        frames += 1
-        if frames == 2:
-            return True
-    return False
-
-
 class Conn:
     """One ZeroMQ connection: our end of it (``sock``) and its bytes in both directions."""
 
@@ -285,7 +260,6 @@ class Conn:
         self.eof = False  # our end is gone: no more bytes; CLOSE once the rest is sent
         self.messages = None  # type: Messages | None
         self.paused = False  # not read from: the relay is over its limit
-        self.head = bytearray()  # the first HEAD_SIZE bytes from our end (zmtp_subscribed)
 
     @property
     def end(self) -> int:
@@ -539,8 +513,6 @@ class Relay:
             self._pump()
             return
         conn.buf += data
-        if len(conn.head) < HEAD_SIZE:
-            conn.head += data[:HEAD_SIZE - len(conn.head)]
         self.buffered += len(data)
         if conn.messages is not None:
             conn.messages.feed(data)
