@@ -151,6 +151,10 @@ def test_interrupt_and_restart_of_a_warm_kernel(ssh_host, tmp_path, kernels):
     first.km.restart_kernel(now=False)
     first.kc.wait_for_ready(timeout=30)
     restart = time.monotonic() - t0
+    # jupyter_client's wait_for_ready can return on an IOPub message of the old kernel, before its
+    # SUB has resubscribed (libzmq resends a subscription only once the client polls IOPub): a
+    # cell sent at once would go unseen.
+    iopub_back_after(first, time.monotonic())
     assert launches(first, 2).count(WARM_LINE) == 1, first.log()
     # An interrupt reaches the warm kernel's own process group: a cell and its `!` children stop.
     msg_id = first.kc.execute("import subprocess, time; subprocess.run(['sleep', '60'])")
