@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from kernels import (
-    CUT_KINDS, KERNEL_PATTERN, NOTICE, Cell, Kernel, Watcher, cell_through_cut, client_of, compress, cut, printing_cell, start_proxy,
+    AGENT_PATTERN, CUT_KINDS, NOTICE, Cell, Kernel, Watcher, cell_through_cut, client_of, compress, cut, printing_cell, start_proxy,
     started_kernel, stop_proxy, wait_for,
 )
 
@@ -272,9 +272,9 @@ def test_a_keeper_that_stalls_during_a_flood_loses_nothing(kernel, ssh_host):
     count = 20000
     cell = Cell(kernel.kc, f"import time\ntime.sleep(1)\nfor n in range({count}):\n"
                            f"    print('line %d ' % n + 'x' * 200, flush=True)")
-    kernel_pid = ssh_host.remote_pids(KERNEL_PATTERN)[0]
-    with open(f"/proc/{kernel_pid}/status") as f:
-        keeper = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+    # The keeper, not the kernel's parent: a warm kernel's parent is its pool.
+    keeper = int(re.search(r"keeper pid (\d+)", kernel.log()).group(1))
+    assert keeper in ssh_host.remote_pids(AGENT_PATTERN), kernel.log()
     stalls = []
 
     def stall() -> None:
