@@ -140,6 +140,15 @@ class Kernel:
             if msg["parent_header"].get("msg_id") == msg_id:
                 return msg["content"]
 
+    def interrupt_cell(self, msg_id: str, timeout: float = 15) -> float:
+        """Interrupt the kernel as Jupyter does, while ``msg_id`` runs; assert that cell ended in
+        KeyboardInterrupt within ``timeout``. Seconds from the interrupt to its reply."""
+        t0 = time.monotonic()
+        self.km.interrupt_kernel()
+        reply = self.wait_reply(msg_id, timeout=timeout)
+        assert (reply["status"], reply.get("ename")) == ("error", "KeyboardInterrupt"), f"{reply}\n{self.log()}"
+        return time.monotonic() - t0
+
     def wait_busy(self, msg_id: str, timeout: float = 30) -> None:
         """Wait until the kernel reports it started executing ``msg_id``."""
         deadline = time.monotonic() + timeout
