@@ -221,18 +221,20 @@ def expand_env_words(args: List[str], value_options: Iterable[str] = ()) -> List
     return out
 
 
+def _duration(value: str, option: str, advice: str) -> float:
+    """Seconds in ``value`` (seconds, or a number with unit s/m/h/d); UsageError naming
+    ``option`` and saying what to ``give`` otherwise."""
+    match = _DURATION_RE.match(value)
+    if not match:
+        raise UsageError(f"{option} {value!r} is not a duration: give {advice}")
+    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+
+
 def parse_grace(value: str) -> Optional[float]:
     """``--grace``: seconds, or a number with unit s/m/h/d; ``never`` (None) keeps the kernel."""
     if value.strip().lower() in NEVER:
         return None
-    match = _DURATION_RE.match(value)
-    if not match:
-        msg = (
-            f"--grace {value!r} is not a duration: give seconds (600), a number with a unit "
-            f"(30m, 2h, 1d) or 'never'"
-        )
-        raise UsageError(msg)
-    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    return _duration(value, "--grace", "seconds (600), a number with a unit (30m, 2h, 1d) or 'never'")
 
 
 #: --warm's spelling of "no warm kernels".
@@ -244,22 +246,13 @@ def parse_warm(value: str) -> Optional[float]:
     ``off`` (None: every kernel starts cold)."""
     if value.strip().lower() in (WARM_OFF, "no", "false", "none"):
         return None
-    match = _DURATION_RE.match(value)
-    if not match:
-        msg = (f"--warm {value!r} is not a duration: give seconds (600), a number with a unit (10m, 1h), "
-               f"or 'off' for no warm kernels")
-        raise UsageError(msg)
-    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    return _duration(value, "--warm", "seconds (600), a number with a unit (10m, 1h), or 'off' for no warm kernels")
 
 
 def parse_login_wait(value: str) -> float:
     """``--login-wait``: seconds, or a number with unit s/m/h/d (0: fail at once)."""
-    match = _DURATION_RE.match(value)
-    if not match:
-        msg = (f"--login-wait {value!r} is not a duration: give seconds (600) or a number with a unit "
-               f"(10m, 1h); 0 fails at once, as without a login")
-        raise UsageError(msg)
-    return float(match.group(1)) * _UNITS[match.group(2).lower()]
+    return _duration(value, "--login-wait",
+                     "seconds (600) or a number with a unit (10m, 1h); 0 fails at once, as without a login")
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)i?b?\s*$", re.IGNORECASE)
