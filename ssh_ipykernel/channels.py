@@ -81,15 +81,32 @@ class Channels:
         self._thread.start()
 
     # -- the stream ----------------------------------------------------------------------------------
-    def resume(self, session: Any, timeout: float) -> None:
+    def resume(self, session: Any, timeout: float, *, first: bool = False) -> None:
         """Carry the connections over ``session`` (a new stream to the keeper, its greeting read):
         say what we hold of each, read what the keeper holds, send again what it lacks.
-        Raises RemoteError if the keeper does not answer."""
+        Raises RemoteError if the keeper does not answer.
+
+        ``first``: the kernel's first stream. Its keeper holds nothing of ours yet and opens
+        every conn the hello lists, so the clients' bytes follow the hello at once and the
+        keeper's answer is read when it comes (a round trip less before the first reply)."""
         assert session.stdin is not None and session.stdout is not None
         rfd, wfd = session.stdout.fileno(), session.stdin.fileno()
         with self.lock:
             listing = self.relay.listing()
-        hello = op_line(Op.STREAM, token=self.token, conns=listing, limit=self.limit)
+            hello = op_line(Op.STREAM, token=self.token, conns=listing, limit=self.limit)
+            if first:
+                try:
+                    os.set_blocking(wfd, True)
+                    os.write(wfd, hello)
+                except OSError as e:
+                    _close_session(session)
+                    raise RemoteError(f"the keeper on {self.host} did not take the kernel's channels: {e}",
+                                      host=self.host) from e
+                self.session = session
+                self.relay.attach(rfd, wfd, {number: 0 for number in listing},
+                                  on_end=lambda: self._ended(session), preamble=self._first_answer)
+                self._wake()
+                return
         try:
             os.set_blocking(wfd, True)
             os.write(wfd, hello)
@@ -98,11 +115,7 @@ class Channels:
             _close_session(session)
             raise RemoteError(f"the keeper on {self.host} did not take the kernel's channels: {e}",
                               host=self.host) from e
-        if event.get("dropped_messages"):
-            self.note("while the connection was down the kernel printed more than the output buffer holds "
-                      "(%s, --output-buffer): %d output messages (%s) were dropped, the oldest first; the "
-                      "notebook shows where", describe_size(int(event.get("limit") or self.limit)),
-                      event["dropped_messages"], describe_size(int(event.get("dropped_bytes") or 0)))
+        self._note_dropped(event)
         with self.lock:
             self.session = session  # the old one, if any, is closed by its on_end (_ended)
             self.relay.attach(rfd, wfd, event["conns"], leftover=leftover,
@@ -110,6 +123,27 @@ class Channels:
             if self.session is session:
                 self.take_broken()  # an end noticed before this stream is not this stream's
         self._wake()
+
+    def _first_answer(self, line: bytes) -> bool:
+        """The relay's preamble on the first stream: lines until the keeper's answer (True),
+        whose conns it could not open (-1: the kernel's socket not there yet) are closed, and
+        ZeroMQ clients connect again."""
+        event = _answer_event(line)
+        if event is None:
+            return False
+        self._note_dropped(event)
+        for number, have in event["conns"].items():
+            conn = self.relay.conns.get(int(number))
+            if conn is not None and have == -1:
+                self.relay.drop_conn(conn, tell=False)
+        return True
+
+    def _note_dropped(self, event: dict) -> None:
+        if event.get("dropped_messages"):
+            self.note("while the connection was down the kernel printed more than the output buffer holds "
+                      "(%s, --output-buffer): %d output messages (%s) were dropped, the oldest first; the "
+                      "notebook shows where", describe_size(int(event.get("limit") or self.limit)),
+                      event["dropped_messages"], describe_size(int(event.get("dropped_bytes") or 0)))
 
     def reopen(self, transport: Any, kernel: Any, timeout: float) -> None:
         """After a reconnect (the supervisor's Carrier): a new stream to the keeper, resumed."""
@@ -214,10 +248,23 @@ class Channels:
             sock.close()
 
 
+def _answer_event(line: bytes) -> Optional[dict]:
+    """The keeper's ``stream`` event if ``line`` is it; None for the lines before it (its
+    ``log`` events to every client, until it knew this one was a stream). Raises ValueError
+    for an error or anything unexpected."""
+    event = json.loads(line)
+    if not isinstance(event, dict):
+        raise ValueError(f"unexpected answer {line[:200]!r}")
+    if event.get("event") == Event.STREAM and isinstance(event.get("conns"), dict):
+        return event
+    if event.get("event") == Event.ERROR:
+        raise ValueError(str(event.get("message")))
+    return None
+
+
 def _read_answer(fd: int, timeout: float) -> "tuple[dict, bytes]":
     """The keeper's ``stream`` event from ``fd`` (blocking, up to ``timeout``) and the bytes
-    that followed it: the stream's first frames. Lines before it (the keeper's ``log`` events
-    to every client, until it knew this one was a stream) are passed over."""
+    that followed it: the stream's first frames."""
     deadline = time.monotonic() + timeout
     data = b""
     os.set_blocking(fd, False)
@@ -226,13 +273,9 @@ def _read_answer(fd: int, timeout: float) -> "tuple[dict, bytes]":
         while True:
             while b"\n" in data:
                 line, _, data = data.partition(b"\n")
-                event = json.loads(line)
-                if not isinstance(event, dict):
-                    raise ValueError(f"unexpected answer {line[:200]!r}")
-                if event.get("event") == Event.STREAM and isinstance(event.get("conns"), dict):
+                event = _answer_event(line)
+                if event is not None:
                     return event, data
-                if event.get("event") == Event.ERROR:
-                    raise ValueError(str(event.get("message")))
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sel.select(remaining):
                 raise TimeoutError(f"no answer within {timeout:.0f} s")

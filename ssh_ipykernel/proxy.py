@@ -80,7 +80,7 @@ class Proxy:
             raise
         redact(info["key"])
         self._secret = info["key"]
-        # Hold Jupyter's ports from now on: they are listened on once the kernel is up.
+        # Hold Jupyter's ports from now on (listened on once the signals are set up).
         reserve_ports(info["ip"], [info[channel] for channel in CHANNELS])  # type: ignore[literal-required]
         try:
             prune()  # files of proxies killed with SIGKILL, old final records
@@ -94,6 +94,12 @@ class Proxy:
             with SignalRelay() as signals:
                 transport = self.new_transport(self.options.connection.timeout)
                 try:
+                    # Clients connect at once and what they send waits here for the kernel (as
+                    # in an outage): a ZeroMQ client refused meanwhile would try again only
+                    # every 100 ms, and its handshake would start only then.
+                    channels = Channels(info, host=self.hostspec.label, limit=self.options.output_buffer,
+                                        note=self.log.warning)
+                    channels.listen()
                     self.log.info("connecting to %s", self.hostspec.spec)
                     transport = self._connect(transport)
                     t1 = time.monotonic()
@@ -127,12 +133,9 @@ class Proxy:
                         self._state.update(slurm_job=kernel.job_id, slurm_node=kernel.job.nodes,
                                            slurm_ends=time.time() + kernel.job.time_left
                                            if kernel.job.time_left is not None else None)
-                    channels = Channels(info, host=self.hostspec.label, limit=self.options.output_buffer,
-                                        note=self.log.warning)
-                    channels.listen()
                     try:
                         channels.resume(kernel.open_stream(self.options.connection.timeout),
-                                        self.options.connection.timeout)
+                                        self.options.connection.timeout, first=True)
                     except RemoteError:
                         # A kernel that died at once takes its keeper along: its "exited" says why,
                         # and the supervisor reports it as for any kernel that died.

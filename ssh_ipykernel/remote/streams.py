@@ -309,6 +309,10 @@ class Relay:
         self._cursor = 0  # round robin over conns when framing
         self.ended = False  # the proxy said END: forget this relay
         self.detached_at = None  # type: float | None  # monotonic: when its last stream went
+        #: ``preamble(line)``: lines that come before the stream's frames, read while frames are
+        #: already sent (the proxy's first stream does not wait for the keeper's answer). Returns
+        #: True for the last line; raises ValueError for a stream to give up.
+        self.preamble = None
 
     # -- conns -------------------------------------------------------------------------------------
     def add(self, number: int, channel: str, sock) -> Conn:
@@ -396,12 +400,14 @@ class Relay:
         return reply
 
     def attach(self, rfd: int, wfd: int, haves: dict, *, leftover: bytes = b"", first: bytes = b"",
-               on_end=None) -> None:
+               on_end=None, preamble=None) -> None:
         """Use a new stream; ``haves``: what the other side holds of each conn (-1: it has no
         such conn). Sends again everything it lacks, from there on. ``leftover``: bytes already
-        read from the stream; ``first``: bytes to send before any frame (the keeper's answer)."""
+        read from the stream; ``first``: bytes to send before any frame (the keeper's answer);
+        ``preamble``: see the attribute."""
         self.detach()
         self.stream_r, self.stream_w, self.on_stream_end = rfd, wfd, on_end
+        self.preamble = preamble
         self.detached_at = None
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
@@ -463,6 +469,7 @@ class Relay:
         if self.stream_w is not None:
             self.detached_at = time.monotonic()
         self.stream_r = self.stream_w = None
+        self.preamble = None
         self.outbuf = bytearray()
         self.inbuf = bytearray()
         if on_end is not None:
@@ -737,7 +744,26 @@ class Relay:
         self._parse()
         self._write_stream()
 
+    def _read_preamble(self) -> bool:
+        """Pass the lines before the frames to ``preamble``; whether the frames have begun."""
+        while self.preamble is not None:
+            end = self.inbuf.find(b"\n")
+            if end < 0:
+                return False
+            line = bytes(self.inbuf[:end])
+            del self.inbuf[:end + 1]
+            try:
+                if self.preamble(line):
+                    self.preamble = None
+            except ValueError as e:
+                self.note("the stream's answer: %s" % e)
+                self.detach()
+                return False
+        return self.stream_r is not None
+
     def _parse(self) -> None:
+        if self.preamble is not None and not self._read_preamble():
+            return
         buf = self.inbuf
         i = 0
         touched = set()

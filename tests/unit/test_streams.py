@@ -149,6 +149,58 @@ def test_a_kernel_side_that_refuses_closes_the_client():
     assert not pair.proxy.conns
 
 
+def test_a_first_stream_carries_bytes_before_the_keepers_answer_is_read():
+    """The proxy's first stream (Channels.resume(first=True)) frames what clients sent at once;
+    the lines the keeper writes before its frames go to ``preamble``, the last one included, and
+    a conn the keeper could not open is closed there."""
+    pair = Pair()
+    client, end = socket.socketpair()
+    pair.proxy.add(1, "shell", end)
+    client.sendall(b"request")
+    lines = []
+
+    def preamble(line):
+        lines.append(line)
+        return line == b"answer"
+
+    ours, theirs = socket.socketpair()
+    listing = pair.proxy.listing()
+    pair.proxy.attach(ours.fileno(), ours.fileno(), {k: 0 for k in listing}, on_end=ours.close, preamble=preamble)
+    pair.proxy.tick()  # frames leave before the keeper has even seen the listing
+    reply = pair.keeper.answer(listing)
+    assert reply == {"1": 0}
+    pair.keeper.attach(theirs.fileno(), theirs.fileno(), {k: v[1] for k, v in listing.items()},
+                       first=b"greeting\nlog line\nanswer\n", on_end=theirs.close)
+    pair.spin(0.1)
+    kernel = pair.kernel_ends[1]
+    got = bytearray()
+    drain(kernel, got)
+    assert bytes(got) == b"request"
+    kernel.sendall(b"reply")
+    pair.spin(0.1)
+    client.settimeout(1)
+    assert client.recv(100) == b"reply"
+    assert lines == [b"greeting", b"log line", b"answer"]
+    assert pair.proxy.preamble is None
+
+
+def test_an_error_before_the_frames_gives_the_stream_up():
+    pair = Pair()
+    client, end = socket.socketpair()
+    pair.proxy.add(1, "shell", end)
+    ended = []
+
+    def preamble(line):
+        raise ValueError(line.decode())
+
+    ours, theirs = socket.socketpair()
+    pair.proxy.attach(ours.fileno(), ours.fileno(), {"1": 0}, on_end=lambda: ended.append(True), preamble=preamble)
+    theirs.sendall(b"no such kernel\n")
+    pair.spin(0.1)
+    assert ended == [True] and pair.proxy.stream_r is None
+    assert 1 in pair.proxy.conns  # the client is kept for the next stream, as in an outage
+
+
 # -- IOPub: whole messages, dropped oldest first past the limit, with a signed notice ----------------
 def iopub_through_relays(limit):
     """A kernel's PUB socket (ipc), the two relays, and a client's SUB connected through them as
