@@ -36,6 +36,7 @@ from typing import List, Optional, Tuple, Union
 
 from . import exceptions as exc
 from .remote.protocol import kernel_kept_for
+from .state import State  # noqa: F401 - the policy's states (defined there, light for the proxy's start)
 
 #: How long the keeper gets to shut the kernel down after SIGTERM before we cut the session.
 SHUTDOWN_TIMEOUT = 10.0
@@ -61,15 +62,6 @@ LOGIN_TICK = 60.0
 #: Past the keeper's own limit (protocol.kernel_kept_for): its tick, its shutdown ladder and
 #: the two hosts' clocks.
 GIVE_UP_MARGIN = 30.0
-
-
-class State(enum.Enum):
-    CONNECTING = "connecting"  # proxy.py's start-up; the supervisor starts UP
-    UP = "up"
-    RECONNECTING = "reconnecting"
-    WAITING_FOR_LOGIN = "waiting for login"  # reconnecting, once a new connection needs a person
-    STOPPING = "stopping"
-    STOPPED = "stopped"
 
 
 class Failure(enum.Enum):

@@ -17,24 +17,26 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from .connection import CHANNELS, kernel_id_from_path, load_connection_file
 from .exceptions import AuthenticationError, KernelDiedError, LoginRequiredError, RemoteError, SSHKernelError
 from .session.client import RemoteKernel
-from .session.slurmkernel import SlurmKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay
-from .state import prune, record_error, remove_state, write_state
+from .state import State, prune, record_error, remove_state, write_state
 from .status import format_duration
-from .supervisor import SHUTDOWN_TIMEOUT, State, Supervisor
 from .transport import build_transport
 from .transport.base import Transport
 from .transport.forwarder import release_reserved
 from .transport.forwarder import reserve as reserve_ports
 from .transport.messages import login_command
 from .channels import Channels
+
+if TYPE_CHECKING:
+    from .session.slurmkernel import SlurmKernel
+    from .supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +122,8 @@ class Proxy:
                         launch=self.options.launch,
                     )
                     self.log.info("launching kernel with %s", self.options.python or "python3 (remote PATH)")
+                    # What serves the kernel once it is up is imported while the remote starts it.
+                    _import_meanwhile("ssh_ipykernel.supervisor")
                     ready = kernel.start(self.options.connection.timeout)
                     t2 = time.monotonic()
                     self.log.info(
@@ -129,10 +133,11 @@ class Proxy:
                     )
                     self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
                                        remote_connection_file=ready.connection_file, warm=ready.warm)
-                    if isinstance(kernel, SlurmKernel) and kernel.job is not None:
-                        self._state.update(slurm_job=kernel.job_id, slurm_node=kernel.job.nodes,
-                                           slurm_ends=time.time() + kernel.job.time_left
-                                           if kernel.job.time_left is not None else None)
+                    slurm = self._slurm_kernel(kernel)
+                    if slurm is not None and slurm.job is not None:
+                        self._state.update(slurm_job=slurm.job_id, slurm_node=slurm.job.nodes,
+                                           slurm_ends=time.time() + slurm.job.time_left
+                                           if slurm.job.time_left is not None else None)
                     try:
                         channels.resume(kernel.open_stream(self.options.connection.timeout),
                                         self.options.connection.timeout, first=True)
@@ -145,6 +150,8 @@ class Proxy:
                     if channels is not None:
                         channels.close()
                     if kernel is not None:  # launched (or launching): it must not wait for nobody
+                        from .policy import SHUTDOWN_TIMEOUT
+
                         kernel.stop(SHUTDOWN_TIMEOUT)
                     transport.close()
                     raise
@@ -154,6 +161,8 @@ class Proxy:
                 early = signals.pending()
                 if signal.SIGINT in early:
                     self.log.info("interrupt during start-up ignored")
+                from .supervisor import Supervisor
+
                 supervisor = Supervisor(
                     kernel=kernel, transport=transport, channels=channels,
                     new_transport=self.new_transport, signals=signals, log=self.log,
@@ -167,7 +176,8 @@ class Proxy:
                 self._on_state(supervisor)
                 code = supervisor.run(stop=any(s != signal.SIGINT for s in early))
                 self.failure = supervisor.error
-                why = kernel.why_ended() if isinstance(kernel, SlurmKernel) else None
+                slurm = self._slurm_kernel(kernel)
+                why = slurm.why_ended() if slurm is not None else None
                 if why:
                     # The scheduler ended the job (time limit, scancel, preemption): a dead
                     # kernel for Jupyter, whatever the keeper's last words were.
@@ -183,8 +193,18 @@ class Proxy:
     def _new_kernel(self, transport: Transport, **kwargs: Any) -> RemoteKernel:
         """The session client: in a SLURM job with --slurm (session/slurmkernel.py), else on the host."""
         if self.options.slurm is not None:
+            from .session.slurmkernel import SlurmKernel
+
             return SlurmKernel(transport, slurm=self.options.slurm, log_to=self.log, **kwargs)
         return RemoteKernel(transport, **kwargs)
+
+    def _slurm_kernel(self, kernel: RemoteKernel) -> Optional[SlurmKernel]:
+        """``kernel`` if it runs in a SLURM job (imported only then)."""
+        if self.options.slurm is None:
+            return None
+        from .session.slurmkernel import SlurmKernel
+
+        return kernel if isinstance(kernel, SlurmKernel) else None
 
     def _connect(self, transport: Transport) -> Transport:
         """``transport.connect()``; on a host that needs a person to log in, wait for
@@ -273,3 +293,20 @@ def forwarded_env(local: Mapping[str, str], explicit: Mapping[str, str]) -> Dict
     env = {name: local[name] for name in FORWARDED_VARIABLES if name in local}
     env.update(explicit)
     return env
+
+
+def _import_meanwhile(*modules: str) -> None:
+    """Import ``modules`` in a thread: the proxy's start is mostly waiting for the remote, and
+    a module the start does not need before then costs it nothing there (Python's import locks
+    make a later ``import`` of the same module wait for this one)."""
+    import importlib
+    import threading
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the import where it is needed raises it again
+                pass
+
+    threading.Thread(target=run, name="imports", daemon=True).start()

@@ -16,6 +16,7 @@ detail, detail_label, host).
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import tempfile
@@ -26,6 +27,18 @@ from . import exceptions as exc
 from .log import redact_text
 
 PREFIX = "proxy-"
+
+
+class State(enum.Enum):
+    """The tunnel's state: the state file's ``state`` and the supervisor's (policy.py)."""
+
+    CONNECTING = "connecting"  # proxy.py's start-up; the supervisor starts UP
+    UP = "up"
+    RECONNECTING = "reconnecting"
+    WAITING_FOR_LOGIN = "waiting for login"  # reconnecting, once a new connection needs a person
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
 #: How long a failed proxy's final record is kept for whoever started it (``manage check``
 #: takes it at once; nobody else reads it), before any proxy start or ``status`` prunes it.
 KEEP_ERRORS = 600.0

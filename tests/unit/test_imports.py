@@ -62,3 +62,10 @@ def test_manage_does_not_import_a_kernel_client() -> None:
     code = "import sys, ssh_ipykernel.manage; print([m for m in ('zmq', 'tornado', 'paramiko') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["ssh_ipykernel.supervisor", "ssh_ipykernel.policy", "ssh_ipykernel.session.slurmkernel"])
+def test_what_serves_a_kernel_is_not_imported_before_it_is_launched(proxy_modules: dict, name: str) -> None:
+    """The proxy's start imports these while the remote launches the kernel (a thread), or
+    never (SLURM without --slurm): a restart's new proxy reaches the remote sooner."""
+    assert name not in proxy_modules["modules"]
