@@ -119,3 +119,63 @@ def test_only_the_modules_a_session_uses_are_loaded():
 @pytest.mark.parametrize("name", sorted(set(bundle.AGENT_MODULES) | set(bundle.PROBE_MODULES) | {"loader"}))
 def test_shipped_modules_parse_as_python_3_8(name):
     ast.parse((REMOTE / f"{name}.py").read_text(), feature_version=(3, 8))
+
+
+# -- the remote's code cache (remote/loader.py: compiled) ----------------------------------------------
+@pytest.fixture()
+def code_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    return tmp_path / "ssh_ipykernel" / "code"
+
+
+def test_a_module_is_compiled_once_then_read_from_the_cache(code_cache):
+    from ssh_ipykernel.remote import loader
+
+    source = "VALUE = 41 + 1\n"
+    first = loader.compiled("ssh_ipykernel/remote/x.py", source)
+    (entry,) = code_cache.iterdir()
+    assert entry.stat().st_mode & 0o777 == 0o600 and code_cache.stat().st_mode & 0o777 == 0o700
+    # What the cache holds is what runs: another module's code put in its place shows it.
+    other = loader.compiled("ssh_ipykernel/remote/y.py", "VALUE = 'from the cache'\n")
+    entry.write_bytes(__import__("marshal").dumps(other))
+    namespace: dict = {}
+    exec(loader.compiled("ssh_ipykernel/remote/x.py", source), namespace)  # noqa: S102
+    assert namespace["VALUE"] == "from the cache"
+    exec(first, namespace)  # noqa: S102
+    assert namespace["VALUE"] == 42
+    # Another source (a new version) is another entry.
+    loader.compiled("ssh_ipykernel/remote/x.py", "VALUE = 43\n")
+    assert len(list(code_cache.iterdir())) == 3
+
+
+def test_a_cache_others_can_write_to_is_not_used(code_cache):
+    from ssh_ipykernel.remote import loader
+
+    code_cache.mkdir(parents=True)
+    code_cache.chmod(0o777)
+    namespace: dict = {}
+    exec(loader.compiled("ssh_ipykernel/remote/x.py", "VALUE = 1\n"), namespace)  # noqa: S102
+    assert namespace["VALUE"] == 1 and not list(code_cache.iterdir())  # compiled, nothing written or read
+
+
+def test_no_cache_is_written_when_python_writes_no_bytecode(code_cache, monkeypatch):
+    from ssh_ipykernel.remote import loader
+
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # PYTHONDONTWRITEBYTECODE, -B
+    loader.compiled("ssh_ipykernel/remote/x.py", "VALUE = 1\n")
+    assert not list(code_cache.iterdir())
+
+
+def test_entries_of_earlier_versions_go_when_a_new_one_is_written(code_cache):
+    import os
+    import time
+
+    from ssh_ipykernel.remote import loader
+
+    loader.compiled("ssh_ipykernel/remote/x.py", "VALUE = 1\n")
+    (old,) = code_cache.iterdir()
+    long_ago = time.time() - (loader.CACHE_DAYS + 1) * 86400
+    os.utime(old, (long_ago, long_ago))
+    loader.compiled("ssh_ipykernel/remote/x.py", "VALUE = 2\n")
+    assert not old.exists() and len(list(code_cache.iterdir())) == 1
