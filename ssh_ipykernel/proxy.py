@@ -257,7 +257,8 @@ class Proxy:
         try:
             record_pool(self.kernel_id, {
                 "host": self.hostspec.spec, "ssh_config": connection.ssh_config, "transport": connection.transport,
-                "python": ready.python, "runtime_dir": os.path.dirname(ready.connection_file), "socket": socket,
+                "python": ready.python, "sudo": self.options.sudo, "pre_command": self.options.launch.pre_command,
+                "runtime_dir": os.path.dirname(ready.connection_file), "socket": socket,
                 "warm": self.options.launch.warm, "remote_hostname": ready.hostname, "pid": os.getpid(),
                 "kernel_id": self.kernel_id, "started": time.time(),
             })

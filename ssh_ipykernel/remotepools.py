@@ -10,6 +10,7 @@ remote/warmpool.py: Pool.info).
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,17 +26,22 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT = 5.0
 #: How long the shared connection's master may take to answer its control socket.
 JOIN_TIMEOUT = 1.0
+#: The reason given for a host with no shared connection up (status says what it expects).
+NOT_CONNECTED = "not connected"
 
 
 @dataclass(frozen=True)
 class Target:
     """A host to ask: as written in the kernelspec (its shared connection's identity, with the
-    ssh config), a python there to run the lister, where the pools' sockets are."""
+    ssh config), a python there to run the lister started as the kernels' was (``--sudo``: the
+    pools are root's; ``--pre-command``: what that python may need), where the pools' sockets are."""
 
     host: str
     ssh_config: Optional[str]
     python: str
     runtime_dirs: Tuple[str, ...] = ()
+    sudo: bool = False
+    pre_command: Optional[str] = None
 
 
 @dataclass
@@ -60,6 +66,8 @@ def ask_host(target: Target, timeout: float = ASK_TIMEOUT) -> HostPools:
     from .transport.base import TransportOptions
 
     started = time.monotonic()
+    if shutil.which("ssh") is None:
+        return HostPools(target, reason=NOT_CONNECTED + " (no ssh client here)")
     try:
         from .transport.openssh import OpenSSHTransport
 
@@ -69,9 +77,10 @@ def ask_host(target: Target, timeout: float = ASK_TIMEOUT) -> HostPools:
         return HostPools(target, reason=str(e).splitlines()[0])
     try:
         if not transport.join_existing(JOIN_TIMEOUT):
-            return HostPools(target, reason="not connected")
+            return HostPools(target, reason=NOT_CONNECTED)
         params = protocol.AgentParams.pools(runtime_dirs=list(target.runtime_dirs))
-        proc = transport.start_command(start_command().build(target.python))
+        command = start_command(sudo=target.sudo, pre_command=target.pre_command)
+        proc = transport.start_command(command.build(target.python))
         try:
             out, err = proc.communicate(agent_stdin(params, pools_source()), timeout=timeout)
         except subprocess.TimeoutExpired:

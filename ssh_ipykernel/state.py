@@ -17,7 +17,8 @@ detail, detail_label, host).
 Warm pools outlive the proxies whose kernels they forked, on the remote host: so that ``status``
 knows which hosts to ask about them (and what to say of a host it cannot ask), a proxy whose
 kernel was forked by a pool also keeps ``<state dir>/pool-<kernel id>.json`` (``record_pool``):
-host, ssh_config, transport, the remote python, runtime dir and pool socket, --warm (seconds),
+host, ssh_config, transport, the remote python (and how it was started: sudo, pre_command),
+runtime dir and pool socket, --warm (seconds),
 pid, started; and ``ended`` once the proxy has ended (``end_pool_record``), from when the pool
 has --warm seconds to live if no other kernel uses it. ``prune()`` removes such a record once
 that time has passed (a record of a proxy killed with SIGKILL, which has no ``ended``, after

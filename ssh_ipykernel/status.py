@@ -108,12 +108,14 @@ def pool_targets(records: List[Dict[str, object]]) -> "List[Target]":
     records: the python of the newest record runs the lister, every runtime dir is searched."""
     from .remotepools import Target
 
-    hosts: Dict[Tuple[str, Optional[str]], List[Dict[str, object]]] = {}
+    hosts: Dict[Tuple[str, Optional[str], bool], List[Dict[str, object]]] = {}
     for r in sorted(records, key=lambda r: float(r.get("started") or 0)):  # type: ignore[arg-type]
-        hosts.setdefault((str(r.get("host")), r.get("ssh_config") or None), []).append(r)  # type: ignore[arg-type]
+        key = (str(r.get("host")), r.get("ssh_config") or None, r.get("sudo") is True)
+        hosts.setdefault(key, []).append(r)  # type: ignore[arg-type]
     return [Target(host=host, ssh_config=config, python=str(rs[-1].get("python") or "python3"),
-                   runtime_dirs=tuple(sorted({str(r["runtime_dir"]) for r in rs if r.get("runtime_dir")})))
-            for (host, config), rs in hosts.items()]
+                   runtime_dirs=tuple(sorted({str(r["runtime_dir"]) for r in rs if r.get("runtime_dir")})),
+                   sudo=sudo, pre_command=rs[-1].get("pre_command") or None)  # type: ignore[arg-type]
+            for (host, config, sudo), rs in hosts.items()]
 
 
 def warm_pools(directory: Optional[str] = None, now: Optional[float] = None,
@@ -132,7 +134,8 @@ def warm_pools(directory: Optional[str] = None, now: Optional[float] = None,
     seen = set()  # (machine, pid): one host reached under two names (two connections)
     for answer in ask(targets):
         target = answer.target
-        mine = [r for r in records if (r.get("host"), r.get("ssh_config") or None) == (target.host, target.ssh_config)]
+        mine = [r for r in records if (r.get("host"), r.get("ssh_config") or None, r.get("sudo") is True)
+                == (target.host, target.ssh_config, target.sudo)]
         base = {"host": target.host, "ssh_config": target.ssh_config}
         if answer.pools is None:
             entries += _expected_pools(base, mine, answer.reason, now)
@@ -167,7 +170,7 @@ def _reported_pool(pool: Dict[str, object], now: float) -> Dict[str, object]:
 def _expected_pools(base: Dict[str, object], records: List[Dict[str, object]], reason: str,
                     now: float) -> List[Dict[str, object]]:
     """What the records say of the pools of a host that was not asked: one entry per socket."""
-    if reason == "not connected" and records and all(r.get("transport") == "paramiko" for r in records):
+    if reason.startswith("not connected") and records and all(r.get("transport") == "paramiko" for r in records):
         reason = "not shown for paramiko (its connections are the kernels' own; no shared one to ask through)"
     by_socket: Dict[str, List[Dict[str, object]]] = {}
     for r in records:

@@ -180,3 +180,17 @@ def test_pool_end_texts(pool, text):
     from ssh_ipykernel.status import pool_ends_text
 
     assert pool_ends_text(pool).startswith(text)
+
+
+def test_pool_targets_one_per_connection_and_sudo_with_the_newest_python():
+    from ssh_ipykernel.status import pool_targets
+
+    records = [pool_record("a", 1, started=1.0, python="/old/bin/python", runtime_dir="/r1"),
+               pool_record("b", 2, started=2.0, python="/new/bin/python", runtime_dir="/r2", pre_command="module load x"),
+               pool_record("c", 3, started=3.0, sudo=True, runtime_dir="/root/rt"),
+               pool_record("d", 4, started=4.0, ssh_config="/other/config")]
+    targets = {(t.host, t.ssh_config, t.sudo): t for t in pool_targets(records)}
+    assert len(targets) == 3
+    plain = targets[("btest", None, False)]
+    assert (plain.python, plain.runtime_dirs, plain.pre_command) == ("/new/bin/python", ("/r1", "/r2"), "module load x")
+    assert targets[("btest", None, True)].runtime_dirs == ("/root/rt",)
