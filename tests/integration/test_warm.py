@@ -278,7 +278,7 @@ def test_status_shows_the_pool_on_the_host_until_it_ends(ssh_host, tmp_path, ker
         time.sleep(0.3)
     assert pid not in pools(ssh_host), "the pool outlived its --warm time"
     data = json.loads(status("--json").stdout)
-    assert not [p for p in data["warm_pools"] if p.get("pid") == pid or p.get("socket", "").endswith(sock)], data
+    assert not [p for p in data["warm_pools"] if p.get("pid") == pid or (p.get("socket") or "").endswith(sock)], data
     records = list((jupyter_env.runtime / "ssh_ipykernel").glob("pool-*.json"))
     assert not records, "the record of a pool the host says is gone is removed"
 
