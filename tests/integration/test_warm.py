@@ -314,3 +314,29 @@ def test_status_never_logs_in_to_ask_about_pools(ssh_host, tmp_path, kernels, ju
     finally:
         for pid in mine:  # retire it now rather than in 2 min
             ssh_host.run(f"kill {pid}")
+
+
+@pytest.mark.parametrize("transport", ["paramiko"], indirect=True)
+def test_status_of_a_host_reached_with_paramiko_says_what_it_expects(ssh_host, tmp_path, kernels, transport):
+    """No shared connection to ask through (and here no ssh client at all): the pool's line
+    comes from the record, while the kernel runs and after."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
+           "--warm", "1m")
+    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
+    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
+    kernels.append(k)
+    wait_for_new_pool(ssh_host, before)
+    mine = set(pools(ssh_host)) - before_pids
+    try:
+        lines = [line for line in status().stdout.splitlines() if line.startswith("btest: ")]
+        assert lines == ["btest: not shown for paramiko (its connections are the kernels' own; no shared one to "
+                         "ask through), pool kept while its kernels run"], lines
+        k.shutdown()
+        kernels.remove(k)
+        lines = [line for line in status().stdout.splitlines() if line.startswith("btest: ")]
+        assert len(lines) == 1 and re.search(r"\), pool expected to end by \d\d:\d\d$", lines[0]), lines
+    finally:
+        for pid in mine:
+            ssh_host.run(f"kill {pid}")
