@@ -253,7 +253,9 @@ def test_status_shows_the_pool_on_the_host_until_it_ends(ssh_host, tmp_path, ker
     pid = mine.pop()
     kernel_pid = k.remote_pid()
 
+    t0 = time.monotonic()
     running = status_pool(pid)
+    print(f"status --json with one host asked took {time.monotonic() - t0:.2f} s")
     assert running["asked"] and running["host"] == "btest" and running["remote_hostname"] == ssh_host.hostname
     assert running["socket"].endswith("/" + sock) and running["state"] == "serving"
     assert running["python"].startswith(ssh_host.env_prefix + "/bin/python"), running
