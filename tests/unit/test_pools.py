@@ -94,3 +94,14 @@ def test_the_process_list_finds_pools_no_socket_led_to(tmp_path):
 def test_the_lister_refuses_malformed_runtime_dirs(dirs):
     with pytest.raises(BootstrapError, match="runtime_dirs"):
         AgentParams.from_dict({"protocol": 2, "mode": "pools", "kernel_id": "status", "runtime_dirs": dirs})
+
+
+def test_the_agent_refuses_the_pools_mode_and_the_lister_every_other():
+    from ssh_ipykernel.session.bundle import agent_source
+
+    for params, source in ((AgentParams.pools(runtime_dirs=[]), agent_source()),
+                           (AgentParams.start(kernel_id="k", key="x"), pools_source())):
+        r = subprocess.run([sys.executable, "-c", LOADER], input=agent_stdin(params, source), capture_output=True,
+                           timeout=30)
+        event = json.loads(r.stdout)
+        assert (r.returncode, event["event"], event["code"]) == (92, "error", "bad_params"), (r, params)
