@@ -65,27 +65,38 @@ def connect_command(log_level: str, log_file: Optional[str], **params: Any) -> N
 
 
 @click.command(name="status", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (every field of the proxies' state files).")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: {"kernels": [every field of the proxies\' state files], "logins": [...], '
+                   '"warm_pools": [...]}.')
 def status_command(as_json: bool) -> None:
     """List the SSH kernels running from this machine: host, kernel id, remote pid, uptime,
-    tunnel state, reconnect count and the local proxy's pid; then the hosts logged in with
-    `ssh-ipykernel login` and since when."""
+    tunnel state, reconnect count and the local proxy's pid; the warm pools on their hosts
+    (asked over the SSH connections that are up, never with a new login): pid, python, memory,
+    kernels, when they end; then the hosts logged in with `ssh-ipykernel login` and since when."""
     import json
 
-    from .status import WARM_NOTE, login_rows, logins, running_kernels, table_rows
+    from .status import login_rows, logins, pool_rows, running_kernels, table_rows, unasked_lines, warm_pools
 
     def run() -> int:
         kernels = running_kernels()
+        pools = warm_pools()
+        records = logins()
         if as_json:
-            click.echo(json.dumps(kernels, indent=1))
+            click.echo(json.dumps({"kernels": kernels, "logins": [dataclasses.asdict(r) for r in records],
+                                   "warm_pools": pools}, indent=1))
             return 0
         if not kernels:
             click.echo("No SSH kernels are running from this machine.")
         else:
             headers = ["HOST", "KERNEL ID", "REMOTE PID", "UPTIME", "TUNNEL", "RECONNECTS", "PROXY PID"]
             click.echo(format_table(headers, table_rows(kernels)))
-            click.echo(f"\n{WARM_NOTE}")
-        records = logins()
+        if pools:
+            click.echo("\nWarm pools (ipykernel imported, ready to fork the next kernel):")
+            rows = pool_rows(pools)
+            if rows:
+                click.echo(format_table(["HOST", "POOL PID", "PYTHON", "RSS", "KERNELS", "ENDS"], rows))
+            for line in unasked_lines(pools):
+                click.echo(line)
         if records:
             click.echo("\nLogged in (ssh-ipykernel login):")
             click.echo(format_table(["HOST", "SINCE", "SSH PID", "STAYS OPEN"], login_rows(records)))

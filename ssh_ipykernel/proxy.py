@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
 from .connection import CHANNELS, kernel_id_from_path, load_connection_file
 from .exceptions import AuthenticationError, KernelDiedError, LoginRequiredError, RemoteError, SSHKernelError
-from .session.client import RemoteKernel
+from .session.client import KernelInfo, RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay
-from .state import State, prune, record_error, remove_state, write_state
+from .state import State, end_pool_record, prune, record_error, record_pool, remove_state, write_state
 from .status import format_duration
 from .transport import build_transport
 from .transport.base import Transport
@@ -58,6 +58,7 @@ class Proxy:
         #: The error the proxy ends with, if any (also when the supervisor returns its exit code).
         self.failure: Optional[SSHKernelError] = None
         self._secret = ""  # the session key, once read: never written into the state file
+        self._pool_recorded = False  # a warm pool forked our kernel: state.record_pool
 
     def new_transport(self, connect_timeout: float) -> Transport:
         return build_transport(self.options.connection, connect_timeout=connect_timeout, name=self.kernel_id,
@@ -132,8 +133,11 @@ class Proxy:
                         ready.ipykernel_version, t2 - t1, " (warm)" if ready.warm else "",
                     )
                     self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
-                                       remote_connection_file=ready.connection_file, warm=ready.warm)
+                                       remote_connection_file=ready.connection_file, warm=ready.warm,
+                                       warm_pool=ready.warm_pool or None)
                     slurm = self._slurm_kernel(kernel)
+                    if ready.warm_pool and slurm is None:  # a job's pools are the node's (they end with it)
+                        self._record_pool(ready.warm_pool, ready)
                     if slurm is not None and slurm.job is not None:
                         self._state.update(slurm_job=slurm.job_id, slurm_node=slurm.job.nodes,
                                            slurm_ends=time.time() + slurm.job.time_left
@@ -247,10 +251,31 @@ class Proxy:
             f"the kernel; or use key authentication (ssh-copy-id; ssh-add for a key with a passphrase)",
             host=error.host, detail=error.detail)
 
+    def _record_pool(self, socket: str, ready: KernelInfo) -> None:
+        """Note the pool that forked our kernel, for ``status`` (the pool outlives us)."""
+        connection = self.options.connection
+        try:
+            record_pool(self.kernel_id, {
+                "host": self.hostspec.spec, "ssh_config": connection.ssh_config, "transport": connection.transport,
+                "python": ready.python, "sudo": self.options.sudo, "pre_command": self.options.launch.pre_command,
+                "runtime_dir": os.path.dirname(ready.connection_file), "socket": socket,
+                "warm": self.options.launch.warm, "remote_hostname": ready.hostname, "pid": os.getpid(),
+                "kernel_id": self.kernel_id, "started": time.time(),
+            })
+            self._pool_recorded = True
+        except OSError as e:  # status is a convenience; never a reason to fail the kernel
+            self.log.debug("cannot write the pool record: %s", e)
+
     def _finish(self) -> None:
         """The state file's end: the final record for whoever started us (``manage check``
-        reads the error from it), or nothing when the proxy ends without an error."""
+        reads the error from it), or nothing when the proxy ends without an error. The pool
+        record (if any) notes when our kernel ended: its pool lives --warm longer."""
         release_reserved()
+        if self._pool_recorded:
+            try:
+                end_pool_record(self.kernel_id)
+            except OSError as e:
+                self.log.debug("cannot write the pool record: %s", e)
         try:
             if self.failure is not None and self.failure.exit_code != 0:
                 record_error(self.kernel_id, self._state, self.failure, secret=self._secret)

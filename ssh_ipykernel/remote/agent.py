@@ -16,7 +16,7 @@ import time
 
 from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
 from .kernelcmd import IOPUB_HWM, check_requirements, kernel_command, launch_argv
-from .warm import ensure_pool, is_default_ipykernel, pool_socket, start_kernel
+from .warm import WarmKernel, ensure_pool, is_default_ipykernel, pool_socket, start_kernel
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)
 
@@ -199,6 +199,8 @@ class Agent:
             "kernel_id": self.kernel_id,
             "keeper_pid": os.getpid(),
             "warm": self.started_warm,
+            # The pool that forked it (also the one started for it): status asks it later.
+            "warm_pool": self.warm_pool if isinstance(self.proc, WarmKernel) else None,
         }
 
     # -- control --------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def main() -> None:
             sock = connect_keeper(params.socket)
         elif params.mode == Mode.WATCH:
             watch(params.connection_file, stdin)
+        elif params.mode != Mode.START:  # pools: remote/pools.py's own program, not the agent's
+            raise BootstrapError("bad_params", "mode %r is not one of the agent's" % (params.mode,))
         else:
             if reader_gone(sys.stdout.fileno()):
                 # The proxy gave up before we ran (a start that timed out during a slow

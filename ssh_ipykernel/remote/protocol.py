@@ -18,9 +18,19 @@ class Mode:
     START = "start"  # write the connection file, start a keeper and its kernel
     ATTACH = "attach"  # reach the keeper of a running kernel (after a lost connection)
     WATCH = "watch"  # a kernel somebody else started (``ssh-ipykernel connect``)
+    POOLS = "pools"  # list this user's warm pools (remote/pools.py, for ``ssh-ipykernel status``)
 
 
-MODES = (Mode.START, Mode.ATTACH, Mode.WATCH)
+MODES = (Mode.START, Mode.ATTACH, Mode.WATCH, Mode.POOLS)
+
+
+class PoolOp:
+    """Requests on a warm pool's socket (remote/warmpool.py, which imports nothing of the
+    package and spells them itself), one JSON line each."""
+
+    START = "start"  # fork a kernel: answered with its pid, later with its exit code
+    HOLD = "hold"  # keep the pool while this connection is open
+    INFO = "info"  # the pool's facts (pid, python, memory, kernels, when it ends); then it hangs up
 
 
 class Op:
@@ -57,6 +67,7 @@ class Event:
     PONG = "pong"  # the answer to a ping
     LOG = "log"  # new text of the kernel's log
     PROBE = "probe"  # remote/probe.py's report (check, add --remote-kernel)
+    POOLS = "pools"  # remote/pools.py's report: this user's warm pools on the host
     STREAM = "stream"  # the answer to the stream op: {number: bytes held, or -1 if gone}
 
 
@@ -71,6 +82,7 @@ EVENT_FIELDS = {
     Event.PONG: {},
     Event.LOG: {"text": str},
     Event.PROBE: {},
+    Event.POOLS: {"pools": list},
     Event.STREAM: {"conns": dict},
 }
 
@@ -167,6 +179,8 @@ class AgentParams:
         "socket": None,
         # watch
         "connection_file": None,
+        # pools: the remote runtime dirs the pools' sockets are in (where the kernels' files were)
+        "runtime_dirs": None,
     }
     #: The parameters each mode sends (the others keep their defaults).
     MODE_FIELDS = {
@@ -174,6 +188,7 @@ class AgentParams:
                      "client_timeout", "remote_kernel", "kernel_cmd", "workdir", "warm"),
         Mode.ATTACH: ("protocol", "mode", "kernel_id", "socket"),
         Mode.WATCH: ("protocol", "mode", "kernel_id", "connection_file"),
+        Mode.POOLS: ("protocol", "mode", "kernel_id", "runtime_dirs"),
     }
     __slots__ = tuple(FIELDS)
 
@@ -201,6 +216,11 @@ class AgentParams:
     def watch(cls, *, kernel_id: str, connection_file: str) -> "AgentParams":
         """Read a running kernel's connection file and answer pings."""
         return cls(mode=Mode.WATCH, kernel_id=kernel_id, connection_file=connection_file)
+
+    @classmethod
+    def pools(cls, *, runtime_dirs: "list[str]") -> "AgentParams":
+        """List the warm pools whose sockets are in ``runtime_dirs`` (and any other of the user's)."""
+        return cls(mode=Mode.POOLS, kernel_id="status", runtime_dirs=list(runtime_dirs))
 
     def to_dict(self) -> dict:
         names = self.MODE_FIELDS.get(self.mode, tuple(self.FIELDS))
@@ -255,6 +275,11 @@ class AgentParams:
             path = self.connection_file
             if not isinstance(path, str) or not path or "\0" in path:
                 raise BootstrapError("bad_params", "connection_file %r is not a path" % (path,))
+            return
+        if self.mode == Mode.POOLS:
+            dirs = self.runtime_dirs
+            if not isinstance(dirs, list) or not all(isinstance(d, str) and d and "\0" not in d for d in dirs):
+                raise BootstrapError("bad_params", "runtime_dirs %r is not a list of paths" % (dirs,))
             return
         for name in ("key", "signature_scheme", "kernel_name"):
             if not isinstance(getattr(self, name), str):

@@ -20,6 +20,8 @@ import subprocess
 import threading
 import time
 
+from .protocol import PoolOp
+
 #: Environment variables that may differ between two starts of one configuration: the kernel
 #: gets the request's values, and they do not choose the pool.
 PER_START = frozenset({
@@ -50,7 +52,8 @@ def pool_socket(directory: str, python: str, env: dict, cwd: str) -> str:
     return os.path.join(directory, "warm-%s.sock" % digest)
 
 
-def _connect(path: str, timeout: float) -> socket.socket:
+def connect(path: str, timeout: float) -> socket.socket:
+    """A connection to the pool listening at ``path`` (OSError if none answers)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -61,7 +64,8 @@ def _connect(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-def _read_line(sock: socket.socket, buf: bytearray) -> "dict | None":
+def read_line(sock: socket.socket, buf: bytearray) -> "dict | None":
+    """The pool's next JSON line (None at end of file); ``buf`` keeps what follows it."""
     while b"\n" not in buf:
         data = sock.recv(4096)
         if not data:
@@ -89,7 +93,7 @@ class WarmKernel:
         self.sock.settimeout(None)
         try:
             while True:
-                message = _read_line(self.sock, self._buf)
+                message = read_line(self.sock, self._buf)
                 if message is None:
                     break
                 if message.get("exited") == self.pid:
@@ -129,14 +133,14 @@ def start_kernel(path: str, *, argv: list, env: dict, cwd: str, log_file: str, n
     """A kernel forked by the pool at ``path``; None if there is none or it refuses (stale).
     ``iopub_hwm``: the send queue of the kernel's IOPub socket (kernelcmd.IOPUB_HWM)."""
     try:
-        sock = _connect(path, REPLY_WAIT)
+        sock = connect(path, REPLY_WAIT)
     except OSError:
         return None  # no pool (yet): the usual start
-    request = {"op": "start", "argv": argv, "env": env, "cwd": cwd, "log_file": log_file, "iopub_hwm": iopub_hwm}
+    request = {"op": PoolOp.START, "argv": argv, "env": env, "cwd": cwd, "log_file": log_file, "iopub_hwm": iopub_hwm}
     buf = bytearray()
     try:
         sock.sendall((json.dumps(request) + "\n").encode("utf-8"))
-        reply = _read_line(sock, buf)
+        reply = read_line(sock, buf)
     except (OSError, ValueError) as e:
         sock.close()
         note("the warm pool did not answer (%s); starting the kernel cold" % e)
@@ -146,6 +150,23 @@ def start_kernel(path: str, *, argv: list, env: dict, cwd: str, log_file: str, n
         note("the warm pool refused (%s); starting the kernel cold" % (reply or {}).get("reason", reply))
         return None
     return WarmKernel(sock, reply["pid"], buf)
+
+
+def pool_info(path: str, timeout: float) -> "dict | None":
+    """The facts of the pool listening at ``path`` (warmpool.Pool.info); None if no pool answers
+    there (gone, another node's socket in a shared home, or one too busy to answer in time)."""
+    try:
+        sock = connect(path, timeout)
+    except OSError:
+        return None
+    try:
+        sock.sendall((json.dumps({"op": PoolOp.INFO}) + "\n").encode("utf-8"))
+        info = read_line(sock, bytearray())
+    except (OSError, ValueError):
+        return None
+    finally:
+        sock.close()
+    return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
 
 
 def spawn_pool(path: str, *, python: str, env: dict, cwd: str, idle: float) -> None:
@@ -198,7 +219,7 @@ def ensure_pool(path: str, *, python: str, env: dict, cwd: str, idle: float, tim
         spawned_at = None  # type: float | None
         while time.monotonic() < deadline:
             try:
-                _connect(path, REPLY_WAIT).close()
+                connect(path, REPLY_WAIT).close()
                 return True
             except OSError:
                 pass

@@ -10,13 +10,17 @@ file) is answered by a fork whose child becomes exactly what ``python -m ipykern
 FILE`` would be at that point: its own session and process group, the request's environment,
 working directory, ``sys.argv``/``sys.orig_argv``, the process title ``ps`` shows, stdio on the
 log file, signal dispositions and ``sys.modules`` as a fresh interpreter has them. The parent
-reports the child's pid, then its exit status, on the request's connection.
+reports the child's pid, then its exit status, on the request's connection. An ``info``
+request (``ssh-ipykernel status``, through remote/pools.py) is answered with the pool's facts
+(pid, python, resident memory, its kernels, when it ends) and the connection closed; asking
+does not keep the pool alive.
 
 Nothing may run before a fork that a fork cannot copy: no thread, no event loop, no ZeroMQ
 context exists here (checked after the import; the pool refuses to start otherwise).
 
 Lifetime: the pool ends ``idle`` seconds after its last connection (a kernel's request, or a
-keeper's hold) closed and its last kernel ended. It serves no more requests once the files of
+keeper's hold) closed and its last kernel ended (a connection that has not said what it wants
+yet delays the end, but does not restart the idle time). It serves no more requests once the files of
 its ``sys.path`` changed (a package installed, upgraded or removed): it removes its socket at
 once (a new pool may start) and ends with its last kernel.
 
@@ -51,6 +55,18 @@ def set_title(argv: list) -> bool:
         return False
 
 
+def rss_kb(pid: "int | str" = "self") -> "int | None":
+    """Resident memory in kB (Linux: /proc), None if unknown."""
+    try:
+        with open("/proc/%s/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class Pool:
     """The server: a listener, connections, children; see the module docstring."""
 
@@ -65,10 +81,13 @@ class Pool:
         self.idle = float(params["idle"])
         self.sel = selectors.DefaultSelector()
         self.conns = {}  # type: dict  # socket -> bytearray of what it sent
+        self.holding = set()  # type: set  # connections that asked for a kernel or a hold
         self.children = {}  # type: dict  # pid -> the connection that asked for it
         self.listener = None  # type: socket.socket | None
         self.lock_fd = lock_fd
         self.stale = ""
+        self.started = 0.0  # time.time() when it began to serve
+        self.idle_since = None  # type: float | None  # monotonic; None while kernels or holds keep it
         self.mtimes = self._path_mtimes()
         self.signals = {s: signal.getsignal(s) for s in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM,
                                                        signal.SIGHUP, signal.SIGPIPE)}
@@ -130,7 +149,8 @@ class Pool:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.sel.register(self.listener, selectors.EVENT_READ, "listener")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
-        idle_since = time.monotonic()
+        self.started = time.time()
+        self.idle_since = time.monotonic()
         checked = time.monotonic()
         terminated = False
         while True:
@@ -156,9 +176,14 @@ class Pool:
             if terminated and not self.stale:
                 self.stale = "terminated"
                 self._retire()
-            if self.children or (self.conns and not self.stale):
-                idle_since = now
-            elif self.stale or now - idle_since >= self.idle:
+            if self.children or (self.holding and not self.stale):
+                self.idle_since = None
+                continue
+            if self.idle_since is None:
+                self.idle_since = now
+            if set(self.conns) - self.holding and not self.stale:
+                continue  # a request on its way (a kernel's, or an info): not now
+            if self.stale or now - self.idle_since >= self.idle:
                 self.log("ending (%s)" % (self.stale or "idle for %.0f s" % self.idle))
                 self._retire()
                 try:
@@ -199,13 +224,32 @@ class Pool:
         except ValueError:
             self._send(conn, {"error": "not json"})
             return None
-        if request.get("op") == "hold":
+        op = request.get("op")
+        if op == "info":
+            self._send(conn, self.info())
+            self._drop(conn)
+            return None
+        if op == "hold":
+            self.holding.add(conn)
             self._send(conn, {"pid": self.pid})
             return None
-        if request.get("op") != "start":
+        if op != "start":
             self._send(conn, {"error": "unknown op"})
             return None
+        self.holding.add(conn)
         return request
+
+    def info(self) -> dict:
+        """What ``ssh-ipykernel status`` shows of this pool. ``ends_in``: seconds until it ends
+        if nothing comes (None while it has kernels or holds)."""
+        import time
+
+        ends_in = None  # type: float | None
+        if self.idle_since is not None:
+            ends_in = 0.0 if self.stale else max(0.0, self.idle - (time.monotonic() - self.idle_since))
+        return {"pid": self.pid, "python": sys.executable, "rss_kb": rss_kb(), "kernels": sorted(self.children),
+                "idle": self.idle, "ends_in": ends_in, "serving": not self.stale, "stale": self.stale,
+                "started": self.started, "socket": self.socket_path, "cwd": os.getcwd()}
 
     def _send(self, conn, message: dict) -> None:
         import json
@@ -224,6 +268,7 @@ class Pool:
         except (KeyError, ValueError):
             pass
         self.conns.pop(conn, None)
+        self.holding.discard(conn)
         conn.close()
         for pid, owner in list(self.children.items()):
             if owner is conn:
@@ -268,6 +313,7 @@ class Pool:
             if conn not in self.children.values():  # a hold: nothing to keep it for now
                 self.sel.unregister(conn)
                 del self.conns[conn]
+                self.holding.discard(conn)
                 conn.close()
         if self.stale:
             self.log("no more kernels from this pool: %s" % self.stale)

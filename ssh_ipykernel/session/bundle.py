@@ -26,6 +26,8 @@ LOADER = (
 AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm", "warmpool", "keeper",
                  "bootstrap")
 PROBE_MODULES = ("protocol", "kernelcmd", "probe")
+#: ``ssh-ipykernel status``'s question about the host's warm pools (pools.main).
+POOLS_MODULES = ("protocol", "warmpool", "warm", "pools")
 #: Not bundled: sent whole as the program of a ``python -c`` (slurm.py: the job's launcher, a step's spawn).
 NODE_MODULES = ("slurmnode",)
 #: How a shipped module's file is named on the remote (in tracebacks).
@@ -69,6 +71,11 @@ def agent_source() -> bytes:
 def probe_source() -> bytes:
     """The probe's program (probe.py's main)."""
     return bundle_source(PROBE_MODULES, "probe")
+
+
+def pools_source() -> bytes:
+    """The warm pools' lister (pools.py's main)."""
+    return bundle_source(POOLS_MODULES, "pools")
 
 
 def agent_stdin(params: Union[protocol.AgentParams, Mapping[str, object]], source: Optional[bytes] = None) -> bytes:

@@ -59,6 +59,7 @@ class KernelInfo:
     socket: str = ""
     kernel_id: str = ""
     warm: bool = False  # forked by the host's warm pool (remote/warm.py)
+    warm_pool: str = ""  # that pool's socket on the remote (also when the pool was started for it)
 
     @classmethod
     def from_event(cls, event: Dict[str, object]) -> "KernelInfo":
@@ -75,6 +76,7 @@ class KernelInfo:
             socket=str(event.get("socket", "")),
             kernel_id=str(event.get("kernel_id", "")),
             warm=event.get("warm") is True,
+            warm_pool=str(event.get("warm_pool") or ""),
         )
 
 

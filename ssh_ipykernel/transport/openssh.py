@@ -138,6 +138,7 @@ class OpenSSHTransport(Transport):
         self._forwarder: Optional[Forwarder] = None
         self._heard = 0.0  # monotonic time of the last confirm_alive() that touched the file
         self._closed = False
+        self._existing_only = False  # join_existing(): sessions may never make a connection
 
     # -- argv -------------------------------------------------------------------------------------
     def common_args(self) -> List[str]:
@@ -174,8 +175,11 @@ class OpenSSHTransport(Transport):
         ] + self.destination()
 
     def client_argv(self, *extra: str) -> List[str]:
-        """A mux client of the master; BatchMode so a missing master can never prompt."""
-        return self.common_args() + ["-o", "ControlMaster=no", "-o", "BatchMode=yes", *extra]
+        """A mux client of the master; BatchMode so a missing master can never prompt. After
+        join_existing() a client whose master is gone (or refuses the session) cannot fall back
+        to a login of its own: its "connection" is a ProxyCommand that fails at once."""
+        guard = ["-o", "ProxyCommand=false", "-o", "ConnectTimeout=1"] if self._existing_only else []
+        return self.common_args() + ["-o", "ControlMaster=no", "-o", "BatchMode=yes", *guard, *extra]
 
     # -- Transport ----------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -205,6 +209,25 @@ class OpenSSHTransport(Transport):
         self.mux = mux
         self.log.debug("%s ssh master pid %d (%s)", "reusing" if self.reused else "started",
                        self.master_pid, self.control_path)
+
+    def join_existing(self, timeout: float) -> bool:
+        """Use the host's shared connection if one is up, and nothing else: no master is started
+        or waited for, nobody is asked for a password, and sessions started over it never make
+        a connection of their own (``status``, which must not log in anywhere). False: no
+        master answers within ``timeout``."""
+        try:
+            mux = MuxClient(self.control_path, timeout=timeout)
+        except MuxError:
+            return False
+        try:
+            self.master_pid = mux.alive_check(timeout=timeout)
+        except MuxError:
+            mux.close()
+            return False
+        self.mux = mux
+        self.reused = True
+        self._existing_only = True
+        return True
 
     def _stale(self) -> bool:
         try:

@@ -24,7 +24,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def status() -> dict:
     r = cli("status", "--json")
     assert r.returncode == 0, r.stderr
-    return {k["kernel_id"]: k for k in json.loads(r.stdout)}
+    return {k["kernel_id"]: k for k in json.loads(r.stdout)["kernels"]}
 
 
 def test_status_of_live_proxies(ssh_host, tmp_path, jupyter_env):

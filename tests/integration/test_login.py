@@ -8,6 +8,7 @@ kernels are real KernelManagers on a kernelspec written by ``manage``. Timings a
 """
 from __future__ import annotations
 
+import json
 import queue
 import re
 import subprocess
@@ -295,6 +296,9 @@ def test_logout_ends_the_login(otp_host, two_factor, jupyter_env):
     assert ssh_masters(str(jupyter_env.runtime))
     status = subprocess.run([SCRIPT, "status"], capture_output=True, text=True, timeout=30).stdout
     assert "until logout" in status
+    logins = json.loads(subprocess.run([SCRIPT, "status", "--json"], capture_output=True, text=True,
+                                       timeout=30).stdout)["logins"]
+    assert [(r["host"], r["persist"]) for r in logins] == [(otp_host.alias, None)], logins
     r = subprocess.run([SCRIPT, "logout", "--ssh-config", str(otp_host.ssh_config), otp_host.alias],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "Logged out of otest" in r.stdout, r.stdout + r.stderr

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -11,7 +14,8 @@ from typing import Any, Dict, List
 
 import pytest
 
-from kernels import Kernel, iopub_back_after, manage, shutdown_all, wait_remote_clean
+from kernels import (Kernel, accepted_logins, end_masters, iopub_back_after, manage, shutdown_all,
+                     wait_remote_clean)
 
 POOL_PATTERN = r"^ssh_ipykernel-warm-pool "
 WARM_LINE = " s (warm)\n"  # the proxy's "launched in ..." line of a warm kernel
@@ -216,3 +220,125 @@ def test_a_changed_environment_is_picked_up(ssh_host, tmp_path, kernels):
     iopub_back_after(k, time.monotonic())  # output of a cell sent at once could go before IOPub is back
     assert WARM_LINE not in launches(k, 2), k.log()
     assert k.value(f"__import__('sikwarmmod_{tag}').VALUE") == "42"
+
+
+def status(*args: str) -> subprocess.CompletedProcess:
+    """``ssh-ipykernel status ARGS``, as a user runs it."""
+    r = subprocess.run([sys.executable, "-c", "from ssh_ipykernel.cli import main; main()", "status", *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def status_pool(pid: int) -> Dict[str, Any]:
+    """The entry of ``status --json`` for the pool ``pid`` (an AssertionError if it has none)."""
+    found = [p for p in json.loads(status("--json").stdout)["warm_pools"] if p.get("pid") == pid]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_status_shows_the_pool_on_the_host_until_it_ends(ssh_host, tmp_path, kernels, jupyter_env):
+    """`ssh-ipykernel status` asks the host (over the connection that is up) about its pools:
+    the pool's real pid, python, memory and kernels, and when it ends; then it is gone."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
+           "--warm", "8s")
+    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
+    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
+    kernels.append(k)
+    sock = wait_for_new_pool(ssh_host, before)
+    mine = set(pools(ssh_host)) - before_pids
+    assert len(mine) == 1, mine
+    pid = mine.pop()
+    kernel_pid = k.remote_pid()
+
+    t0 = time.monotonic()
+    running = status_pool(pid)
+    print(f"status --json with one host asked took {time.monotonic() - t0:.2f} s")
+    assert running["asked"] and running["host"] == "btest" and running["remote_hostname"] == ssh_host.hostname
+    assert running["socket"].endswith("/" + sock) and running["state"] == "serving"
+    assert running["python"].startswith(ssh_host.env_prefix + "/bin/python"), running
+    assert (running["kernels"], running["kernel_pids"], running["ends_in"]) == (1, [kernel_pid], None), running
+    row = [line for line in status().stdout.splitlines() if re.match(rf"btest .* {pid} ", line)]
+    assert len(row) == 1 and re.search(r" MB +1 +while kernels run$", row[0]), row
+
+    k.shutdown()
+    kernels.remove(k)
+    assert not wait_remote_clean(ssh_host)
+    idle = status_pool(pid)
+    assert idle["kernels"] == 0 and 0 < idle["ends_in"] <= 8, idle
+    rss = int(ssh_host.run(f"ps -o rss= -p {pid}").stdout)  # kB, as ps on the host says
+    assert idle["rss_mb"] > 15 and abs(idle["rss_mb"] * 1024 - rss) < 0.1 * rss, (idle["rss_mb"], rss)
+    text = status().stdout
+    assert re.search(rf"\nbtest \({re.escape(ssh_host.hostname)}\) +{pid} +\S+/bin/python\S* +\d+ MB +0 +in [1-8] s "
+                     rf"\(\d\d:\d\d\)\n", text), text
+    assert "Warm pools" in text
+
+    deadline = time.monotonic() + 20
+    while pid in pools(ssh_host) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert pid not in pools(ssh_host), "the pool outlived its --warm time"
+    data = json.loads(status("--json").stdout)
+    assert not [p for p in data["warm_pools"] if p.get("pid") == pid or (p.get("socket") or "").endswith(sock)], data
+    records = list((jupyter_env.runtime / "ssh_ipykernel").glob("pool-*.json"))
+    assert not records, "the record of a pool the host says is gone is removed"
+
+
+def test_status_never_logs_in_to_ask_about_pools(ssh_host, tmp_path, kernels, jupyter_env):
+    """With no connection up, the host is not asked: status says when its pool is expected to
+    end, and the host's sshd saw no login."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
+           "--warm", "2m")
+    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
+    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
+    kernels.append(k)
+    wait_for_new_pool(ssh_host, before)
+    mine = set(pools(ssh_host)) - before_pids
+    k.shutdown()
+    kernels.remove(k)
+    ended = time.time()
+    try:
+        assert not wait_remote_clean(ssh_host)
+        end_masters(str(jupyter_env.runtime))
+        logins = accepted_logins(ssh_host)
+        text = status().stdout
+        expected = {time.strftime("%H:%M", time.localtime(ended + 120 + d)) for d in (-1, 0, 1)}
+        line = [line for line in text.splitlines() if line.startswith("btest: ")]
+        assert len(line) == 1 and re.fullmatch(r"btest: not connected, pool expected to end by (\d\d:\d\d)", line[0]), text
+        assert line[0][-5:] in expected, (line, expected)
+        entry = [p for p in json.loads(status("--json").stdout)["warm_pools"] if p["host"] == "btest"]
+        assert len(entry) == 1 and not entry[0]["asked"] and abs(entry[0]["expected_end"] - (ended + 120)) < 5, entry
+        time.sleep(0.5)
+        assert accepted_logins(ssh_host) == logins, "status logged in to ask"
+    finally:
+        for pid in mine:  # retire it now rather than in 2 min
+            ssh_host.run(f"kill {pid}")
+
+
+@pytest.mark.parametrize("transport", ["paramiko"], indirect=True)
+def test_status_of_a_host_reached_with_paramiko_says_what_it_expects(ssh_host, tmp_path, kernels, transport):
+    """No shared connection to ask through (and here no ssh client at all): the pool's line
+    comes from the record, while the kernel runs and after."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
+           "--warm", "1m")
+    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
+    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
+    kernels.append(k)
+    wait_for_new_pool(ssh_host, before)
+    mine = set(pools(ssh_host)) - before_pids
+    try:
+        lines = [line for line in status().stdout.splitlines() if line.startswith("btest: ")]
+        assert lines == ["btest: not shown for paramiko (its connections are the kernels' own; no shared one to "
+                         "ask through), pool kept while its kernels run"], lines
+        k.shutdown()
+        kernels.remove(k)
+        lines = [line for line in status().stdout.splitlines() if line.startswith("btest: ")]
+        assert len(lines) == 1 and re.search(r"\), pool expected to end by \d\d:\d\d$", lines[0]), lines
+    finally:
+        for pid in mine:
+            ssh_host.run(f"kill {pid}")

@@ -36,7 +36,8 @@ def test_agent_stdin_carries_the_key_as_data_only():
     assert "s3cr3t-key" not in build_remote_command("/x")
 
 
-@pytest.mark.parametrize("modules, main", [(bundle.AGENT_MODULES, "bootstrap"), (bundle.PROBE_MODULES, "probe")])
+@pytest.mark.parametrize("modules, main", [(bundle.AGENT_MODULES, "bootstrap"), (bundle.PROBE_MODULES, "probe"),
+                                           (bundle.POOLS_MODULES, "pools")])
 def test_each_bundle_ships_every_module_its_modules_import(modules, main):
     assert main in modules
     for name in modules:
@@ -50,7 +51,8 @@ def test_each_bundle_ships_every_module_its_modules_import(modules, main):
 
 
 def test_every_remote_module_is_shipped_somewhere():
-    shipped = set(bundle.AGENT_MODULES) | set(bundle.PROBE_MODULES) | set(bundle.NODE_MODULES) | {"loader", "__init__"}
+    shipped = (set(bundle.AGENT_MODULES) | set(bundle.PROBE_MODULES) | set(bundle.POOLS_MODULES)
+               | set(bundle.NODE_MODULES) | {"loader", "__init__"})
     assert {p.stem for p in REMOTE.glob("*.py")} == shipped
 
 

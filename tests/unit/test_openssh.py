@@ -57,3 +57,35 @@ def test_log_level_errors_unless_debugging():
     assert "LogLevel=ERROR" in transport().master_argv()
     verbose = transport(verbose=True).master_argv()
     assert "-v" in verbose and "LogLevel=ERROR" not in verbose
+
+
+def test_join_existing_never_starts_a_connection_and_its_sessions_cannot_make_one(monkeypatch):
+    """``status`` asks hosts only over a master that is up: none there means False (no ssh run),
+    and the sessions of a joined transport have a ProxyCommand that fails instead of a login."""
+    import subprocess
+
+    from ssh_ipykernel.transport import openssh
+
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", tempfile.mkdtemp(prefix="sik", dir="/tmp"))
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(openssh.shared, "start_master", lambda *a, **k: started.append(a))
+    t = transport()
+    assert "ProxyCommand=false" not in t.client_argv(), "kernels' sessions may fall back (MaxSessions)"
+    assert t.join_existing(0.5) is False and t.mux is None and started == []
+
+    class Master:
+        def __init__(self, path, timeout):
+            self.path = path
+
+        def alive_check(self, timeout):
+            return 4242
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(openssh, "MuxClient", Master)
+    assert t.join_existing(0.5) is True and t.master_pid == 4242 and t.mux.path == t.control_path
+    argv = t.client_argv("-T")
+    assert "ProxyCommand=false" in argv and "BatchMode=yes" in argv and "ControlMaster=no" in argv
+    assert argv.index("ProxyCommand=false") < argv.index("-T")

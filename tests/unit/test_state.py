@@ -81,3 +81,32 @@ def test_the_session_key_never_reaches_a_final_record(tmp_path):
     with open(path) as f:
         assert key not in f.read()
     assert take_error("k-key", str(tmp_path)).detail.endswith("ValueError: key=<key>")
+
+
+def test_pool_records_outlive_their_proxy_for_the_pools_idle_time(tmp_path):
+    """A proxy whose kernel a warm pool forked keeps a record of it (the pool outlives the
+    proxy on the host): running while the proxy runs, then ended, and pruned once the pool's
+    --warm time (plus a margin) has passed; a killed proxy's record is kept a day."""
+    import time
+
+    from ssh_ipykernel.state import (KEEP_UNKNOWN_POOLS, POOL_END_MARGIN, end_pool_record, pool_ends, pool_records,
+                                     record_pool)
+
+    d = str(tmp_path)
+    now = time.time()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record_pool("k1", {"host": "btest", "socket": "/r/warm-1.sock", "warm": 600.0, "pid": os.getpid(),
+                       "kernel_id": "k1", "started": now, "ended": 1.0}, d)
+    record_pool("k2", {"host": "btest", "socket": "/r/warm-1.sock", "warm": 600.0, "pid": dead.pid,
+                       "kernel_id": "k2", "started": now}, d)
+    records = {r["kernel_id"]: r for r in pool_records(d)}
+    assert records["k1"]["running"] and "ended" not in records["k1"], "record_pool writes no end"
+    assert not records["k2"]["running"] and pool_ends(records["k2"]) is None
+    end_pool_record("k1", d, now=now)
+    end_pool_record("k-none", d, now=now)  # a proxy without a record: nothing
+    k1 = next(r for r in pool_records(d) if r["kernel_id"] == "k1")
+    assert not k1["running"] and pool_ends(k1) == now + 600
+    assert prune(d, now=now + 600 + POOL_END_MARGIN - 1) == []
+    assert [os.path.basename(p) for p in prune(d, now=now + 600 + POOL_END_MARGIN + 1)] == ["pool-k1.json"]
+    assert [os.path.basename(p) for p in prune(d, now=now + KEEP_UNKNOWN_POOLS + 1)] == ["pool-k2.json"]
