@@ -25,7 +25,8 @@ from .session.client import KernelInfo, RemoteKernel
 from .log import KernelLogAdapter, redact
 from .options import ProxyOptions
 from .signals import SignalRelay
-from .state import State, end_pool_record, prune, record_error, record_pool, remove_state, write_state
+from .state import (State, end_pool_record, load_pool_record, pool_ends, prune, record_error, record_pool, remove_state,
+                    write_state)
 from .status import format_duration
 from .transport import build_transport
 from .transport.base import Transport
@@ -130,7 +131,7 @@ class Proxy:
                     self.log.info(
                         "kernel pid %d on %s (%s, Python %s, ipykernel %s) launched in %.2f s%s",
                         ready.pid, ready.hostname, ready.python, ready.python_version,
-                        ready.ipykernel_version, t2 - t1, " (warm)" if ready.warm else "",
+                        ready.ipykernel_version, t2 - t1, _how_started(ready),
                     )
                     self._state.update(remote_pid=ready.pid, remote_hostname=ready.hostname,
                                        remote_connection_file=ready.connection_file, warm=ready.warm,
@@ -200,7 +201,38 @@ class Proxy:
             from .session.slurmkernel import SlurmKernel
 
             return SlurmKernel(transport, slurm=self.options.slurm, log_to=self.log, **kwargs)
-        return RemoteKernel(transport, **kwargs)
+        # An agent server for restarts (remote/agentserver.py): not for --sudo, whose server
+        # would be the other user's, out of reach of a direct stream.
+        serve = self.options.launch.warm is not None and not self.options.sudo
+        return RemoteKernel(transport, serve=serve, agent_server=self._restart_server() if serve else "", **kwargs)
+
+    def _config_id(self) -> str:
+        """These options (the kernelspec's argv without the connection file), hashed."""
+        import hashlib
+        import json
+
+        argv = self.options.argv()[3:]  # not the python running it, nor -m ssh_ipykernel
+        if "-f" in argv:
+            at = argv.index("-f")
+            del argv[at:at + 2]
+        return hashlib.sha256(json.dumps(argv).encode("utf-8")).hexdigest()[:16]
+
+    def _restart_server(self) -> str:
+        """The agent server of this kernel's last start (Jupyter restarts a kernel with the
+        same connection file, so its id): "" unless that start had one, with these options
+        and this version's agent, and its idle time is not up."""
+        record = load_pool_record(self.kernel_id)
+        server = record.get("agent_server") if record else None
+        if not record or not isinstance(server, str) or not server:
+            return ""
+        ends = pool_ends(record)
+        if ends is not None and time.time() > ends:
+            return ""
+        from .session.bundle import agent_bundle_id
+
+        if record.get("config") != self._config_id() or record.get("bundle") != agent_bundle_id():
+            return ""
+        return server
 
     def _slurm_kernel(self, kernel: RemoteKernel) -> Optional[SlurmKernel]:
         """``kernel`` if it runs in a SLURM job (imported only then)."""
@@ -252,7 +284,10 @@ class Proxy:
             host=error.host, detail=error.detail)
 
     def _record_pool(self, socket: str, ready: KernelInfo) -> None:
-        """Note the pool that forked our kernel, for ``status`` (the pool outlives us)."""
+        """Note the pool that forked our kernel, for ``status`` (the pool outlives us), and the
+        agent server for the kernel's restart."""
+        from .session.bundle import agent_bundle_id
+
         connection = self.options.connection
         try:
             record_pool(self.kernel_id, {
@@ -261,6 +296,9 @@ class Proxy:
                 "runtime_dir": os.path.dirname(ready.connection_file), "socket": socket,
                 "warm": self.options.launch.warm, "remote_hostname": ready.hostname, "pid": os.getpid(),
                 "kernel_id": self.kernel_id, "started": time.time(),
+                # For a restart: the agent server, and what it runs for (options, agent version).
+                "agent_server": ready.agent_server or None, "config": self._config_id(),
+                "bundle": agent_bundle_id() if ready.agent_server else None,
             })
             self._pool_recorded = True
         except OSError as e:  # status is a convenience; never a reason to fail the kernel
@@ -335,3 +373,10 @@ def _import_meanwhile(*modules: str) -> None:
                 pass
 
     threading.Thread(target=run, name="imports", daemon=True).start()
+
+
+def _how_started(ready: KernelInfo) -> str:
+    """The launch line's note: `` (warm)`` for a kernel forked by a warm pool, and whether the
+    agent server of the kernel's last start started it (a restart)."""
+    how = (["warm"] if ready.warm else []) + (["through the agent server"] if ready.restarted_direct else [])
+    return " (%s)" % ", ".join(how) if how else ""

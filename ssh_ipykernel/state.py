@@ -175,6 +175,11 @@ def record_pool(kernel_id: str, fields: Dict[str, object], directory: Optional[s
     return _write(pool_record_path(kernel_id, directory), {k: v for k, v in fields.items() if k != "ended"})
 
 
+def load_pool_record(kernel_id: str, directory: Optional[str] = None) -> Optional[Dict[str, object]]:
+    """``kernel_id``'s pool record, if it has one."""
+    return _load(pool_record_path(kernel_id, directory))
+
+
 def end_pool_record(kernel_id: str, directory: Optional[str] = None, now: Optional[float] = None) -> None:
     """Note in ``kernel_id``'s pool record (if it has one) that its proxy, and so its kernel, ended."""
     path = pool_record_path(kernel_id, directory)

@@ -48,6 +48,7 @@ class Agent:
         self.end_reason = ""  # why we ended the kernel; "" if it ended by itself
         self.warm_pool = ""  # the socket of this configuration's warm pool (remote/warm.py), if any
         self.started_warm = False  # forked by a pool that was ready (not one started for this kernel)
+        self.agent_server = ""  # the socket of the agent server for restarts (remote/agentserver.py), if any
         self._shutdown_started = threading.Event()
 
     # -- start ----------------------------------------------------------------------------------
@@ -199,6 +200,7 @@ class Agent:
             "kernel_id": self.kernel_id,
             "keeper_pid": os.getpid(),
             "warm": self.started_warm,
+            "agent_server": self.agent_server or None,
             # The pool that forked it (also the one started for it): status asks it later.
             "warm_pool": self.warm_pool if isinstance(self.proc, WarmKernel) else None,
         }

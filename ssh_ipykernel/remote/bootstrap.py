@@ -72,6 +72,9 @@ def start_keeper(params: AgentParams) -> socket.socket:
 
     agent = Agent(params)
     agent.prepare()
+    if params.serve and params.warm is not None:
+        # While this process has one thread and its login directory: the server is its fork.
+        agent.agent_server = start_server(os.path.dirname(agent.connection_file), idle=float(params.warm))
     remove_stale(os.path.dirname(agent.connection_file))
     retire_predecessors(agent)
     directory, name = os.path.split(agent.socket_file)
@@ -116,6 +119,20 @@ def start_keeper(params: AgentParams) -> socket.socket:
     os.waitpid(child, 0)
     listener.close()
     return connect_keeper(agent.socket_file)
+
+
+def start_server(directory: str, *, idle: float) -> str:
+    """This configuration's agent server (remote/agentserver.py): its socket, "" if none."""
+    from .agentserver import bundle_id, ensure, shipped_sources, socket_path
+
+    sources = shipped_sources()
+    if sources is None:
+        return ""  # not a shipped agent (run from an installed package): no code to identify
+    path = socket_path(directory, bundle=bundle_id(sources))
+    try:
+        return path if ensure(path, idle=idle, serve_session=main) else ""
+    except OSError:
+        return ""
 
 
 def run_keeper(agent: Agent, listener: socket.socket, *, grace: "float | None", client_timeout: float) -> None:

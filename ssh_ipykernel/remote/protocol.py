@@ -69,6 +69,7 @@ class Event:
     PROBE = "probe"  # remote/probe.py's report (check, add --remote-kernel)
     POOLS = "pools"  # remote/pools.py's report: this user's warm pools on the host
     STREAM = "stream"  # the answer to the stream op: {number: bytes held, or -1 if gone}
+    HELLO = "hello"  # an agent server's greeting (remote/agentserver.py): send the parameters
 
 
 _NUMBER = (int, float)
@@ -84,6 +85,7 @@ EVENT_FIELDS = {
     Event.PROBE: {},
     Event.POOLS: {"pools": list},
     Event.STREAM: {"conns": dict},
+    Event.HELLO: {},
 }
 
 # Sentinel exit codes, translated into sentences by ssh_ipykernel.remote_errors (keep in sync).
@@ -175,6 +177,7 @@ class AgentParams:
         "kernel_cmd": None,  # an argv list with {connection_file}
         "workdir": None,
         "warm": None,  # seconds a warm pool outlives its last kernel (remote/warm.py); None: no warm kernels
+        "serve": False,  # keep an agent server for this kernel's restarts (remote/agentserver.py), as long as warm
         # attach
         "socket": None,
         # watch
@@ -185,7 +188,7 @@ class AgentParams:
     #: The parameters each mode sends (the others keep their defaults).
     MODE_FIELDS = {
         Mode.START: ("protocol", "mode", "kernel_id", "key", "signature_scheme", "kernel_name", "env", "grace",
-                     "client_timeout", "remote_kernel", "kernel_cmd", "workdir", "warm"),
+                     "client_timeout", "remote_kernel", "kernel_cmd", "workdir", "warm", "serve"),
         Mode.ATTACH: ("protocol", "mode", "kernel_id", "socket"),
         Mode.WATCH: ("protocol", "mode", "kernel_id", "connection_file"),
         Mode.POOLS: ("protocol", "mode", "kernel_id", "runtime_dirs"),
@@ -290,6 +293,8 @@ class AgentParams:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
                                       or (name == "client_timeout" and value == 0)):
                 raise BootstrapError("bad_params", "%s %r is not a positive number" % (name, value))
+        if not isinstance(self.serve, bool):
+            raise BootstrapError("bad_params", "serve %r is not true or false" % (self.serve,))
         if not isinstance(self.env, dict):
             raise BootstrapError("bad_params", "env is not an object")
         for name, value in self.env.items():

@@ -24,7 +24,7 @@ LOADER = (
 
 #: The agent's modules (bootstrap.main is its entry point) and the probe's (probe.main).
 AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm", "warmpool", "keeper",
-                 "bootstrap")
+                 "agentserver", "bootstrap")
 PROBE_MODULES = ("protocol", "kernelcmd", "probe")
 #: ``ssh-ipykernel status``'s question about the host's warm pools (pools.main).
 POOLS_MODULES = ("protocol", "warmpool", "warm", "pools")
@@ -66,6 +66,15 @@ def bundle_source(modules: Tuple[str, ...], main: str = "bootstrap") -> bytes:
 def agent_source() -> bytes:
     """The remote agent's program (bootstrap.py's main)."""
     return bundle_source(AGENT_MODULES, "bootstrap")
+
+
+@functools.lru_cache(maxsize=1)
+def agent_bundle_id() -> str:
+    """The identity of the agent's code as the remote computes it (agentserver.bundle_id): an
+    agent server runs the code of the proxy that started it."""
+    from ..remote.agentserver import bundle_id
+
+    return bundle_id(read_sources(AGENT_MODULES))
 
 
 def probe_source() -> bytes:

@@ -60,6 +60,8 @@ class KernelInfo:
     kernel_id: str = ""
     warm: bool = False  # forked by the host's warm pool (remote/warm.py)
     warm_pool: str = ""  # that pool's socket on the remote (also when the pool was started for it)
+    agent_server: str = ""  # the agent server for this kernel's restarts (remote/agentserver.py), if any
+    restarted_direct: bool = False  # this start went to the agent server of the kernel's last start
 
     @classmethod
     def from_event(cls, event: Dict[str, object]) -> "KernelInfo":
@@ -77,6 +79,7 @@ class KernelInfo:
             kernel_id=str(event.get("kernel_id", "")),
             warm=event.get("warm") is True,
             warm_pool=str(event.get("warm_pool") or ""),
+            agent_server=str(event.get("agent_server") or ""),
         )
 
 
@@ -113,6 +116,8 @@ class RemoteKernel:
         client_timeout: Optional[float] = None,
         launch: Optional["LaunchOptions"] = None,
         command: Optional[StartCommand] = None,
+        serve: bool = False,
+        agent_server: str = "",
     ) -> None:
         self.transport = transport
         self.python = python
@@ -123,8 +128,10 @@ class RemoteKernel:
         self.params = AgentParams.start(
             kernel_id=kernel_id, key=key, signature_scheme=signature_scheme, kernel_name=kernel_name,
             env=dict(env or {}), grace=grace, client_timeout=client_timeout,
-            **(launch.params() if launch is not None else {}),
+            **(launch.params() if launch is not None else {}), serve=serve,
         )
+        #: The agent server of this kernel's last start (a restart: agentserver.py), tried first.
+        self.agent_server = agent_server
         #: The kernel's last ``ready`` report (None before start/watch).
         self.info: Optional[KernelInfo] = None
         #: The last ``ready`` event, as received (``connect`` reads the key and ip from it).
@@ -155,9 +162,41 @@ class RemoteKernel:
 
     # -- opening sessions ---------------------------------------------------------------------------
     def start(self, timeout: float) -> KernelInfo:
-        """Run the agent and wait for its ``ready`` report; raise a RemoteError subclass if not."""
-        self.info = self._open(self.params, timeout)
+        """Run the agent and wait for its ``ready`` report; raise a RemoteError subclass if not.
+        A restart asks the agent server of the kernel's last start first (no remote process)."""
+        info = self._open_server(timeout) if self.agent_server and self.direct else None
+        self.info = info or self._open(self.params, timeout)
         return self.info
+
+    def _open_server(self, timeout: float) -> Optional[KernelInfo]:
+        """The agent as a fork of the agent server at ``self.agent_server`` (reached like a
+        keeper: a direct stream), given our parameters; None if there is none (it ended, the
+        host or the server refused): the caller then starts an agent session."""
+        t0 = time.monotonic()
+        proc = self.transport.open_unix_stream(self.agent_server, timeout)
+        if proc is None:
+            return None
+        self._stderr_tail = []
+        self._proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        self._reader = EventReader(proc.stdout.fileno())
+        try:
+            proc.stdin.write((self.params.to_json() + "\n").encode("utf-8"))
+            proc.stdin.flush()
+            event = self._wait_ready(timeout)
+        except OSError as e:  # (not its silence: a kernel that does not come would not come either way)
+            log.debug("the agent server %s did not start the kernel: %s", self.agent_server, e)
+            event = None
+        if event is None or event.get("event") != Event.READY:
+            # Its error (if any) comes again, with its advice, from the usual start.
+            log.debug("the agent server %s answered %s; starting an agent", self.agent_server, event)
+            self.close()
+            return None
+        log.debug("started through the agent server %s in %.3f s", self.agent_server, time.monotonic() - t0)
+        self.ready_event = event
+        info = KernelInfo.from_event(event)
+        info.restarted_direct = True
+        return info
 
     def watch(self, connection_file: str, timeout: float) -> Dict[str, object]:
         """Open a session that reads a kernel's remote connection file (key included) and

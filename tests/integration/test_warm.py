@@ -19,6 +19,9 @@ from kernels import (Kernel, accepted_logins, end_masters, iopub_back_after, man
 
 POOL_PATTERN = r"^ssh_ipykernel-warm-pool "
 WARM_LINE = " s (warm)\n"  # the proxy's "launched in ..." line of a warm kernel
+#: ... of a warm kernel that a restart started through the agent server (remote/agentserver.py)
+RESTARTED_LINE = " s (warm, through the agent server)\n"
+SERVER_PATTERN = r"^ssh_ipykernel-restart-server "
 
 #: What a kernel shows of itself, compared field by field between a warm and a cold kernel.
 SNAPSHOT = """
@@ -159,7 +162,7 @@ def test_interrupt_and_restart_of_a_warm_kernel(ssh_host, tmp_path, kernels):
     # SUB has resubscribed (libzmq resends a subscription only once the client polls IOPub): a
     # cell sent at once would go unseen.
     iopub_back_after(first, time.monotonic())
-    assert launches(first, 2).count(WARM_LINE) == 1, first.log()
+    assert RESTARTED_LINE in launches(first, 2), first.log()
     # An interrupt reaches the warm kernel's own process group: a cell and its `!` children stop.
     msg_id = first.kc.execute("import subprocess, time; subprocess.run(['sleep', '60'])")
     first.wait_busy(msg_id)
@@ -185,7 +188,7 @@ def test_the_pool_ends_after_its_idle_time_and_leaves_nothing(ssh_host, tmp_path
     assert set(pools(ssh_host)) >= mine
     k.km.restart_kernel(now=False)
     k.kc.wait_for_ready(timeout=30)
-    assert WARM_LINE in launches(k, 2), k.log()
+    assert RESTARTED_LINE in launches(k, 2), k.log()
     mode = ssh_host.run(f"stat -c %a {ssh_host.runtime_dir}/{sock}").stdout.strip()
     assert mode == "600", mode
     k.shutdown()
@@ -218,8 +221,64 @@ def test_a_changed_environment_is_picked_up(ssh_host, tmp_path, kernels):
     k.km.restart_kernel(now=False)
     k.kc.wait_for_ready(timeout=30)
     iopub_back_after(k, time.monotonic())  # output of a cell sent at once could go before IOPub is back
-    assert WARM_LINE not in launches(k, 2), k.log()
+    restarted = launches(k, 2).split("launched in")[2]
+    assert " s (through the agent server)\n" in restarted, k.log()  # the agent server, a cold kernel
     assert k.value(f"__import__('sikwarmmod_{tag}').VALUE") == "42"
+
+
+def test_a_restart_goes_through_the_agent_server_and_keeps_the_kernels_environment(ssh_host, tmp_path, kernels):
+    """Jupyter's restart is a new proxy: it asks the agent server its kernel's start left on the
+    host (no ssh client, no remote shell or python); the new kernel is what a restart through
+    a new session gives, environment and all. Without the server (killed), the restart takes
+    the usual way. The server's socket is the user's alone, and it ends --warm after its last use."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
+           "--pre-command", f"export SIK_PRE=pre-{tag}", "--warm", "4s")
+    servers_before = set(ssh_host.remote_pids(SERVER_PATTERN))
+    k = start(prefix, "ssh_btest", tmp_path / "k.log", "/nb/a.ipynb")
+    kernels.append(k)
+    before = snapshot(k)
+    mine = set(ssh_host.remote_pids(SERVER_PATTERN)) - servers_before
+    assert len(mine) == 1, mine
+    server = re.findall(r"agent-[0-9a-f]+\.sock", ssh_host.run(f"ls -A {ssh_host.runtime_dir}").stdout)
+    assert server and all(ssh_host.run(f"stat -c %a {ssh_host.runtime_dir}/{name}").stdout.strip() == "600"
+                          for name in server), server
+
+    k.km.restart_kernel(now=False)
+    k.kc.wait_for_ready(timeout=30)
+    iopub_back_after(k, time.monotonic())
+    assert RESTARTED_LINE in launches(k, 2), k.log()
+    after = snapshot(k)
+    assert after["environ"]["SIK_PRE"] == f"pre-{tag}" and after["session"] == "/nb/a.ipynb"
+    for snap in (before, after):
+        for name in PER_KERNEL - {"JPY_SESSION_NAME"}:
+            del snap["environ"][name]
+        snap["argv"][2] = snap["cmdline"][4] = snap["parent_handle"] = "<per kernel>"
+        if snap["orig_argv"]:
+            snap["orig_argv"][4] = "<per kernel>"
+    for field in before:
+        assert before[field] == after[field], (field, before[field], after[field])
+
+    # Without its server (gone), a restart starts an agent session as before.
+    for pid in mine:
+        ssh_host.run(f"kill -9 {pid}")
+    k.km.restart_kernel(now=False)
+    k.kc.wait_for_ready(timeout=30)
+    iopub_back_after(k, time.monotonic())
+    third = launches(k, 3).split("launched in")[3]
+    assert "agent server" not in third and third.endswith(" s (warm)\n") or " s (warm)\n" in third, k.log()
+    assert k.value("1 + 1") == "2"
+    k.shutdown()
+    kernels.remove(k)
+    # The new server (the third start made one) ends --warm after the host's last kernel ended
+    # and it last served; while another test's kernel runs there (one kept for its grace
+    # period), it stays for that one's restart.
+    deadline = time.monotonic() + 20
+    while set(ssh_host.remote_pids(SERVER_PATTERN)) - servers_before and time.monotonic() < deadline:
+        time.sleep(0.3)
+    others = ssh_host.run(f"ls -A {ssh_host.runtime_dir} | grep '^kernel-ssh-.*\\.sock$' || true").stdout.split()
+    assert bool(set(ssh_host.remote_pids(SERVER_PATTERN)) - servers_before) == bool(others), others
 
 
 def status(*args: str) -> subprocess.CompletedProcess:

@@ -181,3 +181,66 @@ def test_entries_of_earlier_versions_go_when_a_new_one_is_written(code_cache):
     os.utime(old, (long_ago, long_ago))
     loader.compiled("ssh_ipykernel/remote/x.py", "VALUE = 2\n")
     assert not old.exists() and len(list(code_cache.iterdir())) == 1
+
+
+def test_the_remote_and_the_proxy_name_the_agents_code_alike():
+    """An agent server runs the code of the agent that made it: its socket's name carries the
+    code's id as the remote computes it from the shipped sources, and a proxy compares the one
+    it computes from its own files (bundle.agent_bundle_id)."""
+    from ssh_ipykernel.remote.agentserver import bundle_id
+
+    sources = read_sources(bundle.AGENT_MODULES)
+    sources["show"] = (FILENAME % "show", (
+        "from .agentserver import bundle_id, shipped_sources\n"
+        "def main():\n"
+        "    print(bundle_id(shipped_sources()))\n"
+    ))
+    r = run_program(pack(sources, "show"))
+    assert r.stdout.decode().strip() == bundle_id(sources), r.stderr
+    assert bundle.agent_bundle_id() == bundle_id(read_sources(bundle.AGENT_MODULES)) != bundle_id(sources)
+
+
+def test_an_agent_server_serves_each_connection_with_a_fork_and_ends_when_idle(tmp_path):
+    import os
+    import socket
+    import time
+
+    from ssh_ipykernel.remote import agentserver
+
+    def session():  # what bootstrap.main does on the connection: read the parameters, answer
+        line = sys.stdin.buffer.readline()
+        sys.stdout.write("pid %d got %s" % (os.getpid(), line.decode()))
+        sys.stdout.flush()
+
+    path = str(tmp_path / "agent-test.sock")
+    kernel_socket = tmp_path / "kernel-ssh-k-1.sock"
+    kernel_socket.touch()  # a kernel of ours runs: the server stays past its idle time
+    assert agentserver.ensure(path, idle=0.5, serve_session=session)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    answers = []
+    for n in range(2):
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(path)
+            client.sendall(b'{"n": %d}\n' % n)
+            data = b""
+            while data.count(b"\n") < 2:
+                chunk = client.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            answers.append(data.decode().splitlines())
+    assert [a[0] for a in answers] == ['{"event": "hello"}'] * 2, answers
+    pids = {a[1].split()[1] for a in answers}
+    assert len(pids) == 2 and str(os.getpid()) not in pids  # a fork each
+    assert [a[1].split(" got ")[1] for a in answers] == ['{"n": 0}', '{"n": 1}']
+    time.sleep(1.5)
+    assert os.path.exists(path)  # past its idle time, but a kernel runs
+    kernel_socket.unlink()
+    deadline = time.monotonic() + 10
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(path) and not os.path.exists(path[:-5] + ".lock")
