@@ -8,6 +8,7 @@ proxy never exited on the way. Recovery times are printed (run with -s to see th
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -263,8 +264,12 @@ def test_fifty_start_shutdown_cycles_leak_nothing(ssh_host, tmp_path, jupyter_en
     print(f"\n50 start/execute/shutdown cycles in {elapsed:.0f} s ({elapsed / 50:.2f} s each)")
     assert not wait_remote_clean(ssh_host, timeout=20)
     assert not local_ssh_children(str(jupyter_env.runtime))
-    # Left: only the host's shared connection (socket and lock file), until it persists out.
-    assert not [f for f in os.listdir(state_dir()) if not f.startswith((".", "cm-"))], os.listdir(state_dir())
+    # Left: only the host's shared connection (socket and lock file), until it persists out, and
+    # each kernel's pool record, saying when it ended, until the pool has ended too.
+    assert not [f for f in os.listdir(state_dir()) if not f.startswith((".", "cm-", "pool-"))], os.listdir(state_dir())
+    records = [f for f in os.listdir(state_dir()) if f.startswith("pool-")]
+    assert 1 <= len(records) <= 50 and all(
+        "ended" in json.loads(open(os.path.join(state_dir(), f)).read()) for f in records), records
     assert len(ssh_masters(str(jupyter_env.runtime))) == 1
     assert not listeners_of(ports, str(jupyter_env.runtime))
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 5
