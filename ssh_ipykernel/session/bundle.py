@@ -23,9 +23,10 @@ LOADER = (
 ) % protocol.EXIT_PYTHON_TOO_OLD
 
 #: The agent's modules (bootstrap.main is its entry point) and the probe's (probe.main).
-AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm", "warmpool", "keeper",
-                 "bootstrap")
-PROBE_MODULES = ("protocol", "kernelcmd", "probe")
+#: ``launch`` is the kernel launcher's source (kernelcmd.LAUNCHER).
+AGENT_MODULES = ("protocol", "launch", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm",
+                 "warmpool", "keeper", "bootstrap")
+PROBE_MODULES = ("protocol", "launch", "kernelcmd", "probe")
 #: Not bundled: sent whole as the program of a ``python -c`` (slurm.py: the job's launcher, a step's spawn).
 NODE_MODULES = ("slurmnode",)
 #: How a shipped module's file is named on the remote (in tracebacks).
