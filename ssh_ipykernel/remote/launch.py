@@ -10,8 +10,8 @@ Two users:
 
 * a cold kernel: kernelcmd.LAUNCHER, the ``python -c`` program the keeper starts instead of
   ``-m ipykernel_launcher``, is this module's source text followed by a call of ``cold_start``;
-* a warm kernel: the warm pool (warmpool.py) still has copies of its own (set_title,
-  queue_iopub), to be replaced by this module.
+* a warm kernel: the warm pool (warmpool.py), shipped with this module, calls ``show_command_line``
+  and ``queue_iopub`` in each kernel it forks (and ``show_command_line`` for its own title).
 
 So this module must run as a program head too: standard library only, no relative imports, no
 ``from __future__``, Python >= 3.8, and only ``os`` and ``sys`` at module level (both loaded in

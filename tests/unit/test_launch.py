@@ -1,5 +1,6 @@
 """The launch tweaks a cold and a warm kernel share (remote/launch.py): the IOPub queue and the
-command line shown. The cold launcher is checked to use them in test_kernelcmd.py."""
+command line shown. Its two users are checked to use them in test_kernelcmd.py (the cold
+launcher) and test_warm.py (the warm pool)."""
 from __future__ import annotations
 
 import ast
