@@ -15,7 +15,8 @@ import threading
 import time
 
 from .connfile import PORT_NAMES, ipc_directory, remove_ipc_directory, speaks_ipc, write_connection_file
-from .kernelcmd import IOPUB_HWM, check_requirements, kernel_command, launch_argv
+from .kernelcmd import check_requirements, kernel_command, launch_argv
+from .launch import IOPUB_HWM
 from .warm import WarmKernel, ensure_pool, is_default_ipykernel, pool_socket, start_kernel
 from .protocol import (SHUTDOWN_REPLY_WAIT, SHUTDOWN_REQUEST_WAIT, SIGTERM_WAIT, AgentParams, BootstrapError,
                        kernel_environment, package_version, runtime_dir)

@@ -114,7 +114,7 @@ class Server:
         import fcntl
         import time
 
-        from .warmpool import set_title
+        from .launch import show_command_line
 
         try:
             with open("/proc/self/cmdline", "rb") as f:
@@ -122,7 +122,7 @@ class Server:
         except OSError:
             self.cmdline = []
         if self.cmdline:
-            set_title([TITLE, sys.executable])
+            show_command_line([TITLE, sys.executable])
 
         lock = os.open(self.path[: -len(".sock")] + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
         try:
@@ -198,9 +198,9 @@ class Server:
             try:
                 listener.close()
                 if self.cmdline:  # an agent again, to ps too
-                    from .warmpool import set_title
+                    from .launch import show_command_line
 
-                    set_title(self.cmdline)
+                    show_command_line(self.cmdline)
                 os.dup2(conn.fileno(), 0)
                 os.dup2(conn.fileno(), 1)
                 conn.close()

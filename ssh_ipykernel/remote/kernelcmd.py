@@ -20,60 +20,17 @@ import re
 import string
 import sys
 
+from . import launch
 from .protocol import CONNECTION_FILE_FIELD, AgentParams, BootstrapError
 
 _FIELD_RE = re.compile(r"\{([A-Za-z0-9_]+)\}")
 
-#: Messages the kernel's IOPub publisher queues for a subscriber that is not reading. ZeroMQ's
-#: default, 1000, is then dropped silently; the keeper is that subscriber, and a stall of half a
-#: second (a busy host) lost thousands of lines and a cell's final idle status. At the rate a
-#: kernel prints, this holds about half a minute of a stalled keeper; the keeper itself then
-#: bounds what is kept (--output-buffer) and says what it dropped.
-IOPUB_HWM = 100000
-#: What ``-m ipykernel_launcher`` becomes (launch_argv): the same module run the same way
-#: (sys.argv, sys.path[0], ``__main__``), showing the same command line (``sys.orig_argv``, and
-#: /proc/PID/cmdline, which ``ps`` shows, rewritten in place as a warm kernel's is, NUL-padded),
-#: after ZeroMQ's next publisher socket, the kernel's IOPub (made after its ROUTERs), is given
-#: IOPUB_HWM; that patch undoes itself there. A warm kernel gets the same patch
-#: (warmpool.become_kernel, with ``iopub_hwm`` from the request).
-LAUNCHER = """\
-import os, runpy, sys
-def _ssh_ipykernel_launch():
-    sys.path[0] = os.getcwd()
-    if "-c" in getattr(sys, "orig_argv", ()):
-        at = sys.orig_argv.index("-c")
-        sys.orig_argv[at:at + 2] = ["-m", "ipykernel_launcher"]
-    try:
-        with open("/proc/self/cmdline", "rb") as f:
-            shown = f.read().split(b"\\0")[:-1]
-        at = shown.index(b"-c")
-        shown[at:at + 2] = [b"-m", b"ipykernel_launcher"]
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])
-        data = b"\\0".join(shown) + b"\\0"
-        if len(data) <= end - start:
-            with open("/proc/self/mem", "r+b", buffering=0) as mem:
-                mem.seek(start)
-                mem.write(data + b"\\0" * (end - start - len(data)))
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import zmq
-    except ImportError:
-        return
-    socket = zmq.Context.socket
-    def make(self, kind, *args, **kwargs):
-        made = socket(self, kind, *args, **kwargs)
-        if kind in (zmq.PUB, zmq.XPUB):
-            zmq.Context.socket = socket
-            made.sndhwm = %d
-        return made
-    zmq.Context.socket = make
-_ssh_ipykernel_launch()
-del _ssh_ipykernel_launch
-runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
-""" % IOPUB_HWM
+#: What ``-m ipykernel_launcher`` becomes (launch_argv): launch.py's own source text (the kernel's
+#: fresh python has no shipped package to import it from), then its ``cold_start``: the same
+#: module run the same way (sys.argv, sys.path[0], ``__main__``), showing the same command line
+#: (``sys.orig_argv``, /proc/PID/cmdline), with a larger IOPub queue. A warm kernel gets the same
+#: from the same module (warmpool.become_kernel).
+LAUNCHER = launch.__loader__.get_source(launch.__name__) + "\ncold_start()\n"  # type: ignore[union-attr]
 
 
 def launch_argv(argv: "list[str]") -> "list[str]":

@@ -25,6 +25,8 @@ from importlib.machinery import ModuleSpec
 
 PACKAGE = "ssh_ipykernel_remote"
 CACHE_DAYS = 30
+#: How a shipped module's file is named on the remote (in tracebacks).
+FILENAME = "ssh_ipykernel/remote/%s.py"
 
 
 class ShippedModules:
@@ -137,3 +139,11 @@ def run(sources: dict, main: str, package: str = PACKAGE) -> None:
     install(sources, package)
     __import__(package + "." + main)
     sys.modules[package + "." + main].main()
+
+
+def program(head: str, sources: dict, main: str) -> str:
+    """A shipped program's text: ``head`` (this module's source), then ``run`` of ``main`` with
+    ``sources`` (``name -> (filename, source)``). Made locally for an agent's session
+    (session/bundle.py) and on the remote for a warm pool (warm.py)."""
+    table = "".join("    %r: (%r, %r),\n" % (name, filename, source) for name, (filename, source) in sources.items())
+    return "%s\n\nrun({\n%s}, %r)\n" % (head, table, main)

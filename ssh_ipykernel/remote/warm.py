@@ -28,9 +28,11 @@ PER_START = frozenset({
     "JPY_PARENT_PID", "JPY_SESSION_NAME", "SSH_CLIENT", "SSH_CONNECTION", "SSH_TTY", "SSH_AUTH_SOCK",
     "XDG_SESSION_ID", "KRB5CCNAME", "_",
 })
-#: What the pool's python runs: the pool's parameters (one JSON line), then its source, on stdin.
-BOOT = ('import sys;b=sys.stdin.buffer;p=b.readline();exec(compile(b.read(),"ssh_ipykernel/remote/warmpool.py",'
-        '"exec"),{"__name__":"ssh_ipykernel_warmpool","PARAMS_LINE":p})')
+#: What the pool's python runs: its program (pool_program) from stdin, framed as the agent's is
+#: (session/bundle.py: LOADER); the pool's parameters, one JSON line, follow it.
+BOOT = 'import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),"ssh_ipykernel-warm-pool","exec"))'
+#: The pool's modules: warmpool.main is its entry point.
+POOL_MODULES = ("launch", "warmpool")
 #: Spare room at the end of the pool's argv, for the titles it and its kernels show in ps.
 TITLE_ROOM = 2048
 TITLE = "ssh_ipykernel-warm-pool"
@@ -131,7 +133,7 @@ class WarmKernel:
 def start_kernel(path: str, *, argv: list, env: dict, cwd: str, log_file: str, note,
                  iopub_hwm: int = 0) -> "WarmKernel | None":
     """A kernel forked by the pool at ``path``; None if there is none or it refuses (stale).
-    ``iopub_hwm``: the send queue of the kernel's IOPub socket (kernelcmd.IOPUB_HWM)."""
+    ``iopub_hwm``: the send queue of the kernel's IOPub socket (launch.IOPUB_HWM)."""
     try:
         sock = connect(path, REPLY_WAIT)
     except OSError:
@@ -169,15 +171,27 @@ def pool_info(path: str, timeout: float) -> "dict | None":
     return info if isinstance(info, dict) and isinstance(info.get("pid"), int) else None
 
 
+def pool_program() -> bytes:
+    """The warm pool's program: loader.py, then ``run`` of warmpool.main with POOL_MODULES, made
+    from the sources this agent was shipped (the same text as a session's: session/bundle.py)."""
+    import importlib
+
+    from . import loader
+
+    def source(module) -> str:  # noqa: ANN001 - a module
+        return module.__loader__.get_source(module.__name__)
+
+    sources = {}
+    for name in POOL_MODULES:
+        module = importlib.import_module("." + name, __package__)
+        sources[name] = (loader.FILENAME % name, source(module))
+    return loader.program(source(loader), sources, "warmpool").encode("utf-8")
+
+
 def spawn_pool(path: str, *, python: str, env: dict, cwd: str, idle: float) -> None:
     """Start a pool for this configuration (it daemonises; one that finds another serving
     ``path`` exits at once)."""
-    import sys
-
-    from .warmpool import main as pool_main
-
-    module = sys.modules[pool_main.__module__]
-    source = module.__loader__.get_source(module.__name__)  # type: ignore[union-attr]
+    program = pool_program()
     params = {"socket": path, "idle": idle, "title": [TITLE, python]}
     log_fd = os.open(path[: -len(".sock")] + ".log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     pool_env = {k: v for k, v in env.items() if k not in ("JPY_PARENT_PID", "JPY_SESSION_NAME")}
@@ -187,7 +201,7 @@ def spawn_pool(path: str, *, python: str, env: dict, cwd: str, idle: float) -> N
     finally:
         os.close(log_fd)
     try:
-        proc.communicate((json.dumps(params) + "\n" + source).encode("utf-8"), timeout=30)
+        proc.communicate(b"%d\n" % len(program) + program + (json.dumps(params) + "\n").encode("utf-8"), timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()

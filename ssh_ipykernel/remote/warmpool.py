@@ -1,15 +1,17 @@
 """The warm pool: a fork server with ipykernel imported, forking a kernel per request.
 
-Not a module of the shipped package: a keeper (remote/warm.py) runs this file's source in a
-fresh ``python -c`` of the kernel's own interpreter, environment and working directory, after
-one line of parameters (socket path, idle time, title) on its stdin. The python imports what
+A program of its own, shipped as the agent is (remote/loader.py) with the one module it
+imports, launch.py: a keeper (remote/warm.py) starts a fresh ``python -c`` of the kernel's own
+interpreter, environment and working directory and sends it that program, then one line of
+parameters (socket path, idle time, title), on its stdin. The python imports what
 ``python -m ipykernel_launcher`` imports before it starts a kernel (``ipykernel.kernelapp``),
 then serves requests on a 0600 unix socket in the 0700 runtime dir. Each request (JSON lines:
 argv, env, cwd, log file, connection file path; never the key, which is in the 0600 connection
 file) is answered by a fork whose child becomes exactly what ``python -m ipykernel_launcher -f
 FILE`` would be at that point: its own session and process group, the request's environment,
-working directory, ``sys.argv``/``sys.orig_argv``, the process title ``ps`` shows, stdio on the
-log file, signal dispositions and ``sys.modules`` as a fresh interpreter has them. The parent
+working directory, ``sys.argv``/``sys.orig_argv``, the process title ``ps`` shows and the IOPub
+queue (both as a cold kernel gets them: launch.py), stdio on the log file, signal dispositions
+and ``sys.modules`` and ``sys.meta_path`` as a fresh interpreter has them. The parent
 reports the child's pid, then its exit status, on the request's connection. An ``info``
 request (``ssh-ipykernel status``, through remote/pools.py) is answered with the pool's facts
 (pid, python, resident memory, its kernels, when it ends) and the connection closed; asking
@@ -29,30 +31,11 @@ Standard library only, Python >= 3.8; runs on the remote.
 import os
 import sys
 
-PARAMS_LINE = globals().get("PARAMS_LINE") or b"{}"  # from the keeper (remote/warm.py: BOOT)
-#: Modules of the fresh interpreter: the kernel's child sees these plus the kernel's imports.
+from .launch import queue_iopub, show_command_line
+
+#: Modules of the fresh interpreter (and the shipped package, forgotten by the child itself):
+#: the kernel's child sees these plus the kernel's imports.
 _BASELINE = set(sys.modules)
-
-
-def set_title(argv: list) -> bool:
-    """What ``ps`` and /proc/PID/cmdline show for this process: ``argv``, NUL-separated as the
-    kernel passes a command line, written over the argv area in place (Linux; the pool is
-    started with spare room at the end of its own). The rest of the area is NULs: a tool that
-    splits the command line at NULs finds ``argv`` and then empty strings."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
-        import ctypes
-
-        data = b"\0".join(arg.encode("utf-8", "surrogateescape") for arg in argv) + b"\0"
-        if len(data) > end - start:
-            return False
-        data += b"\0" * (end - start - len(data))
-        ctypes.memmove(start, data, len(data))
-        return True
-    except (OSError, ValueError, IndexError, ImportError):
-        return False
 
 
 def rss_kb(pid: "int | str" = "self") -> "int | None":
@@ -381,22 +364,15 @@ class Pool:
                 self._send(conn, {"exited": pid, "returncode": code})
 
 
-def queue_iopub(hwm: int) -> None:
-    """The kernel's IOPub socket, the next publisher ZeroMQ makes (after its ROUTERs), queues
-    ``hwm`` messages for a slow subscriber (the keeper) instead of 1000; as a cold kernel's
-    (kernelcmd.LAUNCHER, which says why). The patch undoes itself there."""
-    import zmq
-
-    socket = zmq.Context.socket
-
-    def make(self, kind, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - zmq's own signature
-        made = socket(self, kind, *args, **kwargs)
-        if kind in (zmq.PUB, zmq.XPUB):
-            zmq.Context.socket = socket
-            made.sndhwm = hwm
-        return made
-
-    zmq.Context.socket = make
+def forget_shipped() -> None:
+    """In the child: the loader's finder and the shipped package (this module, launch.py) are
+    the pool's; a kernel started cold has neither."""
+    if __loader__ not in sys.meta_path:
+        return  # imported as a module of ssh_ipykernel (the tests): nothing was shipped
+    sys.meta_path.remove(__loader__)
+    package = __name__.rpartition(".")[0]
+    for name in [name for name in sys.modules if name == package or name.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def become_kernel(request: dict, kernel_modules: set, set_by_imports: dict, unset_by_imports: list) -> None:
@@ -410,7 +386,7 @@ def become_kernel(request: dict, kernel_modules: set, set_by_imports: dict, unse
     for name in unset_by_imports:
         os.environ.pop(name, None)
     argv = request["argv"]  # [python, -m, ipykernel_launcher, -f, FILE]
-    set_title(argv)
+    show_command_line(argv)
     # Defaults ipykernel read from the environment when the pool imported it.
     from ipykernel.kernelapp import IPKernelApp
 
@@ -428,9 +404,8 @@ def become_kernel(request: dict, kernel_modules: set, set_by_imports: dict, unse
                 cached[trait] = value
     for name in set(sys.modules) - kernel_modules:
         del sys.modules[name]  # the pool's own imports: not a fresh kernel's
+    forget_shipped()
     sys.argv[:] = ["-m"] + argv[3:]
-    if hasattr(sys, "orig_argv"):
-        sys.orig_argv[:] = argv
     if request.get("iopub_hwm"):
         queue_iopub(int(request["iopub_hwm"]))
     runpy._run_module_as_main(argv[2])  # what -m does: argv[0], __main__'s spec and file
@@ -468,8 +443,12 @@ def take_lock(socket_path: str) -> int:
     return fd
 
 
-def main() -> "dict | None":
-    """The pool's life; returns only in a forked child, with its request."""
+def main() -> None:
+    """The pool's life (remote/loader.py's ``run`` calls it); in a forked child, the kernel's."""
+    # json and fcntl (subprocess's) are imported by ipykernel anyway.
+    import json
+
+    params = json.loads(sys.stdin.buffer.readline().decode("utf-8"))  # the line after the program
     # Daemonised first: the keeper that starts the pool waits for this first process only.
     if os.fork() > 0:
         os._exit(0)
@@ -477,14 +456,10 @@ def main() -> "dict | None":
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    # json and fcntl (subprocess's) are imported by ipykernel anyway.
-    import json
-
-    params = json.loads(PARAMS_LINE.decode("utf-8"))
     lock_fd = take_lock(params["socket"])
     if lock_fd < 0:
-        return None  # another pool serves (or is about to serve) this configuration
-    set_title(params.get("title", ["ssh_ipykernel-warm-pool"]))
+        return  # another pool serves (or is about to serve) this configuration
+    show_command_line(params.get("title", ["ssh_ipykernel-warm-pool"]))
     # As -m does (-c put '' there): the kernel's sys.path[0] is its working directory.
     if sys.path and sys.path[0] == "":
         sys.path[0] = os.getcwd()
@@ -501,15 +476,10 @@ def main() -> "dict | None":
     unset_by_imports = [k for k in environ if k not in os.environ]
     if threading.active_count() != 1 or len(os.listdir("/proc/self/task")) != 1:
         os.write(2, b"ssh_ipykernel warm pool: importing ipykernel started a thread; no warm kernels here\n")
-        return None
+        return
     pool = Pool(params, lock_fd)
     pool.claim()
     pool.log("serving %s" % pool.socket_path)
     request = pool.serve()
     if request is not None:
         become_kernel(request, kernel_modules | _BASELINE, set_by_imports, unset_by_imports)
-    return None
-
-
-if __name__ == "ssh_ipykernel_warmpool":
-    main()

@@ -12,7 +12,7 @@ import functools
 import os
 from typing import Dict, Mapping, Optional, Tuple, Union
 
-from ..remote import protocol
+from ..remote import loader, protocol
 
 # Runs first on the remote: refuse Python < 3.8 with a sentinel code, then read exactly the
 # announced number of bytes of program from stdin and run it as __main__. No single quotes:
@@ -23,15 +23,16 @@ LOADER = (
 ) % protocol.EXIT_PYTHON_TOO_OLD
 
 #: The agent's modules (bootstrap.main is its entry point) and the probe's (probe.main).
-AGENT_MODULES = ("protocol", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm", "warmpool", "keeper",
-                 "agentserver", "bootstrap")
-PROBE_MODULES = ("protocol", "kernelcmd", "probe")
+#: ``launch`` is the kernel launcher's source (kernelcmd.LAUNCHER) and the warm pool's; the pool
+#: is started with ``loader``'s source too (warm.py: pool_program).
+AGENT_MODULES = ("protocol", "launch", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm",
+                 "warmpool", "loader", "keeper", "agentserver", "bootstrap")
+PROBE_MODULES = ("protocol", "launch", "kernelcmd", "probe")
 #: ``ssh-ipykernel status``'s question about the host's warm pools (pools.main).
-POOLS_MODULES = ("protocol", "warmpool", "warm", "pools")
+POOLS_MODULES = ("protocol", "launch", "loader", "warmpool", "warm", "pools")
 #: Not bundled: sent whole as the program of a ``python -c`` (slurm.py: the job's launcher, a step's spawn).
 NODE_MODULES = ("slurmnode",)
-#: How a shipped module's file is named on the remote (in tracebacks).
-FILENAME = "ssh_ipykernel/remote/%s.py"
+FILENAME = loader.FILENAME
 
 Sources = Mapping[str, Tuple[str, str]]  # module name -> (file name, source)
 
@@ -53,8 +54,7 @@ def pack(sources: Sources, main: str) -> bytes:
     """The program: remote/loader.py, then ``run`` of ``main`` with ``sources``."""
     with open(os.path.join(remote_dir(), "loader.py"), encoding="utf-8") as f:
         head = f.read()
-    table = "".join(f"    {name!r}: ({filename!r}, {source!r}),\n" for name, (filename, source) in sources.items())
-    return f"{head}\n\nrun({{\n{table}}}, {main!r})\n".encode("utf-8")
+    return loader.program(head, dict(sources), main).encode("utf-8")
 
 
 @functools.lru_cache(maxsize=4)

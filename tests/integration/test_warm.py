@@ -35,6 +35,7 @@ print(_j.dumps({
     "environ": dict(_o.environ), "path": _s.path, "argv": _s.argv,
     "orig_argv": getattr(_s, "orig_argv", None), "cwd": _o.getcwd(),
     "modules": sorted(_s.modules), "own_group": _o.getpgid(0) == _o.getpid(),
+    "meta_path": [getattr(f, "__qualname__", type(f).__qualname__) for f in _s.meta_path],
     "own_session": _o.getsid(0) == _o.getpid(), "session": __session__,
     "executable": _s.executable, "flags": list(_s.flags), "umask": _o.umask(0o22),
     "signals": {n: str(__import__("signal").getsignal(getattr(__import__("signal"), n)))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ssh_ipykernel.remote import kernelcmd
+from ssh_ipykernel.remote import kernelcmd, launch
 from ssh_ipykernel.remote.kernelcmd import check_requirements, kernel_command, resolve_workdir
 from ssh_ipykernel.remote.protocol import PROTOCOL, AgentParams, BootstrapError, validate_params
 
@@ -189,6 +189,13 @@ def test_ipykernel_is_started_through_the_launcher_and_anything_else_as_it_is(ar
     assert kernelcmd.launch_argv(argv) == (started or argv)
 
 
+def test_the_launcher_is_launch_py_ending_in_its_cold_start():
+    """One copy of the launch tweaks: the cold launcher is launch.py's text (the warm pool's is
+    the same module: test_warm.py), and runs nothing but launch.cold_start."""
+    text = (Path(launch.__file__)).read_text()
+    assert kernelcmd.LAUNCHER == text + "\ncold_start()\n"
+
+
 #: Stands in for ipykernel_launcher: makes sockets in the order ipykernel does (its ROUTERs,
 #: then IOPub), one more publisher as user code would, and says what it sees.
 FAKE_LAUNCHER = """
@@ -206,7 +213,13 @@ print(json.dumps({"argv": sys.argv, "path0": sys.path[0], "name": __name__, "fil
 """
 
 
-def test_the_launcher_runs_ipykernel_as_python_m_does_with_a_larger_iopub_queue(tmp_path):
+#: Python < 3.10 has no sys.orig_argv: the launcher then reads /proc/self/cmdline.
+WITHOUT_ORIG_ARGV = "import sys\nif hasattr(sys, 'orig_argv'):\n    del sys.orig_argv\n"
+
+
+@pytest.mark.parametrize("options, before", [([], ""), (["-O", "-W", "ignore"], ""), ([], WITHOUT_ORIG_ARGV)],
+                         ids=["plain", "python-options", "python-3.8"])
+def test_the_launcher_runs_ipykernel_as_python_m_does_with_a_larger_iopub_queue(tmp_path, options, before):
     """The same sys.argv, sys.path[0], ``__main__``, sys.orig_argv and command line (ps) as
     ``python -m ipykernel_launcher``; only the kernel's IOPub publisher gets IOPUB_HWM, a
     publisher made after it (user code) ZeroMQ's default."""
@@ -217,16 +230,19 @@ def test_the_launcher_runs_ipykernel_as_python_m_does_with_a_larger_iopub_queue(
     (tmp_path / "cwd").mkdir()
     env = dict(os.environ, PYTHONPATH=str(tmp_path / "mods"))
     seen = {}
+    plain_argv = [sys.executable, *options, "-m", "ipykernel_launcher", "-f", CF]
     for way in ("plain", "launcher"):
-        argv = kernelcmd.launch_argv([sys.executable, "-m", "ipykernel_launcher", "-f", CF]) if way == "launcher" \
-            else [sys.executable, "-m", "ipykernel_launcher", "-f", CF]
+        argv = kernelcmd.launch_argv(plain_argv) if way == "launcher" else plain_argv
+        if way == "launcher" and before:
+            argv[argv.index("-c") + 1] = before + argv[argv.index("-c") + 1]
         out = subprocess.run(argv, cwd=tmp_path / "cwd", env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         seen[way] = json.loads(out.stdout)
     plain, launched = seen["plain"], seen["launcher"]
-    assert launched["iopub"] == kernelcmd.IOPUB_HWM and plain["iopub"] == 1000
+    assert launched["iopub"] == launch.IOPUB_HWM and plain["iopub"] == 1000
     assert launched["users"] == plain["users"] == 1000 and launched["shell"] == plain["shell"] == 1000
     for field in ("argv", "path0", "name", "file", "main", "cmdline", "orig_argv"):
-        assert launched[field] == plain[field], field
+        if field != "orig_argv" or not before:
+            assert launched[field] == plain[field], field
     assert plain["argv"] == [str(tmp_path / "mods" / "ipykernel_launcher.py"), "-f", CF]
-    assert plain["cmdline"] == [sys.executable, "-m", "ipykernel_launcher", "-f", CF]
+    assert plain["cmdline"] == plain_argv

@@ -185,7 +185,7 @@ def test_the_launcher_runs_a_steps_command_on_the_steps_stdio_and_ends_when_idle
 
 
 def test_a_warm_pool_adopted_by_the_launcher_does_not_hold_the_job():
-    """A process showing the warm pool's title (as warmpool.set_title writes it) is no kernel
+    """A process showing the warm pool's title (as launch.show_command_line writes it) is no kernel
     for the launcher; anything else is."""
     from ssh_ipykernel.remote import warm
 

@@ -11,7 +11,7 @@ import pytest
 
 from ssh_ipykernel import options as o
 from ssh_ipykernel.exceptions import UsageError
-from ssh_ipykernel.remote import warm
+from ssh_ipykernel.remote import launch, warm
 from ssh_ipykernel.remote.protocol import AgentParams, BootstrapError
 
 
@@ -91,7 +91,8 @@ def test_a_pool_on_this_machine_forks_a_kernel_and_ends_when_idle(tmp_path):
     log = connection_file[:-5] + ".log"
     open(log, "w").close()
     argv = [python, "-m", "ipykernel_launcher", "-f", connection_file]
-    kernel = warm.start_kernel(path, argv=argv, env=env, cwd=str(tmp_path), log_file=log, note=notes.append)
+    kernel = warm.start_kernel(path, argv=argv, env=env, cwd=str(tmp_path), log_file=log, note=notes.append,
+                               iopub_hwm=launch.IOPUB_HWM)
     assert kernel is not None, notes
     deadline = time.monotonic() + 10  # what ps shows: set by the child as it starts
     while True:
@@ -106,13 +107,21 @@ def test_a_pool_on_this_machine_forks_a_kernel_and_ends_when_idle(tmp_path):
     client.start_channels()
     try:
         client.wait_for_ready(timeout=30)
-        msg_id = client.execute("import os, sys, json; print(json.dumps([os.getpgid(0) == os.getpid(), "
-                                "os.getcwd(), os.environ['SIK_WARM_UNIT'], __session__, sys.argv[1:]]))")
+        msg_id = client.execute("import os, sys, json; from ipykernel.kernelapp import IPKernelApp as A; "
+                                "print(json.dumps([os.getpgid(0) == os.getpid(), "
+                                "os.getcwd(), os.environ['SIK_WARM_UNIT'], __session__, sys.argv[1:], "
+                                "getattr(sys, 'orig_argv', None), A.instance().iopub_thread.socket.sndhwm, "
+                                "[m for m in sys.modules if m.startswith('ssh_ipykernel_remote')], "
+                                "[type(f).__name__ for f in sys.meta_path if not isinstance(f, type)]]))")
         while True:
             msg = client.get_iopub_msg(timeout=20)
             if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
                 break
-        assert json.loads(msg["content"]["text"]) == [True, str(tmp_path), "1", "n.ipynb", ["-f", connection_file]]
+        seen = json.loads(msg["content"]["text"])
+        assert seen[:5] == [True, str(tmp_path), "1", "n.ipynb", ["-f", connection_file]]
+        orig_argv, hwm, shipped, finders = seen[5:]
+        assert orig_argv in (argv, None) and hwm == launch.IOPUB_HWM  # as launch.py makes them
+        assert shipped == [] and "ShippedModules" not in finders, (shipped, finders)  # the pool's own: gone
         client.shutdown()
     finally:
         client.stop_channels()
@@ -122,6 +131,26 @@ def test_a_pool_on_this_machine_forks_a_kernel_and_ends_when_idle(tmp_path):
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [name for name in os.listdir(runtime) if name.startswith("warm-")]
+
+
+def test_the_pool_is_shipped_with_launch_py_and_uses_it():
+    """The warm kernel's launch tweaks are launch.py's, the cold launcher's (test_kernelcmd.py):
+    the pool's program carries that module as it is, and the pool calls its functions."""
+    import ast
+
+    from ssh_ipykernel.remote import launch, loader, warmpool
+
+    program = warm.pool_program().decode("utf-8")
+    tree = ast.parse(program)
+    call = tree.body[-1].value
+    assert isinstance(call, ast.Call) and call.func.id == "run" and ast.literal_eval(call.args[1]) == "warmpool"
+    shipped = ast.literal_eval(call.args[0])
+    for name, module in (("launch", launch), ("warmpool", warmpool)):
+        assert shipped[name] == (f"ssh_ipykernel/remote/{name}.py", open(module.__file__).read())
+    assert program.startswith(open(loader.__file__).read())
+    for name in ("queue_iopub", "show_command_line"):
+        assert getattr(warmpool, name) is getattr(launch, name)
+        assert not hasattr(warm, name)
 
 
 def lock_holder(lock_file: str) -> int:
