@@ -212,6 +212,8 @@ def test_a_start_that_timed_out_starts_nothing_later(ssh_host, connection_file):
     """A start that times out while a slow --pre-command runs: the proxy gives up (35), the
     remote shell goes on sleeping, then runs python. Nobody will ever attach to what it would
     start, so it must start nothing (it once started a kernel and kept it for the grace period)."""
+    # Only what this start could make: another test's kernel may be kept for its grace period.
+    before = set(ssh_host.remote_pids(AGENT_PATTERN + "|" + KERNEL_PATTERN))
     t0 = time.monotonic()
     try:
         r = proxy(ssh_host, connection_file, "--host", ssh_host.alias, "--python", ssh_host.env_prefix,
@@ -222,7 +224,8 @@ def test_a_start_that_timed_out_starts_nothing_later(ssh_host, connection_file):
         time.sleep(max(0.0, t0 + 23 - time.monotonic()))
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
-            assert not ssh_host.remote_pids(AGENT_PATTERN + "|" + KERNEL_PATTERN), "a kernel started after the timeout"
+            started = set(ssh_host.remote_pids(AGENT_PATTERN + "|" + KERNEL_PATTERN)) - before
+            assert not started, f"a kernel started after the timeout: {started}"
             time.sleep(0.25)
         left = ssh_host.run(f"ls {ssh_host.runtime_dir} 2>/dev/null | grep '^kernel-ssh-' || true").stdout.split()
         assert left == [], left
