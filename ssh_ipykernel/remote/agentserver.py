@@ -163,29 +163,16 @@ class Server:
         return any(name.startswith("kernel-ssh-") and name.endswith(".sock") for name in names)
 
     def _listen(self) -> "socket.socket | None":
-        """Bound under a temporary name and renamed once it listens (a connection never finds
-        the name refusing), relative to its directory (socket addresses are short)."""
-        directory, name = os.path.split(self.path)
-        home = os.getcwd()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        temporary = ".%s.%d" % (name, os.getpid())
-        old_umask = os.umask(0o177)
+        from .unixsock import listen_unix
+
         try:
-            os.chdir(directory)
-            try:
-                os.unlink(name)  # a dead server's (we hold the lock: no live one)
-            except OSError:
-                pass
-            listener.bind(temporary)
-            listener.listen(16)
-            os.rename(temporary, name)
+            os.unlink(self.path)  # a dead server's (we hold the lock: no live one)
         except OSError:
-            listener.close()
+            pass
+        try:
+            return listen_unix(self.path, 16)
+        except OSError:
             return None
-        finally:
-            os.umask(old_umask)
-            os.chdir(home)
-        return listener
 
     def _fork(self, conn: socket.socket, listener: socket.socket) -> None:
         try:

@@ -26,6 +26,7 @@ import socket
 import sys
 import threading
 
+from .unixsock import listen_unix
 from .protocol import (DEFAULT_CLIENT_TIMEOUT, AgentParams, BootstrapError, Event, Mode, Op, op_line, parse_op,
                        read_params, write_event)
 
@@ -77,29 +78,12 @@ def start_keeper(params: AgentParams) -> socket.socket:
         agent.agent_server = start_server(os.path.dirname(agent.connection_file), idle=float(params.warm))
     remove_stale(os.path.dirname(agent.connection_file))
     retire_predecessors(agent)
-    directory, name = os.path.split(agent.socket_file)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    temporary = ".%s.%d" % (name, os.getpid())
     try:
-        # A relative name: the absolute path may pass the ~100-byte limit of socket addresses.
-        os.chdir(directory)
-        old_umask = os.umask(0o177)
-        try:
-            # Bound under a temporary name and renamed once it listens: a kernel starting at the
-            # same moment would otherwise find the name refusing connections, take it for the
-            # socket of a dead keeper and remove this kernel's files (remove_stale).
-            listener.bind(temporary)
-            listener.listen(16)
-            os.rename(temporary, name)
-        finally:
-            os.umask(old_umask)
+        # A kernel starting at the same moment must never find the name refusing connections:
+        # it would take it for the socket of a dead keeper and remove this kernel's files.
+        listener = listen_unix(agent.socket_file, 16)
     except OSError as e:
-        listener.close()
         agent.remove_files()
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
         raise BootstrapError("connection_file", "cannot create %s: %s" % (agent.socket_file, e)) from e
     grace = params.grace
     client_timeout = params.client_timeout or DEFAULT_CLIENT_TIMEOUT

@@ -32,7 +32,7 @@ PER_START = frozenset({
 #: (session/bundle.py: LOADER); the pool's parameters, one JSON line, follow it.
 BOOT = 'import sys;b=sys.stdin.buffer;exec(compile(b.read(int(b.readline())),"ssh_ipykernel-warm-pool","exec"))'
 #: The pool's modules: warmpool.main is its entry point.
-POOL_MODULES = ("launch", "warmpool")
+POOL_MODULES = ("launch", "unixsock", "warmpool")
 #: Spare room at the end of the pool's argv, for the titles it and its kernels show in ps.
 TITLE_ROOM = 2048
 TITLE = "ssh_ipykernel-warm-pool"

@@ -99,21 +99,9 @@ class Pool:
     def claim(self) -> None:
         """The pool's socket (its lock is held already): bound under a temporary name and
         renamed once it listens."""
-        import socket
+        from .unixsock import listen_unix
 
-        directory, name = os.path.split(self.socket_path)
-        cwd = os.getcwd()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        temporary = ".%s.%d" % (name, os.getpid())
-        old_umask = os.umask(0o177)
-        try:
-            os.chdir(directory)  # relative names: the path may pass the ~100-byte limit
-            listener.bind(temporary)
-            listener.listen(64)
-            os.rename(temporary, name)
-        finally:
-            os.umask(old_umask)
-            os.chdir(cwd)
+        listener = listen_unix(self.socket_path, 64)
         listener.setblocking(False)
         self.listener = listener
 

@@ -26,10 +26,10 @@ LOADER = (
 #: ``launch`` is the kernel launcher's source (kernelcmd.LAUNCHER) and the warm pool's; the pool
 #: is started with ``loader``'s source too (warm.py: pool_program).
 AGENT_MODULES = ("protocol", "launch", "kernelcmd", "connfile", "agent", "clients", "grace", "logrelay", "streams", "warm",
-                 "warmpool", "loader", "keeper", "agentserver", "bootstrap")
+                 "warmpool", "unixsock", "loader", "keeper", "agentserver", "bootstrap")
 PROBE_MODULES = ("protocol", "launch", "kernelcmd", "probe")
 #: ``ssh-ipykernel status``'s question about the host's warm pools (pools.main).
-POOLS_MODULES = ("protocol", "launch", "loader", "warmpool", "warm", "pools")
+POOLS_MODULES = ("protocol", "launch", "unixsock", "loader", "warmpool", "warm", "pools")
 #: Not bundled: sent whole as the program of a ``python -c`` (slurm.py: the job's launcher, a step's spawn).
 NODE_MODULES = ("slurmnode",)
 FILENAME = loader.FILENAME

@@ -96,6 +96,22 @@ def started_warm(k: Kernel) -> bool:
     return WARM_LINE in launches(k)
 
 
+def kernel_with_its_own_pool(ssh_host, tmp_path, kernels, warm: str) -> "tuple[Kernel, str, set]":
+    """A kernel of a configuration of its own (a new tag) with ``--warm warm``: the kernel, its
+    pool's socket name and the pool's pid (a set of one)."""
+    tag = uuid.uuid4().hex[:8]
+    prefix = tmp_path / "prefix"
+    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
+           "--warm", warm)
+    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
+    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
+    kernels.append(k)
+    sock = wait_for_new_pool(ssh_host, before)
+    mine = set(pools(ssh_host)) - before_pids
+    assert len(mine) == 1, mine
+    return k, sock, mine
+
+
 @pytest.fixture
 def kernels(ssh_host, jupyter_env, tmp_path):
     started: List[Kernel] = []
@@ -174,16 +190,7 @@ def test_interrupt_and_restart_of_a_warm_kernel(ssh_host, tmp_path, kernels):
 
 
 def test_the_pool_ends_after_its_idle_time_and_leaves_nothing(ssh_host, tmp_path, kernels):
-    tag = uuid.uuid4().hex[:8]
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
-           "--warm", "3s")
-    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
-    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
-    kernels.append(k)
-    sock = wait_for_new_pool(ssh_host, before)
-    mine = set(pools(ssh_host)) - before_pids
-    assert len(mine) == 1, mine
+    k, sock, mine = kernel_with_its_own_pool(ssh_host, tmp_path, kernels, "3s")
     # While a kernel lives, the pool stays, however long its idle time.
     time.sleep(4)
     assert set(pools(ssh_host)) >= mine
@@ -300,16 +307,7 @@ def status_pool(pid: int) -> Dict[str, Any]:
 def test_status_shows_the_pool_on_the_host_until_it_ends(ssh_host, tmp_path, kernels, jupyter_env):
     """`ssh-ipykernel status` asks the host (over the connection that is up) about its pools:
     the pool's real pid, python, memory and kernels, and when it ends; then it is gone."""
-    tag = uuid.uuid4().hex[:8]
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
-           "--warm", "8s")
-    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
-    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
-    kernels.append(k)
-    sock = wait_for_new_pool(ssh_host, before)
-    mine = set(pools(ssh_host)) - before_pids
-    assert len(mine) == 1, mine
+    k, sock, mine = kernel_with_its_own_pool(ssh_host, tmp_path, kernels, "8s")
     pid = mine.pop()
     kernel_pid = k.remote_pid()
 
@@ -348,15 +346,7 @@ def test_status_shows_the_pool_on_the_host_until_it_ends(ssh_host, tmp_path, ker
 def test_status_never_logs_in_to_ask_about_pools(ssh_host, tmp_path, kernels, jupyter_env):
     """With no connection up, the host is not asked: status says when its pool is expected to
     end, and the host's sshd saw no login."""
-    tag = uuid.uuid4().hex[:8]
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
-           "--warm", "2m")
-    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
-    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
-    kernels.append(k)
-    wait_for_new_pool(ssh_host, before)
-    mine = set(pools(ssh_host)) - before_pids
+    k, sock, mine = kernel_with_its_own_pool(ssh_host, tmp_path, kernels, "2m")
     k.shutdown()
     kernels.remove(k)
     ended = time.time()
@@ -382,15 +372,7 @@ def test_status_never_logs_in_to_ask_about_pools(ssh_host, tmp_path, kernels, ju
 def test_status_of_a_host_reached_with_paramiko_says_what_it_expects(ssh_host, tmp_path, kernels, transport):
     """No shared connection to ask through (and here no ssh client at all): the pool's line
     comes from the record, while the kernel runs and after."""
-    tag = uuid.uuid4().hex[:8]
-    prefix = tmp_path / "prefix"
-    manage(ssh_host, prefix, "--host", ssh_host.alias, "--python", ssh_host.env_prefix, "--env", f"SIK_TAG={tag}",
-           "--warm", "1m")
-    before_pids, before = set(pools(ssh_host)), pool_sockets(ssh_host)
-    k = start(prefix, "ssh_btest", tmp_path / "k.log", "a.ipynb")
-    kernels.append(k)
-    wait_for_new_pool(ssh_host, before)
-    mine = set(pools(ssh_host)) - before_pids
+    k, sock, mine = kernel_with_its_own_pool(ssh_host, tmp_path, kernels, "1m")
     try:
         lines = [line for line in status().stdout.splitlines() if line.startswith("btest: ")]
         assert lines == ["btest: not shown for paramiko (its connections are the kernels' own; no shared one to "
