@@ -194,6 +194,8 @@ def clock(epoch: float, now: Optional[float] = None) -> str:
 def pool_ends_text(pool: Dict[str, object], now: Optional[float] = None) -> str:
     """The ENDS column: "in 7 min (18:42)", "while kernels run", "with its last kernel (retired)"."""
     state_ = pool.get("state")
+    if state_ == "restart server":
+        return "--warm after the host's last kernel"
     if state_ == "retired":
         return "with its last kernel (retired)" if pool.get("kernels") else "now (retired)"
     if state_ == "starting":
@@ -216,9 +218,10 @@ def pool_rows(pools: List[Dict[str, object]], now: Optional[float] = None) -> Li
         if remote and remote != host:
             host += f" ({remote})"
         rss = p.get("rss_mb")
-        rows.append([host, str(p.get("pid")), str(p.get("python") or "?"),
+        server = p.get("state") == "restart server"  # an agent server (remote/agentserver.py)
+        rows.append([host, str(p.get("pid")), str(p.get("python") or "?") + (" (restart server)" if server else ""),
                      f"{rss:.0f} MB" if isinstance(rss, (int, float)) else "?",
-                     str(p.get("kernels", 0)), pool_ends_text(p, now)])
+                     "-" if server else str(p.get("kernels", 0)), pool_ends_text(p, now)])
     return rows
 
 

@@ -1,13 +1,13 @@
 """This user's warm pools on the host, for ``ssh-ipykernel status`` (the ``pools`` mode).
 
-Shipped like the probe (session/bundle.py sends protocol.py, warmpool.py, warm.py and this
-module) and run through the same loader, over a connection that is already up (remotepools.py
+Shipped like the probe (session/bundle.py sends protocol.py, warmpool.py, warm.py,
+agentserver.py and this module) and run through the same loader, over a connection that is already up (remotepools.py
 on the local side). It asks each pool whose socket (``warm-*.sock``) is in one of the runtime
 dirs it is given for its facts (warm.pool_info: pid, python, resident memory, its kernels, when
 it ends), then looks for this user's pool processes that no socket led to, by the title they
 show in ``ps`` (/proc): a retired pool whose kernels still run, a pool still importing, a pool
 whose runtime dir nobody told us about. It starts nothing and changes nothing; asking a pool
-does not keep it alive. Output: one ``pools`` event on stdout (or ``error`` for bad
+does not keep it alive. The agent servers (restarts) are listed with them, by their title. Output: one ``pools`` event on stdout (or ``error`` for bad
 parameters, with the agent's exit code). Standard library only at module level, Python >= 3.8.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 
+from .agentserver import TITLE as SERVER_TITLE
 from .protocol import BootstrapError, Event, Mode, read_params, write_event
 from .warm import TITLE, pool_info
 from .warmpool import rss_kb
@@ -87,6 +88,16 @@ def process_pools(known: "set[int]") -> "list[dict]":
     return found
 
 
+def restart_servers() -> "list[dict]":
+    """This user's agent servers (remote/agentserver.py: they start a restarted kernel's agent),
+    found by their title, as entries of the pools' list with ``state`` "restart server"."""
+    title = SERVER_TITLE.encode()
+    return [{"pid": pid, "python": argv[1].decode("utf-8", "replace") if len(argv) > 1 else "",
+             "rss_kb": rss_kb(pid), "kernels": [], "ends_in": None, "serving": True, "state": "restart server",
+             "socket": None}
+            for pid, (_, argv) in sorted(_processes().items()) if argv[0] == title]
+
+
 def list_pools(directories: "list[str]") -> "list[dict]":
     """Every warm pool of this user on this host (see the module docstring)."""
     if not directories:
@@ -97,7 +108,7 @@ def list_pools(directories: "list[str]") -> "list[dict]":
         except Exception:  # noqa: BLE001 - no jupyter_core here: the processes still show
             directories = []
     found = socket_pools(directories)
-    return found + process_pools({p["pid"] for p in found})
+    return found + process_pools({p["pid"] for p in found}) + restart_servers()
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ AGENT_MODULES = ("protocol", "launch", "kernelcmd", "connfile", "agent", "client
                  "warmpool", "unixsock", "loader", "keeper", "agentserver", "bootstrap")
 PROBE_MODULES = ("protocol", "launch", "kernelcmd", "probe")
 #: ``ssh-ipykernel status``'s question about the host's warm pools (pools.main).
-POOLS_MODULES = ("protocol", "launch", "unixsock", "loader", "warmpool", "warm", "pools")
+POOLS_MODULES = ("protocol", "launch", "unixsock", "loader", "warmpool", "warm", "agentserver", "pools")
 #: Not bundled: sent whole as the program of a ``python -c`` (slurm.py: the job's launcher, a step's spawn).
 NODE_MODULES = ("slurmnode",)
 FILENAME = loader.FILENAME

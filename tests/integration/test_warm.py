@@ -249,6 +249,8 @@ def test_a_restart_goes_through_the_agent_server_and_keeps_the_kernels_environme
     before = snapshot(k)
     mine = set(ssh_host.remote_pids(SERVER_PATTERN)) - servers_before
     assert len(mine) == 1, mine
+    shown = status_pool(next(iter(mine)))  # status lists it with the host's pools
+    assert shown["state"] == "restart server" and shown["python"] and shown["rss_mb"] > 1, shown
     server = re.findall(r"agent-[0-9a-f]+\.sock", ssh_host.run(f"ls -A {ssh_host.runtime_dir}").stdout)
     assert server and all(ssh_host.run(f"stat -c %a {ssh_host.runtime_dir}/{name}").stdout.strip() == "600"
                           for name in server), server

@@ -194,3 +194,12 @@ def test_pool_targets_one_per_connection_and_sudo_with_the_newest_python():
     plain = targets[("btest", None, False)]
     assert (plain.python, plain.runtime_dirs, plain.pre_command) == ("/new/bin/python", ("/r1", "/r2"), "module load x")
     assert targets[("btest", None, True)].runtime_dirs == ("/root/rt",)
+
+
+def test_an_agent_server_is_a_row_of_the_warm_pools_table():
+    from ssh_ipykernel.status import pool_rows
+
+    server = {"asked": True, "host": "btest", "pid": 77, "python": "/opt/env/bin/python", "rss_mb": 14.6,
+              "kernels": 0, "state": "restart server", "ends_in": None, "ends_at": None}
+    assert pool_rows([server]) == [["btest", "77", "/opt/env/bin/python (restart server)", "15 MB", "-",
+                                    "--warm after the host's last kernel"]]
