@@ -207,15 +207,16 @@ class Proxy:
         return RemoteKernel(transport, serve=serve, agent_server=self._restart_server() if serve else "", **kwargs)
 
     def _config_id(self) -> str:
-        """These options (the kernelspec's argv without the connection file), hashed."""
-        import hashlib
+        """These options (the kernelspec's argv without the connection file), fingerprinted."""
         import json
+
+        from .remote.protocol import fingerprint
 
         argv = self.options.argv()[3:]  # not the python running it, nor -m ssh_ipykernel
         if "-f" in argv:
             at = argv.index("-f")
             del argv[at:at + 2]
-        return hashlib.sha256(json.dumps(argv).encode("utf-8")).hexdigest()[:16]
+        return fingerprint(json.dumps(argv).encode("utf-8"))
 
     def _restart_server(self) -> str:
         """The agent server of this kernel's last start (Jupyter restarts a kernel with the

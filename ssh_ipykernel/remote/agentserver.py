@@ -40,16 +40,6 @@ TITLE = "ssh_ipykernel-restart-server"
 TICK = 1.0
 
 
-def bundle_id(sources: dict) -> str:
-    """The identity of the agent's code: its modules' names, file names and sources (computed
-    alike by the proxy from the files it ships: session/bundle.py)."""
-    digest = hashlib.sha256()
-    for name in sorted(sources):
-        filename, source = sources[name]
-        digest.update(("%s\0%s\0%s\0" % (name, filename, source)).encode("utf-8", "surrogatepass"))
-    return digest.hexdigest()[:16]
-
-
 def shipped_sources() -> "dict | None":
     """The sources this agent runs (the loader's table, remote/loader.py); None when it runs
     from an installed package (tests)."""

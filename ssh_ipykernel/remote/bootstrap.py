@@ -107,7 +107,8 @@ def start_keeper(params: AgentParams) -> socket.socket:
 
 def start_server(directory: str, *, idle: float) -> str:
     """This configuration's agent server (remote/agentserver.py): its socket, "" if none."""
-    from .agentserver import bundle_id, ensure, shipped_sources, socket_path
+    from .agentserver import ensure, shipped_sources, socket_path
+    from .protocol import bundle_id
 
     sources = shipped_sources()
     if sources is None:

@@ -352,6 +352,21 @@ def kernel_environment(base: dict, extra: dict, keeper_pid: int) -> dict:
     return env
 
 
+def fingerprint(data: bytes) -> str:
+    """64 bits that tell two versions of something apart (not a defence against anyone: no
+    hashlib, which in the proxy would load OpenSSL, ~4 MB of its resident memory)."""
+    import zlib
+
+    return "%08x%08x" % (zlib.crc32(data), zlib.adler32(data))
+
+
+def bundle_id(sources: dict) -> str:
+    """The identity of the agent's code: its modules' names, file names and sources, as the
+    loader has them on the remote (agentserver.py) and the proxy reads them (session/bundle.py)."""
+    return fingerprint("".join("%s\0%s\0%s\0" % (name, sources[name][0], sources[name][1])
+                               for name in sorted(sources)).encode("utf-8", "surrogatepass"))
+
+
 def runtime_dir() -> str:
     """Where the connection and log files go: Jupyter's runtime dir of the remote user, 0700."""
     from jupyter_core.paths import jupyter_runtime_dir  # comes with jupyter_client

@@ -72,9 +72,7 @@ def agent_source() -> bytes:
 def agent_bundle_id() -> str:
     """The identity of the agent's code as the remote computes it (agentserver.bundle_id): an
     agent server runs the code of the proxy that started it."""
-    from ..remote.agentserver import bundle_id
-
-    return bundle_id(read_sources(AGENT_MODULES))
+    return protocol.bundle_id(read_sources(AGENT_MODULES))
 
 
 def probe_source() -> bytes:

@@ -188,11 +188,12 @@ def test_the_remote_and_the_proxy_name_the_agents_code_alike():
     """An agent server runs the code of the agent that made it: its socket's name carries the
     code's id as the remote computes it from the shipped sources, and a proxy compares the one
     it computes from its own files (bundle.agent_bundle_id)."""
-    from ssh_ipykernel.remote.agentserver import bundle_id
+    from ssh_ipykernel.remote.protocol import bundle_id
 
     sources = read_sources(bundle.AGENT_MODULES)
     sources["show"] = (FILENAME % "show", (
-        "from .agentserver import bundle_id, shipped_sources\n"
+        "from .agentserver import shipped_sources\n"
+        "from .protocol import bundle_id\n"
         "def main():\n"
         "    print(bundle_id(shipped_sources()))\n"
     ))

@@ -31,6 +31,9 @@ from ssh_ipykernel.session import bundle, client
 from ssh_ipykernel.transport import openssh
 openssh.control_dir()
 bundle.agent_source()
+bundle.agent_bundle_id()  # a warm start's pool record, a restart's look for its agent server
+from ssh_ipykernel.remote.protocol import fingerprint
+fingerprint(b"options")
 print(json.dumps({"exit": code, "modules": sorted(sys.modules)}))
 """
 
@@ -69,3 +72,9 @@ def test_what_serves_a_kernel_is_not_imported_before_it_is_launched(proxy_module
     """The proxy's start imports these while the remote launches the kernel (a thread), or
     never (SLURM without --slurm): a restart's new proxy reaches the remote sooner."""
     assert name not in proxy_modules["modules"]
+
+
+def test_the_proxy_does_not_load_openssl(proxy_modules: dict) -> None:
+    """hashlib brings OpenSSL's libcrypto: ~4 MB of the proxy's resident memory for a
+    fingerprint that zlib's checksums give (protocol.fingerprint)."""
+    assert "_hashlib" not in proxy_modules["modules"] and "hashlib" not in proxy_modules["modules"]
