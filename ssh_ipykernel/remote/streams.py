@@ -244,6 +244,69 @@ def parent_of(message: bytes) -> bytes:
         return b""
 
 
+class Held:
+    """A conn's bytes not acknowledged yet, kept as the chunks they were read in.
+
+    A bytearray is a poor queue for this: cutting its front and growing it again copies all it
+    holds (CPython moves the data to a new allocation whenever a bytearray whose front was cut
+    needs more room), so a relay holding a few MB in flight copied them several times over for
+    every 2 MB acknowledged. Chunks are appended as read (no copy) and let go whole when
+    acknowledged. Slicing (``held[a:b]``, bytes) and replacing the end (``held[a:] = data``) are
+    for the rare paths that rewrite output (dropping, merging)."""
+
+    def __init__(self) -> None:
+        self.chunks = deque()  # type: deque
+        self.skip = 0  # bytes of the first chunk already acknowledged
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.size += len(data)
+
+    def cut(self, n: int) -> None:
+        """Let go of the first ``n`` bytes."""
+        n = min(n, self.size)
+        self.size -= n
+        n += self.skip
+        chunks = self.chunks
+        while chunks and n >= len(chunks[0]):
+            n -= len(chunks.popleft())
+        self.skip = n if chunks else 0
+
+    def views(self, start: int, n: int):
+        """Memoryviews of the ``n`` bytes from ``start`` on, chunk by chunk."""
+        start += self.skip
+        for chunk in self.chunks:
+            if n <= 0:
+                return
+            size = len(chunk)
+            if start >= size:
+                start -= size
+                continue
+            take = min(size - start, n)
+            yield memoryview(chunk)[start:start + take]
+            n -= take
+            start = 0
+
+    def __getitem__(self, index: slice) -> bytes:
+        start, stop, _ = index.indices(self.size)
+        return b"".join(self.views(start, stop - start))
+
+    def __setitem__(self, index: slice, data) -> None:
+        """``held[start:] = data``: the bytes from ``start`` on become ``data``."""
+        assert index.stop is None
+        start = min(index.start or 0, self.size)
+        kept = self[:start]
+        self.chunks = deque([kept] if kept else [])
+        self.skip = 0
+        self.size = len(kept)
+        self.append(bytes(data))
+
+
 class Conn:
     """One ZeroMQ connection: our end of it (``sock``) and its bytes in both directions."""
 
@@ -251,7 +314,7 @@ class Conn:
         self.number = number
         self.channel = channel
         self.sock = sock
-        self.buf = bytearray()  # bytes from our end, from offset ``base`` on, not acknowledged yet
+        self.buf = Held()  # bytes from our end, from offset ``base`` on, not acknowledged yet
         self.base = 0
         self.sent = 0  # framed onto the current stream up to this offset
         self.received = 0  # bytes of the other side's stream we hold
@@ -272,7 +335,7 @@ class Conn:
         """The other side holds everything before ``upto``."""
         if upto > self.base:
             upto = min(upto, self.end)
-            del self.buf[:upto - self.base]
+            self.buf.cut(upto - self.base)
             self.base = upto
             if self.sent < upto:
                 self.sent = upto
@@ -300,7 +363,10 @@ class Relay:
         self.stream_r = None  # type: int | None  (descriptors: a socket's twice, or a session's pipes)
         self.stream_w = None  # type: int | None
         self.on_stream_end = None
-        self.inbuf = bytearray()
+        self.inbuf = bytearray()  # the stream's bytes read and not acted on yet: an incomplete frame
+        self._rbuf = bytearray(READ_SIZE)  # what the stream is read into
+        self._rest = 0  # bytes of the current data frame's payload still to come, for conn _rest_conn
+        self._rest_conn = 0
         self.outbuf = bytearray()
         self.buffered = 0  # bytes in all conns' buffers
         self.dropped = 0  # messages dropped since the last stream answer (keeper side)
@@ -412,6 +478,7 @@ class Relay:
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         self.inbuf = bytearray(leftover)
+        self._rest = 0
         self.outbuf = bytearray(first)
         for number, conn in list(self.conns.items()):
             have = haves.get(str(number))
@@ -472,6 +539,7 @@ class Relay:
         self.preamble = None
         self.outbuf = bytearray()
         self.inbuf = bytearray()
+        self._rest = 0
         if on_end is not None:
             on_end()
 
@@ -519,7 +587,7 @@ class Relay:
                 self.drop_conn(conn, tell=True)
             self._pump()
             return
-        conn.buf += data
+        conn.buf.append(data)
         self.buffered += len(data)
         if conn.messages is not None:
             conn.messages.feed(data)
@@ -574,8 +642,9 @@ class Relay:
         if not any(u[2] for u in pending):
             units.extend(pending)
             return 0
-        base = conn.base
         region = cursor = pending[0][0]
+        base = region
+        held = memoryview(conn.buf[region - conn.base:])  # the unsent end, once (not per message)
         out = bytearray()
         kept = []
         removed = count = size = fresh = 0
@@ -583,10 +652,10 @@ class Relay:
         parent = b""
         for start, stop, droppable in pending:
             if droppable and removed < need:
-                out += conn.buf[cursor - base:start - base]
+                out += held[cursor - base:start - base]
                 if at is None:
                     at = start - removed
-                    parent = parent_of(conn.buf[start - base:stop - base])
+                    parent = parent_of(held[start - base:stop - base])
                 if isinstance(droppable, tuple):  # an earlier notice: its count goes into the new one
                     count += droppable[0]
                     size += droppable[1]
@@ -599,7 +668,7 @@ class Relay:
             else:
                 kept.append((start - removed, stop - removed, droppable))
         assert at is not None
-        out += conn.buf[cursor - base:]
+        out += held[cursor - base:]
         text = ("[ssh_ipykernel] %d output messages (%s) were dropped here: nobody could receive them "
                 "and they passed the output buffer (%s, --output-buffer).\n"
                 % (count, describe_size(size), describe_size(self.limit)))
@@ -609,7 +678,7 @@ class Relay:
         if insert:
             units.append((at, at + len(insert), (count, size)))
         units.extend((u[0] + len(insert), u[1] + len(insert), u[2]) for u in kept if u[0] >= at)
-        conn.buf[region - base:] = out
+        conn.buf[region - conn.base:] = out
         shift = len(insert) - removed
         messages.shift(cursor, shift)
         self.buffered += shift
@@ -657,8 +726,9 @@ class Relay:
             del run[:]
 
         size = 0
+        held = conn.buf[start - conn.base:]  # once, not per message
         for unit_start, unit_stop, droppable in pending:
-            data = bytes(conn.buf[unit_start - conn.base:unit_stop - conn.base])
+            data = held[unit_start - start:unit_stop - start]
             cursor = unit_stop
             info = _stream_message(data) if droppable is True else None
             if info is not None and run and info[:2] == run[0][:2] and size < COALESCE_MAX:
@@ -676,7 +746,7 @@ class Relay:
         flush_run()
         if not merged:
             return
-        tail = conn.buf[cursor - conn.base:]
+        tail = held[cursor - start:]
         shift = len(out) - (cursor - start)
         conn.buf[start - conn.base:] = out + tail
         messages.units = new_units
@@ -732,16 +802,16 @@ class Relay:
         if self._backlogged():
             return
         try:
-            data = os.read(self.stream_r, READ_SIZE)
+            n = os.readv(self.stream_r, [self._rbuf])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.detach()
             return
-        self.inbuf += data
-        self._parse()
+        with memoryview(self._rbuf) as view, view[:n] as data:
+            self._parse(data)
         self._write_stream()
 
     def _read_preamble(self) -> bool:
@@ -761,24 +831,45 @@ class Relay:
                 return False
         return self.stream_r is not None
 
-    def _parse(self) -> None:
+    def _parse(self, data=None) -> None:
+        """Act on the frames in ``inbuf`` and then ``data`` (just read: used in place, only an
+        incomplete frame's head is kept). A data frame's payload goes to its conn as it comes,
+        not once the whole frame is in: nothing piles up here, and the client has it sooner."""
+        if data is not None and (self.inbuf or self.preamble is not None):
+            self.inbuf += data
+            data = None
         if self.preamble is not None and not self._read_preamble():
             return
-        buf = self.inbuf
-        i = 0
+        if data is None:
+            data = self.inbuf
+        stream = self.stream_r
+        view = memoryview(data)
+        i, n = 0, len(view)
         touched = set()
-        while len(buf) - i >= HEADER.size:
-            kind, number, size = HEADER.unpack_from(buf, i)
-            if len(buf) - i - HEADER.size < size:
+        while i < n and self.stream_r == stream:
+            if self._rest:  # more of a data frame's payload
+                take = min(self._rest, n - i)
+                self._rest -= take
+                conn = self.conns.get(self._rest_conn)
+                if conn is not None:
+                    with view[i:i + take] as payload:
+                        self._deliver(conn, payload)  # copied only if our end cannot take it at once
+                    touched.add(conn)
+                i += take
+                continue
+            if n - i < HEADER.size:
                 break
-            payload = memoryview(buf)[i + HEADER.size:i + HEADER.size + size]
+            kind, number, size = HEADER.unpack_from(view, i)
+            if kind == DATA:
+                i += HEADER.size
+                self._rest, self._rest_conn = size, number
+                continue
+            if n - i - HEADER.size < size:
+                break
+            payload = view[i + HEADER.size:i + HEADER.size + size]
             i += HEADER.size + size
             conn = self.conns.get(number)
-            if kind == DATA:
-                if conn is not None:
-                    self._deliver(conn, payload)  # copied only if our end cannot take it at once
-                    touched.add(conn)
-            elif kind == ACK:
+            if kind == ACK:
                 if conn is not None:
                     self._trim(conn, COUNT.unpack(payload)[0])
             elif kind == OPEN:
@@ -795,13 +886,15 @@ class Relay:
                     self.drop_conn(conn, tell=False)
             elif kind == END:
                 payload.release()
+                view.release()
                 self.ended = True
                 self.close()
                 return
             payload.release()
-        del buf[:i]
-        if not buf and buf is self.inbuf:
-            self.inbuf = bytearray()
+        rest = bytes(view[i:]) if self.stream_r == stream and i < n else b""
+        view.release()
+        if data is self.inbuf or rest or self.inbuf:
+            self.inbuf = bytearray(rest)  # a frame's head, or a whole small frame, at most
         for conn in touched:
             if conn.received - conn.told >= ACK_EVERY:
                 self._ack(conn)
@@ -846,7 +939,8 @@ class Relay:
                 busy = framed = True
                 i = conn.sent - conn.base
                 self.outbuf += HEADER.pack(DATA, conn.number, n)
-                self.outbuf += memoryview(conn.buf)[i:i + n]
+                for view in conn.buf.views(i, n):
+                    self.outbuf += view
                 conn.sent += n
                 if len(self.outbuf) >= STREAM_HIGH:
                     self._cursor = (self._cursor + k + 1) % len(conns)
