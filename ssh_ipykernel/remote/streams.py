@@ -38,6 +38,7 @@ import socket
 import struct
 import time
 from collections import deque
+from itertools import islice
 
 HEADER = struct.Struct("!BII")
 COUNT = struct.Struct("!Q")
@@ -50,6 +51,7 @@ STREAM_HIGH = 512 << 10  # framed bytes waiting for the stream before conns stop
 #: Acknowledge after this many bytes of a conn, and at every tick (0.1 s): an acknowledgement is an
 #: SSH packet of its own, and what it frees is only memory (the limit is 64 MB).
 ACK_EVERY = 2 << 20
+IOV_PIECES = 256  # pieces of framed output in one writev (the system allows at least 1024)
 DEFAULT_LIMIT = 64 << 20  # bytes kept per relay (--output-buffer)
 #: The channels whose connections a relay may open (a conn's name on the wire).
 CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
@@ -307,6 +309,47 @@ class Held:
         self.append(bytes(data))
 
 
+class Outgoing:
+    """The framed bytes waiting for the stream, as the pieces they were framed from (headers,
+    and views of the conns' held chunks): written with one writev, never copied into one buffer
+    (which also meant moving what was left after every short write)."""
+
+    def __init__(self, first: bytes = b"") -> None:
+        self.pieces = deque()  # type: deque
+        self.size = 0
+        self += first
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iadd__(self, data) -> "Outgoing":
+        if data:
+            self.pieces.append(data)
+            self.size += len(data)
+        return self
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def write(self, fd: int) -> bool:
+        """One writev of what is waiting (up to IOV_PIECES pieces); whether ``fd`` took less
+        than it was offered (it is full)."""
+        pieces = self.pieces
+        offered = list(islice(pieces, IOV_PIECES))
+        sent = os.writev(fd, offered)
+        short = sent < sum(len(piece) for piece in offered)
+        self.size -= sent
+        left = sent
+        while left:
+            size = len(pieces[0])
+            if left < size:
+                pieces[0] = memoryview(pieces[0])[left:]
+                break
+            pieces.popleft()
+            left -= size
+        return short
+
+
 class Conn:
     """One ZeroMQ connection: our end of it (``sock``) and its bytes in both directions."""
 
@@ -367,7 +410,7 @@ class Relay:
         self._rbuf = bytearray(READ_SIZE)  # what the stream is read into
         self._rest = 0  # bytes of the current data frame's payload still to come, for conn _rest_conn
         self._rest_conn = 0
-        self.outbuf = bytearray()
+        self.outbuf = Outgoing()
         self.buffered = 0  # bytes in all conns' buffers
         self.dropped = 0  # messages dropped since the last stream answer (keeper side)
         self.dropped_bytes = 0
@@ -479,7 +522,7 @@ class Relay:
         os.set_blocking(wfd, False)
         self.inbuf = bytearray(leftover)
         self._rest = 0
-        self.outbuf = bytearray(first)
+        self.outbuf = Outgoing(first)
         for number, conn in list(self.conns.items()):
             have = haves.get(str(number))
             if have is None and self.open_conn is None:
@@ -537,7 +580,7 @@ class Relay:
             self.detached_at = time.monotonic()
         self.stream_r = self.stream_w = None
         self.preamble = None
-        self.outbuf = bytearray()
+        self.outbuf = Outgoing()
         self.inbuf = bytearray()
         self._rest = 0
         if on_end is not None:
@@ -961,16 +1004,12 @@ class Relay:
             if not self.outbuf:
                 break
             try:
-                sent = os.write(self.stream_w, self.outbuf)
+                short = self.outbuf.write(self.stream_w)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self.detach()
                 return
-            short = sent < len(self.outbuf)
-            del self.outbuf[:sent]
-            if not self.outbuf:
-                self.outbuf = bytearray()
             if short:
                 break  # full: wait until the selector says it takes more, instead of failing writes
         self._register_stream()
