@@ -411,6 +411,7 @@ class Relay:
         self._rest = 0  # bytes of the current data frame's payload still to come, for conn _rest_conn
         self._rest_conn = 0
         self.outbuf = Outgoing()
+        self._masks = {}  # type: dict  # the stream's descriptors: what the selector watches for
         self.buffered = 0  # bytes in all conns' buffers
         self.dropped = 0  # messages dropped since the last stream answer (keeper side)
         self.dropped_bytes = 0
@@ -557,8 +558,9 @@ class Relay:
             self._set(self.stream_w, selectors.EVENT_WRITE if self.outbuf else 0)
 
     def _set(self, fd, mask: int) -> None:
-        if fd is None:
-            return
+        if fd is None or self._masks.get(fd) == mask:
+            return  # as it is (this runs after every write to the stream)
+        self._masks[fd] = mask
         try:
             if mask:
                 self.sel.modify(fd, mask, (self, None))
@@ -575,6 +577,7 @@ class Relay:
                 self.sel.unregister(fd)
             except (KeyError, ValueError):
                 pass
+        self._masks = {}
         on_end, self.on_stream_end = self.on_stream_end, None
         if self.stream_w is not None:
             self.detached_at = time.monotonic()
