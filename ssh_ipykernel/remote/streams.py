@@ -51,6 +51,10 @@ STREAM_HIGH = 512 << 10  # framed bytes waiting for the stream before conns stop
 #: Acknowledge after this many bytes of a conn, and at every tick (0.1 s): an acknowledgement is an
 #: SSH packet of its own, and what it frees is only memory (the limit is 64 MB).
 ACK_EVERY = 2 << 20
+#: The keeper's side of the stream asks for this socket send buffer (default 208 KB): what the
+#: kernel prints goes to sshd in half as many writes and wake-ups, or fewer. Bytes in it count
+#: as sent, like those in the SSH channel's window.
+STREAM_SNDBUF = 1 << 20
 IOV_PIECES = 256  # pieces of framed output in one writev (the system allows at least 1024)
 DEFAULT_LIMIT = 64 << 20  # bytes kept per relay (--output-buffer)
 #: The channels whose connections a relay may open (a conn's name on the wire).
