@@ -37,6 +37,7 @@ import selectors
 import socket
 import struct
 import time
+from bisect import bisect_right
 from collections import deque
 from itertools import islice
 
@@ -257,59 +258,64 @@ class Held:
     holds (CPython moves the data to a new allocation whenever a bytearray whose front was cut
     needs more room), so a relay holding a few MB in flight copied them several times over for
     every 2 MB acknowledged. Chunks are appended as read (no copy) and let go whole when
-    acknowledged. Slicing (``held[a:b]``, bytes) and replacing the end (``held[a:] = data``) are
-    for the rare paths that rewrite output (dropping, merging)."""
+    acknowledged; a chunk is found by bisection (a kernel printing a line at a time makes
+    thousands of small ones). Slicing (``held[a:b]``, bytes) and replacing the end
+    (``held[a:] = data``) are for the rare paths that rewrite output (dropping, merging).
+    Offsets are from the first byte held."""
 
     def __init__(self) -> None:
-        self.chunks = deque()  # type: deque
-        self.skip = 0  # bytes of the first chunk already acknowledged
-        self.size = 0
+        self.chunks = []  # type: list
+        self.starts = []  # type: list  # where each chunk begins, counted in bytes ever appended
+        self.first = 0  # the chunks before this one were let go
+        self.low = 0  # bytes ever let go
+        self.high = 0  # bytes ever appended
 
     def __len__(self) -> int:
-        return self.size
+        return self.high - self.low
 
     def append(self, data: bytes) -> None:
         if data:
             self.chunks.append(data)
-            self.size += len(data)
+            self.starts.append(self.high)
+            self.high += len(data)
 
     def cut(self, n: int) -> None:
         """Let go of the first ``n`` bytes."""
-        n = min(n, self.size)
-        self.size -= n
-        n += self.skip
-        chunks = self.chunks
-        while chunks and n >= len(chunks[0]):
-            n -= len(chunks.popleft())
-        self.skip = n if chunks else 0
+        self.low = min(self.low + n, self.high)
+        chunks, starts, first = self.chunks, self.starts, self.first
+        while first < len(chunks) and starts[first] + len(chunks[first]) <= self.low:
+            chunks[first] = b""
+            first += 1
+        if first == len(chunks) or (first >= 64 and 2 * first > len(chunks)):
+            del chunks[:first]
+            del starts[:first]
+            first = 0
+        self.first = first
 
     def views(self, start: int, n: int):
         """Memoryviews of the ``n`` bytes from ``start`` on, chunk by chunk."""
-        start += self.skip
-        for chunk in self.chunks:
-            if n <= 0:
-                return
-            size = len(chunk)
-            if start >= size:
-                start -= size
-                continue
-            take = min(size - start, n)
-            yield memoryview(chunk)[start:start + take]
-            n -= take
-            start = 0
+        at = self.low + start
+        end = min(at + n, self.high)
+        k = bisect_right(self.starts, at, self.first) - 1
+        while at < end:
+            chunk = self.chunks[k]
+            offset = at - self.starts[k]
+            take = min(len(chunk) - offset, end - at)
+            yield memoryview(chunk)[offset:offset + take]
+            at += take
+            k += 1
 
     def __getitem__(self, index: slice) -> bytes:
-        start, stop, _ = index.indices(self.size)
+        start, stop, _ = index.indices(len(self))
         return b"".join(self.views(start, stop - start))
 
     def __setitem__(self, index: slice, data) -> None:
         """``held[start:] = data``: the bytes from ``start`` on become ``data``."""
         assert index.stop is None
-        start = min(index.start or 0, self.size)
-        kept = self[:start]
-        self.chunks = deque([kept] if kept else [])
-        self.skip = 0
-        self.size = len(kept)
+        kept = self[:min(index.start or 0, len(self))]
+        self.chunks, self.starts, self.first = [], [], 0
+        self.high = self.low
+        self.append(kept)
         self.append(bytes(data))
 
 
