@@ -95,13 +95,21 @@ def tree_rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> Optional[float]:
-    """User + system CPU time of one process (all its threads), in seconds; None once it is gone."""
+    """CPU time of one process (all its threads), in seconds; None once it is gone. From each
+    thread's schedstat (nanoseconds): /proc/<pid>/stat counts 10 ms ticks, as much as a relay
+    spends on the whole stream."""
+    total = 0
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total / 1e9
 
 
 def _cmdline(pid: int) -> bytes:
@@ -136,15 +144,19 @@ def cpu_roles(kernel_pid: int, *, ssh: bool, remote_pids: Optional[Callable[[], 
             roles[int(entry)] = "delay relay"  # the master's ProxyCommand (its parent, ssh, has exited)
     if ssh and remote_pids is not None:
         remote = {pid: _cmdline(pid) for pid in remote_pids()}
-        kernels = [pid for pid, cmdline in remote.items() if b"ipykernel_launcher" in cmdline]
-        keepers = {_ppid(pid) for pid in kernels}
+        sshd = {pid for pid, cmdline in remote.items()
+                if b"sshd" in cmdline.split(b"\0", 1)[0] or cmdline.startswith(b"sshd")}
         for pid, cmdline in remote.items():
-            if pid in kernels:
+            if b"ipykernel_launcher" in cmdline:
                 roles[pid] = "remote kernel"
-            elif pid in keepers:
-                roles[pid] = "keeper"
-            elif b"sshd" in cmdline.split(b"\0", 1)[0] or cmdline.startswith(b"sshd"):
+            elif pid in sshd:
                 roles[pid] = "sshd"
+            elif cmdline.startswith(b"ssh_ipykernel-warm-pool"):
+                roles[pid] = "warm pool"  # the parent of a warm kernel
+            elif b"ssh_ipykernel-agent" in cmdline:
+                # The keeper was forked away from its session (setsid); the agent sessions
+                # (start, attach) are sshd's children.
+                roles[pid] = "agent" if _ppid(pid) in sshd else "keeper"
             elif b"python" in cmdline:
                 roles[pid] = "agent"
             else:

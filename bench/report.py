@@ -181,7 +181,7 @@ def table(raw: Raw, *, markdown: bool = False, many: int = 20, baseline: Optiona
 
 #: The order of the CPU table's rows (measure.cpu_roles names them).
 CPU_ROLES = ("client", "kernel", "proxy", "proxy child", "ssh client", "ssh master", "delay relay", "sshd",
-             "agent", "keeper", "remote kernel", "remote other")
+             "agent", "keeper", "warm pool", "remote kernel", "remote other")
 
 
 def cpu_table(raw: Raw, *, markdown: bool = False, baseline: Optional[Raw] = None) -> str:
@@ -203,7 +203,7 @@ def cpu_table(raw: Raw, *, markdown: bool = False, baseline: Optional[Raw] = Non
             for s in [summary[kind]] + ([before[kind]] if kind in before else []):
                 value = (sum(v for k, v in s.items() if k.startswith("cpu:")) if role == "total" and
                          any(k.startswith("cpu:") for k in s) else s.get(key))
-                cells.append("-" if value is None else f"{value:.2f}")
+                cells.append("-" if value is None else f"{value:.3f}")
         if any(c != "-" for c in cells[1:]):
             lines.append(cells)
     return _render(header, lines, markdown)

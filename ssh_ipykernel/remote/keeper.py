@@ -36,7 +36,7 @@ from .clients import Client, Clients
 from .grace import FIRST_CLIENT_WAIT, GraceClock, describe_grace
 from .logrelay import LogRelay
 from .protocol import DEFAULT_CLIENT_TIMEOUT, BootstrapError, Event, Op, event_line, kernel_kept_for, parse_op
-from .streams import Notice, Relay, connect_endpoint
+from .streams import STREAM_SNDBUF, Notice, Relay, connect_endpoint
 
 TICK = 0.1  # how often the log is tailed and the timers checked (the kernel's exit wakes the loop)
 LISTENER = "listener"  # selector data of the keeper's listening socket
@@ -205,6 +205,11 @@ class Keeper:
             self.relays[token] = relay
         reply = relay.answer(message["conns"])
         sock = self.clients.release(client)
+        try:
+            # Fewer, larger writes of the kernel's output to sshd (the system may cap it lower).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+        except OSError:
+            pass
         haves = {number: value[1] for number, value in message["conns"].items()
                  if isinstance(value, list) and len(value) == 2}
         # What was dropped while the proxy was away: its log would not hear it otherwise (the

@@ -37,7 +37,9 @@ import selectors
 import socket
 import struct
 import time
+from bisect import bisect_right
 from collections import deque
+from itertools import islice
 
 HEADER = struct.Struct("!BII")
 COUNT = struct.Struct("!Q")
@@ -50,6 +52,11 @@ STREAM_HIGH = 512 << 10  # framed bytes waiting for the stream before conns stop
 #: Acknowledge after this many bytes of a conn, and at every tick (0.1 s): an acknowledgement is an
 #: SSH packet of its own, and what it frees is only memory (the limit is 64 MB).
 ACK_EVERY = 2 << 20
+#: The keeper's side of the stream asks for this socket send buffer (default 208 KB): what the
+#: kernel prints goes to sshd in half as many writes and wake-ups, or fewer. Bytes in it count
+#: as sent, like those in the SSH channel's window.
+STREAM_SNDBUF = 1 << 20
+IOV_PIECES = 256  # pieces of framed output in one writev (the system allows at least 1024)
 DEFAULT_LIMIT = 64 << 20  # bytes kept per relay (--output-buffer)
 #: The channels whose connections a relay may open (a conn's name on the wire).
 CHANNEL_NAMES = ("shell", "iopub", "stdin", "control", "hb")
@@ -244,6 +251,115 @@ def parent_of(message: bytes) -> bytes:
         return b""
 
 
+class Held:
+    """A conn's bytes not acknowledged yet, kept as the chunks they were read in.
+
+    A bytearray is a poor queue for this: cutting its front and growing it again copies all it
+    holds (CPython moves the data to a new allocation whenever a bytearray whose front was cut
+    needs more room), so a relay holding a few MB in flight copied them several times over for
+    every 2 MB acknowledged. Chunks are appended as read (no copy) and let go whole when
+    acknowledged; a chunk is found by bisection (a kernel printing a line at a time makes
+    thousands of small ones). Slicing (``held[a:b]``, bytes) and replacing the end
+    (``held[a:] = data``) are for the rare paths that rewrite output (dropping, merging).
+    Offsets are from the first byte held."""
+
+    def __init__(self) -> None:
+        self.chunks = []  # type: list
+        self.starts = []  # type: list  # where each chunk begins, counted in bytes ever appended
+        self.first = 0  # the chunks before this one were let go
+        self.low = 0  # bytes ever let go
+        self.high = 0  # bytes ever appended
+
+    def __len__(self) -> int:
+        return self.high - self.low
+
+    def append(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.starts.append(self.high)
+            self.high += len(data)
+
+    def cut(self, n: int) -> None:
+        """Let go of the first ``n`` bytes."""
+        self.low = min(self.low + n, self.high)
+        chunks, starts, first = self.chunks, self.starts, self.first
+        while first < len(chunks) and starts[first] + len(chunks[first]) <= self.low:
+            chunks[first] = b""
+            first += 1
+        if first == len(chunks) or (first >= 64 and 2 * first > len(chunks)):
+            del chunks[:first]
+            del starts[:first]
+            first = 0
+        self.first = first
+
+    def views(self, start: int, n: int):
+        """Memoryviews of the ``n`` bytes from ``start`` on, chunk by chunk."""
+        at = self.low + start
+        end = min(at + n, self.high)
+        k = bisect_right(self.starts, at, self.first) - 1
+        while at < end:
+            chunk = self.chunks[k]
+            offset = at - self.starts[k]
+            take = min(len(chunk) - offset, end - at)
+            yield memoryview(chunk)[offset:offset + take]
+            at += take
+            k += 1
+
+    def __getitem__(self, index: slice) -> bytes:
+        start, stop, _ = index.indices(len(self))
+        return b"".join(self.views(start, stop - start))
+
+    def __setitem__(self, index: slice, data) -> None:
+        """``held[start:] = data``: the bytes from ``start`` on become ``data``."""
+        assert index.stop is None
+        kept = self[:min(index.start or 0, len(self))]
+        self.chunks, self.starts, self.first = [], [], 0
+        self.high = self.low
+        self.append(kept)
+        self.append(bytes(data))
+
+
+class Outgoing:
+    """The framed bytes waiting for the stream, as the pieces they were framed from (headers,
+    and views of the conns' held chunks): written with one writev, never copied into one buffer
+    (which also meant moving what was left after every short write)."""
+
+    def __init__(self, first: bytes = b"") -> None:
+        self.pieces = deque()  # type: deque
+        self.size = 0
+        self += first
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iadd__(self, data) -> "Outgoing":
+        if data:
+            self.pieces.append(data)
+            self.size += len(data)
+        return self
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def write(self, fd: int) -> bool:
+        """One writev of what is waiting (up to IOV_PIECES pieces); whether ``fd`` took less
+        than it was offered (it is full)."""
+        pieces = self.pieces
+        offered = list(islice(pieces, IOV_PIECES))
+        sent = os.writev(fd, offered)
+        short = sent < sum(len(piece) for piece in offered)
+        self.size -= sent
+        left = sent
+        while left:
+            size = len(pieces[0])
+            if left < size:
+                pieces[0] = memoryview(pieces[0])[left:]
+                break
+            pieces.popleft()
+            left -= size
+        return short
+
+
 class Conn:
     """One ZeroMQ connection: our end of it (``sock``) and its bytes in both directions."""
 
@@ -251,7 +367,7 @@ class Conn:
         self.number = number
         self.channel = channel
         self.sock = sock
-        self.buf = bytearray()  # bytes from our end, from offset ``base`` on, not acknowledged yet
+        self.buf = Held()  # bytes from our end, from offset ``base`` on, not acknowledged yet
         self.base = 0
         self.sent = 0  # framed onto the current stream up to this offset
         self.received = 0  # bytes of the other side's stream we hold
@@ -272,7 +388,7 @@ class Conn:
         """The other side holds everything before ``upto``."""
         if upto > self.base:
             upto = min(upto, self.end)
-            del self.buf[:upto - self.base]
+            self.buf.cut(upto - self.base)
             self.base = upto
             if self.sent < upto:
                 self.sent = upto
@@ -300,8 +416,12 @@ class Relay:
         self.stream_r = None  # type: int | None  (descriptors: a socket's twice, or a session's pipes)
         self.stream_w = None  # type: int | None
         self.on_stream_end = None
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
+        self.inbuf = bytearray()  # the stream's bytes read and not acted on yet: an incomplete frame
+        self._rbuf = bytearray(READ_SIZE)  # what the stream is read into
+        self._rest = 0  # bytes of the current data frame's payload still to come, for conn _rest_conn
+        self._rest_conn = 0
+        self.outbuf = Outgoing()
+        self._masks = {}  # type: dict  # the stream's descriptors: what the selector watches for
         self.buffered = 0  # bytes in all conns' buffers
         self.dropped = 0  # messages dropped since the last stream answer (keeper side)
         self.dropped_bytes = 0
@@ -412,7 +532,8 @@ class Relay:
         os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         self.inbuf = bytearray(leftover)
-        self.outbuf = bytearray(first)
+        self._rest = 0
+        self.outbuf = Outgoing(first)
         for number, conn in list(self.conns.items()):
             have = haves.get(str(number))
             if have is None and self.open_conn is None:
@@ -447,8 +568,9 @@ class Relay:
             self._set(self.stream_w, selectors.EVENT_WRITE if self.outbuf else 0)
 
     def _set(self, fd, mask: int) -> None:
-        if fd is None:
-            return
+        if fd is None or self._masks.get(fd) == mask:
+            return  # as it is (this runs after every write to the stream)
+        self._masks[fd] = mask
         try:
             if mask:
                 self.sel.modify(fd, mask, (self, None))
@@ -465,13 +587,15 @@ class Relay:
                 self.sel.unregister(fd)
             except (KeyError, ValueError):
                 pass
+        self._masks = {}
         on_end, self.on_stream_end = self.on_stream_end, None
         if self.stream_w is not None:
             self.detached_at = time.monotonic()
         self.stream_r = self.stream_w = None
         self.preamble = None
-        self.outbuf = bytearray()
+        self.outbuf = Outgoing()
         self.inbuf = bytearray()
+        self._rest = 0
         if on_end is not None:
             on_end()
 
@@ -519,7 +643,7 @@ class Relay:
                 self.drop_conn(conn, tell=True)
             self._pump()
             return
-        conn.buf += data
+        conn.buf.append(data)
         self.buffered += len(data)
         if conn.messages is not None:
             conn.messages.feed(data)
@@ -574,8 +698,9 @@ class Relay:
         if not any(u[2] for u in pending):
             units.extend(pending)
             return 0
-        base = conn.base
         region = cursor = pending[0][0]
+        base = region
+        held = memoryview(conn.buf[region - conn.base:])  # the unsent end, once (not per message)
         out = bytearray()
         kept = []
         removed = count = size = fresh = 0
@@ -583,10 +708,10 @@ class Relay:
         parent = b""
         for start, stop, droppable in pending:
             if droppable and removed < need:
-                out += conn.buf[cursor - base:start - base]
+                out += held[cursor - base:start - base]
                 if at is None:
                     at = start - removed
-                    parent = parent_of(conn.buf[start - base:stop - base])
+                    parent = parent_of(held[start - base:stop - base])
                 if isinstance(droppable, tuple):  # an earlier notice: its count goes into the new one
                     count += droppable[0]
                     size += droppable[1]
@@ -599,7 +724,7 @@ class Relay:
             else:
                 kept.append((start - removed, stop - removed, droppable))
         assert at is not None
-        out += conn.buf[cursor - base:]
+        out += held[cursor - base:]
         text = ("[ssh_ipykernel] %d output messages (%s) were dropped here: nobody could receive them "
                 "and they passed the output buffer (%s, --output-buffer).\n"
                 % (count, describe_size(size), describe_size(self.limit)))
@@ -609,7 +734,7 @@ class Relay:
         if insert:
             units.append((at, at + len(insert), (count, size)))
         units.extend((u[0] + len(insert), u[1] + len(insert), u[2]) for u in kept if u[0] >= at)
-        conn.buf[region - base:] = out
+        conn.buf[region - conn.base:] = out
         shift = len(insert) - removed
         messages.shift(cursor, shift)
         self.buffered += shift
@@ -657,8 +782,9 @@ class Relay:
             del run[:]
 
         size = 0
+        held = conn.buf[start - conn.base:]  # once, not per message
         for unit_start, unit_stop, droppable in pending:
-            data = bytes(conn.buf[unit_start - conn.base:unit_stop - conn.base])
+            data = held[unit_start - start:unit_stop - start]
             cursor = unit_stop
             info = _stream_message(data) if droppable is True else None
             if info is not None and run and info[:2] == run[0][:2] and size < COALESCE_MAX:
@@ -676,7 +802,7 @@ class Relay:
         flush_run()
         if not merged:
             return
-        tail = conn.buf[cursor - conn.base:]
+        tail = held[cursor - start:]
         shift = len(out) - (cursor - start)
         conn.buf[start - conn.base:] = out + tail
         messages.units = new_units
@@ -732,16 +858,16 @@ class Relay:
         if self._backlogged():
             return
         try:
-            data = os.read(self.stream_r, READ_SIZE)
+            n = os.readv(self.stream_r, [self._rbuf])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             self.detach()
             return
-        self.inbuf += data
-        self._parse()
+        with memoryview(self._rbuf) as view, view[:n] as data:
+            self._parse(data)
         self._write_stream()
 
     def _read_preamble(self) -> bool:
@@ -761,24 +887,45 @@ class Relay:
                 return False
         return self.stream_r is not None
 
-    def _parse(self) -> None:
+    def _parse(self, data=None) -> None:
+        """Act on the frames in ``inbuf`` and then ``data`` (just read: used in place, only an
+        incomplete frame's head is kept). A data frame's payload goes to its conn as it comes,
+        not once the whole frame is in: nothing piles up here, and the client has it sooner."""
+        if data is not None and (self.inbuf or self.preamble is not None):
+            self.inbuf += data
+            data = None
         if self.preamble is not None and not self._read_preamble():
             return
-        buf = self.inbuf
-        i = 0
+        if data is None:
+            data = self.inbuf
+        stream = self.stream_r
+        view = memoryview(data)
+        i, n = 0, len(view)
         touched = set()
-        while len(buf) - i >= HEADER.size:
-            kind, number, size = HEADER.unpack_from(buf, i)
-            if len(buf) - i - HEADER.size < size:
+        while i < n and self.stream_r == stream:
+            if self._rest:  # more of a data frame's payload
+                take = min(self._rest, n - i)
+                self._rest -= take
+                conn = self.conns.get(self._rest_conn)
+                if conn is not None:
+                    with view[i:i + take] as payload:
+                        self._deliver(conn, payload)  # copied only if our end cannot take it at once
+                    touched.add(conn)
+                i += take
+                continue
+            if n - i < HEADER.size:
                 break
-            payload = memoryview(buf)[i + HEADER.size:i + HEADER.size + size]
+            kind, number, size = HEADER.unpack_from(view, i)
+            if kind == DATA:
+                i += HEADER.size
+                self._rest, self._rest_conn = size, number
+                continue
+            if n - i - HEADER.size < size:
+                break
+            payload = view[i + HEADER.size:i + HEADER.size + size]
             i += HEADER.size + size
             conn = self.conns.get(number)
-            if kind == DATA:
-                if conn is not None:
-                    self._deliver(conn, payload)  # copied only if our end cannot take it at once
-                    touched.add(conn)
-            elif kind == ACK:
+            if kind == ACK:
                 if conn is not None:
                     self._trim(conn, COUNT.unpack(payload)[0])
             elif kind == OPEN:
@@ -795,13 +942,15 @@ class Relay:
                     self.drop_conn(conn, tell=False)
             elif kind == END:
                 payload.release()
+                view.release()
                 self.ended = True
                 self.close()
                 return
             payload.release()
-        del buf[:i]
-        if not buf and buf is self.inbuf:
-            self.inbuf = bytearray()
+        rest = bytes(view[i:]) if self.stream_r == stream and i < n else b""
+        view.release()
+        if data is self.inbuf or rest or self.inbuf:
+            self.inbuf = bytearray(rest)  # a frame's head, or a whole small frame, at most
         for conn in touched:
             if conn.received - conn.told >= ACK_EVERY:
                 self._ack(conn)
@@ -846,7 +995,8 @@ class Relay:
                 busy = framed = True
                 i = conn.sent - conn.base
                 self.outbuf += HEADER.pack(DATA, conn.number, n)
-                self.outbuf += memoryview(conn.buf)[i:i + n]
+                for view in conn.buf.views(i, n):
+                    self.outbuf += view
                 conn.sent += n
                 if len(self.outbuf) >= STREAM_HIGH:
                     self._cursor = (self._cursor + k + 1) % len(conns)
@@ -867,16 +1017,12 @@ class Relay:
             if not self.outbuf:
                 break
             try:
-                sent = os.write(self.stream_w, self.outbuf)
+                short = self.outbuf.write(self.stream_w)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self.detach()
                 return
-            short = sent < len(self.outbuf)
-            del self.outbuf[:sent]
-            if not self.outbuf:
-                self.outbuf = bytearray()
             if short:
                 break  # full: wait until the selector says it takes more, instead of failing writes
         self._register_stream()
