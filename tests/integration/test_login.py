@@ -13,6 +13,7 @@ import queue
 import re
 import subprocess
 import sys
+import signal
 import time
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -144,13 +145,19 @@ def test_a_wrong_code_is_a_clear_error_and_no_hang(otp_host, two_factor, jupyter
     assert not ssh_masters(str(jupyter_env.runtime))
 
 
+def as_from_a_shell() -> None:
+    """In the child, before exec: SIGINT handled by default and no signal blocked, as in a
+    process a terminal's shell starts. A test process may have SIGINT ignored or blocked (a
+    test runner's worker), and that survives exec: ssh and ssh-ipykernel would never see the
+    Ctrl-C (ssh's password prompt then took it as an empty password, in two CI runs)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
 def test_ctrl_c_at_a_prompt_cancels_the_login(otp_host, jupyter_env):
     child = pexpect.spawn(SCRIPT, ["login", "--ssh-config", str(otp_host.ssh_config), otp_host.alias],
-                          encoding="utf-8", timeout=30)
+                          encoding="utf-8", timeout=30, preexec_fn=as_from_a_shell)
     child.expect("Password: ")
-    # The prompt is on the screen a moment before ssh reads the terminal: a Ctrl-C sent in that
-    # instant once went as an empty password (the next prompt came). A person is slower.
-    time.sleep(0.3)
     child.sendintr()
     child.expect(pexpect.EOF)
     child.close()
