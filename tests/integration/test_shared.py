@@ -281,14 +281,16 @@ def test_a_connection_that_died_silently_is_replaced_before_a_kernel_joins_it(ss
     no longer answers (here: its sshd process is stopped): the next kernel checks it, ends it
     and logs in anew instead of hanging on it."""
     runtime = str(jupyter_env.runtime)
+    # Another test's connection may still be up (ControlPersist): ours is the new sshd session.
+    others = set(ssh_host.remote_pids(r"^sshd: \S+@notty"))
     first = start_proxy(ssh_host, connection_file(tmp_path, "first"), tmp_path / "first.log")
     wait_for(tmp_path / "first.log", "channels up")
     stop_proxy(first, tmp_path / "first.log")
     master = ssh_masters(runtime)
     assert len(master) == 1
     # The server side of that connection: the sshd process of the user's session.
-    session = [p for p in ssh_host.remote_pids(r"^sshd: \S+@notty") if p]
-    assert len(session) == 1, session
+    session = [p for p in ssh_host.remote_pids(r"^sshd: \S+@notty") if p and p not in others]
+    assert len(session) == 1, (session, others)
     os.kill(session[0], signal.SIGSTOP)
     try:
         directory = os.path.join(runtime, "ssh_ipykernel")
