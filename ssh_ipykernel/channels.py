@@ -93,28 +93,24 @@ class Channels:
         rfd, wfd = session.stdout.fileno(), session.stdin.fileno()
         with self.lock:
             listing = self.relay.listing()
-            hello = op_line(Op.STREAM, token=self.token, conns=listing, limit=self.limit)
-            if first:
-                try:
-                    os.set_blocking(wfd, True)
-                    os.write(wfd, hello)
-                except OSError as e:
-                    _close_session(session)
-                    raise RemoteError(f"the keeper on {self.host} did not take the kernel's channels: {e}",
-                                      host=self.host) from e
-                self.session = session
-                self.relay.attach(rfd, wfd, {number: 0 for number in listing},
-                                  on_end=lambda: self._ended(session), preamble=self._first_answer)
-                self._wake()
-                return
+        hello = op_line(Op.STREAM, token=self.token, conns=listing, limit=self.limit)
         try:
             os.set_blocking(wfd, True)
             os.write(wfd, hello)
-            event, leftover = _read_answer(rfd, timeout)
+            if not first:
+                event, leftover = _read_answer(rfd, timeout)
         except (OSError, ValueError) as e:
             _close_session(session)
             raise RemoteError(f"the keeper on {self.host} did not take the kernel's channels: {e}",
                               host=self.host) from e
+        if first:
+            # A conn accepted since the listing is not in it: attach() sends its OPEN frame.
+            with self.lock:
+                self.session = session
+                self.relay.attach(rfd, wfd, {number: 0 for number in listing},
+                                  on_end=lambda: self._ended(session), preamble=self._first_answer)
+            self._wake()
+            return
         self._note_dropped(event)
         with self.lock:
             self.session = session  # the old one, if any, is closed by its on_end (_ended)
