@@ -42,12 +42,18 @@ def remote_dir() -> str:
 
 
 def read_sources(modules: Tuple[str, ...]) -> Dict[str, Tuple[str, str]]:
-    """The named modules of ``ssh_ipykernel.remote``, as they are on disk."""
-    sources = {}
+    """The named modules of ``ssh_ipykernel.remote``, as they are on disk (read once per
+    process: the program and the agent's code id are made from the same text)."""
+    return dict(_read_sources(modules))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_sources(modules: Tuple[str, ...]) -> Tuple[Tuple[str, Tuple[str, str]], ...]:
+    sources = []
     for name in modules:
         with open(os.path.join(remote_dir(), f"{name}.py"), encoding="utf-8") as f:
-            sources[name] = (FILENAME % name, f.read())
-    return sources
+            sources.append((name, (FILENAME % name, f.read())))
+    return tuple(sources)
 
 
 def pack(sources: Sources, main: str) -> bytes:
