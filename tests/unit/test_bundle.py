@@ -107,15 +107,21 @@ def test_the_agent_program_answers_through_its_modules():
     assert event["event"] == "error" and event["code"] == "no_kernel"
 
 
-def test_only_the_modules_a_session_uses_are_loaded():
+def run_beside_the_agent(name: str, source: str):
+    """Run the module ``name`` (its ``main``) shipped with the agent's modules; return the
+    sources it was shipped with and the result."""
     sources = read_sources(bundle.AGENT_MODULES)
-    sources["which"] = (FILENAME % "which", (
+    sources[name] = (FILENAME % name, source)
+    return sources, run_program(pack(sources, name))
+
+
+def test_only_the_modules_a_session_uses_are_loaded():
+    _, r = run_beside_the_agent("which", (
         "import sys\n"
         "from . import protocol\n"
         "def main():\n"
         "    print(sorted(m for m in sys.modules if m.startswith('ssh_ipykernel_remote.')))\n"
     ))
-    r = run_program(pack(sources, "which"))
     assert r.stdout.strip() == b"['ssh_ipykernel_remote.protocol', 'ssh_ipykernel_remote.which']", r.stderr
 
 
@@ -190,14 +196,12 @@ def test_the_remote_and_the_proxy_name_the_agents_code_alike():
     it computes from its own files (bundle.agent_bundle_id)."""
     from ssh_ipykernel.remote.protocol import bundle_id
 
-    sources = read_sources(bundle.AGENT_MODULES)
-    sources["show"] = (FILENAME % "show", (
+    sources, r = run_beside_the_agent("show", (
         "from .agentserver import shipped_sources\n"
         "from .protocol import bundle_id\n"
         "def main():\n"
         "    print(bundle_id(shipped_sources()))\n"
     ))
-    r = run_program(pack(sources, "show"))
     assert r.stdout.decode().strip() == bundle_id(sources), r.stderr
     assert bundle.agent_bundle_id() == bundle_id(read_sources(bundle.AGENT_MODULES)) != bundle_id(sources)
 
